@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make run` (a local log) and `make test` (the whole suite).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test lint typecheck unit bench clean postgres
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tlog needs Python >= 3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+postgres:
+	@deploy/ensure-postgres.sh
+
+run: $(STAMP) postgres
+	$(BIN)/tlog dev
+
+lint: $(STAMP)
+	$(BIN)/ruff check verifier tlog tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP) postgres
+	$(BIN)/pytest -q
+
+test: lint typecheck unit
+
+bench: $(STAMP) postgres
+	$(BIN)/python bench/concurrent_appends.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

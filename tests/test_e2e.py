@@ -1,0 +1,81 @@
+"""End to end: real `tlog serve` processes on one real PostgreSQL database."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.conftest import SHARED
+from tests.support import make_release, start_server, submit_all, write_key
+from verifier.checkpoint import open_checkpoint
+from verifier.merkle import root_of, verify_inclusion
+from verifier.note import Signer, generate_key
+
+GO_VERIFIER = SHARED / "interop" / "go-verifier" / "run.sh"
+
+
+async def stored_leaf_hashes(database_url: str) -> list[bytes]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT leaf_hash FROM entries ORDER BY idx")
+        return [bytes(r["leaf_hash"]) for r in rows]
+    finally:
+        await conn.close()
+
+
+def test_two_servers_on_one_database_build_one_tree(database_url: str, log_signer: Signer,
+                                                     tmp_path: Path) -> None:
+    """2,000 concurrent submissions over two processes: one dense tree, every receipt proves."""
+    key = write_key(tmp_path / "log.key", log_signer)
+    publisher = generate_key("concurrency-bot")
+    entries = [make_release(publisher, f"pkg{i % 50}", f"1.{i}") for i in range(2000)]
+    servers = [start_server(database_url, key, tmp_path) for _ in range(2)]
+    try:
+        results = asyncio.run(submit_all([s.url for s in servers], entries))
+    finally:
+        for s in servers:
+            s.stop()
+    assert [r.status for r in results] == [201] * 2000, results[0].body
+    assert sorted(r.body["index"] for r in results) == list(range(2000))
+    for r in results:
+        cp = open_checkpoint(r.body["checkpoint"], log_signer.verifier())
+        assert cp.size == r.body["tree_size"]
+        verify_inclusion(r.body["index"], cp.size, bytes.fromhex(r.body["leaf_hash"]),
+                         [bytes.fromhex(h) for h in r.body["inclusion_proof"]], cp.root)
+    hashes = asyncio.run(stored_leaf_hashes(database_url))
+    final = max((open_checkpoint(r.body["checkpoint"], log_signer.verifier()) for r in results),
+                key=lambda c: c.size)
+    assert final.size == 2000
+    assert root_of(hashes) == final.root
+
+
+@pytest.mark.skipif(not GO_VERIFIER.exists(),
+                    reason="the independent Go verifier (../shared/interop) is not beside this clone")
+def test_go_verifier_accepts_the_log(database_url: str, log_signer: Signer,
+                                     tmp_path: Path) -> None:
+    """Go's sumdb/tlog checks our checkpoint, tiles (full and partial) and entry bundles."""
+    key = write_key(tmp_path / "log.key", log_signer)
+    vkey = tmp_path / "log.vkey"
+    vkey.write_text(log_signer.verifier().text() + "\n")
+    publisher = generate_key("interop-bot")
+    server = start_server(database_url, key, tmp_path)
+    try:
+        first = asyncio.run(submit_all([server.url], [
+            make_release(publisher, "interop", f"0.{i}") for i in range(100)]))
+        old = tmp_path / "old-checkpoint"
+        old.write_text(max((r.body for r in first), key=lambda b: b["tree_size"])["checkpoint"])
+        asyncio.run(submit_all([server.url], [
+            make_release(publisher, "interop", f"1.{i}") for i in range(500)]))
+        for args in (["verify-all", server.url, str(vkey)],
+                     ["verify", server.url, str(vkey), "333", str(old)],
+                     ["verify", server.url, str(vkey), "599", str(old)]):
+            proc = subprocess.run([str(GO_VERIFIER), *args], capture_output=True, text=True,
+                                  timeout=600, check=False)
+            assert proc.returncode == 0, f"{args[0]} failed:\n{proc.stdout}\n{proc.stderr}"
+            assert "OK" in proc.stdout
+    finally:
+        server.stop()
