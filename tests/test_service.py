@@ -1,0 +1,123 @@
+"""The service's own guards: the startup self-check and dedup inside one batch."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from tests.support import make_release
+from tlog import migrate
+from tlog.app import StartupError, self_check
+from tlog.storage import Storage
+from verifier.note import Signer, generate_key
+
+Client = TestClient[web.Request, web.Application]
+
+
+async def post_all(client: Client, entries: list[dict[str, Any]]) -> list[tuple[int, Any]]:
+    async def one(e: dict[str, Any]) -> tuple[int, Any]:
+        resp = await client.post("/v1/entries", json=e)
+        return resp.status, await resp.json()
+
+    return list(await asyncio.gather(*(one(e) for e in entries)))
+
+
+async def run_sql(url: str, sql: str, *args: Any) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def check(url: str, signer: Signer) -> int:
+    storage = await Storage.connect(url, min_size=1, max_size=2)
+    try:
+        return await self_check(storage, signer.verifier())
+    finally:
+        await storage.close()
+
+
+async def test_identical_submissions_in_one_batch_share_one_index(
+        client: Client, publisher: Signer) -> None:
+    entry = make_release(publisher, "com.acme.app", "1.0")
+    results = await post_all(client, [entry] * 20)
+    assert sorted(s for s, _ in results) == [200] * 19 + [201]
+    assert {b["index"] for _, b in results} == {0}
+    log = await (await client.get("/v1/log")).json()
+    assert log["tree_size"] == 1
+
+
+async def test_two_artifact_sets_for_one_version_in_one_batch_yield_one_entry(
+        client: Client, publisher: Signer) -> None:
+    entries = [make_release(publisher, "com.acme.app", "1.0", payload=bytes([i]))
+               for i in range(10)]
+    results = await post_all(client, entries)
+    assert sorted(s for s, _ in results) == [201] + [409] * 9
+    winner = next(b["index"] for s, b in results if s == 201)
+    assert all(b["error"]["index"] == winner for s, b in results if s == 409)
+    assert (await (await client.get("/v1/log")).json())["tree_size"] == 1
+
+
+async def fill(client: Client, n: int) -> None:
+    pub = generate_key("filler")
+    results = await post_all(client, [make_release(pub, "fill", f"0.{i}") for i in range(n)])
+    assert all(s == 201 for s, _ in results)
+
+
+async def test_startup_accepts_the_log_it_wrote(client: Client, database_url: str,
+                                                log_signer: Signer) -> None:
+    await fill(client, 300)
+    assert await check(database_url, log_signer) == 300
+
+
+async def test_startup_refuses_a_checkpoint_signed_by_another_key(
+        client: Client, database_url: str) -> None:
+    await fill(client, 3)
+    with pytest.raises(StartupError, match="does not verify"):
+        await check(database_url, generate_key("log.example.org/test"))
+
+
+async def test_startup_refuses_a_rewritten_edge_tile(client: Client, database_url: str,
+                                                     log_signer: Signer) -> None:
+    await fill(client, 300)
+    await run_sql(database_url, "UPDATE tiles SET data = set_byte(data, 0, get_byte(data, 0) # 1)"
+                  " WHERE level = 0 AND idx = 1")
+    with pytest.raises(StartupError, match="do not reproduce the root"):
+        await check(database_url, log_signer)
+
+
+async def test_startup_refuses_a_rewritten_leaf_at_the_edge(client: Client, database_url: str,
+                                                            log_signer: Signer) -> None:
+    await fill(client, 5)
+    await run_sql(database_url, "UPDATE entries SET leaf_hash = sha256(leaf) WHERE idx = 4")
+    with pytest.raises(StartupError, match="do not match their tile"):
+        await check(database_url, log_signer)
+
+
+async def test_startup_refuses_entries_beyond_the_checkpoint(client: Client, database_url: str,
+                                                             log_signer: Signer) -> None:
+    await fill(client, 5)
+    await run_sql(database_url, "DELETE FROM checkpoints WHERE tree_size = 5")
+    with pytest.raises(StartupError, match="5 entries are stored"):
+        await check(database_url, log_signer)
+
+
+async def test_serving_an_unmigrated_database_is_refused(pg_cluster: Any) -> None:
+    admin = await asyncpg.connect(pg_cluster.url())
+    await admin.execute('CREATE DATABASE "unmigrated"')
+    await admin.close()
+    conn = await asyncpg.connect(pg_cluster.url("unmigrated"))
+    try:
+        with pytest.raises(migrate.SchemaError, match="run `tlog migrate"):
+            await migrate.check_version(conn)
+        assert await migrate.migrate(conn) == [m.name for m in migrate.migrations()]
+        await migrate.check_version(conn)
+        assert await migrate.migrate(conn) == []
+    finally:
+        await conn.close()
