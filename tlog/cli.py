@@ -93,12 +93,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return _run_app(app, config.host, config.port)
 
 
-def _run_app(app: web.Application, host: str, port: int) -> int:
+def _run_app(app: web.Application, host: str, port: int, banner: str | None = None) -> int:
+    """Serve until SIGINT/SIGTERM; `banner` is printed once the port is listening."""
     from .app import StartupError
 
     try:
         web.run_app(app, host=host, port=port, access_log=None,
-                    print=lambda s: print(s, flush=True))
+                    print=lambda s: print(banner or s, flush=True))
     except (StartupError, migrations.SchemaError) as exc:
         print(f"tlog: refusing to serve: {exc}", file=sys.stderr)
         return EXIT_FAIL

@@ -6,8 +6,6 @@ import asyncio
 from pathlib import Path
 
 import asyncpg
-from aiohttp import web
-
 from .cli import _run_app, run_migrations, write_keypair
 from .config import Config, load_signer, parse_listen
 from .pgcluster import Cluster
@@ -62,13 +60,7 @@ def run_dev(home: Path, listen: str) -> int:
         asyncio.run(run_migrations(url))
         signer = load_signer(_ensure_key(home))
         app = create_app(Config(database_url=url, signer=signer, host=host, port=port))
-        banner = _banner(signer.verifier().text(), host, port, home)
-
-        async def announce(app: web.Application) -> None:
-            print(banner, flush=True)
-
-        app.on_startup.append(announce)
-        return _run_app(app, host, port)
+        return _run_app(app, host, port, _banner(signer.verifier().text(), host, port, home))
     finally:
         print("tlog dev: stopping PostgreSQL", flush=True)
         cluster.stop()
