@@ -54,7 +54,7 @@ def test_two_servers_on_one_database_build_one_tree(database_url: str, log_signe
 
 
 @pytest.mark.skipif(not GO_VERIFIER.exists(),
-                    reason="the independent Go verifier (../shared/interop) is not beside this clone")
+                    reason="the Go verifier (../shared/interop) is not beside this clone")
 def test_go_verifier_accepts_the_log(database_url: str, log_signer: Signer,
                                      tmp_path: Path) -> None:
     """Go's sumdb/tlog checks our checkpoint, tiles (full and partial) and entry bundles."""

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import asyncpg
+
 from .cli import _run_app, run_migrations, write_keypair
 from .config import Config, load_signer, parse_listen
 from .pgcluster import Cluster
@@ -40,7 +41,8 @@ def _banner(vkey: str, host: str, port: int, home: Path) -> str:
         f"  log info:       curl -s {url}/v1/log",
         f"  publish:        tlog keygen --name my-publisher --out {home}/keys && \\",
         f"                  tlog publish --log {url} --log-key {home}/log.vkey \\",
-        f"                      --key {home}/keys/my-publisher.key --package demo --version 1.0 FILE",
+        f"                      --key {home}/keys/my-publisher.key \\",
+        "                      --package demo --version 1.0 FILE",
         "  stop:           Ctrl-C (PostgreSQL is stopped cleanly)",
     ])
 
@@ -60,7 +62,8 @@ def run_dev(home: Path, listen: str) -> int:
         asyncio.run(run_migrations(url))
         signer = load_signer(_ensure_key(home))
         app = create_app(Config(database_url=url, signer=signer, host=host, port=port))
-        return _run_app(app, host, port, _banner(signer.verifier().text(), host, port, home))
+        banner = _banner(signer.verifier().text(), host, port, home)
+        return _run_app(app, host, port, banner)
     finally:
         print("tlog dev: stopping PostgreSQL", flush=True)
         cluster.stop()

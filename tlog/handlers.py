@@ -67,8 +67,9 @@ def query(request: web.Request, allowed: set[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in request.query.items():
         if key not in allowed:
+            known = ", ".join(sorted(allowed))
             raise ApiError(400, "unknown_parameter",
-                           f"unknown query parameter {key!r}; allowed: {', '.join(sorted(allowed))}")
+                           f"unknown query parameter {key!r}; allowed: {known}")
         if key in out:
             raise ApiError(400, "repeated_parameter", f"query parameter {key!r} given twice")
         out[key] = value

@@ -22,7 +22,8 @@ APPEND_LOCK = 0x746C6F67_0002  # advisory lock id serializing appends ("tlog", 2
 FULL_TILE_BYTES = 32 * TILE_WIDTH
 TILE_CACHE_SIZE = 4096  # full tiles kept in memory (8 KiB each, immutable)
 
-SQL_LATEST_CHECKPOINT = "SELECT tree_size, root, note FROM checkpoints ORDER BY tree_size DESC LIMIT 1"
+SQL_LATEST_CHECKPOINT = (
+    "SELECT tree_size, root, note FROM checkpoints ORDER BY tree_size DESC LIMIT 1")
 SQL_CHECKPOINT_AT = "SELECT tree_size, root, note FROM checkpoints WHERE tree_size = $1"
 SQL_ENTRY = "SELECT leaf FROM entries WHERE idx = $1"
 SQL_ENTRY_RANGE = "SELECT leaf FROM entries WHERE idx >= $1 AND idx < $2 ORDER BY idx"
