@@ -79,7 +79,7 @@ def test_rfc6962_reference_roots_for_every_prefix_size() -> None:
 
 
 def test_empty_tree_root_is_sha256_of_nothing() -> None:
-    assert EMPTY_ROOT == hashlib.sha256(b"").digest()
+    assert hashlib.sha256(b"").digest() == EMPTY_ROOT
     assert root_of([]) == EMPTY_ROOT
     assert fold([]) == EMPTY_ROOT
     assert root_nodes(0) == []
@@ -87,7 +87,8 @@ def test_empty_tree_root_is_sha256_of_nothing() -> None:
 
 def test_leaf_and_node_hashes_use_distinct_prefixes() -> None:
     assert leaf_hash(b"ab") == hashlib.sha256(b"\x00ab").digest()
-    assert node_hash(b"a" * 32, b"b" * 32) == hashlib.sha256(b"\x01" + b"a" * 32 + b"b" * 32).digest()
+    left, right = b"a" * 32, b"b" * 32
+    assert node_hash(left, right) == hashlib.sha256(b"\x01" + left + right).digest()
 
 
 def test_interior_node_submitted_as_leaf_does_not_forge_root() -> None:
@@ -233,19 +234,18 @@ def test_consistency_from_empty_tree_needs_empty_proof_and_empty_root() -> None:
 
 
 def test_nodes_of_size_7_tree_match_rfc6962_examples() -> None:
-    """RFC 6962 §2.1.3: the 7-leaf example tree, whose nodes a..l map to (level, index)."""
-    a, b, c, d, e, f, j = ((0, i) for i in range(7))
-    g, h, i = (1, 0), (1, 1), (1, 2)
-    k, l = [(2, 0)], [i, j]
-    assert root_nodes(7) == [k[0], i, j]
-    assert inclusion_nodes(0, 7) == [[b], [h], l]
-    assert inclusion_nodes(3, 7) == [[c], [g], l]
-    assert inclusion_nodes(4, 7) == [[f], [j], k]
-    assert inclusion_nodes(6, 7) == [[i], k]
-    assert consistency_nodes(3, 7) == [[c], [d], [g], l]
-    assert consistency_nodes(4, 7) == [l]
-    assert consistency_nodes(6, 7) == [[i], [j], k]
-    assert [a, e] == [(0, 0), (0, 4)]
+    """RFC 6962 §2.1.3: the 7-leaf example tree. Its leaves c, d, e, f, j and nodes g, h, i, k
+    are perfect; its node l (over leaves 4..6) is the fold of i and j."""
+    _, b, c, d, _, f, j = ((0, i) for i in range(7))
+    g, h, i, k = (1, 0), (1, 1), (1, 2), (2, 0)
+    assert root_nodes(7) == [k, i, j]
+    assert inclusion_nodes(0, 7) == [[b], [h], [i, j]]
+    assert inclusion_nodes(3, 7) == [[c], [g], [i, j]]
+    assert inclusion_nodes(4, 7) == [[f], [j], [k]]
+    assert inclusion_nodes(6, 7) == [[i], [k]]
+    assert consistency_nodes(3, 7) == [[c], [d], [g], [i, j]]
+    assert consistency_nodes(4, 7) == [[i, j]]
+    assert consistency_nodes(6, 7) == [[i], [j], [k]]
 
 
 def test_subtree_nodes_rejects_ranges_no_proof_can_ask_for() -> None:

@@ -196,14 +196,20 @@ def verify_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[bytes],
         raise ProofError(f"leaf index {index} is not in a tree of size {size}")
     _check_hash("leaf hash", leaf)
     _check_hash("root hash", root)
-    _check_proof_hashes(proof)
     want = _inclusion_length(index, size)
     if len(proof) != want:
         raise ProofError(f"inclusion proof has {len(proof)} hashes, want {want}")
+    _check_proof_hashes(proof)
+    if not hmac.compare_digest(_inclusion_root(index, size, leaf, proof), root):
+        raise ProofError(f"inclusion proof for leaf {index} does not match the root of size {size}")
+
+
+def _inclusion_root(index: int, size: int, leaf: bytes, proof: Sequence[bytes]) -> bytes:
+    """Steps 2-5 of RFC 9162 §2.1.3.2: the root that `proof` implies for `leaf`."""
     fn, sn, r = index, size - 1, leaf
     for p in proof:
         if sn == 0:
-            raise ProofError(f"inclusion proof for leaf {index} has the wrong shape")
+            raise ProofError(f"inclusion proof for leaf {index} is too long")
         if fn & 1 or fn == sn:
             r = node_hash(p, r)
             while not fn & 1 and fn != 0:
@@ -211,8 +217,9 @@ def verify_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[bytes],
         else:
             r = node_hash(r, p)
         fn, sn = fn >> 1, sn >> 1
-    if sn != 0 or not hmac.compare_digest(r, root):
-        raise ProofError(f"inclusion proof for leaf {index} does not match the root of size {size}")
+    if sn != 0:
+        raise ProofError(f"inclusion proof for leaf {index} is too short")
+    return r
 
 
 def _consistency_length(first: int, second: int) -> int:
@@ -236,13 +243,13 @@ def verify_consistency(first: int, second: int, first_root: bytes, second_root: 
         raise ProofError(f"no consistency proof from size {first} to size {second}")
     _check_hash("first root", first_root)
     _check_hash("second root", second_root)
-    _check_proof_hashes(proof)
     if first in (0, second):
         _verify_trivial_consistency(first, second, first_root, second_root, proof)
         return
     want = _consistency_length(first, second)
     if len(proof) != want:
         raise ProofError(f"consistency proof has {len(proof)} hashes, want {want}")
+    _check_proof_hashes(proof)
     if first & (first - 1) == 0:
         proof = [first_root, *proof]
     fr, sr = _consistency_roots(first, second, proof)
@@ -283,5 +290,5 @@ def _consistency_roots(first: int, second: int, proof: Sequence[bytes]) -> tuple
             sr = node_hash(sr, c)
         fn, sn = fn >> 1, sn >> 1
     if sn != 0:
-        raise ProofError(f"consistency proof from size {first} to {second} has the wrong shape")
+        raise ProofError(f"consistency proof from size {first} to {second} is too short")
     return fr, sr
