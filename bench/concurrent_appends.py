@@ -17,12 +17,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import asyncpg  # noqa: E402
+import asyncpg
 
-from tests.support import make_release, start_server, submit_all, write_key  # noqa: E402
-from tlog import migrate  # noqa: E402
-from tlog.pgcluster import Cluster  # noqa: E402
-from verifier.note import generate_key  # noqa: E402
+from tests.support import make_release, start_server, submit_all, write_key
+from tlog import migrate
+from tlog.pgcluster import Cluster
+from verifier.note import generate_key
 
 
 async def _database(cluster: Cluster, name: str) -> str:

@@ -73,9 +73,12 @@ class EntryError(ValueError):
     """A release entry was rejected; ``code`` says why, the message says where."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(code, message)
         self.code = code
         self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True)

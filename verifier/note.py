@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -133,7 +134,7 @@ class Verifier:
 
     def __post_init__(self) -> None:
         _check_key(self.name, self.key_id, self.public_key)
-        if self.key_id != key_id(self.name, self.public_key):
+        if not hmac.compare_digest(self.key_id, key_id(self.name, self.public_key)):
             raise NoteError(f"key ID {self.key_id.hex()} does not match key {self.name!r}")
 
     def text(self) -> str:
@@ -214,7 +215,7 @@ def _split_key_text(text: str) -> tuple[str, bytes, bytes]:
 def parse_vkey(text: str) -> Verifier:
     """Parse vkey text; the key ID in the text must equal the one computed from the key."""
     name, kid, public_key = _split_key_text(text)
-    if kid != key_id(name, public_key):
+    if not hmac.compare_digest(kid, key_id(name, public_key)):
         raise NoteError(f"key ID {kid.hex()} does not match the key of {name!r}")
     return Verifier(name, kid, public_key)
 
@@ -225,7 +226,7 @@ def parse_private_key(text: str) -> Signer:
         raise NoteError(f"malformed private key: must start with {PRIVATE_KEY_PREFIX!r}")
     name, kid, seed = _split_key_text(text[len(PRIVATE_KEY_PREFIX) :])
     public_key = bytes(nacl.signing.SigningKey(seed).verify_key)
-    if kid != key_id(name, public_key):
+    if not hmac.compare_digest(kid, key_id(name, public_key)):
         raise NoteError(f"key ID {kid.hex()} does not match the key of {name!r}")
     return Signer(name, kid, seed)
 
