@@ -25,10 +25,12 @@ from verifier.tiles import (
     format_index,
     hash_up,
     node_tile,
+    nodes_from_tiles,
     parse_tile_path,
     split_hashes,
     tile_path,
     tile_width,
+    tiles_for_nodes,
 )
 
 SMALL = 1300
@@ -325,3 +327,25 @@ def test_builder_refuses_a_leaf_hash_of_wrong_length(bad: bytes) -> None:
     with pytest.raises(ValueError):
         builder.append(bad)
     assert builder.size == 0
+
+
+def test_nodes_from_tiles_reads_every_node_from_the_tiles_it_names() -> None:
+    size = 700
+    builder = TreeBuilder()
+    for h in LEAVES[:size]:
+        builder.append(h)
+    tiles = builder.take_changed()
+    nodes = [(level, i) for level in range(size.bit_length()) for i in range(size >> level)]
+    assert set(tiles_for_nodes(nodes)) <= set(tiles)
+    assert nodes_from_tiles(nodes, tiles) == {n: TABLE[n] for n in nodes}
+
+
+def test_nodes_from_tiles_refuses_a_missing_or_short_tile() -> None:
+    builder = TreeBuilder()
+    for h in LEAVES[:300]:
+        builder.append(h)
+    tiles = builder.take_changed()
+    with pytest.raises(ValueError, match="missing or too short"):
+        nodes_from_tiles([(0, 299)], {**tiles, (0, 1): tiles[(0, 1)][:32]})
+    with pytest.raises(ValueError, match="missing or too short"):
+        nodes_from_tiles([(8, 0)], {})

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from itertools import chain
 
 from verifier.merkle import Node, combine, consistency_nodes, fold, inclusion_nodes, root_nodes
-from verifier.tiles import TileKey, hash_up, node_tile, split_hashes
+from verifier.tiles import TileKey, nodes_from_tiles, tiles_for_nodes
 
 TileFetcher = Callable[[Sequence[TileKey]], Awaitable[Mapping[TileKey, bytes]]]
 
@@ -20,15 +20,12 @@ class MissingTileError(RuntimeError):
 
 async def read_nodes(nodes: Iterable[Node], fetch: TileFetcher) -> dict[Node, bytes]:
     """Node hashes for complete subtrees, read from their tiles in one batch."""
-    where = {node: node_tile(node) for node in nodes}
-    tiles = await fetch(sorted({(t[0], t[1]) for t in where.values()}))
-    out: dict[Node, bytes] = {}
-    for node, (level, n, start, count) in where.items():
-        data = tiles.get((level, n))
-        if data is None or len(data) < 32 * (start + count):
-            raise MissingTileError(f"tile {level}/{n} is missing or too short for node {node}")
-        out[node] = hash_up(split_hashes(data[32 * start:32 * (start + count)]))
-    return out
+    wanted = list(nodes)
+    tiles = await fetch(tiles_for_nodes(wanted))
+    try:
+        return nodes_from_tiles(wanted, tiles)
+    except ValueError as exc:
+        raise MissingTileError(str(exc)) from exc
 
 
 async def inclusion_proof(index: int, size: int, fetch: TileFetcher) -> list[bytes]:

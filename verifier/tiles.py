@@ -127,6 +127,29 @@ def hash_up(hashes: Sequence[bytes]) -> bytes:
     return level[0]
 
 
+def tiles_for_nodes(nodes: Iterable[Node]) -> list[TileKey]:
+    """The tiles (level, n), sorted and unique, that hold the given perfect nodes."""
+    return sorted({node_tile(node)[:2] for node in nodes})
+
+
+def nodes_from_tiles(nodes: Iterable[Node], tiles: Mapping[TileKey, bytes]) -> dict[Node, bytes]:
+    """The hashes of perfect nodes, computed from the tiles holding them (see `node_tile`).
+
+    `tiles` maps (level, n) to tile data of any width that covers the nodes; a wider tile than
+    needed is fine, its first hashes never change. Raises ValueError if a tile is missing or
+    too short. The result is only as trustworthy as the tiles: check proofs built from it
+    against a signed root.
+    """
+    out: dict[Node, bytes] = {}
+    for node in nodes:
+        level, n, start, count = node_tile(node)
+        data = tiles.get((level, n))
+        if data is None or len(data) < HASH_SIZE * (start + count):
+            raise ValueError(f"tile {level}/{n} is missing or too short for node {node}")
+        out[node] = hash_up(split_hashes(data[HASH_SIZE * start:HASH_SIZE * (start + count)]))
+    return out
+
+
 def split_hashes(tile: bytes) -> list[bytes]:
     """The 32-byte hashes of a hash tile's data. Raises ValueError if len(tile) % 32 != 0."""
     if len(tile) % HASH_SIZE:
