@@ -457,3 +457,34 @@ def test_sign_entry_then_validate_round_trips(
     assert (release.package, release.version, release.counter) == (package, version, counter)
     assert release.publisher == ALICE.name
     assert parse_leaf(release.leaf).entry == entry
+
+
+_json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 2**54), st.floats(allow_nan=False,
+                                                                   allow_infinity=False),
+    st.text(max_size=8), st.sampled_from(["release/v1", "a" * 64, "1.0\n", "2026-01-01T00:00:00Z"]))
+_json_values = st.recursive(
+    _json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["name", "sha256", "size", "stage", "percent", "not_before",
+                         "not_after", "x"]), inner, max_size=4),
+    max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(member=st.sampled_from(["kind", "package", "version", "counter", "artifacts",
+                               "install_window", "rollout", "metadata", "key", "signature",
+                               "extra"]),
+       value=_json_values)
+def test_fast_and_reference_schema_validators_agree(member: str, value: Any) -> None:
+    """The compiled validator must never accept what the reference jsonschema refuses."""
+    from verifier.entry import _fast_validator, _validator
+
+    entry = sign_entry(fields(), generate_key("differential"))
+    entry[member] = value
+    try:
+        _fast_validator()(entry)
+        fast_ok = True
+    except Exception:
+        fast_ok = False
+    assert fast_ok == _validator().is_valid(entry)
