@@ -1,0 +1,237 @@
+"""`tlog-verify`: verify a tlog log without trusting its operator.
+
+Exit codes: 0 verified; 1 verification failed or the log misbehaved; 2 usage or malformed
+input; 3 the log could not be reached or answered wrongly at the transport level.
+Anything but 0 means "do not trust".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from verifier import audit, monitor
+from verifier.checks import check_release, hash_file, parse_time
+from verifier.client import LogClient
+from verifier.entry import EntryError, parse_leaf
+from verifier.errors import (
+    EXIT_OK,
+    EXIT_USAGE,
+    LogMisbehaviour,
+    UsageError,
+    VerificationFailed,
+    VerifyError,
+)
+from verifier.merkle import ProofError, verify_inclusion
+from verifier.note import NoteError, Verifier, b64encode, parse_vkey
+from verifier.proof import VerifiedReceipt, verify_receipt
+from verifier.state import Trusted, check_update, needs_proof
+from verifier.store import StateDir
+
+MAX_RECEIPT_BYTES = 1 << 21
+
+
+def load_vkey(path: str, what: str = "log key") -> Verifier:
+    try:
+        return parse_vkey(Path(path).read_text(encoding="utf-8").strip())
+    except OSError as exc:
+        raise UsageError(f"couldn't read the {what} {path}: {exc.strerror or exc}") from exc
+    except (NoteError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} is not a verifier key (name+id+key): {exc}") from exc
+
+
+def client_for(args: argparse.Namespace, state: StateDir | None = None) -> LogClient:
+    cache = state.path / "tiles" if state is not None else None
+    return LogClient(args.log, cache_dir=cache, timeout=args.timeout, retries=args.retries)
+
+
+def advance(client: LogClient, key: Verifier, state: StateDir | None) -> Trusted:
+    """Fetch and verify the current checkpoint; with state, prove it extends the stored one.
+
+    On misbehaviour the evidence is saved under state/evidence/ before raising.
+    """
+    cp, note = client.checkpoint(key)
+    new = Trusted(cp, note)
+    if state is None:
+        return new
+    old = state.load_trusted(key)
+    if old is not None:
+        proof = client.consistency_proof(old.size, new.size) if needs_proof(old, new) else []
+        try:
+            check_update(old, new, proof)
+        except LogMisbehaviour as exc:
+            where = state.save_evidence(str(exc), exc.evidence)
+            raise LogMisbehaviour(f"{exc}; evidence saved in {where}", exc.evidence) from exc
+    state.save_trusted(new)
+    return new
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    key = load_vkey(args.key)
+    cp, _ = client_for(args).checkpoint(key)
+    print(f"origin {cp.origin}\nsize {cp.size}\nroot {b64encode(cp.root)} ({cp.root.hex()})")
+    return EXIT_OK
+
+
+def _read_receipt(path: str) -> object:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"couldn't read receipt {path}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_RECEIPT_BYTES:
+        raise VerificationFailed(f"receipt {path} is larger than {MAX_RECEIPT_BYTES} bytes")
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise VerificationFailed(f"receipt {path} is not JSON: {exc}") from exc
+
+
+def _now(args: argparse.Namespace) -> datetime:
+    return parse_time(args.now) if args.now else datetime.now(UTC)
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    """Offline: receipt + pinned keys + files -> verified, or not. No network at all."""
+    key = load_vkey(args.key)
+    pinned = [load_vkey(p, "publisher key") for p in args.publisher]
+    files = [hash_file(Path(a)) for a in args.artifact]
+    now = _now(args)
+    receipt = _read_receipt(args.receipt)
+    try:
+        verified = verify_receipt(receipt, key)
+    except ValueError as exc:
+        raise VerificationFailed(f"receipt {args.receipt} does not verify: {exc}") from exc
+    matched = check_release(verified.release, files, pinned, now)
+    _report(verified, matched)
+    return EXIT_OK
+
+
+def _report(v: VerifiedReceipt, matched: Sequence[str]) -> None:
+    r = v.release
+    print(f"OK {r.package} {r.version} by {r.publisher} is entry {v.index} of "
+          f"{v.checkpoint.origin} (size {v.checkpoint.size})")
+    for name in matched:
+        print(f"OK artifact {name}")
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    """Online: find the release in the log, prove its inclusion, check it like a receipt."""
+    key = load_vkey(args.key)
+    pinned = [load_vkey(p, "publisher key") for p in args.publisher]
+    files = [hash_file(Path(a)) for a in args.artifact]
+    now = _now(args)
+    state = StateDir(Path(args.state)) if args.state else None
+    with state if state is not None else _NoState():
+        client = client_for(args, state)
+        hints = client.search(args.package, args.version)
+        trusted = advance(client, key, state)
+        verified = _find_and_prove(client, trusted, hints, args.package, args.version)
+    matched = check_release(verified.release, files, pinned, now)
+    _report(verified, matched)
+    return EXIT_OK
+
+
+class _NoState:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _find_and_prove(client: LogClient, trusted: Trusted, hints: Sequence[int], package: str,
+                    version: str) -> VerifiedReceipt:
+    """The one entry for (package, version) among the log's hints, proven in `trusted`."""
+    size = trusted.size
+    found: list[VerifiedReceipt] = []
+    for index in sorted(set(hints)):
+        if index >= size:
+            continue
+        try:
+            release = parse_leaf(client.entry(index, size))
+        except EntryError as exc:
+            raise VerificationFailed(
+                f"entry {index} of the log is not a valid release: {exc}") from exc
+        if (release.package, release.version) != (package, version):
+            continue
+        try:
+            verify_inclusion(index, size, release.leaf_hash,
+                             client.inclusion_proof(index, size), trusted.root)
+        except ProofError as exc:
+            raise VerificationFailed(f"entry {index} is not proven in the checkpoint of size "
+                                     f"{size}: {exc}") from exc
+        found.append(VerifiedReceipt(release, index, trusted.checkpoint))
+    if not found:
+        raise VerificationFailed(f"the log shows no provable entry for {package} {version} "
+                                 f"in its checkpoint of size {size}")
+    if len(found) > 1:
+        indices = [f.index for f in found]
+        raise VerificationFailed(f"the log holds {len(found)} entries for {package} {version} "
+                                 f"(indices {indices}); refusing an ambiguous release")
+    return found[0]
+
+
+def _common(p: argparse.ArgumentParser, log: bool = True) -> None:
+    if log:
+        p.add_argument("--log", required=True, help="the log's base URL")
+    p.add_argument("--key", required=True, help="the log's verifier key file (pinned by you)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per network operation")
+    p.add_argument("--retries", type=int, default=3, help="retries on transient network errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tlog-verify", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("checkpoint", help="fetch and verify the log's checkpoint")
+    _common(c)
+    c.set_defaults(func=cmd_checkpoint)
+
+    b = sub.add_parser("bundle", help="verify a receipt offline (no network)")
+    b.add_argument("receipt", help="the receipt written by `tlog publish`")
+    _common(b, log=False)
+    _release_options(b)
+    b.set_defaults(func=cmd_bundle)
+
+    r = sub.add_parser("release", help="find a release in the log and verify it online")
+    _common(r)
+    r.add_argument("--package", required=True)
+    r.add_argument("--version", required=True)
+    r.add_argument("--state", help="directory keeping the last trusted checkpoint")
+    _release_options(r)
+    r.set_defaults(func=cmd_release)
+
+    audit.register(sub, _common)
+    monitor.register(sub, _common)
+    return p
+
+
+def _release_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--artifact", action="append", default=[], metavar="FILE",
+                   help="a file to check against the entry's artifacts (repeatable)")
+    p.add_argument("--publisher", action="append", default=[], metavar="VKEY_FILE",
+                   help="a pinned publisher key; the entry must be signed by one (repeatable)")
+    p.add_argument("--now", help="RFC 3339 time for the install window (default: now)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except VerifyError as exc:
+        print(f"tlog-verify: FAIL: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("tlog-verify: interrupted", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
