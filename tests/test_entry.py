@@ -488,3 +488,34 @@ def test_fast_and_reference_schema_validators_agree(member: str, value: Any) -> 
     except Exception:
         fast_ok = False
     assert fast_ok == _validator().is_valid(entry)
+
+
+_jcs_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1)
+    | st.text(alphabet=st.characters(codec="utf-8"), max_size=12),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=6), inner,
+                      max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=st.dictionaries(st.text(max_size=4), _jcs_values, max_size=5))
+def test_fast_canonical_encoding_is_byte_identical_to_rfc8785(value: dict[str, Any]) -> None:
+    """The json.dumps fast path must never produce bytes other than RFC 8785's."""
+    from verifier.entry import _canonical
+
+    try:
+        expected = bytes(rfc8785.dumps(value))
+    except (ValueError, TypeError):
+        with pytest.raises(EntryError):
+            _canonical(value)
+        return
+    assert _canonical(value) == expected
+
+
+def test_lone_surrogate_is_refused_on_the_fast_canonical_path() -> None:
+    from verifier.entry import _canonical
+
+    with pytest.raises(EntryError):
+        _canonical({"a": "\ud800", "b": 1})

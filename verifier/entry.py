@@ -21,6 +21,7 @@ names the offending member (``artifacts[1].sha256: ...``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import importlib.resources
 import json
@@ -127,11 +128,56 @@ def _child_path(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
+_SCALARS = (str, int, float, bool, type(None))
+_TREE_OK, _TREE_NEEDS_RFC8785, _TREE_BAD = 0, 1, 2
+
+
+def _scan_tree(value: Any, max_depth: int) -> int:
+    """Classify a parsed value quickly, without building paths (the hot path).
+
+    _TREE_OK: a JSON tree within max_depth whose JCS encoding json.dumps reproduces (no
+    floats, ASCII member names, integers within +-(2**53 - 1)); _TREE_NEEDS_RFC8785: a JSON
+    tree that needs the full RFC 8785 encoder; _TREE_BAD: anything else (the caller then
+    asks _json_problem for a message).
+    """
+    result = _TREE_OK
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            return _TREE_BAD
+        if type(node) is dict:
+            for key in node:
+                if type(key) is not str:
+                    return _TREE_BAD
+                if not key.isascii():
+                    result = _TREE_NEEDS_RFC8785
+            children: Any = node.values()
+        elif type(node) is list:
+            children = node
+        else:
+            return _TREE_BAD
+        for child in children:
+            kind = type(child)
+            if kind is dict or kind is list:
+                stack.append((child, depth + 1))
+            elif kind is int:
+                if not -MAX_SAFE_INTEGER <= child <= MAX_SAFE_INTEGER:
+                    result = _TREE_NEEDS_RFC8785
+            elif kind is float:
+                result = _TREE_NEEDS_RFC8785
+            elif kind not in _SCALARS:
+                return _TREE_BAD
+    return result
+
+
 def _json_problem(value: Any, max_depth: int) -> str | None:
     """Why ``value`` is not a JSON tree at most ``max_depth`` containers deep, or None.
 
     Walks iteratively, so arbitrarily deep input cannot exhaust the Python stack.
     """
+    if type(value) in (dict, list) and _scan_tree(value, max_depth) != _TREE_BAD:
+        return None
     stack: list[tuple[Any, int, str]] = [(value, 1, "")]
     while stack:
         node, depth, path = stack.pop()
@@ -308,35 +354,52 @@ def _check_semantics(entry: dict[str, Any]) -> None:
 # -- canonical encoding and signature ------------------------------------------------------
 
 
-def _canonical(value: Mapping[str, Any]) -> bytes:
-    """RFC 8785 (JCS) encoding; integers beyond 2**53 or lone surrogates are invalid."""
+def _canonical(value: Mapping[str, Any], tree: int | None = None) -> bytes:
+    """RFC 8785 (JCS) encoding; integers beyond 2**53 or lone surrogates are invalid.
+
+    For trees without floats or non-ASCII member names, json.dumps with sorted keys and no
+    whitespace produces exactly the JCS bytes (same escapes, same integer form, and code
+    point order equals UTF-16 order for ASCII names) about ten times faster; the test suite
+    checks the two agree. Anything else goes through the rfc8785 library. `tree` is the
+    _scan_tree result when the caller already has it.
+    """
+    if tree is None:
+        tree = _scan_tree(value, MAX_DEPTH + 1)
+    if tree == _TREE_OK:
+        try:
+            return json.dumps(value, ensure_ascii=False, separators=(",", ":"),
+                              sort_keys=True, allow_nan=False).encode("utf-8")
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: let rfc8785 refuse it with its own message
     try:
         return bytes(rfc8785.dumps(dict(value)))
     except (ValueError, TypeError) as e:
         raise EntryError(INVALID_ENTRY, f"entry cannot be canonicalized (RFC 8785): {e}") from e
 
 
-def signed_message(entry: Mapping[str, Any]) -> bytes:
+def signed_message(entry: Mapping[str, Any], tree: int | None = None) -> bytes:
     """``b"tlog/release/v1\\n"`` followed by JCS(entry without its "signature" member)."""
     unsigned = {name: value for name, value in entry.items() if name != "signature"}
-    return SIGNING_PREFIX + _canonical(unsigned)
+    return SIGNING_PREFIX + _canonical(unsigned, tree)
 
 
+@functools.lru_cache(maxsize=4096)
 def _parse_key(text: str) -> Verifier:
+    """Publishers sign many entries with one key: parse each key text once."""
     try:
         return parse_vkey(text)
     except NoteError as e:
         raise EntryError(BAD_KEY, f"key: {e}") from e
 
 
-def _check_signature(entry: Mapping[str, Any], key: Verifier) -> None:
+def _check_signature(entry: Mapping[str, Any], key: Verifier, tree: int | None = None) -> None:
     try:
         sig = b64decode_strict(entry["signature"])
     except ValueError as e:
         raise EntryError(BAD_SIGNATURE, f"signature: {e}") from e
     if len(sig) != SIGNATURE_SIZE:
         raise EntryError(BAD_SIGNATURE, f"signature: {len(sig)} bytes, want {SIGNATURE_SIZE}")
-    if not key.verify(signed_message(entry), sig):
+    if not key.verify(signed_message(entry, tree), sig):
         raise EntryError(BAD_SIGNATURE, f"signature: does not verify with key {key.name!r}")
 
 
@@ -345,20 +408,28 @@ def validate_entry(obj: Any) -> Release:
 
     Checks, in order: a JSON tree at most MAX_DEPTH deep; the schema; integer types,
     unique artifact names and the install window; the JCS leaf size (entry_too_large); the
-    key (bad_key); the signature (bad_signature). Returns the Release.
+    key (bad_key); the signature (bad_signature). Returns the Release, which holds its own
+    copy of the entry.
     """
     problem = _json_problem(obj, MAX_DEPTH)
     if problem is not None:
         raise EntryError(INVALID_ENTRY, problem)
+    release = _validate_tree(obj)
+    return dataclasses.replace(release, entry=json.loads(release.leaf))
+
+
+def _validate_tree(obj: Any) -> Release:
+    """validate_entry for a value already known to be a JSON tree; `obj` is kept, not copied."""
     _check_schema(obj)
     _check_semantics(obj)
-    leaf = _canonical(obj)
+    tree = _scan_tree(obj, MAX_DEPTH + 1)  # dropping "signature" (a string) cannot change it
+    leaf = _canonical(obj, tree)
     if len(leaf) > MAX_ENTRY_SIZE:
         raise EntryError(ENTRY_TOO_LARGE, f"entry is {len(leaf)} bytes, at most {MAX_ENTRY_SIZE}")
     key = _parse_key(obj["key"])
-    _check_signature(obj, key)
+    _check_signature(obj, key, tree)
     return Release(
-        entry=copy.deepcopy(obj),
+        entry=obj,
         leaf=leaf,
         leaf_hash=merkle_leaf_hash(leaf),
         package=obj["package"],
@@ -373,7 +444,7 @@ def parse_leaf(leaf: bytes) -> Release:
     """Parse and validate leaf bytes, which must be the entry's own JCS encoding."""
     if len(leaf) > MAX_ENTRY_SIZE:
         raise EntryError(ENTRY_TOO_LARGE, f"leaf is {len(leaf)} bytes, at most {MAX_ENTRY_SIZE}")
-    release = validate_entry(parse_json(leaf))
+    release = _validate_tree(parse_json(leaf))  # parse_json returns a fresh, checked tree
     if release.leaf != bytes(leaf):
         raise EntryError(INVALID_ENTRY, "leaf is not the RFC 8785 (JCS) encoding of its entry")
     return release
