@@ -21,7 +21,6 @@ from verifier.entry import EntryError, parse_leaf
 from verifier.errors import (
     EXIT_OK,
     EXIT_USAGE,
-    LogMisbehaviour,
     UsageError,
     VerificationFailed,
     VerifyError,
@@ -29,8 +28,9 @@ from verifier.errors import (
 from verifier.merkle import ProofError, verify_inclusion
 from verifier.note import NoteError, Verifier, b64encode, parse_vkey
 from verifier.proof import VerifiedReceipt, verify_receipt
-from verifier.state import Trusted, check_update, needs_proof
+from verifier.state import Trusted
 from verifier.store import StateDir
+from verifier.tracking import advance
 
 MAX_RECEIPT_BYTES = 1 << 21
 
@@ -47,27 +47,6 @@ def load_vkey(path: str, what: str = "log key") -> Verifier:
 def client_for(args: argparse.Namespace, state: StateDir | None = None) -> LogClient:
     cache = state.path / "tiles" if state is not None else None
     return LogClient(args.log, cache_dir=cache, timeout=args.timeout, retries=args.retries)
-
-
-def advance(client: LogClient, key: Verifier, state: StateDir | None) -> Trusted:
-    """Fetch and verify the current checkpoint; with state, prove it extends the stored one.
-
-    On misbehaviour the evidence is saved under state/evidence/ before raising.
-    """
-    cp, note = client.checkpoint(key)
-    new = Trusted(cp, note)
-    if state is None:
-        return new
-    old = state.load_trusted(key)
-    if old is not None:
-        proof = client.consistency_proof(old.size, new.size) if needs_proof(old, new) else []
-        try:
-            check_update(old, new, proof)
-        except LogMisbehaviour as exc:
-            where = state.save_evidence(str(exc), exc.evidence)
-            raise LogMisbehaviour(f"{exc}; evidence saved in {where}", exc.evidence) from exc
-    state.save_trusted(new)
-    return new
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
