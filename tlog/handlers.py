@@ -117,10 +117,14 @@ async def get_tile(request: web.Request) -> web.Response:
 
 
 async def _hash_tile(request: web.Request, level: int, n: int, width: int) -> bytes:
+    if n > MAX_INT // TILE_WIDTH:  # beyond any tree the database can hold
+        raise ApiError(404, "not_found", f"tile {level}/{n} does not exist")
     data = await request.app[STORAGE].tile(level, n)
-    if data is None or len(data) < 32 * width:
-        raise ApiError(404, "not_found", f"tile {level}/{n} has no {width} hashes yet")
-    return data[:32 * width]  # a wider stored tile starts with the same hashes
+    if data is not None and len(data) >= 32 * width:
+        return data[:32 * width]  # a wider stored tile starts with the same hashes
+    if tile_width(level, n, await latest_size(request)) >= width:
+        raise RuntimeError(f"tile {level}/{n} of the published tree is missing from storage")
+    raise ApiError(404, "not_found", f"tile {level}/{n} has no {width} hashes yet")
 
 
 async def _entry_bundle(request: web.Request, n: int, width: int) -> bytes:
@@ -170,7 +174,15 @@ async def post_entry(request: web.Request) -> web.Response:
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type",
                        "send the entry as Content-Type: application/json")
-    body = await request.read()
+    try:
+        body = await request.read()
+    except web.RequestPayloadError:  # e.g. a Content-Encoding that does not decode
+        # aiohttp drops the connection after this; say so, or clients reuse a dead socket.
+        resp = web.json_response(error_body(
+            "bad_request", "the request body could not be read (bad Content-Encoding or "
+            "transfer encoding)"), status=400)
+        resp.force_close()
+        return resp
     try:
         release = validate_entry(parse_json(body))
     except EntryError as exc:
