@@ -217,7 +217,8 @@ async def test_wrong_content_type_is_refused_with_415(client: Client, publisher:
     await seed(client, publisher)
     body = json.dumps(make_release(publisher, "p", "1.0"))
     for content_type in ["text/plain", "application/x-www-form-urlencoded",
-                         "application/octet-stream", "application/jsonx", "text/json"]:
+                         "application/octet-stream", "application/jsonx", "text/json",
+                         "application/json; charset=latin-1", "application/json; charset=utf-16"]:
         await refused(client, "POST", "/v1/entries", 415, "unsupported_media_type", data=body,
                       headers={"Content-Type": content_type})
     # No Content-Type at all.

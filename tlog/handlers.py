@@ -171,9 +171,10 @@ async def list_entries(request: web.Request) -> web.Response:
 
 
 async def post_entry(request: web.Request) -> web.Response:
-    if request.content_type != "application/json":
+    charset = (request.charset or "utf-8").lower()
+    if request.content_type != "application/json" or charset not in ("utf-8", "utf8"):
         raise ApiError(415, "unsupported_media_type",
-                       "send the entry as Content-Type: application/json")
+                       "send the entry as Content-Type: application/json (UTF-8)")
     try:
         body = await request.read()
     except web.RequestPayloadError:  # e.g. a Content-Encoding that does not decode
