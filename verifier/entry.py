@@ -46,10 +46,14 @@ __all__ = [
     "SIGNING_PREFIX",
     "EntryError",
     "Release",
+    "Signed",
+    "check_signed",
     "parse_json",
+    "parse_key",
     "parse_leaf",
     "sign_entry",
     "signed_message",
+    "signing_prefix",
     "validate_entry",
 ]
 
@@ -242,25 +246,25 @@ def _ecma_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> I
 
 
 @functools.cache
-def _schema() -> Any:
-    resource = importlib.resources.files("verifier").joinpath(SCHEMA_RESOURCE)
+def _schema(name: str = SCHEMA_RESOURCE) -> Any:
+    resource = importlib.resources.files("verifier").joinpath(name)
     return json.loads(resource.read_text(encoding="utf-8"))
 
 
 @functools.cache
-def _fast_validator() -> Any:
+def _fast_validator(name: str = SCHEMA_RESOURCE) -> Any:
     """The schema compiled to Python code: ~20x faster than jsonschema on valid entries.
 
     fastjsonschema gives ``$`` ECMA-262's meaning (end of input) too. Only when it refuses
     an entry does jsonschema run, to find the clearest reason.
     """
-    return fastjsonschema.compile(_schema())
+    return fastjsonschema.compile(_schema(name))
 
 
 @functools.cache
-def _validator() -> Any:
-    """The release/v1 schema validator, loaded once from the package resource."""
-    schema = _schema()
+def _validator(name: str = SCHEMA_RESOURCE) -> Any:
+    """The schema validator for an entry kind, loaded once from the package resource."""
+    schema = _schema(name)
     base = jsonschema.Draft202012Validator
     base.check_schema(schema)
     cls = jsonschema.validators.extend(base, {"pattern": _ecma_pattern})
@@ -294,13 +298,13 @@ def _explain(error: Any) -> str:
     return str(messages.get(kind, error.message))
 
 
-def _check_schema(obj: Any) -> None:
+def _check_schema(obj: Any, name: str = SCHEMA_RESOURCE) -> None:
     try:
-        _fast_validator()(obj)
+        _fast_validator(name)(obj)
         return
     except fastjsonschema.JsonSchemaException as exc:
         fast_reason = str(exc)
-    error = jsonschema.exceptions.best_match(_validator().iter_errors(obj))
+    error = jsonschema.exceptions.best_match(_validator(name).iter_errors(obj))
     if error is None:  # the two validators disagree: refusing is the safe side
         raise EntryError(INVALID_ENTRY, fast_reason[:_MAX_MESSAGE])
     message = f"{_format_path(error.absolute_path)}: {_explain(error)}"
@@ -380,7 +384,14 @@ def _canonical(value: Mapping[str, Any], tree: int | None = None) -> bytes:
 def signed_message(entry: Mapping[str, Any], tree: int | None = None) -> bytes:
     """``b"tlog/release/v1\\n"`` followed by JCS(entry without its "signature" member)."""
     unsigned = {name: value for name, value in entry.items() if name != "signature"}
-    return SIGNING_PREFIX + _canonical(unsigned, tree)
+    kind = entry.get("kind")
+    prefix = signing_prefix(kind) if isinstance(kind, str) and kind != KIND else SIGNING_PREFIX
+    return prefix + _canonical(unsigned, tree)
+
+
+def signing_prefix(kind: str) -> bytes:
+    """The domain separator of an entry kind: b"tlog/" + kind + b"\\n" (release/v1 included)."""
+    return b"tlog/" + kind.encode("utf-8") + b"\n"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -438,6 +449,42 @@ def _validate_tree(obj: Any) -> Release:
         key=key,
         publisher=key.name,
     )
+
+
+@dataclass(frozen=True)
+class Signed:
+    """An entry of any kind whose schema, canonical form, size and signature were checked."""
+
+    entry: dict[str, Any]
+    leaf: bytes
+    leaf_hash: bytes
+    kind: str
+    key: Verifier
+
+
+def check_signed(obj: Any, schema_name: str) -> Signed:
+    """For entry kinds other than release/v1: schema `schema_name`, JCS leaf within
+    MAX_ENTRY_SIZE, the signer's key and signature over signing_prefix(kind) + JCS(unsigned).
+
+    `obj` must be a fresh JSON tree (parse_json's result or validated by the caller); it is
+    kept, not copied. Kind-specific rules are the caller's.
+    """
+    problem = _json_problem(obj, MAX_DEPTH)
+    if problem is not None:
+        raise EntryError(INVALID_ENTRY, problem)
+    _check_schema(obj, schema_name)
+    tree = _scan_tree(obj, MAX_DEPTH + 1)
+    leaf = _canonical(obj, tree)
+    if len(leaf) > MAX_ENTRY_SIZE:
+        raise EntryError(ENTRY_TOO_LARGE, f"entry is {len(leaf)} bytes, at most {MAX_ENTRY_SIZE}")
+    key = _parse_key(obj["key"])
+    _check_signature(obj, key, tree)
+    return Signed(obj, leaf, merkle_leaf_hash(leaf), obj["kind"], key)
+
+
+def parse_key(text: str) -> Verifier:
+    """A vkey inside an entry, or EntryError("bad_key")."""
+    return _parse_key(text)
 
 
 def parse_leaf(leaf: bytes) -> Release:
