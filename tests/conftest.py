@@ -79,7 +79,7 @@ def publisher() -> Signer:
 @pytest.fixture
 async def client(aiohttp_client: object, database_url: str,
                  log_signer: Signer) -> AsyncIterator[TestClient[web.Request, web.Application]]:
-    app = create_app(Config(database_url=database_url, signer=log_signer,
+    app = create_app(Config(database_url=database_url, signer=log_signer, policy="open",
                             host="127.0.0.1", port=0, max_wait=0.002))
     c: TestClient[web.Request, web.Application] = await aiohttp_client(app)  # type: ignore[operator]
     yield c

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -73,21 +74,24 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(database_url: str, key_file: Path, workdir: Path, timeout: float = 30) -> Server:
+def start_server(database_url: str, key_file: Path, workdir: Path, timeout: float = 30,
+                 extra: Sequence[str] = ("--policy", "open"), scheme: str = "http") -> Server:
+    """Start `tlog serve` (an open log unless `extra` says otherwise) and wait until ready."""
     port = free_port()
     log_path = workdir / f"serve-{port}.log"
     out = log_path.open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tlog", "serve", "--database-url", database_url,
-         "--key", str(key_file), "--listen", f"127.0.0.1:{port}"],
+         "--key", str(key_file), "--listen", f"127.0.0.1:{port}", *extra],
         stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    server = Server(proc, f"http://127.0.0.1:{port}", log_path)
+    server = Server(proc, f"{scheme}://127.0.0.1:{port}", log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"tlog serve exited {proc.returncode}:\n{server.output()}")
         try:
-            with urllib.request.urlopen(server.url + "/readyz", timeout=1) as resp:
+            with urllib.request.urlopen(server.url + "/readyz", timeout=1,
+                                        context=_no_verify()) as resp:
                 if resp.status == 200:
                     return server
         except OSError:
@@ -117,3 +121,11 @@ async def submit_all(urls: Sequence[str], entries: Sequence[dict[str, Any]],
                 return Result(resp.status, body, time.perf_counter() - started)
 
         return list(await asyncio.gather(*(one(i, e) for i, e in enumerate(entries))))
+
+
+def _no_verify() -> ssl.SSLContext:
+    """Readiness polling only: the test servers use throwaway certificates."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx

@@ -53,6 +53,7 @@ def _blank(path: str) -> str:
 def app_operations() -> set[tuple[str, str]]:
     """(path with parameter names blanked, METHOD) for every route of the real app."""
     app = create_app(Config(database_url="postgresql://unused", signer=generate_key("x"),
+                            policy="open",
                             host="127.0.0.1", port=0))
     ops = set()
     for route in app.router.routes():

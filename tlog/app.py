@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import re
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -10,18 +14,36 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from verifier.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from verifier.entry import EntryError
 from verifier.merkle import EMPTY_ROOT
 from verifier.note import Verifier
+from verifier.registry import Refusal, Registry, parse_log_leaf
 from verifier.tiles import TILE_WIDTH, TreeBuilder, split_hashes
 
 from . import migrate
+from .access import AccessError, Buckets, InFlight, client_identity
+from .admin import add_admin_routes
 from .config import Config
-from .handlers import SEQUENCER, STORAGE, VKEY, ApiError, add_routes, error_body
+from .handlers import (
+    CLIENT_BUCKETS,
+    CONFIG,
+    IN_FLIGHT,
+    PUBLISHER_BUCKETS,
+    SEQUENCER,
+    STORAGE,
+    TOKENS,
+    VKEY,
+    ApiError,
+    add_routes,
+    error_body,
+)
 from .metrics import Metrics
-from .sequencer import Sequencer, UnavailableError
+from .sequencer import RefusedError, Sequencer, UnavailableError
 from .storage import Storage
+from .tokens import TokenAuthority, TokenError
 
 log = logging.getLogger("tlog")
+access_log = logging.getLogger("tlog.access")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
@@ -32,25 +54,48 @@ class StartupError(RuntimeError):
     """The stored log fails its self-check; serving it would spread a broken tree."""
 
 
-def _json_error(status: int, code: str, message: str, **extra: object) -> web.Response:
+def _json_error(status: int, code: str, message: str, retry_after: float | None = None,
+                **extra: object) -> web.Response:
     resp = web.json_response(error_body(code, message, **extra), status=status)
-    if status == 503:
-        resp.headers["Retry-After"] = "1"
+    if retry_after is not None or status == 503:
+        resp.headers["Retry-After"] = str(max(1, math.ceil(retry_after or 1)))
     return resp
 
 
-@web.middleware
-async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error as JSON; never a 500 for a client's mistake; count every request."""
-    started = time.perf_counter()
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get("X-Request-Id", "")
+    return given if _REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
+
+
+async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Writes pass the per-client quota and the in-flight cap before the handler runs."""
+    if request.method != "POST":
+        return await handler(request)
+    request.app[CLIENT_BUCKETS].take(client_identity(request), "this client")
+    in_flight = request.app[IN_FLIGHT]
+    in_flight.enter()
     try:
-        resp = await handler(request)
+        return await handler(request)
+    finally:
+        in_flight.leave()
+
+
+async def _respond(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler's response, or the JSON error for whatever it raised."""
+    try:
+        return await _guarded(request, handler)
     except ApiError as exc:
         resp = _json_error(exc.status, exc.code, exc.message, **exc.extra)
+        if exc.close:
+            resp.force_close()
+        return resp
+    except (AccessError, TokenError, RefusedError) as exc:
+        return _json_error(exc.status, exc.code, str(exc), getattr(exc, "retry_after", None))
     except UnavailableError as exc:
-        resp = _json_error(503, "unavailable", str(exc))
+        return _json_error(503, "unavailable", str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -59,13 +104,43 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
                            f"{message} ({request.method} {request.path})")
         if isinstance(exc, web.HTTPMethodNotAllowed):
             resp.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+        return resp
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
-        resp = _json_error(500, "internal", "internal error; the operator has the details")
+        return _json_error(500, "internal", "internal error; the operator has the details")
+
+
+@web.middleware
+async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error as JSON; never a 500 for a client's mistake; count and log every request.
+
+    The access log is one JSON object per request with its id (X-Request-Id, echoed back);
+    it never holds headers, bodies, tokens or keys.
+    """
+    started = time.perf_counter()
+    request_id = _request_id(request)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    resp = await _respond(request, handler)
+    resp.headers["X-Request-Id"] = request_id
+    elapsed = time.perf_counter() - started
     metrics = request.app[METRICS]
     metrics.requests.labels(route, str(resp.status)).inc()
-    metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
+    metrics.request_seconds.labels(route).observe(elapsed)
+    if resp.status >= 400 and isinstance(resp, web.Response) and resp.body is not None:
+        metrics.refusals.labels(_error_code(resp)).inc()
+    access_log.info(json.dumps({
+        "id": request_id, "method": request.method, "route": route, "status": resp.status,
+        "ms": round(elapsed * 1000, 2), "client": request.remote}))
     return resp
+
+
+def _error_code(resp: web.Response) -> str:
+    try:
+        body = json.loads(resp.body)  # type: ignore[arg-type]
+        return str(body["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return "unknown"
 
 
 async def get_metrics(request: web.Request) -> web.Response:
@@ -117,6 +192,20 @@ async def _check_edge(storage: Storage, cp: Checkpoint) -> None:
             raise StartupError(f"stored leaves {lo}..{cp.size - 1} do not match their tile")
 
 
+async def replay_registry(storage: Storage, config: Config, size: int) -> Registry:
+    """Who may publish what at the end of the stored log: the replay of its registry entries."""
+    registry = Registry(config.admin_keys, enforce=config.policy == "registered")
+    for index, leaf in await storage.registry_entries(0):
+        if index >= size:
+            break
+        try:
+            registry.apply(index, parse_log_leaf(leaf))
+        except (EntryError, Refusal) as exc:
+            raise StartupError(f"registry entry {index} does not replay with the configured "
+                               f"admin keys: {exc}") from exc
+    return registry
+
+
 async def _publish_empty(seq: Sequencer) -> None:
     """Publish the size-0 checkpoint once, so clients always find a checkpoint."""
     async with seq.storage.append() as tx:
@@ -131,7 +220,15 @@ def create_app(config: Config) -> web.Application:
     metrics = Metrics()
     app[METRICS] = metrics
     app[VKEY] = config.signer.verifier().text()
+    app[CONFIG] = config
+    if config.token_signer is not None:
+        app[TOKENS] = TokenAuthority(config.token_signer, config.origin)
+    q = config.quotas
+    app[PUBLISHER_BUCKETS] = Buckets(q.publisher_rate, q.publisher_burst)
+    app[CLIENT_BUCKETS] = Buckets(q.client_rate, q.client_burst)
+    app[IN_FLIGHT] = InFlight(q.max_in_flight)
     add_routes(app)
+    add_admin_routes(app)
     app.router.add_get("/metrics", get_metrics)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -140,8 +237,10 @@ def create_app(config: Config) -> web.Application:
             async with storage.pool.acquire() as conn:
                 await migrate.check_version(conn)
             size = await self_check(storage, config.signer.verifier())
-            seq = Sequencer(storage, config.signer, metrics, max_batch=config.max_batch,
-                            max_wait=config.max_wait)
+            registry = await replay_registry(storage, config, size)
+            seq = Sequencer(storage, config.signer, metrics, registry,
+                            max_batch=config.max_batch, max_wait=config.max_wait)
+            seq.registry_next = size
             if size == 0:
                 await _publish_empty(seq)
             metrics.tree_size.set(size)

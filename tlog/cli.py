@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,8 +17,10 @@ from aiohttp import web
 from verifier.note import NoteError, generate_key
 
 from . import migrate as migrations
-from .config import DEFAULT_LISTEN, ConfigError, from_options
+from .config import DEFAULT_LISTEN, Config, ConfigError, from_options
 from .pgcluster import ClusterError
+from .registry_cmds import add_operator_commands
+from .remote import add_connection_options
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -84,21 +87,41 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
+    access = {name: getattr(args, name) for name in ACCESS_OPTIONS}
     try:
-        config = from_options(args.database_url, args.key, args.listen)
+        config = from_options(args.database_url, args.key, args.listen, **access)
+        ssl_context = server_ssl_context(config)
     except ConfigError as exc:
         print(f"tlog serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
     app = create_app(config)
-    return _run_app(app, config.host, config.port)
+    return _run_app(app, config.host, config.port, ssl_context=ssl_context)
 
 
-def _run_app(app: web.Application, host: str, port: int, banner: str | None = None) -> int:
+def server_ssl_context(config: Config) -> ssl.SSLContext | None:
+    """TLS for `tlog serve`; with a client CA, client certificates are verified when sent
+    (CERT_OPTIONAL: reads stay public, writes and admin calls demand one)."""
+    if config.tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(config.tls.cert, config.tls.key)
+        if config.tls.client_ca is not None:
+            ctx.load_verify_locations(cafile=str(config.tls.client_ca))
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"couldn't load the TLS certificate, key or client CA: {exc}") from exc
+    return ctx
+
+
+def _run_app(app: web.Application, host: str, port: int, banner: str | None = None,
+             ssl_context: ssl.SSLContext | None = None) -> int:
     """Serve until SIGINT/SIGTERM; `banner` is printed once the port is listening."""
     from .app import StartupError
 
     try:
-        web.run_app(app, host=host, port=port, access_log=None,
+        web.run_app(app, host=host, port=port, access_log=None, ssl_context=ssl_context,
                     print=lambda s: print(banner or s, flush=True))
     except (StartupError, migrations.SchemaError) as exc:
         print(f"tlog: refusing to serve: {exc}", file=sys.stderr)
@@ -119,10 +142,40 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from .dev import run_dev
 
     try:
-        return run_dev(Path(args.home), args.listen)
+        return run_dev(Path(args.home), args.listen, args.policy)
     except (ClusterError, ConfigError) as exc:
         print(f"tlog dev: {exc}", file=sys.stderr)
         return EXIT_FAIL
+
+
+ACCESS_OPTIONS = ("policy", "admin_key", "token_key", "admin_token_file", "tls_cert", "tls_key",
+                  "client_ca", "admin_cn", "publisher_rate", "publisher_burst", "client_rate",
+                  "client_burst", "max_in_flight")
+
+
+def add_access_options(s: argparse.ArgumentParser) -> None:
+    g = s.add_argument_group("access control")
+    g.add_argument("--policy", choices=["registered", "open"],
+                   help="registered (default, or TLOG_POLICY): only registered publishers, "
+                        "their current keys and packages, with tokens; open: any signed release")
+    g.add_argument("--admin-key", action="append", metavar="VKEY_FILE",
+                   help="an admin verifier key allowed to sign registry entries (repeatable)")
+    g.add_argument("--token-key", metavar="FILE", help="private key that signs submission tokens")
+    g.add_argument("--admin-token-file", metavar="FILE",
+                   help="file holding the admin API secret (mode 0600)")
+    t = s.add_argument_group("TLS")
+    t.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
+    t.add_argument("--tls-key", metavar="PEM", help="the certificate's private key (mode 0600)")
+    t.add_argument("--client-ca", metavar="PEM",
+                   help="require client certificates from this CA for writes and admin calls")
+    t.add_argument("--admin-cn", action="append", metavar="NAME",
+                   help="client-certificate common name that acts as admin (default tlog-admin)")
+    q = s.add_argument_group("quotas")
+    q.add_argument("--publisher-rate", type=float, help="submissions/s per publisher (100)")
+    q.add_argument("--publisher-burst", type=int, help="burst per publisher (2000)")
+    q.add_argument("--client-rate", type=float, help="write requests/s per client (500)")
+    q.add_argument("--client-burst", type=int, help="burst per client (5000)")
+    q.add_argument("--max-in-flight", type=int, help="writes processed at once (5000)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--database-url", help="PostgreSQL URL (or TLOG_DATABASE_URL)")
     s.add_argument("--key", help="the log's private key file (or TLOG_KEY); its name is the origin")
     s.add_argument("--listen", help=f"HOST:PORT (or TLOG_LISTEN; default {DEFAULT_LISTEN})")
+    add_access_options(s)
     s.set_defaults(func=cmd_serve)
 
     pub = sub.add_parser("publish", help="sign a release, log it and save the verified receipt")
@@ -155,12 +209,20 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--version", required=True)
     pub.add_argument("--counter", type=int, help="release counter; must grow between releases")
     pub.add_argument("--out", help="receipt file (default: FIRST_ARTIFACT.tlog-receipt.json)")
+    pub.add_argument("--token", help="submission token (registered logs; or TLOG_TOKEN)")
+    pub.add_argument("--token-file", help="file holding the submission token")
+    add_connection_options(pub)
     pub.add_argument("artifacts", nargs="+", metavar="ARTIFACT")
     pub.set_defaults(func=cmd_publish)
+
+    add_operator_commands(sub)
 
     d = sub.add_parser("dev", help="run a local log with its own PostgreSQL (the embedded default)")
     d.add_argument("--home", default=".tlog", help="state directory (default ./.tlog)")
     d.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT (default {DEFAULT_LISTEN})")
+    d.add_argument("--policy", choices=["open", "registered"], default="open",
+                   help="open (default here: any signed release) or registered (admin key, "
+                        "token key and admin secret are created under --home)")
     d.set_defaults(func=cmd_dev)
     return p
 

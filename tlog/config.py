@@ -6,10 +6,12 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from verifier.note import NoteError, Signer, parse_private_key
+from verifier.note import NoteError, Signer, Verifier, parse_private_key, parse_vkey
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
+POLICIES = ("open", "registered")
 MAX_BODY_BYTES = 128 * 1024  # an entry is at most 65,535 bytes once canonical
 
 
@@ -18,14 +20,52 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """Serve HTTPS; with a client CA, writes and admin calls need a verified client cert."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+    admin_names: tuple[str, ...] = ("tlog-admin",)  # client-cert CNs that act as admin
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """Pushback: token buckets per publisher and per client, and a cap on writes in flight."""
+
+    publisher_rate: float = 100.0  # submissions per second, sustained
+    publisher_burst: int = 2000
+    client_rate: float = 500.0
+    client_burst: int = 5000
+    max_in_flight: int = 5000      # write requests being processed at once (503 beyond)
+
+
+@dataclass(frozen=True)
 class Config:
+    """Everything `tlog serve` needs. policy "registered" (the production default) needs
+    admin_keys and token_signer; "open" accepts any validly signed release."""
+
     database_url: str
     signer: Signer
     host: str
     port: int
+    policy: str = "registered"
+    admin_keys: tuple[Verifier, ...] = ()
+    token_signer: Signer | None = None
+    admin_secret: str | None = None
+    tls: TlsConfig | None = None
+    quotas: Quotas = Quotas()
     max_batch: int = 512
     max_wait: float = 0.005
     max_body: int = MAX_BODY_BYTES
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ConfigError(f"--policy must be one of {', '.join(POLICIES)}")
+        if self.policy == "registered" and (not self.admin_keys or self.token_signer is None):
+            raise ConfigError("policy 'registered' needs --admin-key (the operator's registry "
+                              "key) and --token-key (signs submission tokens); "
+                              "or run with --policy open")
 
     @property
     def origin(self) -> str:
@@ -39,17 +79,33 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def load_signer(path: str | Path) -> Signer:
-    """Read the log's private key, refusing a file that others may read."""
+def read_secret_file(path: str | Path, what: str = "key file") -> str:
+    """A secret's text, refusing a file that group or others may read."""
     p = Path(path)
     try:
         mode = p.stat().st_mode
         text = p.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ConfigError(f"couldn't read key file {p}: {exc.strerror}") from exc
+        raise ConfigError(f"couldn't read {what} {p}: {exc.strerror}") from exc
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"key file {p} is readable by others (mode {stat.S_IMODE(mode):04o}); "
+        raise ConfigError(f"{what} {p} is readable by others (mode {stat.S_IMODE(mode):04o}); "
                           f"run: chmod 600 {p}")
+    return text
+
+
+def load_vkey(path: str | Path) -> Verifier:
+    try:
+        return parse_vkey(Path(path).read_text(encoding="utf-8").strip())
+    except OSError as exc:
+        raise ConfigError(f"couldn't read verifier key {path}: {exc.strerror}") from exc
+    except NoteError as exc:
+        raise ConfigError(f"{path} is not a verifier key: {exc}") from exc
+
+
+def load_signer(path: str | Path) -> Signer:
+    """Read a private key (note format), refusing a file that others may read."""
+    p = Path(path)
+    text = read_secret_file(p)
     try:
         return parse_private_key(text)
     except NoteError as exc:
@@ -57,8 +113,13 @@ def load_signer(path: str | Path) -> Signer:
                           f"(PRIVATE+KEY+name+id+data): {exc}") from exc
 
 
-def from_options(database_url: str | None, key: str | None, listen: str | None) -> Config:
-    """Build the config from command-line values, falling back to TLOG_* variables."""
+def from_options(database_url: str | None, key: str | None, listen: str | None,
+                 **access: Any) -> Config:
+    """Build the config from command-line values, falling back to TLOG_* variables.
+
+    `access` holds the optional access-control options of `tlog serve` (policy, admin_key,
+    token_key, admin_token_file, tls_cert, tls_key, client_ca, admin_cn).
+    """
     url = database_url or os.environ.get("TLOG_DATABASE_URL")
     key_file = key or os.environ.get("TLOG_KEY")
     if not url:
@@ -66,4 +127,36 @@ def from_options(database_url: str | None, key: str | None, listen: str | None) 
     if not key_file:
         raise ConfigError("no log key: give --key FILE or set TLOG_KEY (make one: tlog keygen)")
     host, port = parse_listen(listen or os.environ.get("TLOG_LISTEN") or DEFAULT_LISTEN)
-    return Config(database_url=url, signer=load_signer(key_file), host=host, port=port)
+    return Config(
+        database_url=url, signer=load_signer(key_file), host=host, port=port,
+        policy=access.get("policy") or os.environ.get("TLOG_POLICY") or "registered",
+        admin_keys=tuple(load_vkey(p) for p in access.get("admin_key") or []),
+        token_signer=load_signer(access["token_key"]) if access.get("token_key") else None,
+        admin_secret=(read_secret_file(access["admin_token_file"], "admin token file")
+                      if access.get("admin_token_file") else None),
+        tls=_tls(access), quotas=_quotas(access))
+
+
+def _quotas(access: dict[str, Any]) -> Quotas:
+    given = {name: access[name] for name in ("publisher_rate", "publisher_burst", "client_rate",
+                                             "client_burst", "max_in_flight")
+             if access.get(name) is not None}
+    quotas = Quotas(**given)
+    if min(quotas.publisher_rate, quotas.client_rate) <= 0 or min(
+            quotas.publisher_burst, quotas.client_burst, quotas.max_in_flight) < 1:
+        raise ConfigError("quota rates must be > 0 and bursts and --max-in-flight >= 1")
+    return quotas
+
+
+def _tls(access: dict[str, Any]) -> TlsConfig | None:
+    cert, key = access.get("tls_cert"), access.get("tls_key")
+    if not cert and not key:
+        if access.get("client_ca"):
+            raise ConfigError("--client-ca needs --tls-cert and --tls-key")
+        return None
+    if not cert or not key:
+        raise ConfigError("give both --tls-cert and --tls-key")
+    read_secret_file(key, "TLS key file")  # refuse a private key others can read
+    ca = access.get("client_ca")
+    names = tuple(access.get("admin_cn") or ["tlog-admin"])
+    return TlsConfig(Path(cert), Path(key), Path(ca) if ca else None, names)

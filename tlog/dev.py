@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 from pathlib import Path
 
 import asyncpg
 
 from .cli import _run_app, run_migrations, write_keypair
-from .config import Config, load_signer, parse_listen
+from .config import Config, load_signer, load_vkey, parse_listen, read_secret_file
 from .pgcluster import Cluster
 
 DEV_ORIGIN = "localhost/tlog-dev"
@@ -24,18 +26,39 @@ async def _create_database(cluster: Cluster) -> None:
         await conn.close()
 
 
-def _ensure_key(home: Path) -> Path:
-    key, vkey = home / "log.key", home / "log.vkey"
+def _ensure_key(home: Path, stem: str, name: str, what: str) -> Path:
+    key, vkey = home / f"{stem}.key", home / f"{stem}.vkey"
     if not key.exists():
-        write_keypair(DEV_ORIGIN, key, vkey)
-        print(f"created log key {key} and {vkey}")
+        write_keypair(name, key, vkey)
+        print(f"created {what} {key} and {vkey}")
     return key
 
 
-def _banner(vkey: str, host: str, port: int, home: Path) -> str:
+def _ensure_admin_token(home: Path) -> Path:
+    path = home / "admin-token"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+        print(f"created admin API secret {path}")
+    return path
+
+
+def dev_config(home: Path, url: str, host: str, port: int, policy: str) -> Config:
+    """The log key, admin key, token key and admin secret under `home`, made when absent."""
+    signer = load_signer(_ensure_key(home, "log", DEV_ORIGIN, "log key"))
+    admin = _ensure_key(home, "admin", "tlog-dev-admin", "registry admin key")
+    token_key = load_signer(_ensure_key(home, "token", "tlog-dev-tokens", "token key"))
+    secret = read_secret_file(_ensure_admin_token(home), "admin token file")
+    return Config(database_url=url, signer=signer, host=host, port=port, policy=policy,
+                  admin_keys=(load_vkey(admin.with_suffix(".vkey")),), token_signer=token_key,
+                  admin_secret=secret)
+
+
+def _banner(vkey: str, host: str, port: int, home: Path, policy: str) -> str:
     url = f"http://{host}:{port}"
     return "\n".join([
-        f"tlog dev: serving {url} (state in {home})",
+        f"tlog dev: serving {url} (policy {policy}; state in {home})",
         f"  log key (vkey): {vkey}",
         f"  checkpoint:     curl -s {url}/checkpoint",
         f"  log info:       curl -s {url}/v1/log",
@@ -47,7 +70,7 @@ def _banner(vkey: str, host: str, port: int, home: Path) -> str:
     ])
 
 
-def run_dev(home: Path, listen: str) -> int:
+def run_dev(home: Path, listen: str, policy: str = "open") -> int:
     """Start (or reuse) the cluster, make keys, migrate, serve; always stop PostgreSQL."""
     from .app import create_app
 
@@ -60,9 +83,9 @@ def run_dev(home: Path, listen: str) -> int:
         asyncio.run(_create_database(cluster))
         url = cluster.url(DEV_DATABASE)
         asyncio.run(run_migrations(url))
-        signer = load_signer(_ensure_key(home))
-        app = create_app(Config(database_url=url, signer=signer, host=host, port=port))
-        banner = _banner(signer.verifier().text(), host, port, home)
+        config = dev_config(home, url, host, port, policy)
+        app = create_app(config)
+        banner = _banner(config.signer.verifier().text(), host, port, home, policy)
         return _run_app(app, host, port, banner)
     finally:
         print("tlog dev: stopping PostgreSQL", flush=True)

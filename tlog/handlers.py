@@ -13,13 +13,17 @@ from typing import Any
 
 from aiohttp import web
 
-from verifier.entry import EntryError, parse_json, validate_entry
+from verifier.entry import EntryError, Release, parse_json
 from verifier.merkle import leaf_hash
+from verifier.registry import PUBLISHER_KIND, LogEntry, RegistryEntry, validate_log_entry
 from verifier.tiles import TILE_WIDTH, encode_bundle, parse_tile_path, tile_width
 
+from .access import Buckets, InFlight, require_client_cert
+from .config import Config
 from .proofs import consistency_proof, inclusion_proof
 from .sequencer import ConflictError, Receipt, Sequencer, UnavailableError
 from .storage import Storage
+from .tokens import TokenAuthority, TokenError, bearer
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 PARTIAL = "public, max-age=60"  # a partial tile's bytes never change, but it is soon replaced
@@ -36,14 +40,21 @@ ENTRY_STATUS = {"invalid_json": 400, "entry_too_large": 413}  # other entry erro
 STORAGE: web.AppKey[Storage] = web.AppKey("storage", Storage)
 SEQUENCER: web.AppKey[Sequencer] = web.AppKey("sequencer", Sequencer)
 VKEY: web.AppKey[str] = web.AppKey("vkey", str)
+CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
+TOKENS: web.AppKey[TokenAuthority] = web.AppKey("tokens", TokenAuthority)
+PUBLISHER_BUCKETS: web.AppKey[Buckets] = web.AppKey("publisher_buckets", Buckets)
+CLIENT_BUCKETS: web.AppKey[Buckets] = web.AppKey("client_buckets", Buckets)
+IN_FLIGHT: web.AppKey[InFlight] = web.AppKey("in_flight", InFlight)
 
 
 class ApiError(Exception):
     """A refusal with an HTTP status, a stable error code and a message for people."""
 
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+    def __init__(self, status: int, code: str, message: str, close: bool = False,
+                 **extra: Any) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.extra = status, code, message, extra
+        self.close = close  # the connection cannot be reused after this error
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -170,26 +181,55 @@ async def list_entries(request: web.Request) -> web.Response:
     })
 
 
-async def post_entry(request: web.Request) -> web.Response:
+async def read_json_body(request: web.Request) -> bytes:
+    """The raw body of a JSON request: UTF-8 application/json within the size limit."""
     charset = (request.charset or "utf-8").lower()
     if request.content_type != "application/json" or charset not in ("utf-8", "utf8"):
         raise ApiError(415, "unsupported_media_type",
                        "send the entry as Content-Type: application/json (UTF-8)")
     try:
-        body = await request.read()
-    except web.RequestPayloadError:  # e.g. a Content-Encoding that does not decode
+        return await request.read()
+    except web.RequestPayloadError as exc:  # e.g. a Content-Encoding that does not decode
         # aiohttp drops the connection after this; say so, or clients reuse a dead socket.
-        resp = web.json_response(error_body(
-            "bad_request", "the request body could not be read (bad Content-Encoding or "
-            "transfer encoding)"), status=400)
-        resp.force_close()
-        return resp
+        raise ApiError(400, "bad_request", "the request body could not be read (bad "
+                       "Content-Encoding or transfer encoding)", close=True) from exc
+
+
+def parse_entry(body: bytes) -> LogEntry:
     try:
-        release = validate_entry(parse_json(body))
+        return validate_log_entry(parse_json(body))
     except EntryError as exc:
         raise ApiError(ENTRY_STATUS.get(exc.code, 422), exc.code, str(exc)) from exc
+
+
+async def post_entry(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    require_client_cert(request, config)
+    entry = parse_entry(await read_json_body(request))
+    token_id = authorize_submission(request, entry) if config.policy == "registered" else None
+    return await submit(request, entry, token_id)
+
+
+def authorize_submission(request: web.Request, entry: LogEntry) -> str:
+    """In a registered log: a valid token of the entry's publisher covering its package."""
+    if isinstance(entry, RegistryEntry) and entry.kind == PUBLISHER_KIND:
+        raise ApiError(403, "admin_only", "publisher registration goes through the admin API "
+                                          "(POST /v1/admin/entries)")
+    claims = request.app[TOKENS].verify(bearer(request.headers.get("Authorization")))
+    publisher = entry.publisher
+    if claims.publisher != publisher:
+        raise TokenError(403, "token_wrong_publisher",
+                         f"the token is for {claims.publisher!r}, the entry is {publisher!r}'s")
+    if isinstance(entry, Release) and not claims.covers(entry.package):
+        raise TokenError(403, "token_out_of_scope",
+                         f"the token does not cover package {entry.package!r}")
+    request.app[PUBLISHER_BUCKETS].take(publisher, f"publisher {publisher!r}")
+    return claims.jti
+
+
+async def submit(request: web.Request, entry: LogEntry, token_id: str | None) -> web.Response:
     try:
-        receipt = await request.app[SEQUENCER].submit(release)
+        receipt = await request.app[SEQUENCER].submit(entry, token_id)
     except ConflictError as exc:
         raise ApiError(409, "conflict", str(exc), index=exc.index) from exc
     return web.json_response(receipt_json(receipt), status=201 if receipt.created else 200)

@@ -26,6 +26,9 @@ class Metrics:
         self.requests = Counter(
             "tlog_http_requests", "HTTP requests by route and status", ["route", "status"],
             registry=self.registry)
+        self.refusals = Counter(
+            "tlog_refusals", "Error answers by error code (quota, token, registry, input...)",
+            ["code"], registry=self.registry)
         self.request_seconds = Histogram(
             "tlog_http_request_seconds", "HTTP request latency by route", ["route"],
             buckets=LATENCIES, registry=self.registry)

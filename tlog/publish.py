@@ -6,8 +6,6 @@ import argparse
 import hashlib
 import json
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +13,7 @@ from verifier.entry import EntryError, sign_entry, validate_entry
 from verifier.note import NoteError, Verifier, parse_private_key, parse_vkey
 from verifier.proof import make_receipt, verify_receipt
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-MAX_REPLY = 1 << 20
-TIMEOUT = 30
-
-
-class PublishError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+from .remote import EXIT_FAIL, EXIT_OK, EXIT_USAGE, RemoteError, call, expect, read_secret
 
 
 def describe_artifact(path: Path) -> dict[str, Any]:
@@ -36,28 +26,13 @@ def describe_artifact(path: Path) -> dict[str, Any]:
     return {"name": path.name, "sha256": digest.hexdigest(), "size": size}
 
 
-def _http(url: str, body: bytes | None = None) -> tuple[int, bytes]:
-    headers = {"Content-Type": "application/json"} if body is not None else {}
-    req = urllib.request.Request(url, data=body, headers=headers,
-                                 method="POST" if body is not None else "GET")
-    try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
-            return int(resp.status), resp.read(MAX_REPLY)
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(MAX_REPLY)
-    except (urllib.error.URLError, OSError) as exc:
-        raise PublishError(EXIT_UNREACHABLE, f"couldn't reach the log at {url}: {exc}") from exc
-
-
 def _log_key(args: argparse.Namespace) -> Verifier:
     if args.log_key:
         return parse_vkey(Path(args.log_key).read_text(encoding="utf-8").strip())
-    status, body = _http(args.log.rstrip("/") + "/v1/log")
-    if status != 200:
-        raise PublishError(EXIT_UNREACHABLE, f"GET /v1/log answered {status}")
+    info = expect(*call(args, "GET", "/v1/log"), (200,), "GET /v1/log")
     print("warning: no --log-key given; verifying against the key the log itself announces",
           file=sys.stderr)
-    return parse_vkey(json.loads(body)["vkey"])
+    return parse_vkey(str(info.get("vkey")))
 
 
 def _entry(args: argparse.Namespace, artifacts: list[Path]) -> dict[str, Any]:
@@ -72,19 +47,10 @@ def _entry(args: argparse.Namespace, artifacts: list[Path]) -> dict[str, Any]:
     return entry
 
 
-def _submit(log_url: str, entry: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    status, body = _http(log_url.rstrip("/") + "/v1/entries", json.dumps(entry).encode())
-    try:
-        reply = json.loads(body)
-    except ValueError as exc:
-        raise PublishError(EXIT_UNREACHABLE, f"the log answered {status} with non-JSON") from exc
-    if status not in (200, 201):
-        err = reply.get("error", {}) if isinstance(reply, dict) else {}
-        raise PublishError(EXIT_FAIL, f"the log refused the entry ({status} "
-                           f"{err.get('code')}): {err.get('message')}")
-    if not isinstance(reply, dict):
-        raise PublishError(EXIT_FAIL, "the log's reply is not a JSON object")
-    return status, reply
+def _submit(args: argparse.Namespace, entry: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    token = args.token or read_secret(args.token_file, "TLOG_TOKEN", "token file")
+    status, reply = call(args, "POST", "/v1/entries", entry, bearer=token)
+    return status, expect(status, reply, (200, 201), "the log")
 
 
 def _receipt(entry: dict[str, Any], reply: dict[str, Any], log_key: Verifier) -> dict[str, Any]:
@@ -94,9 +60,9 @@ def _receipt(entry: dict[str, Any], reply: dict[str, Any], log_key: Verifier) ->
                                str(reply["checkpoint"]))
         verified = verify_receipt(receipt, log_key)
     except (KeyError, TypeError, ValueError) as exc:
-        raise PublishError(EXIT_FAIL, f"the log's receipt does not verify: {exc}") from exc
+        raise RemoteError(EXIT_FAIL, f"the log's receipt does not verify: {exc}") from exc
     if verified.release.leaf_hash.hex() != reply.get("leaf_hash"):
-        raise PublishError(EXIT_FAIL, "the log's leaf hash is not the hash of our entry")
+        raise RemoteError(EXIT_FAIL, "the log's leaf hash is not the hash of our entry")
     return receipt
 
 
@@ -105,12 +71,12 @@ def publish(args: argparse.Namespace) -> int:
     try:
         for p in artifacts:
             if not p.is_file():
-                raise PublishError(EXIT_USAGE, f"{p}: not a file")
+                raise RemoteError(EXIT_USAGE, f"{p}: not a file")
         log_key = _log_key(args)
         entry = _entry(args, artifacts)
-        status, reply = _submit(args.log, entry)
+        status, reply = _submit(args, entry)
         receipt = _receipt(entry, reply, log_key)
-    except PublishError as exc:
+    except RemoteError as exc:
         print(f"tlog publish: {exc}", file=sys.stderr)
         return exc.code
     except (OSError, NoteError, EntryError) as exc:

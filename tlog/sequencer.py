@@ -9,20 +9,22 @@ none of it; an unanswered client retries and dedup returns the index it already 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from verifier.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
-from verifier.entry import Release
+from verifier.entry import EntryError, Release
 from verifier.merkle import ProofError, verify_consistency
 from verifier.note import Signer
+from verifier.registry import LogEntry, Refusal, Registry, parse_log_leaf
 from verifier.tiles import TileKey, TreeBuilder
 
 from .metrics import Metrics
 from .proofs import consistency_proof, inclusion_proofs
-from .storage import AppendTx, ExistingEntry, NewEntry, Storage, StoredCheckpoint
+from .storage import AppendTx, NewEntry, Storage, StoredCheckpoint, TokenRecord
 
 log = logging.getLogger("tlog.sequencer")
 
@@ -34,6 +36,14 @@ class ConflictError(Exception):
         super().__init__(f"{package} {version} is already in the log at index {index} "
                          "with different content")
         self.index = index
+
+
+class RefusedError(Exception):
+    """The registry or the token list refuses this entry at this point of the log."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
 
 
 class UnavailableError(Exception):
@@ -56,12 +66,13 @@ class Receipt:
 
 @dataclass
 class _Pending:
-    release: Release
+    entry: LogEntry
+    token_id: str | None = None
     future: asyncio.Future[Receipt] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-_Outcome = tuple[int, bool] | ConflictError  # (index, newly added) or a refusal
+_Outcome = tuple[int, bool] | ConflictError | RefusedError  # (index, newly added) or refusal
 
 
 @dataclass
@@ -73,9 +84,11 @@ class _Plan:
 
 
 class Sequencer:
-    def __init__(self, storage: Storage, signer: Signer, metrics: Metrics, *,
+    def __init__(self, storage: Storage, signer: Signer, metrics: Metrics, registry: Registry, *,
                  max_batch: int = 512, max_wait: float = 0.005, max_pending: int = 20000) -> None:
         self.storage = storage
+        self.registry = registry  # replayed up to registry_next; replaced only after a commit
+        self.registry_next = 0
         self.signer = signer
         self.metrics = metrics
         self.max_batch = max_batch
@@ -97,13 +110,17 @@ class Sequencer:
             if not pending.future.done():
                 pending.future.set_exception(UnavailableError("the log is shutting down"))
 
-    async def submit(self, release: Release) -> Receipt:
-        """Log `release` (or find it) and return a receipt against a signed checkpoint."""
+    async def submit(self, entry: LogEntry, token_id: str | None = None) -> Receipt:
+        """Log `entry` (or find it) and return a receipt against a signed checkpoint.
+
+        `token_id` is the id of the submission token that was verified for it, if any; the
+        batch checks it is still on record and not revoked, inside the append transaction.
+        """
         if self.failed is not None:
             raise UnavailableError(f"appends are stopped: {self.failed}")
         if self._queue.qsize() >= self.max_pending:
             raise UnavailableError("too many submissions waiting; retry shortly")
-        pending = _Pending(release)
+        pending = _Pending(entry, token_id)
         self._queue.put_nowait(pending)
         # shield: a client that hangs up must not cancel the future the batch will resolve.
         return await asyncio.shield(pending.future)
@@ -121,7 +138,7 @@ class Sequencer:
             for pending, result in zip(batch, receipts, strict=True):
                 if pending.future.done():
                     continue
-                if isinstance(result, ConflictError):
+                if isinstance(result, ConflictError | RefusedError):
                     pending.future.set_exception(result)
                 else:
                     pending.future.set_result(result)
@@ -129,18 +146,19 @@ class Sequencer:
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
     async def _receipts(self, batch: Sequence[_Pending], outcome: Mapping[int, _Outcome],
-                        published: StoredCheckpoint) -> list[Receipt | ConflictError]:
+                        published: StoredCheckpoint
+                        ) -> list[Receipt | ConflictError | RefusedError]:
         """Inclusion proofs for the whole batch against `published`, from one tile read."""
-        indices = [r[0] for r in outcome.values() if not isinstance(r, ConflictError)]
+        indices = [r[0] for r in outcome.values() if isinstance(r, tuple)]
         proofs = await inclusion_proofs(indices, published.size, self.storage.tiles)
-        out: list[Receipt | ConflictError] = []
+        out: list[Receipt | ConflictError | RefusedError] = []
         for i, pending in enumerate(batch):
             result = outcome[i]
-            if isinstance(result, ConflictError):
+            if not isinstance(result, tuple):
                 out.append(result)
                 continue
             index, created = result
-            out.append(Receipt(index, pending.release.leaf_hash, published.size, proofs[index],
+            out.append(Receipt(index, pending.entry.leaf_hash, published.size, proofs[index],
                                published.note, created))
         return out
 
@@ -181,7 +199,8 @@ class Sequencer:
             # database exactly as the previous batch left it; no one got a reply.
             latest = await tx.latest_checkpoint()
             builder = await self._load_edge(tx, latest)
-            plan = await self._plan(tx, batch, builder.size)
+            registry = await self._synced_registry(tx, builder.size)
+            plan = await self._plan(tx, batch, builder.size, registry)
             if plan.new:
                 for entry in plan.new:
                     builder.append(entry.leaf_hash)
@@ -194,7 +213,9 @@ class Sequencer:
                 await tx.put_checkpoint(builder.size, builder.root(), note)
                 latest = StoredCheckpoint(builder.size, builder.root(), note)
         # COMMIT done: entries, tiles and the checkpoint are durable together. A crash from
-        # here on loses only the replies; retries find the entries through dedup.
+        # here on loses only the replies; retries find the entries through dedup. Only now
+        # may the registry replay move on: a rolled-back batch must leave no trace in it.
+        self.registry, self.registry_next = registry, builder.size
         if latest is None:  # only possible for an empty batch, which _next_batch never makes
             raise UnavailableError("the log has no checkpoint yet")
         self.metrics.tree_size.set(latest.size)
@@ -215,28 +236,63 @@ class Sequencer:
                                  "the latest published checkpoint")
         return builder
 
-    async def _plan(self, tx: AppendTx, batch: Sequence[_Pending], size: int) -> _Plan:
-        """Dedup against the log and within the batch; give new entries their indices."""
-        releases = [p.release for p in batch]
-        found = await tx.find_existing([r.leaf_hash for r in releases],
-                                       [(r.package, r.version) for r in releases])
+    async def _synced_registry(self, tx: AppendTx, size: int) -> Registry:
+        """A copy of the registry replayed up to `size` (other processes may have appended)."""
+        registry = copy.deepcopy(self.registry)
+        for index, leaf in await tx.registry_entries(self.registry_next):
+            try:
+                registry.apply(index, parse_log_leaf(leaf))
+            except (EntryError, Refusal) as exc:
+                raise SelfCheckError(
+                    f"stored registry entry {index} does not replay: {exc}") from exc
+        return registry
+
+    async def _plan(self, tx: AppendTx, batch: Sequence[_Pending], size: int,
+                    registry: Registry) -> _Plan:
+        """Dedup against the log and within the batch, check tokens and the registry, and
+        give new entries their indices. `registry` advances entry by entry."""
+        entries = [p.entry for p in batch]
+        names = [(e.package, e.version) for e in entries if isinstance(e, Release)]
+        found = await tx.find_existing([e.leaf_hash for e in entries], names)
+        tokens = await tx.tokens([p.token_id for p in batch if p.token_id is not None])
+        if registry.enforce and names:
+            registry.max_counter.update(await tx.max_counters(sorted({n[0] for n in names})))
         by_hash: dict[bytes, int] = {e.leaf_hash: e.index for e in found}
-        by_name: dict[tuple[str, str], ExistingEntry | NewEntry] = {
-            (e.package, e.version): e for e in found}
+        by_name: dict[tuple[str, str], int] = {(e.package, e.version): e.index for e in found}
         plan = _Plan()
-        for i, r in enumerate(releases):
-            if r.leaf_hash in by_hash:
-                plan.outcome[i] = (by_hash[r.leaf_hash], False)
-            elif (r.package, r.version) in by_name:
-                plan.outcome[i] = ConflictError(by_name[(r.package, r.version)].index,
-                                                r.package, r.version)
-            else:
-                entry = NewEntry(size + len(plan.new), r.leaf, r.leaf_hash, r.package, r.version)
-                plan.new.append(entry)
-                by_hash[r.leaf_hash] = entry.index
-                by_name[(r.package, r.version)] = entry
-                plan.outcome[i] = (entry.index, True)
+        for i, pending in enumerate(batch):
+            plan.outcome[i] = self._place(pending, size + len(plan.new), by_hash, by_name,
+                                          tokens, registry, plan.new)
         return plan
+
+    def _place(self, pending: _Pending, index: int, by_hash: dict[bytes, int],
+               by_name: dict[tuple[str, str], int], tokens: Mapping[str, TokenRecord],
+               registry: Registry, new: list[NewEntry]) -> _Outcome:
+        """The outcome of one submission; appends to `new` when it gets `index`."""
+        e = pending.entry
+        if e.leaf_hash in by_hash:
+            return (by_hash[e.leaf_hash], False)
+        name = (e.package, e.version) if isinstance(e, Release) else None
+        if name is not None and name in by_name:
+            return ConflictError(by_name[name], *name)
+        if pending.token_id is not None:
+            record = tokens.get(pending.token_id)
+            if record is None:
+                return RefusedError(401, "token_unknown", "the submission token is not on record")
+            if record.revoked:
+                return RefusedError(401, "token_revoked", "the submission token was revoked")
+        try:
+            registry.apply(index, e)
+        except Refusal as exc:
+            return RefusedError(exc.status, exc.code, str(exc))
+        if isinstance(e, Release):
+            new.append(NewEntry(index, e.leaf, e.leaf_hash, e.package, e.version,
+                                counter=e.counter))
+            by_name[(e.package, e.version)] = index
+        else:
+            new.append(NewEntry(index, e.leaf, e.leaf_hash, None, None, kind=e.kind))
+        by_hash[e.leaf_hash] = index
+        return (index, True)
 
     async def _self_check(self, tx: AppendTx, latest: StoredCheckpoint | None, note: str,
                           builder: TreeBuilder, changed: Mapping[TileKey, bytes]) -> None:

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -50,6 +51,18 @@ SQL_PUT_TILE = (
     "INSERT INTO tiles (level, idx, data) VALUES ($1, $2, $3) "
     "ON CONFLICT (level, idx) DO UPDATE SET data = EXCLUDED.data")
 SQL_PUT_CHECKPOINT = "INSERT INTO checkpoints (tree_size, root, note) VALUES ($1, $2, $3)"
+SQL_REGISTRY_ENTRIES = (
+    "SELECT idx, leaf FROM entries WHERE kind <> 'release/v1' AND idx >= $1 ORDER BY idx")
+SQL_MAX_COUNTERS = (
+    "SELECT package, max(counter) AS max FROM entries "
+    "WHERE package = ANY($1::text[]) AND counter IS NOT NULL GROUP BY package")
+SQL_TOKENS = "SELECT jti, publisher, scopes, revoked_at FROM tokens WHERE jti = ANY($1::text[])"
+SQL_INSERT_TOKEN = (
+    "INSERT INTO tokens (jti, publisher, scopes, expires_at, issued_by) "
+    "VALUES ($1, $2, $3, $4, $5)")
+SQL_REVOKE_TOKEN = (
+    "UPDATE tokens SET revoked_at = now(), revoked_by = $2 "
+    "WHERE jti = $1 AND revoked_at IS NULL RETURNING jti")
 
 
 @dataclass(frozen=True)
@@ -72,8 +85,23 @@ class NewEntry:
     index: int
     leaf: bytes
     leaf_hash: bytes
-    package: str
-    version: str
+    package: str | None
+    version: str | None
+    kind: str = "release/v1"
+    counter: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    jti: str
+    publisher: str
+    scopes: list[str]
+    revoked: bool
+
+
+async def _registry_entries(conn: Any, start: int) -> list[tuple[int, bytes]]:
+    rows = await conn.fetch(SQL_REGISTRY_ENTRIES, start)
+    return [(int(r["idx"]), bytes(r["leaf"])) for r in rows]
 
 
 def _checkpoint(row: asyncpg.Record | None) -> StoredCheckpoint | None:
@@ -198,6 +226,20 @@ class Storage:
     async def tiles(self, keys: Sequence[TileKey]) -> dict[TileKey, bytes]:
         return await _fetch_tiles(self.pool, keys, self.tile_cache, populate=True)
 
+    async def registry_entries(self, start: int = 0) -> list[tuple[int, bytes]]:
+        """Registry entries (every kind but release/v1) from index `start`, in log order."""
+        return await _registry_entries(self.pool, start)
+
+    async def insert_token(self, jti: str, publisher: str, scopes: Sequence[str],
+                           expires_at: datetime, issued_by: str) -> None:
+        """Record an issued token: the audit trail and the list revocation works on."""
+        await self.pool.execute(SQL_INSERT_TOKEN, jti, publisher, list(scopes), expires_at,
+                                issued_by)
+
+    async def revoke_token(self, jti: str, revoked_by: str) -> bool:
+        """Revoke a token; False if it is unknown or already revoked."""
+        return await self.pool.fetchval(SQL_REVOKE_TOKEN, jti, revoked_by) is not None
+
     @asynccontextmanager
     async def append(self) -> AsyncIterator[AppendTx]:
         """One append transaction holding the log-wide append lock until commit."""
@@ -228,8 +270,22 @@ class AppendTx:
 
     async def insert_entries(self, entries: Sequence[NewEntry]) -> None:
         await self._conn.copy_records_to_table(
-            "entries", columns=["idx", "leaf", "leaf_hash", "package", "version"],
-            records=[(e.index, e.leaf, e.leaf_hash, e.package, e.version) for e in entries])
+            "entries",
+            columns=["idx", "leaf", "leaf_hash", "package", "version", "kind", "counter"],
+            records=[(e.index, e.leaf, e.leaf_hash, e.package, e.version, e.kind, e.counter)
+                     for e in entries])
+
+    async def registry_entries(self, start: int) -> list[tuple[int, bytes]]:
+        return await _registry_entries(self._conn, start)
+
+    async def max_counters(self, packages: Sequence[str]) -> dict[str, int]:
+        rows = await self._conn.fetch(SQL_MAX_COUNTERS, list(packages))
+        return {r["package"]: int(r["max"]) for r in rows}
+
+    async def tokens(self, jtis: Sequence[str]) -> dict[str, TokenRecord]:
+        rows = await self._conn.fetch(SQL_TOKENS, list(jtis))
+        return {r["jti"]: TokenRecord(r["jti"], r["publisher"], list(r["scopes"]),
+                                      r["revoked_at"] is not None) for r in rows}
 
     async def put_tiles(self, tiles: dict[TileKey, bytes]) -> None:
         await self._conn.executemany(

@@ -224,8 +224,9 @@ class Registry:
             raise Refusal(403, "package_not_owned",
                           f"publisher {r.publisher!r} does not own package {r.package!r}")
         if r.key.text() not in p.keys:
-            state = "revoked" if r.key.text() in p.revoked_keys else "not a current key"
-            raise Refusal(403, "key_not_valid", f"the signing key is {state} of {r.publisher!r}")
+            state = "was revoked" if r.key.text() in p.revoked_keys else "is not a current key"
+            raise Refusal(403, "key_not_valid",
+                          f"the signing key {state} of publisher {r.publisher!r}")
         self._authorize_counter(r)
 
     def _authorize_counter(self, r: Release) -> None:
