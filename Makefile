@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck unit bench clean postgres
+.PHONY: run test lint typecheck unit bench clean postgres softhsm
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tlog needs Python >= 3.11")'
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 postgres:
 	@deploy/ensure-postgres.sh
 
+softhsm:
+	@deploy/ensure-softhsm.sh
+
 run: $(STAMP) postgres
 	$(BIN)/tlog dev
 
@@ -24,7 +27,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) postgres
+unit: $(STAMP) postgres softhsm
 	$(BIN)/pytest -q
 
 test: lint typecheck unit

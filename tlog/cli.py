@@ -14,10 +14,17 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
-from verifier.note import NoteError, generate_key
+from verifier.note import NoteError, Verifier, generate_key, is_valid_key_name, key_id
 
 from . import migrate as migrations
-from .config import DEFAULT_LISTEN, Config, ConfigError, from_options
+from .config import (
+    DEFAULT_LISTEN,
+    PKCS11_OPTIONS,
+    Config,
+    ConfigError,
+    from_options,
+    read_secret_file,
+)
 from .pgcluster import ClusterError
 from .registry_cmds import add_operator_commands
 from .remote import add_connection_options
@@ -44,6 +51,8 @@ def write_keypair(name: str, key_path: Path, vkey_path: Path) -> str:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
+    if any(getattr(args, name) for name in PKCS11_OPTIONS):
+        return keygen_pkcs11(args)
     key_path, vkey_path = key_files(Path(args.out), args.name)
     if key_path.exists():
         print(f"tlog keygen: {key_path} exists; refusing to overwrite a key", file=sys.stderr)
@@ -55,6 +64,44 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     print(f"private key: {key_path} (mode 0600; keep it secret)")
     print(f"public key:  {vkey_path}")
+    print(vkey)
+    return EXIT_OK
+
+
+def keygen_pkcs11(args: argparse.Namespace) -> int:
+    """Make the key pair in the token; write only NAME.vkey (the private key stays there)."""
+    missing = [name for name in PKCS11_OPTIONS if not getattr(args, name)]
+    if missing:
+        flags = ", ".join("--" + name.replace("_", "-") for name in missing)
+        print(f"tlog keygen: PKCS#11 keygen also needs {flags}", file=sys.stderr)
+        return EXIT_USAGE
+    _, vkey_path = key_files(Path(args.out), args.name)
+    if vkey_path.exists():
+        print(f"tlog keygen: {vkey_path} exists; refusing to overwrite it", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        from .hsm import HsmError, generate_ed25519_key
+    except ImportError as exc:
+        print(f"tlog keygen: needs python-pkcs11 (pip install 'tlog[hsm]'): {exc}",
+              file=sys.stderr)
+        return EXIT_FAIL
+    try:
+        if not is_valid_key_name(args.name):
+            raise NoteError(f"bad key name {args.name!r}")
+        pin = read_secret_file(args.pkcs11_pin_file, "PKCS#11 PIN file")
+        public_key = generate_ed25519_key(args.pkcs11_module, args.pkcs11_token,
+                                          args.pkcs11_key, pin)
+    except (ConfigError, NoteError) as exc:
+        print(f"tlog keygen: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except HsmError as exc:
+        print(f"tlog keygen: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    vkey = Verifier(args.name, key_id(args.name, public_key), public_key).text()
+    vkey_path.parent.mkdir(parents=True, exist_ok=True)
+    vkey_path.write_text(vkey + "\n", encoding="utf-8")
+    print(f"private key: in token {args.pkcs11_token!r}, label {args.pkcs11_key!r}")
+    print(f"public key:  {vkey_path} (give it to tlog serve as --key)")
     print(vkey)
     return EXIT_OK
 
@@ -87,7 +134,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
-    access = {name: getattr(args, name) for name in ACCESS_OPTIONS}
+    access = {name: getattr(args, name) for name in (*ACCESS_OPTIONS, *PKCS11_OPTIONS)}
     try:
         config = from_options(args.database_url, args.key, args.listen, **access)
         ssl_context = server_ssl_context(config)
@@ -178,6 +225,24 @@ def add_access_options(s: argparse.ArgumentParser) -> None:
     q.add_argument("--max-in-flight", type=int, help="writes processed at once (5000)")
 
 
+def add_pkcs11_options(s: argparse.ArgumentParser, keygen: bool = False) -> None:
+    what = "make the log key in" if keygen else "sign with the log key in"
+    g = s.add_argument_group(
+        "hardware key (PKCS#11; needs python-pkcs11: pip install 'tlog[hsm]')",
+        f"{what} a PKCS#11 token (an HSM or SoftHSM2) instead of a key file: Ed25519, "
+        "CKM_EDDSA. All four options go together. "
+        + ("Only NAME.vkey is written; give it to tlog serve as --key." if keygen else
+           "--key is then the log's public vkey file (from tlog keygen --pkcs11-...): its "
+           "name is the origin, and serve refuses to start unless it holds the token's key."))
+    g.add_argument("--pkcs11-module", metavar="PATH",
+                   help="the token's PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so")
+    g.add_argument("--pkcs11-token", metavar="LABEL", help="the token's label")
+    g.add_argument("--pkcs11-key", metavar="LABEL",
+                   help="label of the Ed25519 key pair (private and public key)")
+    g.add_argument("--pkcs11-pin-file", metavar="FILE",
+                   help="file holding the token's user PIN (mode 0600)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tlog", description="tlog: an append-only transparency log for software releases")
@@ -187,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--name", required=True,
                    help="key name: the log's origin (e.g. example.com/log) or the publisher")
     k.add_argument("--out", default=".", help="directory for NAME.key and NAME.vkey")
+    add_pkcs11_options(k, keygen=True)
     k.set_defaults(func=cmd_keygen)
 
     m = sub.add_parser("migrate", help="create or upgrade the database schema")
@@ -195,9 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="serve the log")
     s.add_argument("--database-url", help="PostgreSQL URL (or TLOG_DATABASE_URL)")
-    s.add_argument("--key", help="the log's private key file (or TLOG_KEY); its name is the origin")
+    s.add_argument("--key", help="the log's private key file (or TLOG_KEY); its name is the origin."
+                   " With --pkcs11-module: the log's vkey file instead")
     s.add_argument("--listen", help=f"HOST:PORT (or TLOG_LISTEN; default {DEFAULT_LISTEN})")
     add_access_options(s)
+    add_pkcs11_options(s)
     s.set_defaults(func=cmd_serve)
 
     pub = sub.add_parser("publish", help="sign a release, log it and save the verified receipt")

@@ -8,11 +8,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from verifier.note import NoteError, Signer, Verifier, parse_private_key, parse_vkey
+from verifier.note import (
+    NoteError,
+    NoteSigner,
+    Signer,
+    Verifier,
+    parse_private_key,
+    parse_vkey,
+)
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 POLICIES = ("open", "registered")
 MAX_BODY_BYTES = 128 * 1024  # an entry is at most 65,535 bytes once canonical
+PKCS11_OPTIONS = ("pkcs11_module", "pkcs11_token", "pkcs11_key", "pkcs11_pin_file")
 
 
 class ConfigError(ValueError):
@@ -46,7 +54,7 @@ class Config:
     admin_keys and token_signer; "open" accepts any validly signed release."""
 
     database_url: str
-    signer: Signer
+    signer: NoteSigner
     host: str
     port: int
     policy: str = "registered"
@@ -113,22 +121,71 @@ def load_signer(path: str | Path) -> Signer:
                           f"(PRIVATE+KEY+name+id+data): {exc}") from exc
 
 
+def load_pkcs11_signer(vkey_file: str | Path, module: str, token: str, key_label: str,
+                       pin_file: str | Path) -> NoteSigner:
+    """The log's signer whose key is in a PKCS#11 token (see tlog.hsm).
+
+    ``vkey_file`` holds the log's verifier key: its name is the origin, and its public key
+    must be the token's key labelled ``key_label``. The PIN file must not be readable by
+    group or others. Every failure (python-pkcs11 missing, module, token, PIN, key, or a
+    mismatch with the vkey) raises ConfigError saying which.
+    """
+    try:
+        vkey = load_vkey(vkey_file)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (with --pkcs11-module, --key names the log's public vkey "
+                          "file, NAME+KEYID+KEY, not a private key)") from exc
+    pin = read_secret_file(pin_file, "PKCS#11 PIN file")
+    try:
+        from .hsm import HsmError, Pkcs11Signer
+    except ImportError as exc:
+        raise ConfigError(f"--pkcs11-module needs python-pkcs11 (pip install 'tlog[hsm]'): "
+                          f"{exc}") from exc
+    try:
+        signer = Pkcs11Signer(module, token, key_label, pin, vkey.name)
+    except HsmError as exc:
+        raise ConfigError(str(exc)) from exc
+    if signer.verifier() != vkey:
+        signer.close()
+        raise ConfigError(f"the token's key {key_label!r} is {signer.verifier().text()}, "
+                          f"not the log key in {vkey_file} ({vkey.text()})")
+    return signer
+
+
+def _log_signer(key_file: str, access: dict[str, Any]) -> NoteSigner:
+    given: dict[str, str] = {name: access.get(name) or "" for name in PKCS11_OPTIONS}
+    if not any(given.values()):
+        return load_signer(key_file)
+    missing = [name for name, value in given.items() if not value]
+    if missing:
+        flags = ", ".join("--" + name.replace("_", "-") for name in missing)
+        raise ConfigError(f"PKCS#11 signing also needs {flags}")
+    return load_pkcs11_signer(key_file, given["pkcs11_module"], given["pkcs11_token"],
+                              given["pkcs11_key"], given["pkcs11_pin_file"])
+
+
 def from_options(database_url: str | None, key: str | None, listen: str | None,
                  **access: Any) -> Config:
     """Build the config from command-line values, falling back to TLOG_* variables.
 
     `access` holds the optional access-control options of `tlog serve` (policy, admin_key,
-    token_key, admin_token_file, tls_cert, tls_key, client_ca, admin_cn).
+    token_key, admin_token_file, tls_cert, tls_key, client_ca, admin_cn) and the PKCS#11
+    options (PKCS11_OPTIONS). Without the latter, `key` (or TLOG_KEY) is the log's private
+    key file; with them, all four are needed, the log's key stays in the token, and `key`
+    is the log's vkey file, which names the log and must hold the token's public key.
     """
     url = database_url or os.environ.get("TLOG_DATABASE_URL")
     key_file = key or os.environ.get("TLOG_KEY")
     if not url:
         raise ConfigError("no database: give --database-url or set TLOG_DATABASE_URL")
+    if not key_file and any(access.get(name) for name in PKCS11_OPTIONS):
+        raise ConfigError("no log key: with --pkcs11-module give --key VKEY_FILE or set "
+                          "TLOG_KEY (make one: tlog keygen --pkcs11-module ...)")
     if not key_file:
         raise ConfigError("no log key: give --key FILE or set TLOG_KEY (make one: tlog keygen)")
     host, port = parse_listen(listen or os.environ.get("TLOG_LISTEN") or DEFAULT_LISTEN)
     return Config(
-        database_url=url, signer=load_signer(key_file), host=host, port=port,
+        database_url=url, signer=_log_signer(key_file, access), host=host, port=port,
         policy=access.get("policy") or os.environ.get("TLOG_POLICY") or "registered",
         admin_keys=tuple(load_vkey(p) for p in access.get("admin_key") or []),
         token_signer=load_signer(access["token_key"]) if access.get("token_key") else None,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from verifier.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from verifier.entry import EntryError, Release
 from verifier.merkle import ProofError, verify_consistency
-from verifier.note import Signer
+from verifier.note import NoteSigner
 from verifier.registry import LogEntry, Refusal, Registry, parse_log_leaf
 from verifier.tiles import TileKey, TreeBuilder
 
@@ -84,7 +84,8 @@ class _Plan:
 
 
 class Sequencer:
-    def __init__(self, storage: Storage, signer: Signer, metrics: Metrics, registry: Registry, *,
+    def __init__(self, storage: Storage, signer: NoteSigner, metrics: Metrics,
+                 registry: Registry, *,
                  max_batch: int = 512, max_wait: float = 0.005, max_pending: int = 20000) -> None:
         self.storage = storage
         self.registry = registry  # replayed up to registry_next; replaced only after a commit

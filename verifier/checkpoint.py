@@ -19,7 +19,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from verifier.note import (
-    Signer,
+    NoteSigner,
     Verifier,
     b64decode_strict,
     b64encode,
@@ -123,7 +123,7 @@ def parse_checkpoint(body: str) -> Checkpoint:
     )
 
 
-def sign_checkpoint(cp: Checkpoint, signer: Signer) -> str:
+def sign_checkpoint(cp: Checkpoint, signer: NoteSigner) -> str:
     """Sign the checkpoint as a note; the signer's key name must equal the origin."""
     if signer.name != cp.origin:
         raise CheckpointError(f"key name {signer.name!r} is not the origin {cp.origin!r}")

@@ -31,6 +31,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import nacl.exceptions
 import nacl.signing
@@ -42,6 +43,7 @@ __all__ = [
     "MAX_SIGNATURES",
     "Note",
     "NoteError",
+    "NoteSigner",
     "Signature",
     "Signer",
     "Verifier",
@@ -184,6 +186,25 @@ class Signer:
         return f"{PRIVATE_KEY_PREFIX}{self.name}+{self.key_id.hex()}+{encoded}"
 
 
+class NoteSigner(Protocol):
+    """Anything that signs notes with an Ed25519 key: :class:`Signer` (a seed in memory) or a
+    key held elsewhere, such as an HSM (``tlog.hsm.Pkcs11Signer``).
+
+    ``key_id`` must be :func:`key_id` of ``name`` and the public key; ``sign`` returns the
+    64-byte RFC 8032 signature of ``msg``; ``verifier`` returns the matching public key.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def key_id(self) -> bytes: ...
+
+    def sign(self, msg: bytes) -> bytes: ...
+
+    def verifier(self) -> Verifier: ...
+
+
 def generate_key(name: str) -> Signer:
     """A new random Ed25519 signer named ``name``."""
     if not is_valid_key_name(name):
@@ -304,7 +325,7 @@ def parse_note(data: bytes | str) -> Note:
     return Note(body, tuple(_parse_signature_line(line) for line in lines))
 
 
-def sign_note(text: str, signers: Sequence[Signer]) -> str:
+def sign_note(text: str, signers: Sequence[NoteSigner]) -> str:
     """Sign ``text`` (which must end in "\\n") with each signer; return the signed note."""
     if not text.endswith("\n"):
         raise NoteError("note text must end with a newline")
