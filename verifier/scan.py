@@ -55,18 +55,19 @@ def default_workers() -> int:
 
 
 def ordered_map(fn: Callable[[int, list[bytes]], R], chunks: Iterable[tuple[int, list[bytes]]],
-                workers: int, in_flight: int | None = None) -> Iterator[R]:
+                workers: int, in_flight: int | None = None,
+                initializer: Callable[[], None] | None = None) -> Iterator[R]:
     """fn(*chunk) for each chunk, in order; `workers` processes (0: inline in this process).
 
     At most `in_flight` chunks (default 2 per worker + 2) are queued, so memory stays
-    bounded however long the log.
+    bounded however long the log. `initializer` runs first in each worker process.
     """
     if workers <= 0:
         for first, leaves in chunks:
             yield fn(first, leaves)
         return
     limit = in_flight or 2 * workers + 2
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=initializer) as pool:
         yield from _drain(pool, fn, chunks, limit)
 
 

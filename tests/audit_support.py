@@ -1,0 +1,155 @@
+"""Logs to audit: a real `tlog serve` on its own database, a log written straight into the
+database (to stage what an honest server would refuse), and an in-memory log behind the
+client's one transport method."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from tests.support import Server, make_release, start_server, submit_all, write_key
+from verifier.checkpoint import Checkpoint, sign_checkpoint
+from verifier.client import LogClient, NotFound
+from verifier.merkle import leaf_hash
+from verifier.note import Signer
+from verifier.tiles import (
+    ENTRIES_LEVEL,
+    TILE_WIDTH,
+    TileKey,
+    TreeBuilder,
+    encode_bundle,
+    parse_tile_path,
+    tile_width,
+)
+
+
+def sql(database_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    """Run one statement on the log's database (to play the operator)."""
+
+    async def run() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return list(await conn.fetch(query, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+@dataclass
+class LiveLog:
+    """A `tlog serve` process on `database_url`, with the key files a verifier needs."""
+
+    database_url: str
+    signer: Signer
+    workdir: Path
+    server: Server | None = None
+
+    def __post_init__(self) -> None:
+        self.key_file = write_key(self.workdir / "log.key", self.signer)
+        self.vkey_file = self.workdir / "log.vkey"
+        self.vkey_file.write_text(self.signer.verifier().text() + "\n")
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None, "the log is not running"
+        return self.server.url
+
+    def start(self) -> LiveLog:
+        self.server = start_server(self.database_url, self.key_file, self.workdir)
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def restart(self) -> None:
+        """Restart, so the server drops its in-memory tile cache and re-reads the database."""
+        self.stop()
+        self.start()
+
+    def append(self, publisher: Signer, tag: str, count: int) -> None:
+        entries = [make_release(publisher, f"{tag}-pkg{i % 7}", f"1.{i}") for i in range(count)]
+        results = asyncio.run(submit_all([self.url], entries))
+        assert [r.status for r in results] == [201] * count, results[0].body
+
+    def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        return sql(self.database_url, query, *args)
+
+
+def build_tiles(leaves: Sequence[bytes]) -> tuple[dict[TileKey, bytes], bytes]:
+    """The hash tiles (level, n) -> data of a tree over `leaves`, and its root."""
+    builder = TreeBuilder()
+    tiles: dict[TileKey, bytes] = {}
+    for leaf in leaves:
+        builder.append(leaf_hash(leaf))
+    tiles.update(builder.take_changed())
+    return tiles, builder.root()
+
+
+def write_log(database_url: str, signer: Signer, leaves: Sequence[bytes]) -> str:
+    """Store a whole log (entries, tiles, one signed checkpoint) as the service would.
+
+    Nothing is validated: this is how a test stages a log that accepted a bad entry.
+    Returns the checkpoint note.
+    """
+    tiles, root = build_tiles(leaves)
+    note = sign_checkpoint(Checkpoint(signer.name, len(leaves), root), signer)
+
+    async def run() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            async with conn.transaction():
+                await conn.copy_records_to_table(
+                    "entries", columns=["idx", "leaf", "leaf_hash", "package", "version"],
+                    records=[(i, leaf, leaf_hash(leaf), f"p{i}", "1")
+                             for i, leaf in enumerate(leaves)])
+                await conn.executemany("INSERT INTO tiles (level, idx, data) VALUES ($1, $2, $3)",
+                                       [(lv, n, data) for (lv, n), data in tiles.items()])
+                await conn.execute("INSERT INTO checkpoints (tree_size, root, note) "
+                                   "VALUES ($1, $2, $3)", len(leaves), root, note)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+    return note
+
+
+class MemoryLog(LogClient):
+    """A LogClient whose transport serves a log held in memory (C2SP tlog-tiles paths).
+
+    Tests rewrite `leaves` or `tiles` to play a misbehaving log; `fetched` lists requests.
+    """
+
+    def __init__(self, signer: Signer, leaves: Sequence[bytes]) -> None:
+        super().__init__("http://memory.invalid/", retries=0)
+        self.leaves = list(leaves)
+        self.tiles, root = build_tiles(self.leaves)
+        self.note = sign_checkpoint(Checkpoint(signer.name, len(self.leaves), root), signer)
+        self.fetched: list[str] = []
+
+    def fetch(self, path: str, limit: int) -> bytes:
+        self.fetched.append(path)
+        if path == "checkpoint":
+            return self.note.encode()
+        level, n, width = parse_tile_path(path)
+        if tile_width(level, n, len(self.leaves)) < width:
+            raise NotFound(f"{path}: 404 not found")
+        if level == ENTRIES_LEVEL:
+            return encode_bundle(self.leaves[n * TILE_WIDTH:n * TILE_WIDTH + width])
+        return self.tiles[(level, n)][:32 * width]
+
+
+def releases(publisher: Signer, count: int, tag: str = "r") -> list[bytes]:
+    """`count` valid, distinct release leaves."""
+    from verifier.entry import validate_entry
+
+    return [validate_entry(make_release(publisher, f"{tag}{i % 5}", f"0.{i}")).leaf
+            for i in range(count)]
+
