@@ -30,6 +30,7 @@ from verifier.note import NoteError, Verifier, b64encode, parse_vkey
 from verifier.proof import VerifiedReceipt, verify_receipt
 from verifier.state import Trusted
 from verifier.store import StateDir
+from verifier.tiles import TILE_WIDTH
 from verifier.tracking import advance
 
 MAX_RECEIPT_BYTES = 1 << 21
@@ -65,7 +66,7 @@ def _read_receipt(path: str) -> object:
         raise VerificationFailed(f"receipt {path} is larger than {MAX_RECEIPT_BYTES} bytes")
     try:
         return json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise VerificationFailed(f"receipt {path} is not JSON: {exc}") from exc
 
 
@@ -125,13 +126,27 @@ class _NoState:
 def _find_and_prove(client: LogClient, trusted: Trusted, hints: Sequence[int], package: str,
                     version: str) -> VerifiedReceipt:
     """The one entry for (package, version) among the log's hints, proven in `trusted`."""
+    try:
+        return _find_and_prove_once(client, trusted, hints, package, version)
+    except VerificationFailed:
+        if not client.drop_cache():
+            raise
+        return _find_and_prove_once(client, trusted, hints, package, version)
+
+
+def _find_and_prove_once(client: LogClient, trusted: Trusted, hints: Sequence[int],
+                         package: str, version: str) -> VerifiedReceipt:
     size = trusted.size
     found: list[VerifiedReceipt] = []
+    bundles: dict[int, list[bytes]] = {}
     for index in sorted(set(hints)):
         if index >= size:
             continue
+        n = index // TILE_WIDTH
+        if n not in bundles:  # hints are sorted: each bundle is fetched once, then dropped
+            bundles = {n: client.entry_bundle(n, size)}
         try:
-            release = parse_leaf(client.entry(index, size))
+            release = parse_leaf(bundles[n][index % TILE_WIDTH])
         except EntryError as exc:
             raise VerificationFailed(
                 f"entry {index} of the log is not a valid release: {exc}") from exc

@@ -9,6 +9,17 @@ from verifier.state import Trusted, check_update, needs_proof
 from verifier.store import StateDir
 
 
+def _check_extends(client: LogClient, old: Trusted, new: Trusted) -> None:
+    """check_update with the log's proof, once more with fresh tiles if cached ones fail."""
+    proof = client.consistency_proof(old.size, new.size) if needs_proof(old, new) else []
+    try:
+        check_update(old, new, proof)
+    except LogMisbehaviour:
+        if not (proof and client.drop_cache()):
+            raise
+        check_update(old, new, client.consistency_proof(old.size, new.size))
+
+
 def prove_extends(client: LogClient, old: Trusted, new: Trusted,
                   state: StateDir | None = None) -> None:
     """Check `new` extends `old` with a consistency proof from the log's tiles.
@@ -16,9 +27,8 @@ def prove_extends(client: LogClient, old: Trusted, new: Trusted,
     On misbehaviour, the evidence (both signed checkpoints, the proof) is saved under
     state/evidence/ when there is a state, and LogMisbehaviour is raised.
     """
-    proof = client.consistency_proof(old.size, new.size) if needs_proof(old, new) else []
     try:
-        check_update(old, new, proof)
+        _check_extends(client, old, new)
     except LogMisbehaviour as exc:
         if state is None:
             raise
