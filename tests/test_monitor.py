@@ -1,0 +1,620 @@
+"""`tlog-verify monitor`: what it reports, what it alerts on, and what a crash leaves.
+
+The log itself refuses a second artifact set for a version and never serves an invalid entry,
+so those cases run on the monitor's pure core and on a static tile directory signed with the
+log key (a log that enforces nothing), served over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import _create_database
+from tests.support import (
+    Server,
+    free_port,
+    make_release,
+    release_fields,
+    start_server,
+    submit_all,
+    write_key,
+)
+from tlog.pgcluster import Cluster
+from verifier import cli, monitor
+from verifier.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from verifier.entry import sign_entry, validate_entry
+from verifier.merkle import leaf_hash, root_of, verify_inclusion
+from verifier.monitor import Edge, MonitorDB, Watcher, version_key
+from verifier.note import Signer, generate_key
+from verifier.proof import parse_tlog_proof
+from verifier.scan import Checked
+from verifier.tiles import ENTRIES_LEVEL, TILE_WIDTH, TreeBuilder, encode_bundle, tile_path
+
+NOW = datetime(2026, 11, 24, tzinfo=UTC)
+Events = list[dict[str, Any]]
+
+
+class Crash(BaseException):
+    """Stands for the process dying: nothing in the monitor catches it."""
+
+
+def run_lines(capsys: pytest.CaptureFixture[str], url: str, vkey: Path, state: Path,
+              *extra: str) -> tuple[int, list[str]]:
+    """Run `tlog-verify monitor` in this process; return its exit code and stdout lines."""
+    code = cli.main(["monitor", "--log", url, "--key", str(vkey), "--state", str(state),
+                     "--workers", "0", "--retries", "0", *extra])
+    return code, capsys.readouterr().out.splitlines()
+
+
+def run(capsys: pytest.CaptureFixture[str], url: str, vkey: Path, state: Path,
+        *extra: str) -> tuple[int, Events]:
+    """Run `tlog-verify monitor` in this process; return its exit code and events."""
+    code, lines = run_lines(capsys, url, vkey, state, *extra)
+    return code, [json.loads(line) for line in lines]
+
+
+def alerts(events: Events) -> list[tuple[int | None, str]]:
+    return [(e["index"], e["alert"]) for e in events if e["type"] == "alert"]
+
+
+def releases(events: Events) -> list[tuple[int, str, str]]:
+    return [(e["index"], e["package"], e["version"]) for e in events if e["type"] == "release"]
+
+
+def append(url: str, entries: list[dict[str, Any]]) -> list[int]:
+    """Submit one at a time, so the log order is the list order; return the indices."""
+    indices = []
+    for entry in entries:
+        (result,) = asyncio.run(submit_all([url], [entry]))
+        assert result.status == 201, result.body
+        indices.append(result.body["index"])
+    return indices
+
+
+@pytest.fixture
+def vkey(tmp_path: Path, log_signer: Signer) -> Path:
+    path = tmp_path / "log.vkey"
+    path.write_text(log_signer.verifier().text() + "\n")
+    return path
+
+
+@pytest.fixture
+def log(database_url: str, log_signer: Signer, tmp_path: Path) -> Iterator[Server]:
+    """A real `tlog serve` on a fresh database."""
+    server = start_server(database_url, write_key(tmp_path / "log.key", log_signer), tmp_path)
+    yield server
+    server.stop()
+
+
+class StaticLog:
+    """A tile directory signed with the log key and served over HTTP; enforces nothing."""
+
+    def __init__(self, root: Path, signer: Signer) -> None:
+        self.root, self.signer = root, signer
+        handler = functools.partial(_QuietHandler, directory=str(root))
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def publish(self, leaves: list[bytes]) -> None:
+        """Write every tile, bundle and the signed checkpoint of a tree of these leaves."""
+        builder = TreeBuilder()
+        for leaf in leaves:
+            builder.append(leaf_hash(leaf))
+        for (level, n), data in builder.take_changed().items():
+            self._write(tile_path(level, n, len(data) // 32), data)
+        for n in range(0, len(leaves), TILE_WIDTH):
+            bundle = leaves[n:n + TILE_WIDTH]
+            self._write(tile_path(ENTRIES_LEVEL, n // TILE_WIDTH, len(bundle)),
+                        encode_bundle(bundle))
+        cp = Checkpoint(self.signer.name, len(leaves), builder.root())
+        self._write("checkpoint", sign_checkpoint(cp, self.signer).encode())
+
+    def _write(self, path: str, data: bytes) -> None:
+        target = self.root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def static_log(tmp_path: Path, log_signer: Signer) -> Iterator[StaticLog]:
+    s = StaticLog(tmp_path / "static", log_signer)
+    yield s
+    s.close()
+
+
+def leaf(entry: dict[str, Any]) -> bytes:
+    return validate_entry(entry).leaf
+
+
+def checked(index: int, entry: dict[str, Any]) -> Checked:
+    release = validate_entry(entry)
+    return Checked(index, release.leaf_hash, release.entry, None)
+
+
+# -- against the real service ------------------------------------------------------------
+
+
+def test_backfill_reports_every_entry_once_in_log_order_and_resumes_where_it_stopped(
+        log: Server, vkey: Path, tmp_path: Path, publisher: Signer,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    results = asyncio.run(submit_all([log.url], [
+        make_release(publisher, f"pkg{i}", "1.0") for i in range(300)]))
+    by_index = {r.body["index"]: r for r in results}
+    assert sorted(by_index) == list(range(300))
+    state = tmp_path / "state"
+
+    code, first = run(capsys, log.url, vkey, state, "--workers", "2")
+    assert code == 0
+    assert [e["index"] for e in first] == list(range(300))
+    assert [e["seq"] for e in first] == list(range(1, 301))
+    assert {e["type"] for e in first} == {"release"}
+    assert list(first[0]) == ["type", "seq", "index", "package", "version", "counter",
+                              "publisher", "key", "artifacts", "leaf_hash"]
+    for e in first:
+        assert e["leaf_hash"] == by_index[e["index"]].body["leaf_hash"]
+        assert e["publisher"] == "acme-release-bot"
+
+    assert run(capsys, log.url, vkey, state) == (0, [])
+
+    added = append(log.url, [make_release(publisher, f"late{i}", "1.0") for i in range(20)])
+    code, third = run(capsys, log.url, vkey, state)
+    assert code == 0
+    assert [e["index"] for e in third] == added == list(range(300, 320))
+    assert [e["seq"] for e in third] == list(range(301, 321))
+
+
+BOT, INTRUDER = generate_key("acme-release-bot"), generate_key("intruder")
+
+
+def _windowed(package: str, version: str, not_after: str) -> dict[str, Any]:
+    fields = release_fields(package, version)
+    fields["install_window"] = {"not_before": "2020-01-01T00:00:00Z", "not_after": not_after}
+    return sign_entry(fields, BOT)
+
+
+# One log for the scenarios below, appended in this order; each test watches its own packages.
+SCENARIOS: dict[str, list[dict[str, Any]]] = {
+    "globs": [make_release(BOT, p, "1.0")
+              for p in ("com.acme.app", "com.acme.lib", "org.other.tool")],
+    "growth": [
+        make_release(BOT, "grow.app", "1.0", counter=1),
+        make_release(BOT, "grow.app", "1.1", counter=2),
+        make_release(BOT, "grow.app", "1.2", counter=2),      # [2] counter repeats
+        make_release(BOT, "grow.app", "1.0.1", counter=3),    # [3] version goes back
+        make_release(BOT, "grow.app", "2.0"),                 # no counter: not compared
+        make_release(BOT, "grow.other", "0.1", counter=0),    # another package
+        make_release(BOT, "grow.app", "2.1", counter=1),      # [6] counter goes back
+    ],
+    "keys": [
+        make_release(BOT, "keys.app", "1.0"),
+        make_release(INTRUDER, "keys.app", "1.1"),            # [1] a second key for the package
+        make_release(INTRUDER, "keys.tool", "1.0"),           # a package's first key
+        make_release(BOT, "keys.app", "1.2"),                 # a known key
+        make_release(INTRUDER, "keys.app", "1.3"),            # known since [1]: no new alert
+    ],
+    "window": [_windowed("window.app", "1.0", "2020-02-01T00:00:00Z"),  # [0] closed long ago
+               _windowed("window.app", "1.1", "2999-01-01T00:00:00Z")],
+}
+
+
+Scenarios = tuple[Server, dict[str, list[int]]]
+
+
+@pytest.fixture(scope="module")
+def scenarios(pg_cluster: Cluster, log_signer: Signer,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenarios]:
+    """The real service holding SCENARIOS, and the index of each of their entries."""
+    work = tmp_path_factory.mktemp("scenarios")
+    url = asyncio.run(_create_database(pg_cluster, f"monitor{os.getpid()}"))
+    server = start_server(url, write_key(work / "log.key", log_signer), work)
+    try:
+        yield server, {name: append(server.url, entries) for name, entries in SCENARIOS.items()}
+    finally:
+        server.stop()
+
+
+def test_package_globs_limit_which_releases_are_reported(
+        scenarios: Scenarios, vkey: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    server, indices = scenarios
+    app, lib, tool = indices["globs"]
+    _, acme = run(capsys, server.url, vkey, tmp_path / "s1", "--package", "com.acme.*")
+    _, two = run(capsys, server.url, vkey, tmp_path / "s2", "--package", "org.other.tool",
+                 "--package", "com.acme.l*")
+    _, everything = run(capsys, server.url, vkey, tmp_path / "s3")
+    assert releases(acme) == [(app, "com.acme.app", "1.0"), (lib, "com.acme.lib", "1.0")]
+    assert [e["seq"] for e in acme] == [1, 2]
+    assert releases(two) == [(lib, "com.acme.lib", "1.0"), (tool, "org.other.tool", "1.0")]
+    assert len(releases(everything)) == sum(len(e) for e in SCENARIOS.values())
+
+
+def test_versions_and_counters_that_do_not_grow_are_alerted(
+        scenarios: Scenarios, vkey: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    server, indices = scenarios
+    at = indices["growth"]
+    code, events = run(capsys, server.url, vkey, tmp_path / "state", "--package", "grow.*")
+    assert code == 0
+    assert [i for i, _, _ in releases(events)] == at
+    assert alerts(events) == [(at[2], "counter_not_growing"), (at[3], "version_not_growing"),
+                              (at[6], "counter_not_growing")]
+    counter = next(e for e in events if e.get("alert") == "counter_not_growing")
+    assert (counter["counter"], counter["previous_counter"], counter["previous_index"]) == (
+        2, 2, at[1])
+    version = next(e for e in events if e.get("alert") == "version_not_growing")
+    assert (version["previous_version"], version["previous_index"]) == ("1.2", at[2])
+    assert (version["package"], version["version"]) == ("grow.app", "1.0.1")
+    # an entry's alerts follow its release event
+    seqs = {(e["index"], e["type"]): e["seq"] for e in events}
+    assert seqs[(at[3], "alert")] == seqs[(at[3], "release")] + 1
+
+
+def test_a_new_publisher_key_for_a_package_is_alerted(
+        scenarios: Scenarios, vkey: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    server, indices = scenarios
+    code, events = run(capsys, server.url, vkey, tmp_path / "state", "--package", "keys.*")
+    assert code == 0
+    assert alerts(events) == [(indices["keys"][1], "new_publisher_key")]
+    alert = next(e for e in events if e["type"] == "alert")
+    assert alert["key"] == INTRUDER.verifier().text()
+    assert BOT.verifier().text() in alert["message"]
+
+
+def test_a_release_whose_install_window_closed_before_it_was_seen_is_alerted(
+        scenarios: Scenarios, vkey: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    server, indices = scenarios
+    code, events = run(capsys, server.url, vkey, tmp_path / "state", "--package", "window.*")
+    assert code == 0
+    assert alerts(events) == [(indices["window"][0], "install_window_closed")]
+    assert next(e for e in events if e["type"] == "alert")["not_after"] == "2020-02-01T00:00:00Z"
+
+
+async def _wipe(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("TRUNCATE entries, tiles, checkpoints")
+    finally:
+        await conn.close()
+
+
+def test_a_log_that_rewrites_its_history_is_caught_with_evidence(
+        database_url: str, log_signer: Signer, vkey: Path, tmp_path: Path,
+        publisher: Signer, capsys: pytest.CaptureFixture[str]) -> None:
+    key = write_key(tmp_path / "log.key", log_signer)
+    state = tmp_path / "state"
+    server = start_server(database_url, key, tmp_path)
+    try:
+        append(server.url, [make_release(publisher, "app", f"1.{i}") for i in range(5)])
+        code, before = run(capsys, server.url, vkey, state)
+    finally:
+        server.stop()
+    assert code == 0 and len(before) == 5
+    asyncio.run(_wipe(database_url))
+    server = start_server(database_url, key, tmp_path)
+    try:
+        append(server.url, [make_release(publisher, "app", f"9.{i}") for i in range(7)])
+        code, after = run(capsys, server.url, vkey, state)
+    finally:
+        server.stop()
+    assert code == 1
+    assert [(e["type"], e["alert"], e["index"], e["seq"]) for e in after] == [
+        ("alert", "checkpoint_inconsistent", None, 6)]
+    (evidence,) = (state / "evidence").iterdir()
+    files = {p.name for p in evidence.iterdir()}
+    assert {"old-checkpoint", "new-checkpoint", "reason.txt"} <= files
+    old = open_checkpoint((evidence / "old-checkpoint").read_text(), log_signer.verifier())
+    assert old.size == 5
+    assert str(evidence) in after[0]["message"]
+
+
+def _reader(stream: Any) -> queue.Queue[str]:
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in stream:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def _take(lines: queue.Queue[str], n: int, timeout: float = 30) -> Events:
+    deadline = time.monotonic() + timeout
+    return [json.loads(lines.get(timeout=max(0.1, deadline - time.monotonic())))
+            for _ in range(n)]
+
+
+def test_follow_reports_entries_appended_while_it_runs_and_stops_cleanly_on_sigterm(
+        log: Server, vkey: Path, tmp_path: Path, publisher: Signer,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    append(log.url, [make_release(publisher, "app", "1.0")])
+    state, port = tmp_path / "state", free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "verifier.cli", "monitor", "--log", log.url, "--key", str(vkey),
+         "--state", str(state), "--follow", "--interval", "0.2", "--workers", "1",
+         "--metrics-port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = _reader(proc.stdout)
+        assert releases(_take(lines, 1)) == [(0, "app", "1.0")]
+        append(log.url, [make_release(publisher, "app", "1.1"),
+                         make_release(publisher, "app", "1.0.5")])
+        later = _take(lines, 3)
+        assert releases(later) == [(1, "app", "1.1"), (2, "app", "1.0.5")]
+        assert alerts(later) == [(2, "version_not_growing")]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            metrics = resp.read().decode()
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(metrics)
+                   for s in family.samples}
+        assert samples[("tlog_monitor_entries_scanned_total", ())] == 3
+        assert samples[("tlog_monitor_tree_size", ())] == 3
+        assert samples[("tlog_monitor_events_total",
+                        (("alert", "version_not_growing"), ("type", "alert")))] == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.stderr is not None and proc.stderr.read() == ""
+    assert run(capsys, log.url, vkey, state) == (0, [])
+
+
+def test_follow_outlives_an_unreachable_log_and_one_shot_runs_fail_with_status_3(
+        vkey: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    assert run(capsys, dead, vkey, tmp_path / "once") == (3, [])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "verifier.cli", "monitor", "--log", dead, "--key", str(vkey),
+         "--state", str(tmp_path / "state"), "--follow", "--interval", "0.1", "--retries", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        errors = _reader(proc.stderr)
+        assert "retrying" in errors.get(timeout=20)
+        assert "retrying" in errors.get(timeout=20)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# -- against a log that enforces nothing ------------------------------------------------
+
+
+def test_a_second_artifact_set_for_one_version_is_alerted(
+        static_log: StaticLog, vkey: Path, tmp_path: Path, publisher: Signer,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    static_log.publish([leaf(make_release(publisher, "app", "1.0", payload=b"a")),
+                        leaf(make_release(publisher, "app", "1.0", payload=b"b"))])
+    code, events = run(capsys, static_log.url, vkey, tmp_path / "state")
+    assert code == 0
+    assert alerts(events) == [(1, "version_not_growing"), (1, "second_artifact_set")]
+    assert events[-1]["previous_index"] == 0
+
+
+def test_an_invalid_entry_is_alerted_once_with_evidence_that_proves_it_was_logged(
+        static_log: StaticLog, vkey: Path, tmp_path: Path, publisher: Signer,
+        log_signer: Signer, capsys: pytest.CaptureFixture[str]) -> None:
+    forged = make_release(publisher, "app", "1.1")
+    forged["version"] = "6.6.6"  # after signing: the signature no longer verifies
+    bad = json.dumps(forged, sort_keys=True, separators=(",", ":")).encode()
+    good = [leaf(make_release(publisher, "app", "1.0")), bad]
+    static_log.publish(good)
+    state = tmp_path / "state"
+    code, events = run(capsys, static_log.url, vkey, state, "--package", "nothing-matches")
+    assert code == 1
+    assert alerts(events) == [(1, "invalid_entry")]
+    assert "bad_signature" in events[0]["message"]
+    evidence = Path(events[0]["evidence"])
+    assert (evidence / "entry").read_bytes() == bad
+    proof = parse_tlog_proof((evidence / "entry.tlog-proof").read_text())
+    cp = open_checkpoint(proof.checkpoint, log_signer.verifier())
+    verify_inclusion(1, cp.size, leaf_hash(bad), proof.hashes, cp.root)
+
+    static_log.publish([*good, leaf(make_release(publisher, "app", "1.2"))])
+    code, events = run(capsys, static_log.url, vkey, state)
+    assert code == 0
+    assert [(e["type"], e["index"], e["seq"]) for e in events] == [("release", 2, 2)]
+
+
+def test_entries_that_do_not_hash_to_the_signed_tree_are_never_reported(
+        static_log: StaticLog, vkey: Path, tmp_path: Path, publisher: Signer,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    static_log.publish([leaf(make_release(publisher, "app", f"1.{i}")) for i in range(3)])
+    swapped = [leaf(make_release(publisher, "app", f"6.{i}")) for i in range(3)]
+    (static_log.root / tile_path(ENTRIES_LEVEL, 0, 3)).write_bytes(encode_bundle(swapped))
+    code, events = run(capsys, static_log.url, vkey, tmp_path / "state")
+    assert code == 1
+    assert alerts(events) == [(None, "checkpoint_inconsistent")]
+    assert releases(events) == []
+    (evidence,) = (tmp_path / "state" / "evidence").iterdir()
+    assert {"checkpoint", "scanned-root", "reason.txt"} <= {p.name for p in evidence.iterdir()}
+
+
+def _crash_on_call(n: int, real: Any) -> Any:
+    calls = 0
+
+    def patched(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == n:
+            raise Crash()
+        return real(*args, **kwargs)
+
+    return patched
+
+
+@pytest.fixture
+def six_hundred(static_log: StaticLog, publisher: Signer,
+                monkeypatch: pytest.MonkeyPatch) -> StaticLog:
+    """600 entries, committed one bundle (256 entries) at a time: 3 groups."""
+    monkeypatch.setattr(monitor, "GROUP_BUNDLES", 1)
+    static_log.publish([leaf(make_release(publisher, f"pkg{i}", "1.0")) for i in range(600)])
+    return static_log
+
+
+def test_a_crash_after_saving_and_before_printing_loses_and_repeats_nothing(
+        six_hundred: StaticLog, vkey: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    state = tmp_path / "state"
+    with monkeypatch.context() as m:
+        m.setattr(monitor.Monitor, "_print", _crash_on_call(2, monitor.Monitor._print))
+        with pytest.raises(Crash):
+            run(capsys, six_hundred.url, vkey, state)
+    before = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["seq"] for e in before] == list(range(1, 257))
+    code, after = run(capsys, six_hundred.url, vkey, state)
+    assert code == 0
+    events = before + after
+    assert [e["seq"] for e in events] == list(range(1, 601))
+    assert [e["index"] for e in events] == list(range(600))
+
+
+def test_a_crash_after_printing_repeats_those_events_with_the_same_seq_only(
+        six_hundred: StaticLog, vkey: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    state = tmp_path / "state"
+    with monkeypatch.context() as m:
+        m.setattr(MonitorDB, "clear_outbox", _crash_on_call(2, MonitorDB.clear_outbox))
+        with pytest.raises(Crash):
+            run(capsys, six_hundred.url, vkey, state)
+    before = capsys.readouterr().out.splitlines()
+    assert len(before) == 512
+    code, after = run_lines(capsys, six_hundred.url, vkey, state)
+    assert code == 0
+    lines = before + after
+    assert lines[512:768] == before[256:512]  # the unconfirmed group, printed again verbatim
+    unique = {json.loads(line)["seq"]: json.loads(line) for line in lines}
+    assert sorted(unique) == list(range(1, 601))
+    assert sorted(e["index"] for e in unique.values()) == list(range(600))
+
+
+# -- the pure core ------------------------------------------------------------------------
+
+
+def test_pure_core_alerts_on_a_second_artifact_set_but_not_on_reordered_artifacts(
+        publisher: Signer) -> None:
+    two = release_fields("app", "1.0", payload=b"x")
+    two["artifacts"].append({"name": "app.sig", "sha256": "0" * 64, "size": 1})
+    reordered = {**two, "artifacts": list(reversed(two["artifacts"]))}
+    other = release_fields("app", "1.0", payload=b"y")
+    w = Watcher()
+    assert alerts(w.observe(checked(0, sign_entry(two, publisher)), NOW)) == []
+    assert alerts(w.observe(checked(1, sign_entry(reordered, publisher)), NOW)) == [
+        (1, "version_not_growing")]
+    assert alerts(w.observe(checked(2, sign_entry(other, publisher)), NOW)) == [
+        (2, "version_not_growing"), (2, "second_artifact_set")]
+
+
+def test_pure_core_reports_invalid_entries_whatever_the_package_filter() -> None:
+    w = Watcher(["com.acme.*"])
+    events = w.observe(Checked(0, b"\x11" * 32, None, "bad_signature: does not verify"), NOW)
+    assert [(e["type"], e["alert"], e["seq"], e["leaf_hash"]) for e in events] == [
+        ("alert", "invalid_entry", 1, "11" * 32)]
+    assert w.next_index == 1
+
+
+def test_pure_core_keeps_learning_about_packages_it_does_not_report(publisher: Signer) -> None:
+    w = Watcher(["com.acme.*"])
+    assert w.observe(checked(0, make_release(publisher, "other", "2.0", counter=9)), NOW) == []
+    assert w.observe(checked(1, make_release(publisher, "other", "1.0", counter=1)), NOW) == []
+    assert (w.packages["other"].version, w.packages["other"].counter) == ("2.0", 9)
+    everything = Watcher(next_index=w.next_index, next_seq=w.next_seq, packages=w.packages)
+    events = everything.observe(checked(2, make_release(publisher, "other", "1.5")), NOW)
+    assert alerts(events) == [(2, "version_not_growing")]
+    assert events[0]["seq"] == 1
+
+
+def test_pure_core_passes_over_entries_of_other_kinds_silently() -> None:
+    w = Watcher()
+    other = {"kind": "publisher/v1", "publisher": "acme", "key": "k", "signature": "s"}
+    assert w.observe(Checked(0, b"\x22" * 32, other, None), NOW) == []
+    assert (w.next_index, w.next_seq, w.packages) == (1, 1, {})
+
+
+def test_pure_core_refuses_entries_out_of_order(publisher: Signer) -> None:
+    with pytest.raises(ValueError, match="entry 1 fed where entry 0 is next"):
+        Watcher().observe(checked(1, make_release(publisher, "app", "1.0")), NOW)
+
+
+@pytest.mark.parametrize(("earlier", "later", "alerted"), [
+    ("1.0", "1.1", False),
+    ("1.9", "1.10", False),
+    ("v1.2", "1.3", False),
+    ("1.0-rc.1", "1.0", False),
+    ("1.0a1", "1.0b1", False),
+    ("1.0.dev3", "1.0a1", False),
+    ("2.0", "1.9.9", True),
+    ("1.0", "1.0.0", True),
+    ("1.0", "1.0-rc.2", True),
+    ("1.0", "1.0", True),
+    ("1.0.post1", "1.0", False),          # not comparable: only exact repeats count
+    ("2024-05-01", "2024-04-01", False),
+    ("1.0+build.2", "1.0+build.1", False),
+])
+def test_version_growth_rule(earlier: str, later: str, alerted: bool, publisher: Signer) -> None:
+    w = Watcher()
+    w.observe(checked(0, make_release(publisher, "app", earlier)), NOW)
+    got = alerts(w.observe(checked(1, make_release(publisher, "app", later, payload=b"x")), NOW))
+    assert ((1, "version_not_growing") in got) is alerted
+
+
+def test_version_key_compares_numbers_as_integers() -> None:
+    assert version_key("1.10") == ((1, 10), 4, 0)
+    assert version_key("1.2.0-RC.3") == ((1, 2), 3, 3)
+    assert version_key("release-5") is None
+
+
+def test_edge_root_matches_the_rfc_6962_tree_at_every_size() -> None:
+    hashes = [leaf_hash(bytes([i])) for i in range(70)]
+    edge = Edge()
+    assert edge.root() == root_of([])
+    for i, h in enumerate(hashes):
+        edge.append(h)
+        assert edge.root() == root_of(hashes[:i + 1])
+        assert Edge(edge.size, edge.hashes).root() == edge.root()
+    with pytest.raises(ValueError):
+        Edge(3, hashes[:1])
+
+
+def test_usage_errors_exit_2(vkey: Path, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    url = "http://127.0.0.1:9"
+    assert run(capsys, url, vkey, tmp_path / "s", "--interval", "1")[0] == 2
+    assert run(capsys, url, vkey, tmp_path / "s", "--workers", "-1")[0] == 2
+    assert run(capsys, url, tmp_path / "missing.vkey", tmp_path / "s")[0] == 2
