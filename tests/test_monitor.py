@@ -156,8 +156,10 @@ def leaf(entry: dict[str, Any]) -> bytes:
 
 
 def checked(index: int, entry: dict[str, Any]) -> Checked:
-    release = validate_entry(entry)
-    return Checked(index, release.leaf_hash, release.entry, None)
+    from verifier.registry import validate_log_entry
+
+    validated = validate_log_entry(entry)
+    return Checked(index, validated.leaf_hash, validated.entry, None)
 
 
 # -- against the real service ------------------------------------------------------------
@@ -560,11 +562,12 @@ def test_pure_core_keeps_learning_about_packages_it_does_not_report(publisher: S
     assert events[0]["seq"] == 1
 
 
-def test_pure_core_passes_over_entries_of_other_kinds_silently() -> None:
+def test_pure_core_alerts_on_a_registry_entry_that_does_not_validate() -> None:
     w = Watcher()
     other = {"kind": "publisher/v1", "publisher": "acme", "key": "k", "signature": "s"}
-    assert w.observe(Checked(0, b"\x22" * 32, other, None), NOW) == []
-    assert (w.next_index, w.next_seq, w.packages) == (1, 1, {})
+    assert alerts(w.observe(Checked(0, b"\x22" * 32, other, None), NOW)) == [
+        (0, "invalid_entry")]
+    assert (w.next_index, w.packages) == (1, {})
 
 
 def test_pure_core_refuses_entries_out_of_order(publisher: Signer) -> None:
@@ -618,3 +621,52 @@ def test_usage_errors_exit_2(vkey: Path, tmp_path: Path,
     assert run(capsys, url, vkey, tmp_path / "s", "--interval", "1")[0] == 2
     assert run(capsys, url, vkey, tmp_path / "s", "--workers", "-1")[0] == 2
     assert run(capsys, url, tmp_path / "missing.vkey", tmp_path / "s")[0] == 2
+
+
+def _registry(kind: str, publisher: str, signer: Signer, **fields: Any) -> dict[str, Any]:
+    from verifier.registry import sign_registry_entry
+
+    return sign_registry_entry({"kind": kind, "publisher": publisher, **fields}, signer)
+
+
+def test_key_and_ownership_changes_of_watched_packages_are_alerted() -> None:
+    """A stolen key added to a publisher, a revoked key, a new owner: each is an alert."""
+    admin, acme, thief = generate_key("admin"), generate_key("acme"), generate_key("acme")
+    other = generate_key("other")
+    now = datetime.now(UTC)
+    w = Watcher(["com.acme.*"])
+    feed = [
+        _registry("publisher/v1", "acme", admin, packages=["com.acme.*"],
+                  keys=[acme.verifier().text()]),
+        _registry("keys/v1", "acme", acme, add=[thief.verifier().text()], remove=[]),
+        _registry("revoke/v1", "acme", admin, keys=[acme.verifier().text()], reason="leaked"),
+        _registry("publisher/v1", "other", admin, packages=["org.other.*"],
+                  keys=[other.verifier().text()]),
+        _registry("publisher/v1", "other", admin, packages=["org.other.*", "com.acme.app"],
+                  keys=[other.verifier().text()]),
+    ]
+    codes = [[e["alert"] for e in w.observe(checked(i, entry), now)]
+             for i, entry in enumerate(feed)]
+    assert codes == [["publisher_registered"], ["key_added"], ["key_revoked"], [],
+                     ["ownership_changed"]]
+
+
+def test_release_breaking_the_registry_is_alerted_and_admin_forgery_is_caught() -> None:
+    """With the admin key pinned, a registration by another key is an alert; a release by a
+    revoked key of a registered publisher is an alert (the log should have refused both)."""
+    from verifier.registry import Registry
+
+    admin, forger, acme = generate_key("admin"), generate_key("admin"), generate_key("acme")
+    now = datetime.now(UTC)
+    w = Watcher(registry=Registry([admin.verifier()], enforce=False))
+    forged = _registry("publisher/v1", "acme", forger, packages=["com.*"],
+                       keys=[acme.verifier().text()])
+    assert [e["alert"] for e in w.observe(checked(0, forged), now)] == [
+        "registry_entry_not_authorized"]
+    genuine = _registry("publisher/v1", "acme", admin, packages=["com.acme.*"],
+                        keys=[acme.verifier().text()])
+    w.observe(checked(1, genuine), now)
+    w.observe(checked(2, _registry("revoke/v1", "acme", admin, keys=[acme.verifier().text()],
+                                   reason="leaked")), now)
+    events = w.observe(checked(3, sign_entry(release_fields("com.acme.app", "1.0"), acme)), now)
+    assert "release_not_authorized" in [e.get("alert") for e in events]

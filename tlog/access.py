@@ -64,7 +64,8 @@ def admin_identity(request: web.Request, config: Config) -> str:
     if scheme.lower() != "bearer" or not given:
         raise AccessError(401, "admin_auth_required", "send Authorization: Bearer <admin token>")
     # Compare digests in constant time: neither the length nor a prefix of the secret leaks.
-    if not secrets.compare_digest(hashlib.sha256(given.strip().encode()).digest(),
+    presented = given.strip().encode("utf-8", "surrogateescape")
+    if not secrets.compare_digest(hashlib.sha256(presented).digest(),
                                   hashlib.sha256(config.admin_secret.encode()).digest()):
         raise AccessError(403, "admin_forbidden", "the admin token is not valid")
     return "admin-token"

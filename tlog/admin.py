@@ -23,6 +23,7 @@ from .tokens import DEFAULT_TTL, parse_ttl
 
 audit_log = logging.getLogger("tlog.audit")
 _JTI = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_PUBLISHER = re.compile(r"[!-*,-~]{1,200}")  # as in publisher/v1: a key name
 _TOKEN_MEMBERS = {"publisher", "scopes", "ttl"}
 
 
@@ -30,9 +31,13 @@ def _audit(event: str, **fields: Any) -> None:
     audit_log.info(json.dumps({"event": event, **fields}, sort_keys=True))
 
 
+def _admin_identity(request: web.Request) -> str:
+    return admin_identity(request, request.app[CONFIG])
+
+
 async def post_registry_entry(request: web.Request) -> web.Response:
     """Log a registry entry (publisher/v1, keys/v1, revoke/v1) on behalf of the operator."""
-    who = admin_identity(request, request.app[CONFIG])
+    who = _admin_identity(request)
     entry = parse_entry(await read_json_body(request))
     if not isinstance(entry, RegistryEntry):
         raise ApiError(422, "not_registry_entry",
@@ -54,8 +59,9 @@ def _token_request(body: bytes) -> tuple[str, list[str], str]:
         raise ApiError(422, "invalid_request",
                        'send {"publisher": NAME, "scopes": [PATTERN, ...], "ttl": "15m"}')
     publisher, scopes, ttl = req["publisher"], req["scopes"], req.get("ttl", "15m")
-    if not isinstance(publisher, str) or not 0 < len(publisher) <= 200:
-        raise ApiError(422, "invalid_request", "publisher must be a name of 1-200 characters")
+    if not isinstance(publisher, str) or not _PUBLISHER.fullmatch(publisher):
+        raise ApiError(422, "invalid_request", "publisher must be a publisher name: 1-200 "
+                                               "printable ASCII characters, no spaces or '+'")
     if not isinstance(scopes, list) or not 0 < len(scopes) <= 64 \
             or not all(isinstance(x, str) for x in scopes):
         raise ApiError(422, "invalid_request", "scopes must be 1-64 package patterns")
@@ -66,7 +72,10 @@ def _token_request(body: bytes) -> tuple[str, list[str], str]:
 
 async def post_token(request: web.Request) -> web.Response:
     """Issue a short-lived submission token for one publisher and some package scopes."""
-    who = admin_identity(request, request.app[CONFIG])
+    who = _admin_identity(request)
+    if TOKENS not in request.app:
+        raise ApiError(404, "not_found", "this log issues no submission tokens: it has no "
+                                         "token key (--token-key)")
     publisher, scopes, ttl_text = _token_request(await read_json_body(request))
     try:
         ttl = parse_ttl(ttl_text) if ttl_text else DEFAULT_TTL
@@ -85,7 +94,7 @@ async def post_token(request: web.Request) -> web.Response:
 
 async def post_token_revoke(request: web.Request) -> web.Response:
     """Revoke a token by id; submissions carrying it are refused from now on."""
-    who = admin_identity(request, request.app[CONFIG])
+    who = _admin_identity(request)
     jti = request.match_info["jti"]
     if not _JTI.fullmatch(jti):
         raise ApiError(400, "bad_token_id", "a token id is 1-64 characters of A-Z a-z 0-9 _ -")

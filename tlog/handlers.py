@@ -15,7 +15,12 @@ from aiohttp import web
 
 from verifier.entry import EntryError, Release, parse_json
 from verifier.merkle import leaf_hash
-from verifier.registry import PUBLISHER_KIND, LogEntry, RegistryEntry, validate_log_entry
+from verifier.registry import (
+    PUBLISHER_KIND,
+    LogEntry,
+    RegistryEntry,
+    validate_log_entry,
+)
 from verifier.tiles import TILE_WIDTH, encode_bundle, parse_tile_path, tile_width
 
 from .access import Buckets, InFlight, require_client_cert
@@ -139,10 +144,9 @@ async def _hash_tile(request: web.Request, level: int, n: int, width: int) -> by
 
 
 async def _entry_bundle(request: web.Request, n: int, width: int) -> bytes:
-    available = tile_width(0, n, await latest_size(request))
-    if available < width:
-        raise ApiError(404, "not_found", f"entry bundle {n} has no {width} entries yet")
     lo = n * TILE_WIDTH
+    if not await request.app[STORAGE].published_at_least(lo + width):
+        raise ApiError(404, "not_found", f"entry bundle {n} has no {width} entries yet")
     entries = await request.app[STORAGE].entry_range(lo, lo + width)
     if len(entries) != width:
         raise RuntimeError(f"entries {lo}..{lo + width} are missing from storage")

@@ -163,6 +163,7 @@ class Storage:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self.tile_cache = TileCache()
+        self.published = 0  # the largest tree size seen published: sizes only ever grow
 
     @classmethod
     async def connect(cls, url: str, min_size: int = 2, max_size: int = 10) -> Storage:
@@ -183,7 +184,19 @@ class Storage:
             await conn.fetchval("SELECT 1")
 
     async def latest_checkpoint(self) -> StoredCheckpoint | None:
-        return _checkpoint(await self.pool.fetchrow(SQL_LATEST_CHECKPOINT))
+        latest = _checkpoint(await self.pool.fetchrow(SQL_LATEST_CHECKPOINT))
+        if latest is not None and latest.size > self.published:
+            self.published = latest.size
+        return latest
+
+    async def published_at_least(self, size: int) -> bool:
+        """Whether a tree of at least `size` leaves is published; a query only when `size`
+        is beyond the largest size seen so far (serving entry bundles of a long log would
+        otherwise read the latest checkpoint once per bundle)."""
+        if size <= self.published:
+            return True
+        latest = await self.latest_checkpoint()
+        return latest is not None and latest.size >= size
 
     async def checkpoint_at(self, size: int) -> StoredCheckpoint | None:
         return _checkpoint(await self.pool.fetchrow(SQL_CHECKPOINT_AT, size))

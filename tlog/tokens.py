@@ -59,7 +59,7 @@ def parse_ttl(text: str) -> timedelta:
     """'15m', '2h', '90s' or plain seconds; at most MAX_TTL."""
     units = {"s": 1, "m": 60, "h": 3600}
     number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
-    if not number.isdigit() or int(number) == 0:
+    if not number.isdigit() or len(number) > 9 or int(number) == 0:
         raise ValueError(f"ttl {text!r} must be a positive number of s, m or h (e.g. 15m)")
     ttl = timedelta(seconds=int(number) * units[unit])
     if ttl > MAX_TTL:
@@ -93,8 +93,8 @@ class TokenAuthority:
 
     def verify(self, token: str) -> TokenClaims:
         """Signature, issuer, time limits and claim shapes; not revocation (the database's)."""
-        if len(token) > MAX_TOKEN_CHARS:
-            raise TokenError(401, "token_malformed", "the token is too long")
+        if len(token) > MAX_TOKEN_CHARS or not token.isascii():
+            raise TokenError(401, "token_malformed", "the token is too long or not ASCII")
         try:
             payload = jwt.decode(token, self._public, algorithms=[ALGORITHM],
                                  issuer=self.issuer, leeway=LEEWAY,

@@ -99,7 +99,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 from verifier.checks import parse_time
 from verifier.client import LogClient
-from verifier.entry import KIND
+from verifier.entry import KIND, EntryError
 from verifier.errors import (
     EXIT_OK,
     LogMisbehaviour,
@@ -110,6 +110,7 @@ from verifier.errors import (
 from verifier.merkle import EMPTY_ROOT, HASH_SIZE, ProofError, fold, node_hash, verify_consistency
 from verifier.note import NoteError, Verifier, b64encode, parse_vkey
 from verifier.proof import format_tlog_proof
+from verifier.registry import Refusal, Registry, validate_registry_entry
 from verifier.scan import Checked, bundles, check_leaves, default_workers, ordered_map
 from verifier.state import Trusted
 from verifier.store import StateDir
@@ -128,6 +129,8 @@ COUNTER_NOT_GROWING = "counter_not_growing"
 SECOND_ARTIFACT_SET = "second_artifact_set"
 NEW_PUBLISHER_KEY = "new_publisher_key"
 INVALID_ENTRY = "invalid_entry"
+RELEASE_NOT_AUTHORIZED = "release_not_authorized"
+REGISTRY_NOT_AUTHORIZED = "registry_entry_not_authorized"
 INSTALL_WINDOW_CLOSED = "install_window_closed"
 CHECKPOINT_INCONSISTENT = "checkpoint_inconsistent"
 ALERT_CODES = (VERSION_NOT_GROWING, COUNTER_NOT_GROWING, SECOND_ARTIFACT_SET, NEW_PUBLISHER_KEY,
@@ -186,6 +189,7 @@ class Seen(NamedTuple):
     artifacts: list[dict[str, Any]]
     digest: str
     not_after: str | None
+    registry: dict[str, Any] | None = None  # the entry, for the registry kinds
 
 
 def artifacts_digest(artifacts: Sequence[dict[str, Any]]) -> str:
@@ -206,7 +210,7 @@ def summarize(checked: Checked, leaf: bytes | None = None) -> Seen:
                     "", "", "", None, None, "", [], "", None)
     if entry.get("kind") != KIND:
         return Seen(checked.index, checked.leaf_hash, None, None, str(entry.get("kind")),
-                    "", "", None, None, "", [], "", None)
+                    "", "", None, None, str(entry.get("key", "")), [], "", None, entry)
     window = entry.get("install_window")
     return Seen(checked.index, checked.leaf_hash, None, None, KIND, entry["package"],
                 entry["version"], version_key(entry["version"]), entry.get("counter"),
@@ -262,8 +266,13 @@ class Watcher:
     """
 
     def __init__(self, patterns: Sequence[str] = (), *, next_index: int = 0,
-                 next_seq: int = 1, packages: dict[str, PackageState] | None = None) -> None:
+                 next_seq: int = 1, packages: dict[str, PackageState] | None = None,
+                 registry: Registry | None = None) -> None:
         self.patterns = tuple(patterns)
+        # The publisher registry replayed from the log (verifier.registry): who may publish
+        # what. Without pinned admin keys it reports registrations without authenticating them.
+        self.registry = registry if registry is not None else Registry(None, enforce=False)
+        self.registry_changed = False
         self.next_index, self.next_seq = next_index, next_seq
         self.packages: dict[str, PackageState] = packages if packages is not None else {}
         self.versions: dict[str, tuple[str, int]] = {}
@@ -293,8 +302,13 @@ class Watcher:
             return [self.alert(INVALID_ENTRY, f"entry {seen.entry_index} fails validation: "
                                f"{seen.error}", seen.entry_index, leaf_hash=seen.leaf_hash.hex())]
         if seen.kind != KIND:
-            return []  # registry and other kinds: validated and proven, not reported
+            return self._registry_events(seen)
         problems = self._learn(seen, now)
+        unauthorized = self.registry.release_problem(seen.key.split("+", 1)[0], seen.package,
+                                                     seen.key)
+        if unauthorized is not None:
+            problems.append((RELEASE_NOT_AUTHORIZED, f"{seen.package} {seen.version}: "
+                             f"{unauthorized}, yet the log accepted it", {"key": seen.key}))
         if not self.matches(seen.package):
             return []
         events = [self._release(seen)]
@@ -303,6 +317,39 @@ class Watcher:
                                      version=seen.version, leaf_hash=events[0]["leaf_hash"],
                                      **extra))
         return events
+
+    def _registry_events(self, seen: Seen) -> list[Event]:
+        """Replay a registry entry; alert on every change concerning watched packages."""
+        try:
+            entry = validate_registry_entry(seen.registry)
+        except EntryError as exc:
+            return [self.alert(INVALID_ENTRY, f"entry {seen.entry_index} fails validation: "
+                               f"{exc}", seen.entry_index, leaf_hash=seen.leaf_hash.hex())]
+        publisher = entry.publisher
+        try:
+            changes = self.registry.apply(seen.entry_index, entry)
+        except Refusal as exc:
+            if not self._registry_relevant(publisher, entry.entry.get("packages", ())):
+                return []
+            return [self.alert(REGISTRY_NOT_AUTHORIZED, f"{entry.kind} for {publisher!r} at "
+                               f"entry {seen.entry_index} breaks the registry ({exc}), yet the "
+                               "log accepted it", seen.entry_index, publisher=publisher,
+                               leaf_hash=seen.leaf_hash.hex())]
+        self.registry_changed = True
+        owned = self.registry.publishers[publisher].patterns
+        if not self._registry_relevant(publisher, [*owned, *entry.entry.get("packages", ())]):
+            return []
+        return [self.alert(c.kind, f"{publisher}: {c.kind.replace('_', ' ')}: {c.detail}",
+                           c.index, publisher=publisher, detail=c.detail,
+                           signer=entry.key.text(), leaf_hash=seen.leaf_hash.hex())
+                for c in changes]
+
+    def _registry_relevant(self, publisher: str, patterns: Iterable[str]) -> bool:
+        """Registry changes concern watched packages when a publisher pattern meets a glob."""
+        if not self.patterns:
+            return True
+        return any(self.matches(p.rstrip("*")) or fnmatch.fnmatchcase(p, g)
+                   for p in patterns for g in self.patterns)
 
     def alert(self, code: str, message: str, index: int | None, **extra: Any) -> Event:
         """A new alert event (taking the next seq)."""
@@ -465,6 +512,10 @@ CREATE TABLE IF NOT EXISTS versions (
     digest TEXT NOT NULL,          -- artifacts_digest of its first entry
     idx    INTEGER NOT NULL        -- that entry's index
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS registry (
+    onerow INTEGER PRIMARY KEY CHECK (onerow = 1),
+    state  TEXT NOT NULL           -- Registry.to_json(): the publisher registry replayed so far
+);
 CREATE TABLE IF NOT EXISTS outbox (
     first_seq INTEGER PRIMARY KEY, -- events committed but maybe not printed yet:
     lines     TEXT NOT NULL        -- their JSON lines, seq first_seq, first_seq + 1, ...
@@ -480,6 +531,7 @@ class Loaded:
     edge: Edge
     packages: dict[str, PackageState]
     outbox: list[str]
+    registry: dict[str, Any]
 
 
 class MonitorDB:
@@ -518,9 +570,10 @@ class MonitorDB:
             outbox = [line for (lines,) in
                       self.conn.execute("SELECT lines FROM outbox ORDER BY first_seq")
                       for line in lines.splitlines()]
+            row = self.conn.execute("SELECT state FROM registry").fetchone()
             return Loaded(origin, next_index, next_seq,
                           Edge(next_index, [bytes.fromhex(h) for h in json.loads(edge)]),
-                          packages, outbox)
+                          packages, outbox, json.loads(row[0]) if row else {})
         except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"{self.path} is not a usable monitor state: {exc}") from exc
 
@@ -539,6 +592,10 @@ class MonitorDB:
                           [(name, d, i) for name, (d, i) in versions.items()])
             c.executemany("INSERT OR REPLACE INTO packages VALUES (?, ?)",
                           [(name, json.dumps(p.to_json())) for name, p in packages.items()])
+            if watcher.registry_changed:
+                c.execute("INSERT OR REPLACE INTO registry VALUES (1, ?)",
+                          (json.dumps(watcher.registry.to_json()),))
+                watcher.registry_changed = False
             c.execute("UPDATE position SET origin = ?, next_index = ?, next_seq = ?, edge = ?",
                       (origin, watcher.next_index, watcher.next_seq,
                        json.dumps([h.hex() for h in edge.hashes])))
@@ -659,14 +716,17 @@ class Monitor:
 
     def __init__(self, client: LogClient, key: Verifier, state: StateDir, db: MonitorDB,
                  patterns: Sequence[str], workers: int, out: TextIO, metrics: Metrics,
-                 stop: Stop) -> None:
+                 stop: Stop, admin_keys: Sequence[Verifier] | None = None) -> None:
         self.client, self.key, self.state, self.db = client, key, state, db
         self.workers, self.out, self.metrics, self.stop = workers, out, metrics, stop
         loaded = db.load()
         self.origin = loaded.origin
         self.edge = loaded.edge
+        registry = Registry(admin_keys or None, enforce=False)
+        registry.load_json(loaded.registry)
         self.watcher = Watcher(patterns, next_index=loaded.next_index,
-                               next_seq=loaded.next_seq, packages=loaded.packages)
+                               next_seq=loaded.next_seq, packages=loaded.packages,
+                               registry=registry)
         self._unprinted = loaded.outbox
 
     def run(self, follow: bool, interval: float) -> int:
@@ -889,8 +949,9 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         if opts.metrics_port is not None:
             metrics.serve(opts.metrics_port)
         try:
+            admins = [_load_key(p) for p in args.admin_key]
             monitor = Monitor(client, key, state, db, opts.patterns, opts.workers, sys.stdout,
-                              metrics, stop)
+                              metrics, stop, admins)
             return monitor.run(opts.follow, opts.interval)
         finally:
             metrics.close()
@@ -925,6 +986,10 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
                    help="validation processes (default: one per core; 0: in this process)")
     p.add_argument("--metrics-port", type=int, metavar="P",
                    help="serve Prometheus metrics on 127.0.0.1:P")
+    p.add_argument("--admin-key", action="append", default=[], metavar="VKEY_FILE",
+                   help="the operator's registry admin key (repeatable): registrations and "
+                        "admin actions signed by other keys are alerted; without it they are "
+                        "reported unauthenticated")
     p.set_defaults(func=cmd_monitor)
 
 

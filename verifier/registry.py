@@ -105,9 +105,14 @@ def _check_registry_semantics(entry: Mapping[str, Any]) -> None:
         _named_keys(entry, "keys", publisher)
 
 
+def _registry_kind(obj: Any) -> str | None:
+    kind = obj.get("kind") if isinstance(obj, dict) else None
+    return kind if isinstance(kind, str) and kind in SCHEMAS else None
+
+
 def validate_registry_entry(obj: Any) -> RegistryEntry:
     """Schema, signature and key naming of a registry entry (not who may sign it)."""
-    if not isinstance(obj, dict) or obj.get("kind") not in SCHEMAS:
+    if _registry_kind(obj) is None:
         raise EntryError(INVALID_ENTRY, f"kind: must be one of {', '.join(SCHEMAS)}")
     signed = check_signed(copy.deepcopy(obj), SCHEMAS[obj["kind"]])
     _check_registry_semantics(signed.entry)
@@ -116,7 +121,7 @@ def validate_registry_entry(obj: Any) -> RegistryEntry:
 
 def validate_log_entry(obj: Any) -> LogEntry:
     """Any entry kind the log accepts: release/v1 or a registry entry."""
-    if isinstance(obj, dict) and obj.get("kind") in SCHEMAS:
+    if _registry_kind(obj) is not None:
         return validate_registry_entry(obj)
     return validate_entry(obj)
 
@@ -124,7 +129,7 @@ def validate_log_entry(obj: Any) -> LogEntry:
 def parse_log_leaf(leaf: bytes) -> LogEntry:
     """Leaf bytes of any kind, which must be the entry's own JCS encoding."""
     obj = parse_json(leaf)
-    if isinstance(obj, dict) and obj.get("kind") in SCHEMAS:
+    if _registry_kind(obj) is not None:
         entry = validate_registry_entry(obj)
         if entry.leaf != bytes(leaf):
             raise EntryError(INVALID_ENTRY, "leaf is not the RFC 8785 (JCS) encoding of its entry")
@@ -183,8 +188,10 @@ class Registry:
     release. Registry entries are always checked against who may sign them.
     """
 
-    def __init__(self, admin_keys: Iterable[Verifier], enforce: bool = True) -> None:
-        self.admins = {k.text() for k in admin_keys}
+    def __init__(self, admin_keys: Iterable[Verifier] | None, enforce: bool = True) -> None:
+        # None: no admin key is pinned (a monitor that only reports): any signer may act as
+        # admin, so registrations are reported but not authenticated.
+        self.admins = None if admin_keys is None else {k.text() for k in admin_keys}
         self.enforce = enforce
         self.publishers: dict[str, Publisher] = {}
         self.max_counter: dict[str, int] = {}
@@ -192,6 +199,20 @@ class Registry:
     def owners(self, package: str) -> list[str]:
         return sorted(p.name for p in self.publishers.values()
                       if not p.revoked and p.owns(package))
+
+    def release_problem(self, publisher: str, package: str, key: str) -> str | None:
+        """Why a registered publisher's release breaks the registry (None if it does not, or
+        if the publisher is not registered: an open log accepts those)."""
+        p = self.publishers.get(publisher)
+        if p is None:
+            return None
+        if p.revoked:
+            return f"publisher {publisher!r} is revoked"
+        if not p.owns(package):
+            return f"publisher {publisher!r} does not own package {package!r}"
+        if key not in p.keys:
+            return f"the signing key is not a current key of {publisher!r}"
+        return None
 
     def key_valid(self, publisher: str, key: str) -> bool:
         p = self.publishers.get(publisher)
@@ -240,8 +261,11 @@ class Registry:
                           f"counter {r.counter} is not greater than {last}, the highest "
                           f"counter of {r.package!r} so far")
 
+    def _is_admin(self, key: str) -> bool:
+        return self.admins is None or key in self.admins
+
     def _require_admin(self, e: RegistryEntry) -> None:
-        if e.key.text() not in self.admins:
+        if not self._is_admin(e.key.text()):
             raise Refusal(403, "not_authorized", f"{e.kind} must be signed by an admin key")
 
     def _authorize_change(self, e: RegistryEntry) -> None:
@@ -251,7 +275,7 @@ class Registry:
                           f"publisher {e.publisher!r} is not registered or is revoked")
         signer = e.key.text()
         whole_publisher = e.kind == REVOKE_KIND and "keys" not in e.entry
-        if signer not in self.admins and (whole_publisher or signer not in p.keys):
+        if not self._is_admin(signer) and (whole_publisher or signer not in p.keys):
             raise Refusal(403, "not_authorized",
                           f"{e.kind} for {e.publisher!r} must be signed by an admin key"
                           + ("" if whole_publisher else " or a current key of the publisher"))

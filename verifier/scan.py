@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from verifier.client import LogClient
-from verifier.entry import EntryError, parse_leaf
+from verifier.entry import EntryError
 from verifier.merkle import leaf_hash
+from verifier.registry import parse_log_leaf
 from verifier.tiles import TILE_WIDTH
 
 T = TypeVar("T")
@@ -35,12 +36,14 @@ class Checked:
 
 
 def check_leaves(first_index: int, leaves: list[bytes]) -> list[Checked]:
-    """Validate consecutive leaves (schema, canonical form, publisher signature)."""
+    """Validate consecutive leaves of any kind the log accepts (release/v1 and the registry
+    kinds): schema, canonical form, signature. Who may sign registry entries is the replay's
+    question (verifier.registry.Registry), not this one."""
     out = []
     for i, leaf in enumerate(leaves):
         try:
-            release = parse_leaf(leaf)
-            out.append(Checked(first_index + i, release.leaf_hash, release.entry, None))
+            entry = parse_log_leaf(leaf)
+            out.append(Checked(first_index + i, entry.leaf_hash, entry.entry, None))
         except EntryError as exc:
             out.append(Checked(first_index + i, leaf_hash(leaf), None, f"{exc.code}: {exc}"))
     return out
