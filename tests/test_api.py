@@ -871,3 +871,33 @@ async def test_healthz_and_readyz_answer_200(client: Client, log_signer: Signer)
     resp = await client.get("/readyz")
     assert resp.status == 200
     assert await resp.json() == {"status": "ready", "origin": log_signer.name}
+
+
+async def test_registry_listing_pages_through_registry_entries_only(
+        aiohttp_client: Any, database_url: str, log_signer: Signer, publisher: Signer) -> None:
+    from tlog.app import create_app
+    from tlog.config import Config
+    from verifier.registry import PUBLISHER_KIND, sign_registry_entry
+
+    admin = generate_key("admin")
+    client = await aiohttp_client(create_app(Config(
+        database_url=database_url, signer=log_signer, host="127.0.0.1", port=0, policy="open",
+        admin_keys=(admin.verifier(),), max_wait=0.002)))
+    await seed(client, publisher)
+    registrations = [sign_registry_entry(
+        {"kind": PUBLISHER_KIND, "publisher": f"pub{i}", "packages": [f"com.p{i}.*"],
+         "keys": [generate_key(f"pub{i}").verifier().text()]}, admin) for i in range(3)]
+    indices = []
+    for entry in registrations:
+        resp = await client.post("/v1/entries", json=entry)
+        assert resp.status == 201, await resp.text()
+        indices.append((await resp.json())["index"])
+    first = await (await client.get("/v1/registry?limit=2")).json()
+    assert [e["index"] for e in first["entries"]] == indices[:2]
+    assert first["next_after"] == indices[1]
+    rest = await (await client.get(f"/v1/registry?after={indices[1]}")).json()
+    assert [e["index"] for e in rest["entries"]] == indices[2:] and rest["next_after"] is None
+    assert rest["entries"][0]["entry"]["publisher"] == "pub2"
+    for bad in ("limit=0", "after=-1", "limit=1001", "after=05", "kind=x"):
+        resp = await client.get(f"/v1/registry?{bad}")
+        assert resp.status == 400, bad

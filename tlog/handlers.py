@@ -206,6 +206,21 @@ def parse_entry(body: bytes) -> LogEntry:
         raise ApiError(ENTRY_STATUS.get(exc.code, 422), exc.code, str(exc)) from exc
 
 
+async def list_registry(request: web.Request) -> web.Response:
+    """The registry entries (publisher/v1, keys/v1, revoke/v1) in log order, paged: what a
+    client replays to know which keys were valid for which packages at an index."""
+    q = query(request, {"after", "limit"})
+    after = parse_uint("after", q.get("after"), -1) if "after" in q else -1
+    limit = parse_uint("limit", q.get("limit"), DEFAULT_PAGE)
+    if not 1 <= limit <= MAX_PAGE:
+        raise ApiError(400, "bad_number", f"limit must be 1..{MAX_PAGE}")
+    rows = await request.app[STORAGE].registry_page(after, limit)
+    return web.json_response({
+        "entries": [_entry_json(i, leaf) for i, leaf in rows],
+        "next_after": rows[-1][0] if len(rows) == limit else None,
+    })
+
+
 async def post_entry(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     require_client_cert(request, config)
@@ -319,6 +334,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/entries", post_entry)
     app.router.add_get("/v1/entries", list_entries)
     app.router.add_get("/v1/entries/{index}", get_entry)
+    app.router.add_get("/v1/registry", list_registry)
     app.router.add_get("/v1/proof/inclusion", get_inclusion)
     app.router.add_get("/v1/proof/consistency", get_consistency)
     app.router.add_get("/v1/checkpoints/{size}", get_checkpoint_at)

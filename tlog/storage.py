@@ -51,6 +51,9 @@ SQL_PUT_TILE = (
     "INSERT INTO tiles (level, idx, data) VALUES ($1, $2, $3) "
     "ON CONFLICT (level, idx) DO UPDATE SET data = EXCLUDED.data")
 SQL_PUT_CHECKPOINT = "INSERT INTO checkpoints (tree_size, root, note) VALUES ($1, $2, $3)"
+SQL_REGISTRY_PAGE = (
+    "SELECT idx, leaf FROM entries WHERE kind <> 'release/v1' AND idx > $1 "
+    "ORDER BY idx LIMIT $2")
 SQL_REGISTRY_ENTRIES = (
     "SELECT idx, leaf FROM entries WHERE kind <> 'release/v1' AND idx >= $1 ORDER BY idx")
 SQL_MAX_COUNTERS = (
@@ -242,6 +245,10 @@ class Storage:
     async def registry_entries(self, start: int = 0) -> list[tuple[int, bytes]]:
         """Registry entries (every kind but release/v1) from index `start`, in log order."""
         return await _registry_entries(self.pool, start)
+
+    async def registry_page(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        rows = await self.pool.fetch(SQL_REGISTRY_PAGE, after, limit)
+        return [(int(r["idx"]), bytes(r["leaf"])) for r in rows]
 
     async def insert_token(self, jti: str, publisher: str, scopes: Sequence[str],
                            expires_at: datetime, issued_by: str) -> None:

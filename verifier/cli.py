@@ -17,7 +17,7 @@ from pathlib import Path
 from verifier import audit, monitor
 from verifier.checks import check_release, hash_file, parse_time
 from verifier.client import LogClient
-from verifier.entry import EntryError, parse_leaf
+from verifier.entry import EntryError, Release, parse_leaf
 from verifier.errors import (
     EXIT_OK,
     EXIT_USAGE,
@@ -28,6 +28,7 @@ from verifier.errors import (
 from verifier.merkle import ProofError, verify_inclusion
 from verifier.note import NoteError, Verifier, b64encode, parse_vkey
 from verifier.proof import VerifiedReceipt, verify_receipt
+from verifier.registry import Refusal, Registry, parse_log_leaf
 from verifier.state import Trusted
 from verifier.store import StateDir
 from verifier.tiles import TILE_WIDTH
@@ -110,9 +111,43 @@ def cmd_release(args: argparse.Namespace) -> int:
         hints = client.search(args.package, args.version)
         trusted = advance(client, key, state)
         verified = _find_and_prove(client, trusted, hints, args.package, args.version)
+        if args.admin_key:
+            admins = [load_vkey(p, "admin key") for p in args.admin_key]
+            check_key_valid_at(client, trusted, admins, verified)
     matched = check_release(verified.release, files, pinned, now)
     _report(verified, matched)
     return EXIT_OK
+
+
+def check_key_valid_at(client: LogClient, trusted: Trusted, admins: Sequence[Verifier],
+                       verified: VerifiedReceipt) -> None:
+    """The release's key was valid for its package at its index: replay the registry
+    entries before it (each fetched from its bundle and proven in `trusted`) with the pinned
+    admin keys. The log could leave a registry entry out of its listing; monitors, which
+    replay every entry, catch that."""
+    registry = Registry(admins, enforce=True)
+    for index in sorted({i for i in client.registry_indices() if i < verified.index}):
+        try:
+            entry = parse_log_leaf(client.entry(index, trusted.size))
+            verify_inclusion(index, trusted.size, entry.leaf_hash,
+                             client.inclusion_proof(index, trusted.size), trusted.root)
+        except (EntryError, ProofError) as exc:
+            raise VerificationFailed(f"registry entry {index} does not verify: {exc}") from exc
+        if isinstance(entry, Release):
+            raise VerificationFailed(f"the log lists entry {index} as a registry entry; it is "
+                                     "a release")
+        try:
+            registry.apply(index, entry)
+        except Refusal as exc:
+            raise VerificationFailed(f"the log accepted registry entry {index}, which the "
+                                     f"pinned admin keys do not allow: {exc}") from exc
+    r = verified.release
+    if r.publisher not in registry.publishers:
+        raise VerificationFailed(f"publisher {r.publisher!r} is not registered in the log "
+                                 f"before entry {verified.index}")
+    problem = registry.release_problem(r.publisher, r.package, r.key.text())
+    if problem is not None:
+        raise VerificationFailed(f"at entry {verified.index}, {problem}")
 
 
 class _NoState:
@@ -198,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--package", required=True)
     r.add_argument("--version", required=True)
     r.add_argument("--state", help="directory keeping the last trusted checkpoint")
+    r.add_argument("--admin-key", action="append", default=[], metavar="VKEY_FILE",
+                   help="the log operator's registry admin key (repeatable): also check that "
+                        "the release's key was valid for its package at its index")
     _release_options(r)
     r.set_defaults(func=cmd_release)
 

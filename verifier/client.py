@@ -492,15 +492,23 @@ class LogClient:
 
     def search(self, package: str, version: str | None = None) -> list[int]:
         """Indices the log says hold `package` (and `version`), in log order."""
+        params = {"package": package, "limit": "1000"}
+        if version is not None:
+            params["version"] = version
+        return self._paged_indices("v1/entries", params)
+
+    def registry_indices(self) -> list[int]:
+        """Indices the log says hold registry entries (publisher/v1, keys/v1, revoke/v1)."""
+        return self._paged_indices("v1/registry", {"limit": "1000"})
+
+    def _paged_indices(self, path: str, base: dict[str, str]) -> list[int]:
         indices: list[int] = []
         after: int | None = None
         while len(indices) < MAX_SEARCH_RESULTS:
-            params = {"package": package, "limit": "1000"}
-            if version is not None:
-                params["version"] = version
+            params = dict(base)
             if after is not None:
                 params["after"] = str(after)
-            page = self._json("v1/entries?" + urllib.parse.urlencode(params))
+            page = self._json(path + "?" + urllib.parse.urlencode(params))
             entries = page.get("entries", [])
             if not isinstance(entries, list):
                 raise VerificationFailed("the log's search answer has no list of entries")
