@@ -47,7 +47,7 @@ from verifier.merkle import HASH_SIZE, ProofError, leaf_hash, verify_inclusion
 from verifier.note import MAX_NOTE_SIZE, Verifier, b64encode, parse_note
 from verifier.scan import bundles, check_leaves, default_workers, hash_leaves, ordered_map
 from verifier.state import Trusted
-from verifier.store import StateDir
+from verifier.store import StateDir, load_vkey
 from verifier.tiles import (
     TILE_HEIGHT,
     TILE_WIDTH,
@@ -692,7 +692,7 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from verifier.cli import client_for, load_vkey  # verifier.cli imports this module
+    from verifier.cli import client_for  # verifier.cli imports this module
 
     key = load_vkey(args.key)
     trust = load_trust(Path(args.trust), key) if args.trust else None

@@ -26,24 +26,15 @@ from verifier.errors import (
     VerifyError,
 )
 from verifier.merkle import ProofError, verify_inclusion
-from verifier.note import NoteError, Verifier, b64encode, parse_vkey
+from verifier.note import Verifier, b64encode
 from verifier.proof import VerifiedReceipt, verify_receipt
 from verifier.registry import Refusal, Registry, parse_log_leaf
 from verifier.state import Trusted
-from verifier.store import StateDir
+from verifier.store import StateDir, load_vkey
 from verifier.tiles import TILE_WIDTH
 from verifier.tracking import advance
 
 MAX_RECEIPT_BYTES = 1 << 21
-
-
-def load_vkey(path: str, what: str = "log key") -> Verifier:
-    try:
-        return parse_vkey(Path(path).read_text(encoding="utf-8").strip())
-    except OSError as exc:
-        raise UsageError(f"couldn't read the {what} {path}: {exc.strerror or exc}") from exc
-    except (NoteError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path} is not a verifier key (name+id+key): {exc}") from exc
 
 
 def client_for(args: argparse.Namespace, state: StateDir | None = None) -> LogClient:

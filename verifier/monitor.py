@@ -108,12 +108,12 @@ from verifier.errors import (
     VerificationFailed,
 )
 from verifier.merkle import EMPTY_ROOT, HASH_SIZE, ProofError, fold, node_hash, verify_consistency
-from verifier.note import NoteError, Verifier, b64encode, parse_vkey
+from verifier.note import Verifier, b64encode
 from verifier.proof import format_tlog_proof
 from verifier.registry import Refusal, Registry, validate_registry_entry
 from verifier.scan import Checked, bundles, check_leaves, default_workers, ordered_map
 from verifier.state import Trusted
-from verifier.store import StateDir
+from verifier.store import StateDir, load_vkey
 from verifier.tracking import advance
 
 DB_FILE = "monitor.db"
@@ -930,18 +930,9 @@ def _options(args: argparse.Namespace) -> Options:
     return Options(tuple(args.package), args.follow, interval, workers, port)
 
 
-def _load_key(path: str) -> Verifier:
-    try:
-        return parse_vkey(Path(path).read_text(encoding="utf-8").strip())
-    except OSError as exc:
-        raise UsageError(f"couldn't read the log key {path}: {exc.strerror or exc}") from exc
-    except (NoteError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path} is not a verifier key (name+id+key): {exc}") from exc
-
-
 def cmd_monitor(args: argparse.Namespace) -> int:
     opts = _options(args)
-    key = _load_key(args.key)
+    key = load_vkey(args.key)
     client = LogClient(args.log, timeout=args.timeout, retries=args.retries)
     metrics = Metrics()
     with StateDir(Path(args.state)) as state, MonitorDB(state.path / DB_FILE) as db, \
@@ -949,7 +940,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         if opts.metrics_port is not None:
             metrics.serve(opts.metrics_port)
         try:
-            admins = [_load_key(p) for p in args.admin_key]
+            admins = [load_vkey(p, "admin key") for p in args.admin_key]
             monitor = Monitor(client, key, state, db, opts.patterns, opts.workers, sys.stdout,
                               metrics, stop, admins)
             return monitor.run(opts.follow, opts.interval)

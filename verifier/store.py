@@ -18,12 +18,22 @@ from typing import Any, TextIO
 
 from verifier.checkpoint import open_checkpoint
 from verifier.errors import UsageError
-from verifier.note import Verifier
+from verifier.note import NoteError, Verifier, parse_vkey
 from verifier.state import Trusted
 
 CHECKPOINT_FILE = "checkpoint"
 EVIDENCE_DIR = "evidence"
 MAX_STATE_FILE = 64 << 20
+
+
+def load_vkey(path: str, what: str = "log key") -> Verifier:
+    """A verifier key the user pinned, from a file; UsageError if unreadable or malformed."""
+    try:
+        return parse_vkey(Path(path).read_text(encoding="utf-8").strip())
+    except OSError as exc:
+        raise UsageError(f"couldn't read the {what} {path}: {exc.strerror or exc}") from exc
+    except (NoteError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} is not a verifier key (name+id+key): {exc}") from exc
 
 
 def write_atomic(path: Path, data: bytes) -> None:
