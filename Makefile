@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck unit bench clean postgres softhsm
+.PHONY: run test lint typecheck unit bench bench-verifier clean postgres softhsm
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tlog needs Python >= 3.11")'
@@ -34,6 +34,10 @@ test: lint typecheck unit
 
 bench: $(STAMP) postgres
 	$(BIN)/python bench/concurrent_appends.py
+
+bench-verifier: $(STAMP) postgres
+	$(BIN)/python bench/build_log.py
+	$(BIN)/python bench/verifier_bench.py --skip-build
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
