@@ -7,14 +7,14 @@ against a reference table of every perfect node hash, size by size."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from functools import cache
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from verifier.merkle import EMPTY_ROOT, Node, fold, node_hash, root_nodes, root_of
+from tests.test_merkle import node_table
+from verifier.merkle import EMPTY_ROOT, Node, fold, root_nodes, root_of
 from verifier.tiles import (
     MAX_ENTRY_SIZE,
     TILE_WIDTH,
@@ -36,17 +36,6 @@ from verifier.tiles import (
 SMALL = 1300
 AROUND_65536 = range(65536 - 300, 65536 + 300)
 LEAVES = [hashlib.sha256(i.to_bytes(8, "big")).digest() for i in range(AROUND_65536.stop + 1)]
-
-
-def node_table(leaf_hashes: Sequence[bytes]) -> dict[Node, bytes]:
-    """Every perfect node hash of the tree over `leaf_hashes`, by (level, index)."""
-    table: dict[Node, bytes] = {}
-    row, level = list(leaf_hashes), 0
-    while row:
-        table.update(((level, i), h) for i, h in enumerate(row))
-        row = [node_hash(row[i], row[i + 1]) for i in range(0, len(row) - 1, 2)]
-        level += 1
-    return table
 
 
 TABLE = node_table(LEAVES)
