@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from verifier.entry import parse_json
-from verifier.registry import RegistryEntry
+from verifier.registry import PUBLISHER_NAME, RegistryEntry
 
 from .access import admin_identity
 from .handlers import CONFIG, STORAGE, TOKENS, ApiError, parse_entry, read_json_body, submit
@@ -23,7 +23,6 @@ from .tokens import DEFAULT_TTL, parse_ttl
 
 audit_log = logging.getLogger("tlog.audit")
 _JTI = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_PUBLISHER = re.compile(r"[!-*,-~]{1,200}")  # as in publisher/v1: a key name
 _TOKEN_MEMBERS = {"publisher", "scopes", "ttl"}
 
 
@@ -59,7 +58,7 @@ def _token_request(body: bytes) -> tuple[str, list[str], str]:
         raise ApiError(422, "invalid_request",
                        'send {"publisher": NAME, "scopes": [PATTERN, ...], "ttl": "15m"}')
     publisher, scopes, ttl = req["publisher"], req["scopes"], req.get("ttl", "15m")
-    if not isinstance(publisher, str) or not _PUBLISHER.fullmatch(publisher):
+    if not isinstance(publisher, str) or not PUBLISHER_NAME.fullmatch(publisher):
         raise ApiError(422, "invalid_request", "publisher must be a publisher name: 1-200 "
                                                "printable ASCII characters, no spaces or '+'")
     if not isinstance(scopes, list) or not 0 < len(scopes) <= 64 \

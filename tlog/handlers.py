@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from verifier.entry import EntryError, Release, parse_json
+from verifier.entry import PACKAGE_NAME, VERSION_TEXT, EntryError, Release, parse_json
 from verifier.merkle import leaf_hash
 from verifier.registry import (
     PUBLISHER_KIND,
@@ -38,8 +38,6 @@ DEFAULT_PAGE = 100
 MAX_INT = 2**63 - 1
 _DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")
 _HEX32 = re.compile(r"[0-9a-f]{64}")
-_PACKAGE = re.compile(r"[A-Za-z0-9._\-+/@]{1,200}")
-_VERSION = re.compile(r"[\x21-\x7e]{1,100}")
 ENTRY_STATUS = {"invalid_json": 400, "entry_too_large": 413}  # other entry errors: 422
 
 STORAGE: web.AppKey[Storage] = web.AppKey("storage", Storage)
@@ -168,17 +166,27 @@ async def get_entry(request: web.Request) -> web.Response:
 async def list_entries(request: web.Request) -> web.Response:
     q = query(request, {"package", "version", "after", "limit"})
     package = q.get("package")
-    if package is None or not _PACKAGE.fullmatch(package):
+    if package is None or not PACKAGE_NAME.fullmatch(package):
         raise ApiError(400, "bad_package",
                        "package is required: 1-200 characters from A-Z a-z 0-9 . _ - + / @")
     version = q.get("version")
-    if version is not None and not _VERSION.fullmatch(version):
+    if version is not None and not VERSION_TEXT.fullmatch(version):
         raise ApiError(400, "bad_version", "version must be 1-100 printable ASCII, no spaces")
-    after = parse_uint("after", q.get("after"), -1) if "after" in q else -1
+    after, limit = page_params(q)
+    rows = await request.app[STORAGE].by_package(package, version, after, limit)
+    return page_response(rows, limit)
+
+
+def page_params(q: dict[str, str]) -> tuple[int, int]:
+    """`after` (default: before index 0) and `limit` (1..MAX_PAGE) of a paged listing."""
+    after = parse_uint("after", q["after"]) if "after" in q else -1
     limit = parse_uint("limit", q.get("limit"), DEFAULT_PAGE)
     if not 1 <= limit <= MAX_PAGE:
         raise ApiError(400, "bad_number", f"limit must be 1..{MAX_PAGE}")
-    rows = await request.app[STORAGE].by_package(package, version, after, limit)
+    return after, limit
+
+
+def page_response(rows: list[tuple[int, bytes]], limit: int) -> web.Response:
     return web.json_response({
         "entries": [_entry_json(i, leaf) for i, leaf in rows],
         "next_after": rows[-1][0] if len(rows) == limit else None,
@@ -209,16 +217,8 @@ def parse_entry(body: bytes) -> LogEntry:
 async def list_registry(request: web.Request) -> web.Response:
     """The registry entries (publisher/v1, keys/v1, revoke/v1) in log order, paged: what a
     client replays to know which keys were valid for which packages at an index."""
-    q = query(request, {"after", "limit"})
-    after = parse_uint("after", q.get("after"), -1) if "after" in q else -1
-    limit = parse_uint("limit", q.get("limit"), DEFAULT_PAGE)
-    if not 1 <= limit <= MAX_PAGE:
-        raise ApiError(400, "bad_number", f"limit must be 1..{MAX_PAGE}")
-    rows = await request.app[STORAGE].registry_page(after, limit)
-    return web.json_response({
-        "entries": [_entry_json(i, leaf) for i, leaf in rows],
-        "next_after": rows[-1][0] if len(rows) == limit else None,
-    })
+    after, limit = page_params(query(request, {"after", "limit"}))
+    return page_response(await request.app[STORAGE].registry_page(after, limit), limit)
 
 
 async def post_entry(request: web.Request) -> web.Response:

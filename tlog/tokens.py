@@ -18,13 +18,13 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from verifier.note import Signer
+from verifier.registry import PACKAGE_PATTERN, pattern_matches
 
 ALGORITHM = "EdDSA"
 MAX_TTL = timedelta(hours=24)
 DEFAULT_TTL = timedelta(minutes=15)
 MAX_TOKEN_CHARS = 4096
 LEEWAY = timedelta(seconds=30)  # clock skew between operator and log
-_SCOPE_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-+/@")
 
 
 class TokenError(Exception):
@@ -43,14 +43,12 @@ class TokenClaims:
     expires: datetime
 
     def covers(self, package: str) -> bool:
-        return any(package.startswith(s[:-1]) if s.endswith("*") else package == s
-                   for s in self.scopes)
+        return any(pattern_matches(s, package) for s in self.scopes)
 
 
 def check_scope(pattern: str) -> str:
     """A scope is a package name or a prefix ending in '*' (com.acme.*)."""
-    body = pattern[:-1] if pattern.endswith("*") else pattern
-    if not body or len(body) > 200 or not set(body) <= _SCOPE_CHARS:
+    if not PACKAGE_PATTERN.fullmatch(pattern):
         raise ValueError(f"scope {pattern!r} must be a package name or a prefix ending in '*'")
     return pattern
 

@@ -62,6 +62,9 @@ SIGNING_PREFIX = b"tlog/release/v1\n"
 MAX_ENTRY_SIZE = 65535
 MAX_DEPTH = 32
 MAX_SAFE_INTEGER = 2**53 - 1
+# The schema's patterns for `package` and `version`, for callers that check a name alone.
+PACKAGE_NAME = re.compile(r"[A-Za-z0-9._+/@-]{1,200}")
+VERSION_TEXT = re.compile(r"[!-~]{1,100}")
 SIGNATURE_SIZE = 64
 SCHEMA_RESOURCE = "release-v1.schema.json"
 

@@ -18,6 +18,7 @@ code, so they reach the same answer. Nothing here does I/O.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,15 @@ REVOKE_KIND = "revoke/v1"
 SCHEMAS = {PUBLISHER_KIND: "publisher-v1.schema.json", KEYS_KIND: "keys-v1.schema.json",
            REVOKE_KIND: "revoke-v1.schema.json"}
 KINDS = (RELEASE_KIND, *SCHEMAS)
+# As in the schemas: a package pattern is a package name or a prefix ending in '*'; a
+# publisher name is a key name (printable ASCII, no space or '+').
+PACKAGE_PATTERN = re.compile(r"[A-Za-z0-9._+/@-]{1,200}\*?")
+PUBLISHER_NAME = re.compile(r"[!-*,-~]{1,200}")
+
+
+def pattern_matches(pattern: str, package: str) -> bool:
+    """Whether a package pattern ("com.acme.*" or an exact name) covers `package`."""
+    return package.startswith(pattern[:-1]) if pattern.endswith("*") else package == pattern
 
 
 @dataclass(frozen=True)
@@ -165,8 +175,7 @@ class Publisher:
     revoked: bool = False
 
     def owns(self, package: str) -> bool:
-        return any(package.startswith(p[:-1]) if p.endswith("*") else package == p
-                   for p in self.patterns)
+        return any(pattern_matches(p, package) for p in self.patterns)
 
 
 @dataclass(frozen=True)
