@@ -46,6 +46,7 @@ log = logging.getLogger("tlog")
 access_log = logging.getLogger("tlog.access")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+ERROR_CODE: web.ResponseKey[str] = web.ResponseKey("error_code", str)
 HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
               413: "body_too_large", 415: "unsupported_media_type"}
 
@@ -57,6 +58,7 @@ class StartupError(RuntimeError):
 def _json_error(status: int, code: str, message: str, retry_after: float | None = None,
                 **extra: object) -> web.Response:
     resp = web.json_response(error_body(code, message, **extra), status=status)
+    resp[ERROR_CODE] = code  # for the refusal metric, without parsing the body back
     if retry_after is not None or status == 503:
         resp.headers["Retry-After"] = str(max(1, math.ceil(retry_after or 1)))
     return resp
@@ -127,20 +129,12 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     metrics = request.app[METRICS]
     metrics.requests.labels(route, str(resp.status)).inc()
     metrics.request_seconds.labels(route).observe(elapsed)
-    if resp.status >= 400 and isinstance(resp, web.Response) and resp.body is not None:
-        metrics.refusals.labels(_error_code(resp)).inc()
+    if resp.status >= 400:
+        metrics.refusals.labels(resp.get(ERROR_CODE, "unknown")).inc()
     access_log.info(json.dumps({
         "id": request_id, "method": request.method, "route": route, "status": resp.status,
         "ms": round(elapsed * 1000, 2), "client": request.remote}))
     return resp
-
-
-def _error_code(resp: web.Response) -> str:
-    try:
-        body = json.loads(resp.body)  # type: ignore[arg-type]
-        return str(body["error"]["code"])
-    except (ValueError, KeyError, TypeError):
-        return "unknown"
 
 
 async def get_metrics(request: web.Request) -> web.Response:

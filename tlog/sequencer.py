@@ -19,7 +19,7 @@ from verifier.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from verifier.entry import EntryError, Release
 from verifier.merkle import ProofError, verify_consistency
 from verifier.note import NoteSigner
-from verifier.registry import LogEntry, Refusal, Registry, parse_log_leaf
+from verifier.registry import LogEntry, Refusal, Registry, RegistryEntry, parse_log_leaf
 from verifier.tiles import TileKey, TreeBuilder
 
 from .metrics import Metrics
@@ -200,7 +200,7 @@ class Sequencer:
             # database exactly as the previous batch left it; no one got a reply.
             latest = await tx.latest_checkpoint()
             builder = await self._load_edge(tx, latest)
-            registry = await self._synced_registry(tx, builder.size)
+            registry = await self._synced_registry(tx, batch)
             plan = await self._plan(tx, batch, builder.size, registry)
             if plan.new:
                 for entry in plan.new:
@@ -237,10 +237,17 @@ class Sequencer:
                                  "the latest published checkpoint")
         return builder
 
-    async def _synced_registry(self, tx: AppendTx, size: int) -> Registry:
-        """A copy of the registry replayed up to `size` (other processes may have appended)."""
-        registry = copy.deepcopy(self.registry)
-        for index, leaf in await tx.registry_entries(self.registry_next):
+    async def _synced_registry(self, tx: AppendTx, batch: Sequence[_Pending]) -> Registry:
+        """The registry replayed to the end of the log (other processes may have appended).
+
+        Publishers change only through registry entries, so the registry is copied (and the
+        copy kept only after COMMIT) when registry entries are replayed or submitted; release
+        counters are not carried between batches at all (_plan reads them per batch).
+        """
+        stored = await tx.registry_entries(self.registry_next)
+        changing = stored or any(isinstance(p.entry, RegistryEntry) for p in batch)
+        registry = copy.deepcopy(self.registry) if changing else self.registry
+        for index, leaf in stored:
             try:
                 registry.apply(index, parse_log_leaf(leaf))
             except (EntryError, Refusal) as exc:
@@ -256,8 +263,10 @@ class Sequencer:
         names = [(e.package, e.version) for e in entries if isinstance(e, Release)]
         found = await tx.find_existing([e.leaf_hash for e in entries], names)
         tokens = await tx.tokens([p.token_id for p in batch if p.token_id is not None])
-        if registry.enforce and names:
-            registry.max_counter.update(await tx.max_counters(sorted({n[0] for n in names})))
+        # Only this batch's packages matter; counters come from the database, never from
+        # memory that a rolled-back batch may have touched (nor pile up in an open log).
+        registry.max_counter = (await tx.max_counters(sorted({n[0] for n in names}))
+                                if registry.enforce and names else {})
         by_hash: dict[bytes, int] = {e.leaf_hash: e.index for e in found}
         by_name: dict[tuple[str, str], int] = {(e.package, e.version): e.index for e in found}
         plan = _Plan()
