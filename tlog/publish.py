@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from verifier.checks import hash_file
 from verifier.entry import EntryError, sign_entry, validate_entry
+from verifier.errors import UsageError
 from verifier.note import NoteError, Verifier, parse_private_key, parse_vkey
 from verifier.proof import make_receipt, verify_receipt
 
@@ -17,13 +18,9 @@ from .remote import EXIT_FAIL, EXIT_OK, EXIT_USAGE, RemoteError, call, expect, r
 
 
 def describe_artifact(path: Path) -> dict[str, Any]:
-    """{name, sha256, size} of a file, read in chunks."""
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return {"name": path.name, "sha256": digest.hexdigest(), "size": size}
+    """{name, sha256, size} of a file, as the entry's artifacts list it."""
+    digest = hash_file(path)
+    return {"name": path.name, "sha256": digest.sha256, "size": digest.size}
 
 
 def _log_key(args: argparse.Namespace) -> Verifier:
@@ -79,7 +76,7 @@ def publish(args: argparse.Namespace) -> int:
     except RemoteError as exc:
         print(f"tlog publish: {exc}", file=sys.stderr)
         return exc.code
-    except (OSError, NoteError, EntryError) as exc:
+    except (OSError, NoteError, EntryError, UsageError) as exc:
         print(f"tlog publish: {exc}", file=sys.stderr)
         return EXIT_USAGE
     out = Path(args.out) if args.out else artifacts[0].with_name(
