@@ -110,6 +110,16 @@ def cmd_release(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def prove_entry(client: LogClient, trusted: Trusted, index: int, leaf_hash: bytes) -> None:
+    """Entry `index` with `leaf_hash` is in the tree `trusted` signed: a proof from tiles."""
+    try:
+        verify_inclusion(index, trusted.size, leaf_hash,
+                         client.inclusion_proof(index, trusted.size), trusted.root)
+    except ProofError as exc:
+        raise VerificationFailed(f"entry {index} is not proven in the checkpoint of size "
+                                 f"{trusted.size}: {exc}") from exc
+
+
 def check_key_valid_at(client: LogClient, trusted: Trusted, admins: Sequence[Verifier],
                        verified: VerifiedReceipt) -> None:
     """The release's key was valid for its package at its index: replay the registry
@@ -120,10 +130,9 @@ def check_key_valid_at(client: LogClient, trusted: Trusted, admins: Sequence[Ver
     for index in sorted({i for i in client.registry_indices() if i < verified.index}):
         try:
             entry = parse_log_leaf(client.entry(index, trusted.size))
-            verify_inclusion(index, trusted.size, entry.leaf_hash,
-                             client.inclusion_proof(index, trusted.size), trusted.root)
-        except (EntryError, ProofError) as exc:
+        except EntryError as exc:
             raise VerificationFailed(f"registry entry {index} does not verify: {exc}") from exc
+        prove_entry(client, trusted, index, entry.leaf_hash)
         if isinstance(entry, Release):
             raise VerificationFailed(f"the log lists entry {index} as a registry entry; it is "
                                      "a release")
@@ -178,12 +187,7 @@ def _find_and_prove_once(client: LogClient, trusted: Trusted, hints: Sequence[in
                 f"entry {index} of the log is not a valid release: {exc}") from exc
         if (release.package, release.version) != (package, version):
             continue
-        try:
-            verify_inclusion(index, size, release.leaf_hash,
-                             client.inclusion_proof(index, size), trusted.root)
-        except ProofError as exc:
-            raise VerificationFailed(f"entry {index} is not proven in the checkpoint of size "
-                                     f"{size}: {exc}") from exc
+        prove_entry(client, trusted, index, release.leaf_hash)
         found.append(VerifiedReceipt(release, index, trusted.checkpoint))
     if not found:
         raise VerificationFailed(f"the log shows no provable entry for {package} {version} "
