@@ -31,6 +31,7 @@ from collections.abc import Callable, Generator, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn, TextIO
 
@@ -45,7 +46,7 @@ from verifier.errors import (
 )
 from verifier.merkle import HASH_SIZE, ProofError, leaf_hash, verify_inclusion
 from verifier.note import MAX_NOTE_SIZE, Verifier, b64encode, parse_note
-from verifier.scan import bundles, check_leaves, default_workers, hash_leaves, ordered_map
+from verifier.scan import Fetched, check_leaves, default_workers, hash_leaves, map_bundles
 from verifier.state import Trusted
 from verifier.store import StateDir, load_vkey
 from verifier.tiles import (
@@ -75,7 +76,6 @@ SAVE_EVERY = 64  # bundles between progress saves (16,384 entries)
 PREFETCH = 8  # entry bundles, and separately hash tiles, fetched ahead by threads
 FULL_TILE_BYTES = HASH_SIZE * TILE_WIDTH
 MAX_REPORTED_ERRORS = 5
-BATCH_BYTES = 1 << 18  # entry bytes handed to a worker at once (whole bundles)
 
 Progress = Callable[[int, int], None]
 
@@ -129,12 +129,13 @@ def audit(client: LogClient, key: Verifier, state: StateDir,
 
 
 class _Chunk(NamedTuple):
-    """Checked entries up to the end of one level-0 tile: one small object per 256 entries."""
+    """Checked entries of one entry bundle: one small object per 256 entries."""
 
     first: int  # index of the first entry
     hashes: bytes  # their leaf hashes, concatenated
     tile_hash: bytes | None  # hash_up of `hashes` when they are exactly one level-0 tile
     errors: tuple[tuple[int, str], ...]  # (index, reason) of each invalid entry
+    served: bytes | None  # the log's level-0 tile that these entries complete, if they do
 
     @property
     def end(self) -> int:
@@ -147,30 +148,18 @@ def _tile_hash(first: int, hashes: bytes) -> bytes | None:
     return hash_up(split_hashes(hashes))
 
 
-def _by_tile(first: int, hashes: bytes, errors: tuple[tuple[int, str], ...] = ()
-             ) -> tuple[_Chunk, ...]:
-    """Consecutive leaf hashes cut where level-0 tiles end, one _Chunk per piece."""
-    pieces = []
-    index, end = first, first + len(hashes) // HASH_SIZE
-    while index < end:
-        stop = min(end, (index // TILE_WIDTH + 1) * TILE_WIDTH)
-        part = hashes[(index - first) * HASH_SIZE:(stop - first) * HASH_SIZE]
-        pieces.append(_Chunk(index, part, _tile_hash(index, part),
-                             tuple(e for e in errors if index <= e[0] < stop)))
-        index = stop
-    return tuple(pieces)
-
-
-def _validate_chunk(first: int, leaves: list[bytes]) -> tuple[_Chunk, ...]:
-    """Validate and hash entries (in a worker process): check_leaves, condensed."""
-    checked = check_leaves(first, leaves)
-    hashes = b"".join(c.leaf_hash for c in checked)
-    return _by_tile(first, hashes, tuple((c.index, c.error) for c in checked if c.error))
-
-
-def _hash_chunk(first: int, leaves: list[bytes]) -> tuple[_Chunk, ...]:
-    """Only hash entries (in a worker process); for measuring the tree work alone."""
-    return _by_tile(first, b"".join(hash_leaves(first, leaves)))
+def _check_bundle(item: Fetched, validate: bool) -> _Chunk:
+    """The per-bundle work of the worker processes: validate (or, for measuring the tree work
+    alone, only hash) the entries and hash the level-0 tile up; comparing is left to the
+    process that keeps the tree, and so is gathering evidence."""
+    first, leaves = item.first, item.leaves
+    if validate:
+        checked = check_leaves(first, leaves)
+        hashes = b"".join(c.leaf_hash for c in checked)
+        errors = tuple((c.index, c.error) for c in checked if c.error)
+    else:
+        hashes, errors = b"".join(hash_leaves(first, leaves)), ()
+    return _Chunk(first, hashes, _tile_hash(first, hashes), errors, item.tile)
 
 
 # -- full audit: recomputing the tree ------------------------------------------------------
@@ -230,9 +219,9 @@ class _Tree:
 
 
 def _completed_tiles(start: int, size: int) -> Iterator[TileKey]:
-    """The full tiles completed while leaves start..size-1 are appended, in that order."""
+    """The full tiles above level 0 completed while leaves start..size-1 are appended, in
+    that order (level-0 tiles come with their entry bundles)."""
     for bundle in range(start // TILE_WIDTH, size // TILE_WIDTH):
-        yield 0, bundle
         end, level = (bundle + 1) * TILE_WIDTH, 1
         while end % (1 << (TILE_HEIGHT * (level + 1))) == 0:
             yield level, (end >> (TILE_HEIGHT * (level + 1))) - 1
@@ -246,7 +235,8 @@ def _completed_at(key: TileKey) -> int:
 
 
 class _TileFeed:
-    """The log's full tiles that the recomputation completes, fetched ahead by threads.
+    """The log's full tiles above level 0 that the recomputation completes, fetched ahead
+    by threads.
 
     Threads start on first use, after the worker processes were forked (forking a process
     whose other threads hold locks can deadlock the child).
@@ -464,6 +454,8 @@ class _Run:
     def _step(self, chunk: _Chunk, feed: _TileFeed) -> None:
         """Add one chunk to the tree and check it: tiles it completes, then its entries."""
         served = feed.upto(chunk.end)  # all I/O first: if it fails, the tree is untouched
+        if chunk.served is not None:
+            served.insert(0, ((0, chunk.end // TILE_WIDTH - 1), chunk.served))
         self._clean = False
         computed = self.tree.add(chunk)
         if [key for key, _ in computed] != [key for key, _ in served]:
@@ -559,39 +551,17 @@ class _Run:
 
 def _checked(client: LogClient, size: int, start: int, prefetch: int, workers: int,
              validate: bool) -> Generator[_Chunk, None, None]:
-    """Entries start..size-1 by level-0 tile, validated (or only hashed) by workers."""
-    worker = _validate_chunk if validate else _hash_chunk
-    for pieces in ordered_map(worker, _chunks(client, size, start, prefetch), workers,
-                              initializer=_worker_signals):
-        yield from pieces
+    """Entries start..size-1 by bundle, validated (or only hashed) by workers, each full
+    bundle with the log's level-0 tile over it."""
+    return map_bundles(client, size, start, partial(_check_bundle, validate=validate),
+                       workers, with_tiles=True, prefetch=prefetch,
+                       initializer=_worker_signals)
 
 
 def _worker_signals() -> None:
     """In a worker: ignore SIGINT. Ctrl-C reaches the whole process group; this process
     alone stops the run (saving progress) and lets the workers finish their chunk."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _chunks(client: LogClient, size: int, start: int,
-            prefetch: int) -> Iterator[tuple[int, list[bytes]]]:
-    """The entries start..size-1 in chunks of whole bundles, after one empty chunk.
-
-    The empty chunk makes ordered_map fork its worker processes before `bundles` starts its
-    fetching threads (forking a process whose other threads hold locks can deadlock the
-    child). A chunk holds bundles up to BATCH_BYTES, so that passing it to a worker costs
-    little next to the work; a larger bundle goes alone, so memory stays bounded.
-    """
-    yield start, []
-    first, batch, held = start, list[bytes](), 0
-    for index, leaves in bundles(client, size, start, prefetch):
-        more = sum(map(len, leaves))
-        if batch and held + more > BATCH_BYTES:
-            yield first, batch
-            first, batch, held = index, [], 0
-        batch += leaves
-        held += more
-    if batch:
-        yield first, batch
 
 
 # -- progress display ----------------------------------------------------------------------

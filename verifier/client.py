@@ -9,6 +9,7 @@ checkpoint verified with a key the caller pinned.
 from __future__ import annotations
 
 import contextlib
+import copy
 import heapq
 import http.client
 import itertools
@@ -264,6 +265,17 @@ class LogClient:
         self._connections = _direct(parsed, timeout)
         if self._connections is not None:
             weakref.finalize(self, self._connections.close)
+
+    def copy(self) -> LogClient:
+        """A client for the same log with the same settings (and class) but connections of
+        its own: a forked worker process must not share its parent's sockets."""
+        twin = copy.copy(self)
+        twin._opener = urllib.request.build_opener(_HTTPHandler, _HTTPSHandler)
+        twin._cache_used = False
+        twin._connections = _direct(urllib.parse.urlsplit(self.base_url), self.timeout)
+        if twin._connections is not None:
+            weakref.finalize(twin, twin._connections.close)
+        return twin
 
     # -- transport -------------------------------------------------------------------------
 
