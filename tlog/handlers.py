@@ -21,7 +21,7 @@ from verifier.registry import (
     RegistryEntry,
     validate_log_entry,
 )
-from verifier.tiles import TILE_WIDTH, encode_bundle, parse_tile_path, tile_width
+from verifier.tiles import TILE_WIDTH, parse_tile_path, tile_width
 
 from .access import Buckets, InFlight, require_client_cert
 from .config import Config
@@ -145,10 +145,10 @@ async def _entry_bundle(request: web.Request, n: int, width: int) -> bytes:
     lo = n * TILE_WIDTH
     if not await request.app[STORAGE].published_at_least(lo + width):
         raise ApiError(404, "not_found", f"entry bundle {n} has no {width} entries yet")
-    entries = await request.app[STORAGE].entry_range(lo, lo + width)
-    if len(entries) != width:
+    bundle = await request.app[STORAGE].entry_bundle(n, width)
+    if bundle is None:
         raise RuntimeError(f"entries {lo}..{lo + width} are missing from storage")
-    return encode_bundle(entries)
+    return bundle
 
 
 def _entry_json(index: int, leaf: bytes) -> dict[str, Any]:

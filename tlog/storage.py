@@ -10,24 +10,34 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 
-from verifier.tiles import TILE_WIDTH, TileKey
+from verifier.tiles import MAX_ENTRY_SIZE, TILE_WIDTH, TileKey
 
 APPEND_LOCK = 0x746C6F67_0002  # advisory lock id serializing appends ("tlog", 2)
 FULL_TILE_BYTES = 32 * TILE_WIDTH
 TILE_CACHE_SIZE = 4096  # full tiles kept in memory (8 KiB each, immutable)
+TILE_READAHEAD = 64  # full tiles read at once by a sequential reader (512 KiB)
+BUNDLE_CACHE_SIZE = 64  # full entry bundles kept in memory (~120 KiB each, immutable)
+BUNDLE_READAHEAD = 8  # full entry bundles read at once by a sequential reader
+BUNDLE_PREFIX = 2  # bytes of the length before each entry of a bundle
 
 SQL_LATEST_CHECKPOINT = (
     "SELECT tree_size, root, note FROM checkpoints ORDER BY tree_size DESC LIMIT 1")
 SQL_CHECKPOINT_AT = "SELECT tree_size, root, note FROM checkpoints WHERE tree_size = $1"
 SQL_ENTRY = "SELECT leaf FROM entries WHERE idx = $1"
 SQL_ENTRY_RANGE = "SELECT leaf FROM entries WHERE idx >= $1 AND idx < $2 ORDER BY idx"
+# Each entry with its C2SP bundle prefix, a big-endian uint16 length (the low two bytes of
+# int4send), so a bundle is a plain join. One value per row, not one string_agg: PostgreSQL
+# spends more CPU aggregating 120 KB into one value than on sending 256 rows.
+SQL_BUNDLE_PARTS = (
+    "SELECT substring(int4send(length(leaf)) from 3 for 2) || leaf FROM entries "
+    "WHERE idx >= $1 AND idx < $2 ORDER BY idx")
 SQL_LEAF_HASH_RANGE = "SELECT leaf_hash FROM entries WHERE idx >= $1 AND idx < $2 ORDER BY idx"
 SQL_INDEX_OF = "SELECT idx FROM entries WHERE leaf_hash = $1"
 SQL_COUNT_ENTRIES = "SELECT coalesce(max(idx) + 1, 0) FROM entries"
@@ -37,6 +47,7 @@ SQL_BY_PACKAGE_VERSION = (
     "SELECT idx, leaf FROM entries WHERE package = $1 AND version = $2 AND idx > $3 "
     "ORDER BY idx LIMIT $4")
 SQL_TILE = "SELECT data FROM tiles WHERE level = $1 AND idx = $2"
+SQL_TILE_RANGE = "SELECT idx, data FROM tiles WHERE level = $1 AND idx >= $2 AND idx < $3"
 SQL_TILES = (
     "SELECT t.level, t.idx, t.data FROM tiles t "
     "JOIN unnest($1::smallint[], $2::bigint[]) AS k(level, idx) "
@@ -66,6 +77,9 @@ SQL_INSERT_TOKEN = (
 SQL_REVOKE_TOKEN = (
     "UPDATE tokens SET revoked_at = now(), revoked_by = $2 "
     "WHERE jti = $1 AND revoked_at IS NULL RETURNING jti")
+
+
+KeyT = TypeVar("KeyT")
 
 
 @dataclass(frozen=True)
@@ -107,32 +121,51 @@ async def _registry_entries(conn: Any, start: int) -> list[tuple[int, bytes]]:
     return [(int(r["idx"]), bytes(r["leaf"])) for r in rows]
 
 
+def _join_bundle(parts: Sequence[bytes]) -> bytes:
+    """The bundle of entries already prefixed by SQL_BUNDLE_PARTS: the same bytes as
+    verifier.tiles.encode_bundle, at a fraction of the CPU. Raises ValueError for an entry
+    over 65535 bytes, as encode_bundle does."""
+    # The prefix keeps only the low 16 bits of a length: refuse what it cannot express.
+    if parts and max(map(len, parts)) > BUNDLE_PREFIX + MAX_ENTRY_SIZE:
+        raise ValueError("an entry is too large for an entry bundle")
+    return b"".join(parts)
+
+
 def _checkpoint(row: asyncpg.Record | None) -> StoredCheckpoint | None:
     if row is None:
         return None
     return StoredCheckpoint(int(row["tree_size"]), bytes(row["root"]), str(row["note"]))
 
 
-class TileCache:
+class LruCache(Generic[KeyT]):
+    """A bounded LRU of immutable byte strings."""
+
+    def __init__(self, capacity: int) -> None:
+        self._items: OrderedDict[KeyT, bytes] = OrderedDict()
+        self._capacity = capacity
+
+    def get(self, key: KeyT) -> bytes | None:
+        data = self._items.get(key)
+        if data is not None:
+            self._items.move_to_end(key)
+        return data
+
+    def put(self, key: KeyT, data: bytes) -> None:
+        self._items[key] = data
+        self._items.move_to_end(key)
+        while len(self._items) > self._capacity:
+            self._items.popitem(last=False)
+
+
+class TileCache(LruCache[TileKey]):
     """An LRU of full tiles: they never change once written, so caching is always safe."""
 
     def __init__(self, capacity: int = TILE_CACHE_SIZE) -> None:
-        self._tiles: OrderedDict[TileKey, bytes] = OrderedDict()
-        self._capacity = capacity
-
-    def get(self, key: TileKey) -> bytes | None:
-        data = self._tiles.get(key)
-        if data is not None:
-            self._tiles.move_to_end(key)
-        return data
+        super().__init__(capacity)
 
     def put(self, key: TileKey, data: bytes) -> None:
-        if len(data) != FULL_TILE_BYTES:
-            return
-        self._tiles[key] = data
-        self._tiles.move_to_end(key)
-        while len(self._tiles) > self._capacity:
-            self._tiles.popitem(last=False)
+        if len(data) == FULL_TILE_BYTES:
+            super().put(key, data)
 
 
 async def _fetch_tiles(conn: Any, keys: Sequence[TileKey], cache: TileCache,
@@ -166,6 +199,7 @@ class Storage:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self.tile_cache = TileCache()
+        self.bundle_cache: LruCache[int] = LruCache(BUNDLE_CACHE_SIZE)
         self.published = 0  # the largest tree size seen published: sizes only ever grow
 
     @classmethod
@@ -211,6 +245,50 @@ class Storage:
     async def entry_range(self, lo: int, hi: int) -> list[bytes]:
         return [bytes(r["leaf"]) for r in await self.pool.fetch(SQL_ENTRY_RANGE, lo, hi)]
 
+    async def entry_bundle(self, n: int, width: int = TILE_WIDTH) -> bytes | None:
+        """Entry bundle n of `width` entries (C2SP format), None if any of them is not stored.
+
+        The caller checks that they are published. A full bundle never changes: it is
+        cached, and a reader that just got bundle n-1 (an auditor or a monitor walking the
+        log) gets the following published ones read ahead in the same query: about a third
+        less CPU in PostgreSQL and in this process per bundle than one query each.
+        """
+        full = width == TILE_WIDTH
+        if full:
+            hit = self.bundle_cache.get(n)
+            if hit is not None:
+                return hit
+            ahead = min(BUNDLE_READAHEAD, self.published // TILE_WIDTH - n)
+            if ahead > 1 and n > 0 and self.bundle_cache.get(n - 1) is not None:
+                bundle = await self._read_bundles_ahead(n, ahead)
+                if bundle is not None:
+                    return bundle
+        lo = n * TILE_WIDTH
+        parts = await self._bundle_parts(lo, lo + width)
+        if len(parts) != width:
+            return None
+        bundle = _join_bundle(parts)
+        if full:
+            self.bundle_cache.put(n, bundle)
+        return bundle
+
+    async def _read_bundles_ahead(self, n: int, count: int) -> bytes | None:
+        """Bundles n..n+count-1 into the cache; bundle n, or None if an entry is missing or
+        too large (then the caller's exact read of bundle n alone tells which)."""
+        lo = n * TILE_WIDTH
+        parts = await self._bundle_parts(lo, lo + count * TILE_WIDTH)
+        if len(parts) != count * TILE_WIDTH:
+            return None
+        for i in range(count):
+            start = i * TILE_WIDTH
+            with suppress(ValueError):  # reported when that bundle itself is asked for
+                self.bundle_cache.put(n + i, _join_bundle(parts[start:start + TILE_WIDTH]))
+        return self.bundle_cache.get(n)
+
+    async def _bundle_parts(self, lo: int, hi: int) -> list[bytes]:
+        """Entries lo..hi-1 that are stored, in order, each with its bundle length prefix."""
+        return [r[0] for r in await self.pool.fetch(SQL_BUNDLE_PARTS, lo, hi)]
+
     async def leaf_hash_range(self, lo: int, hi: int) -> list[bytes]:
         return [bytes(r["leaf_hash"]) for r in await self.pool.fetch(SQL_LEAF_HASH_RANGE, lo, hi)]
 
@@ -230,14 +308,33 @@ class Storage:
         return [(int(r["idx"]), bytes(r["leaf"])) for r in rows]
 
     async def tile(self, level: int, n: int) -> bytes | None:
+        """Tile (level, n) as stored, full or partial; None if there is none.
+
+        A reader that just got the tile before this one (an auditor or a mirror walking
+        the log) gets the next TILE_READAHEAD tiles read into the cache in the same query:
+        one query per tile would cost more than the rest of the request together.
+        """
         hit = self.tile_cache.get((level, n))
         if hit is not None:
             return hit
+        if n > 0 and self.tile_cache.get((level, n - 1)) is not None:
+            return await self._read_tiles_ahead(level, n)
         data = await self.pool.fetchval(SQL_TILE, level, n)
         if data is None:
             return None
         self.tile_cache.put((level, n), bytes(data))
         return bytes(data)
+
+    async def _read_tiles_ahead(self, level: int, n: int) -> bytes | None:
+        """Tiles (level, n..n+TILE_READAHEAD-1) into the cache (the full ones); tile n."""
+        rows = await self.pool.fetch(SQL_TILE_RANGE, level, n, n + TILE_READAHEAD)
+        found = None
+        for row in rows:
+            data = bytes(row["data"])
+            self.tile_cache.put((level, int(row["idx"])), data)  # keeps only full tiles
+            if row["idx"] == n:
+                found = data
+        return found
 
     async def tiles(self, keys: Sequence[TileKey]) -> dict[TileKey, bytes]:
         return await _fetch_tiles(self.pool, keys, self.tile_cache, populate=True)
