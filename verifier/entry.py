@@ -16,6 +16,10 @@ An entry is a JSON object described by ``release-v1.schema.json`` (JSON Schema d
 Every failure raises :class:`EntryError` whose ``code`` is one of ``invalid_json``,
 ``invalid_entry``, ``bad_key``, ``bad_signature`` or ``entry_too_large``, and whose message
 names the offending member (``artifacts[1].sha256: ...``).
+
+parse_leaf first tries a fast path (see "fast path for stored leaves" below) that only ever
+accepts: when it cannot prove a leaf valid it hands the leaf to the exact path
+(parse_leaf_exact), which makes every refusal and writes every message.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import fastjsonschema
 import jsonschema
 import rfc8785
 
+from verifier import ed25519
 from verifier.merkle import leaf_hash as merkle_leaf_hash
 from verifier.note import NoteError, Signer, Verifier, b64decode_strict, b64encode, parse_vkey
 
@@ -48,9 +53,13 @@ __all__ = [
     "Release",
     "Signed",
     "check_signed",
+    "fast_check_signed",
+    "fast_release",
+    "fast_tree",
     "parse_json",
     "parse_key",
     "parse_leaf",
+    "parse_leaf_exact",
     "sign_entry",
     "signed_message",
     "signing_prefix",
@@ -413,7 +422,9 @@ def _check_signature(entry: Mapping[str, Any], key: Verifier, tree: int | None =
         raise EntryError(BAD_SIGNATURE, f"signature: {e}") from e
     if len(sig) != SIGNATURE_SIZE:
         raise EntryError(BAD_SIGNATURE, f"signature: {len(sig)} bytes, want {SIGNATURE_SIZE}")
-    if not key.verify(signed_message(entry, tree), sig):
+    # ed25519.verify, not key.verify (PyNaCl): as strict as libsodium, but faster; see its
+    # module docstring for the two (harmless) differences.
+    if not ed25519.verify(key.public_key, signed_message(entry, tree), sig):
         raise EntryError(BAD_SIGNATURE, f"signature: does not verify with key {key.name!r}")
 
 
@@ -491,13 +502,218 @@ def parse_key(text: str) -> Verifier:
 
 
 def parse_leaf(leaf: bytes) -> Release:
-    """Parse and validate leaf bytes, which must be the entry's own JCS encoding."""
+    """Parse and validate leaf bytes, which must be the entry's own JCS encoding.
+
+    Same result and same errors as :func:`parse_leaf_exact`; plain valid leaves (ASCII, no
+    floats) take a fast path that costs a fraction of the exact one.
+    """
+    obj = fast_tree(leaf)
+    if obj is not None:
+        release = fast_release(obj, leaf)
+        if release is not None:
+            return release
+    return parse_leaf_exact(leaf)
+
+
+def parse_leaf_exact(leaf: bytes) -> Release:
+    """parse_leaf without the fast path: the reference for its decisions and messages."""
     if len(leaf) > MAX_ENTRY_SIZE:
         raise EntryError(ENTRY_TOO_LARGE, f"leaf is {len(leaf)} bytes, at most {MAX_ENTRY_SIZE}")
     release = _validate_tree(parse_json(leaf))  # parse_json returns a fresh, checked tree
     if release.leaf != bytes(leaf):
         raise EntryError(INVALID_ENTRY, "leaf is not the RFC 8785 (JCS) encoding of its entry")
     return release
+
+
+# -- fast path for stored leaves ------------------------------------------------------------
+#
+# An auditor re-validates millions of leaves that are nearly all valid, small and plain:
+# ASCII, integers, no floats. For those, the exact path spends most of its time on work
+# whose outcome is known in advance: an object_pairs_hook in Python, two tree walks, and
+# two more json.dumps (leaf and signed message). The fast path below proves, more cheaply,
+# that the exact path would accept the leaf, and builds the identical Release or Signed.
+# It never refuses anything: whatever it cannot prove, including every invalid leaf, goes
+# to the exact path, so the accepted set and every error code and message stay the same.
+#
+# The proof, step by step (E(x) is json.dumps(x, ensure_ascii=False, separators=(",", ":"),
+# sort_keys=True), which is what _canonical uses for trees _scan_tree calls _TREE_OK):
+#
+# 1. fast_tree: the leaf is ASCII (so UTF-8 decoding gives the same text, no BOM), at most
+#    MAX_ENTRY_SIZE bytes, and json parses it without floats or NaN/Infinity (the hooks
+#    raise _Defer) into a dict `obj` with E(obj) == leaf. Because E emits every member of a
+#    dict exactly once and two different names never encode alike, a leaf with duplicate
+#    member names cannot equal E(obj); so parse_json's _unique_members would not have
+#    fired, its float and constant hooks would not have been called, and it returns an
+#    equal tree, in the same member order. Equality with E(obj) also rules out whitespace,
+#    unsorted members, escapes E would not write (\u00e9, \/, \u0041), non-ASCII member
+#    names (E writes them raw, the leaf is ASCII), lone surrogates (E writes them raw too),
+#    -0 and leading zeros; exponents and fractions are floats, refused by the hook. Too
+#    deep nesting (RecursionError) and integers of more than 4300 digits (ValueError) also
+#    defer.
+# 2. Nesting depth and integer range: the schemas leave only release/v1's `metadata`
+#    free-form. Everything else is closed (additionalProperties: false) and at most 3
+#    containers deep, and its numbers are bounded by minimum/maximum within [0, 2**53)
+#    (registry kinds hold no numbers at all). So once the schema passes, _scan_tree on
+#    metadata alone (depth limit MAX_DEPTH - 1: metadata sits at depth 2) shows the whole
+#    tree is within MAX_DEPTH and _TREE_OK: no floats, ASCII names, safe integers. Then
+#    _json_problem finds nothing and _canonical(obj) is E(obj), which is the leaf.
+#    tests/test_entry_fast.py walks the schemas and fails if a change breaks this premise.
+# 3. The schema: the same compiled validator as _check_schema.
+# 4. _check_semantics: counter and sizes passed the schema's "integer" type (which refuses
+#    bools) with minimum 0 and maximum 2**53 - 1, and are not floats (step 1), so
+#    _check_integer holds; duplicate artifact names and the install window are checked here
+#    as there.
+# 5. Key and signature: the same _parse_key, b64decode_strict, length check and verify, on
+#    the same message, cut out of the leaf (_fast_message).
+#
+# The differential tests in tests/test_entry_fast.py compare both paths on generated leaves.
+
+
+class _Defer(Exception):
+    """Raised from the fast path's JSON hooks: this leaf needs the exact path."""
+
+
+def _defer(_text: str) -> Any:
+    raise _Defer
+
+
+# Built once: json.loads(text, **hooks) would build a new decoder for every call.
+_FAST_DECODER = json.JSONDecoder(parse_float=_defer, parse_constant=_defer)
+# E(x) of the comment above; check_circular=False as a parsed tree has no cycles.
+_FAST_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True,
+                                 check_circular=False)
+# JSONEncoder.encode builds the C encoder anew on every call (a third of its cost on an
+# entry). Build it once, with exactly the arguments JSONEncoder.iterencode passes it for
+# _FAST_ENCODER (no markers, no indent); without the C accelerator, use encode().
+_C_MAKE_ENCODER = getattr(json.encoder, "c_make_encoder", None)
+_C_ENCODE: Any = None if _C_MAKE_ENCODER is None else _C_MAKE_ENCODER(
+    None, _FAST_ENCODER.default, json.encoder.encode_basestring, None, ":", ",", True, False,
+    True)
+
+
+def _encode(value: Any) -> str:
+    """E(value), as json.dumps with E's arguments writes it."""
+    if _C_ENCODE is None:
+        return _FAST_ENCODER.encode(value)
+    return "".join(_C_ENCODE(value, 0))
+
+
+_SIGNATURE_MEMBER = b',"signature":"'
+
+
+def fast_tree(leaf: bytes) -> dict[str, Any] | None:
+    """The object `leaf` encodes, if the leaf provably is E(object) (step 1 above), else None.
+
+    None says nothing about validity: the exact path decides.
+    """
+    if type(leaf) is not bytes:
+        leaf = bytes(leaf)
+    if len(leaf) > MAX_ENTRY_SIZE or not leaf.isascii():
+        return None
+    text = leaf.decode("ascii")
+    try:
+        # raw_decode: no whitespace skipping around the value, and trailing bytes are left
+        # over; both only make E(obj) != text, so decode()'s extra checks are not needed.
+        obj, _ = _FAST_DECODER.raw_decode(text)
+        # Comparing text, not bytes: E(obj) may hold lone surrogates, which would not encode.
+        if type(obj) is not dict or _encode(obj) != text:
+            return None
+    except (_Defer, ValueError, RecursionError):  # ValueError includes JSONDecodeError
+        return None
+    return obj
+
+
+def _fast_depth_ok(obj: dict[str, Any]) -> bool:
+    """Step 2 above, for a tree that passed its schema: the one free-form member is fine."""
+    metadata = obj.get("metadata")
+    return metadata is None or _scan_tree(metadata, MAX_DEPTH - 1) == _TREE_OK
+
+
+def _fast_message(obj: dict[str, Any], leaf: bytes, sig_text: str) -> bytes:
+    """signed_message(obj), cut out of leaf == E(obj) instead of encoding obj again.
+
+    E encodes a dict as "{" + its members name:E(value), sorted and joined by ",", + "}", and
+    each member independently of the others. sig_text is canonical base64 (the caller
+    checked), which E writes unescaped: '"' + sig_text + '"'. So unless "signature" is the
+    first member (obj keeps the leaf's member order), the leaf holds the bytes
+    M = ',"signature":"' + sig_text + '"' at the top-level member, followed by "," and the
+    next member or by "}"; removing M leaves exactly E(obj without "signature"). If M occurs
+    only once in the leaf, that one occurrence is the top-level member; a nested "signature"
+    member with the same value would make it occur twice, and then (as for "signature" first,
+    which no schema allows) we encode the message the slow way.
+    """
+    member = _SIGNATURE_MEMBER + sig_text.encode("ascii") + b'"'
+    start = leaf.find(member)
+    if start > 0 and next(iter(obj)) != "signature" and leaf.find(member, start + 1) < 0:
+        kind = obj.get("kind")  # the prefix as signed_message chooses it
+        prefix = signing_prefix(kind) if isinstance(kind, str) and kind != KIND else SIGNING_PREFIX
+        return prefix + leaf[:start] + leaf[start + len(member):]
+    return signed_message(obj, _TREE_OK)
+
+
+def _fast_signature(obj: dict[str, Any], leaf: bytes) -> Verifier | None:
+    """Step 5 above: the signer's key if the key parses and the signature verifies."""
+    try:
+        key = _parse_key(obj["key"])
+        sig_text = obj["signature"]
+        sig = b64decode_strict(sig_text)
+    except (EntryError, ValueError):
+        return None
+    if len(sig) != SIGNATURE_SIZE:
+        return None
+    if not ed25519.verify(key.public_key, _fast_message(obj, leaf, sig_text), sig):
+        return None
+    return key
+
+
+def fast_release(obj: dict[str, Any], leaf: bytes) -> Release | None:
+    """parse_leaf_exact(leaf) for `obj` = fast_tree(leaf), when provably valid; else None."""
+    if type(leaf) is not bytes:
+        leaf = bytes(leaf)
+    try:
+        _fast_validator()(obj)
+    except fastjsonschema.JsonSchemaException:
+        return None
+    if not _fast_depth_ok(obj):
+        return None
+    artifacts = obj["artifacts"]
+    if len({artifact["name"] for artifact in artifacts}) != len(artifacts):
+        return None
+    if "install_window" in obj:
+        try:
+            _check_install_window(obj["install_window"])
+        except EntryError:
+            return None
+    key = _fast_signature(obj, leaf)
+    if key is None:
+        return None
+    return Release(
+        entry=obj,
+        leaf=leaf,
+        leaf_hash=merkle_leaf_hash(leaf),
+        package=obj["package"],
+        version=obj["version"],
+        counter=obj.get("counter"),
+        key=key,
+        publisher=key.name,
+    )
+
+
+def fast_check_signed(obj: dict[str, Any], leaf: bytes, schema_name: str) -> Signed | None:
+    """check_signed(obj, schema_name) for `obj` = fast_tree(leaf) whose JCS leaf must be
+    `leaf`, when provably valid; else None. Kind-specific rules stay the caller's."""
+    if type(leaf) is not bytes:
+        leaf = bytes(leaf)
+    try:
+        _fast_validator(schema_name)(obj)
+    except fastjsonschema.JsonSchemaException:
+        return None
+    if not _fast_depth_ok(obj):
+        return None
+    key = _fast_signature(obj, leaf)
+    if key is None:
+        return None
+    return Signed(obj, leaf, merkle_leaf_hash(leaf), obj["kind"], key)
 
 
 def sign_entry(fields: Mapping[str, Any], signer: Signer) -> dict[str, Any]:
