@@ -149,7 +149,8 @@ def measure(name: str, meter: Meter, conn: http.client.HTTPConnection,
 
 
 @contextmanager
-def running(log: build_log.BenchLog, work: Path, app_name: str) -> Iterator[Server]:
+def running(log: build_log.BenchLog, work: Path, app_name: str,
+            tile_cache: Path | None = None) -> Iterator[Server]:
     """The log's cluster (reused if running, else started and stopped) and one tlog serve
     whose database connections carry `app_name`."""
     cluster = log.cluster
@@ -161,7 +162,10 @@ def running(log: build_log.BenchLog, work: Path, app_name: str) -> Iterator[Serv
             print(f"migrated the cached log's database: {', '.join(applied)}", flush=True)
         # asyncpg passes unknown URL parameters on as server settings.
         url = f"{log.url}&application_name={app_name}"
-        server = start_server(url, log.key_file, work, timeout=120)
+        extra = ["--policy", "open"]
+        if tile_cache is not None:
+            extra += ["--tile-cache", str(tile_cache)]
+        server = start_server(url, log.key_file, work, timeout=120, extra=extra)
         try:
             yield server
         finally:
@@ -195,7 +199,8 @@ def run(args: argparse.Namespace, work: Path) -> list[Phase]:
     bundles = [tile_path(-1, n) for n in numbers]
     tiles = [tile_path(0, n) for n in numbers]
     app_name = f"tlog-serve-bench-{os.getpid()}"
-    with running(log, work, app_name) as server:
+    tile_cache = Path(tempfile.mkdtemp(dir=work, prefix="tiles-")) if args.tile_cache else None
+    with running(log, work, app_name, tile_cache) as server:
         url = urlsplit(server.url)
         conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=60)
         # Correctness first, on paths outside the measured ones (the tile cache stays cold).
@@ -208,6 +213,8 @@ def run(args: argparse.Namespace, work: Path) -> list[Phase]:
                       # The same tiles again, now from the server's cache: the cost of HTTP,
                       # the middleware and the handler without PostgreSQL.
                       measure("tiles-hot", meter, conn, tiles)]
+            if tile_cache is not None:  # bundles again, now kept on disk by the first pass
+                phases.append(measure("bundles-disk", meter, conn, bundles))
         conn.close()
     return phases
 
@@ -222,6 +229,9 @@ def main() -> None:
                     help="repeat with a new server each time; prints the median too")
     ap.add_argument("--profile", type=Path, help="py-spy output file for the server")
     ap.add_argument("--work-dir", type=Path, help="where the server log goes (default: temp)")
+    ap.add_argument("--tile-cache", action="store_true",
+                    help="run tlog serve with --tile-cache (a fresh directory each round) and "
+                         "measure the bundles once more, served from it")
     args = ap.parse_args()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="tlog-serve-bench-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -21,7 +22,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from tests.support import make_release
+from tlog.app import create_app
+from tlog.config import Config
+from tlog.handlers import VKEY
 from tlog.storage import BUNDLE_READAHEAD, FULL_TILE_BYTES, Storage
+from tlog.tilecache import namespace as tile_namespace
 from verifier.entry import validate_entry
 from verifier.note import Signer
 from verifier.tiles import TILE_WIDTH, decode_bundle, encode_bundle
@@ -263,3 +268,78 @@ async def test_published_tile_missing_from_storage_is_500(
     await get(client, "/tile/0/001.p/1", 500)  # the tile after a cached one: read ahead
     await get(client, "/tile/0/001.p/2", 404)
     await get(client, "/tile/1/000.p/1")
+
+
+# -- the disk cache of full tiles (tlog serve --tile-cache) ----------------------------------
+
+
+@pytest.fixture
+async def cached_client(aiohttp_client: object, database_url: str, log_signer: Signer,
+                        tmp_path: Path) -> AsyncIterator[Client]:
+    app = create_app(Config(database_url=database_url, signer=log_signer, policy="open",
+                            host="127.0.0.1", port=0, max_wait=0.002,
+                            tile_cache=tmp_path / "tiles"))
+    c: Client = await aiohttp_client(app)  # type: ignore[operator]
+    yield c
+
+
+def kept_files(root: Path) -> dict[str, Path]:
+    return {str(p.relative_to(next(root.iterdir()))): p
+            for p in root.rglob("*") if p.is_file()}
+
+
+async def test_full_tiles_are_kept_on_disk_and_served_from_there_without_the_database(
+        cached_client: Client, publisher: Signer, database_url: str, tmp_path: Path) -> None:
+    leaves = await append(cached_client, publisher, TILE_WIDTH + 2)
+    bundle, tile = await get(cached_client, "/tile/entries/000"), await get(cached_client,
+                                                                             "/tile/0/000")
+    await get(cached_client, "/tile/entries/001.p/2")  # partial: never kept
+    files = kept_files(tmp_path / "tiles")
+    assert sorted(files) == ["tile/0/000", "tile/entries/000"]
+    assert files["tile/entries/000"].read_bytes()[:-32] == bundle
+    # With the rows gone, only the cache can still answer for the full tiles.
+    await sql(database_url, "DELETE FROM entries WHERE idx < 256")
+    await sql(database_url, "DELETE FROM tiles WHERE level = 0 AND idx = 0")
+    resp = await cached_client.get("/tile/entries/000")
+    assert resp.headers["Cache-Control"] == IMMUTABLE
+    assert decode_bundle(await resp.read(), TILE_WIDTH) == leaves[:TILE_WIDTH]
+    assert await get(cached_client, "/tile/0/000") == tile
+
+
+async def test_a_rotten_cache_file_is_dropped_and_the_database_answers(
+        cached_client: Client, publisher: Signer, tmp_path: Path) -> None:
+    await append(cached_client, publisher, TILE_WIDTH)
+    bundle = await get(cached_client, "/tile/entries/000")
+    file = kept_files(tmp_path / "tiles")["tile/entries/000"]
+    rotten = bytearray(file.read_bytes())
+    rotten[100] ^= 1
+    file.write_bytes(bytes(rotten))
+    assert await get(cached_client, "/tile/entries/000") == bundle
+    assert file.read_bytes()[:-32] == bundle  # kept again, sound
+
+
+async def test_cached_tiles_beyond_the_published_tree_are_not_served(
+        cached_client: Client, publisher: Signer, tmp_path: Path) -> None:
+    await append(cached_client, publisher, 3)
+    await get(cached_client, "/tile/entries/000.p/3")
+    # A file for a tile the tree does not have (a database restored to an earlier tree):
+    # the published size decides, not the file.
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))  # partial: never kept
+    stray = tmp_path / "tiles" / tile_namespace(cached_client.app[VKEY]) / "tile/entries/000"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"x" + hashlib.sha256(b"x").digest())
+    await get(cached_client, "/tile/entries/000", 404)
+    await get(cached_client, "/tile/0/000", 404)
+
+
+async def test_an_unwritable_cache_costs_speed_not_answers(
+        aiohttp_client: object, database_url: str, log_signer: Signer, publisher: Signer,
+        tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache directory should be")
+    app = create_app(Config(database_url=database_url, signer=log_signer, policy="open",
+                            host="127.0.0.1", port=0, max_wait=0.002, tile_cache=blocker))
+    client: Client = await aiohttp_client(app)  # type: ignore[operator]
+    leaves = await append(client, publisher, TILE_WIDTH)
+    for _ in range(2):
+        assert decode_bundle(await get(client, "/tile/entries/000"), TILE_WIDTH) == leaves

@@ -31,6 +31,7 @@ from .handlers import (
     PUBLISHER_BUCKETS,
     SEQUENCER,
     STORAGE,
+    TILE_FILES,
     TOKENS,
     VKEY,
     ApiError,
@@ -40,6 +41,8 @@ from .handlers import (
 from .metrics import Metrics
 from .sequencer import RefusedError, Sequencer, UnavailableError
 from .storage import Storage
+from .tilecache import TileFiles
+from .tilecache import namespace as tile_namespace
 from .tokens import TokenAuthority, TokenError
 
 log = logging.getLogger("tlog")
@@ -239,6 +242,8 @@ def create_app(config: Config) -> web.Application:
     app[METRICS] = metrics
     app[REQUEST_METRICS] = RequestMetrics(metrics)
     app[VKEY] = config.signer.verifier().text()
+    if config.tile_cache is not None:
+        app[TILE_FILES] = TileFiles(config.tile_cache, tile_namespace(app[VKEY]))
     app[CONFIG] = config
     if config.token_signer is not None:
         app[TOKENS] = TokenAuthority(config.token_signer, config.origin)

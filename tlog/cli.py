@@ -197,7 +197,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 ACCESS_OPTIONS = ("policy", "admin_key", "token_key", "admin_token_file", "tls_cert", "tls_key",
                   "client_ca", "admin_cn", "publisher_rate", "publisher_burst", "client_rate",
-                  "client_burst", "max_in_flight")
+                  "client_burst", "max_in_flight", "tile_cache")
 
 
 def add_access_options(s: argparse.ArgumentParser) -> None:
@@ -223,6 +223,11 @@ def add_access_options(s: argparse.ArgumentParser) -> None:
     q.add_argument("--client-rate", type=float, help="write requests/s per client (500)")
     q.add_argument("--client-burst", type=int, help="burst per client (5000)")
     q.add_argument("--max-in-flight", type=int, help="writes processed at once (5000)")
+    c = s.add_argument_group("caching")
+    c.add_argument("--tile-cache", metavar="DIR",
+                   help="keep every full tile and entry bundle served in DIR (or "
+                        "TLOG_TILE_CACHE), so serving it again needs no database query; "
+                        "delete DIR after restoring the database from a backup")
 
 
 def add_pkcs11_options(s: argparse.ArgumentParser, keygen: bool = False) -> None:

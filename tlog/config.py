@@ -66,6 +66,7 @@ class Config:
     max_batch: int = 512
     max_wait: float = 0.005
     max_body: int = MAX_BODY_BYTES
+    tile_cache: Path | None = None  # where full tiles are kept once served (tlog.tilecache)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -191,7 +192,12 @@ def from_options(database_url: str | None, key: str | None, listen: str | None,
         token_signer=load_signer(access["token_key"]) if access.get("token_key") else None,
         admin_secret=(read_secret_file(access["admin_token_file"], "admin token file")
                       if access.get("admin_token_file") else None),
-        tls=_tls(access), quotas=_quotas(access))
+        tls=_tls(access), quotas=_quotas(access), tile_cache=_tile_cache(access))
+
+
+def _tile_cache(access: dict[str, Any]) -> Path | None:
+    given = access.get("tile_cache") or os.environ.get("TLOG_TILE_CACHE")
+    return Path(given) if given else None
 
 
 def _quotas(access: dict[str, Any]) -> Quotas:

@@ -52,7 +52,7 @@ def dev_config(home: Path, url: str, host: str, port: int, policy: str) -> Confi
     secret = read_secret_file(_ensure_admin_token(home), "admin token file")
     return Config(database_url=url, signer=signer, host=host, port=port, policy=policy,
                   admin_keys=(load_vkey(admin.with_suffix(".vkey")),), token_signer=token_key,
-                  admin_secret=secret)
+                  admin_secret=secret, tile_cache=home / "tile-cache")
 
 
 def _banner(vkey: str, host: str, port: int, home: Path, policy: str) -> str:

@@ -21,13 +21,14 @@ from verifier.registry import (
     RegistryEntry,
     validate_log_entry,
 )
-from verifier.tiles import TILE_WIDTH, parse_tile_path, tile_width
+from verifier.tiles import TILE_HEIGHT, TILE_WIDTH, parse_tile_path, tile_path, tile_width
 
 from .access import Buckets, InFlight, require_client_cert
 from .config import Config
 from .proofs import consistency_proof, inclusion_proof
 from .sequencer import ConflictError, Receipt, Sequencer, UnavailableError
 from .storage import Storage
+from .tilecache import TileFiles
 from .tokens import TokenAuthority, TokenError, bearer
 
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -48,6 +49,7 @@ TOKENS: web.AppKey[TokenAuthority] = web.AppKey("tokens", TokenAuthority)
 PUBLISHER_BUCKETS: web.AppKey[Buckets] = web.AppKey("publisher_buckets", Buckets)
 CLIENT_BUCKETS: web.AppKey[Buckets] = web.AppKey("client_buckets", Buckets)
 IN_FLIGHT: web.AppKey[InFlight] = web.AppKey("in_flight", InFlight)
+TILE_FILES: web.AppKey[TileFiles] = web.AppKey("tile_files", TileFiles)
 
 
 class ApiError(Exception):
@@ -121,13 +123,31 @@ async def get_tile(request: web.Request) -> web.Response:
         level, n, width = parse_tile_path(path)
     except ValueError as exc:
         raise ApiError(404, "not_found", f"not a tile path: {exc}") from exc
-    if level < 0:
-        body = await _entry_bundle(request, n, width)
-    else:
-        body = await _hash_tile(request, level, n, width)
-    cache = IMMUTABLE if width == TILE_WIDTH else PARTIAL
+    full = width == TILE_WIDTH
+    files = request.app.get(TILE_FILES) if full else None
+    body = await _kept_tile(request, files, level, n) if files is not None else None
+    if body is None:
+        if level < 0:
+            body = await _entry_bundle(request, n, width)
+        else:
+            body = await _hash_tile(request, level, n, width)
+        if files is not None:
+            files.put(tile_path(level, n), body)
+    cache = IMMUTABLE if full else PARTIAL
     return web.Response(body=body, content_type="application/octet-stream",
                         headers={"Cache-Control": cache})
+
+
+async def _kept_tile(request: web.Request, files: TileFiles, level: int, n: int) -> bytes | None:
+    """Full tile (level, n) from the disk cache, if it is published and kept there."""
+    shift = TILE_HEIGHT * (max(level, 0) + 1)  # a tile at this level spans 2**shift leaves
+    if n >= MAX_INT >> shift:
+        return None  # beyond any tree: the usual path answers 404
+    # A tile is only kept once served, hence published; asking again guards against a
+    # database restored to an earlier tree under a cache nobody deleted.
+    if not await request.app[STORAGE].published_at_least((n + 1) << shift):
+        return None
+    return files.get(tile_path(level, n))
 
 
 async def _hash_tile(request: web.Request, level: int, n: int, width: int) -> bytes:
