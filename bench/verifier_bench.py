@@ -3,11 +3,14 @@
 Uses the log bench/build_log.py keeps in its cache directory (building it first unless
 --skip-build), starts its PostgreSQL cluster and one `tlog serve`, then measures in one run:
 
-  a. the machine: hashlib SHA-256 (32-, 65- and 400-byte inputs), PyNaCl Ed25519 verify and
-     parse_leaf (full validation of one entry) per second, on one core and on two processes;
+  a. the machine: hashlib SHA-256 (32-, 65- and 400-byte inputs), Ed25519 verify (PyNaCl,
+     and verifier.ed25519 as used for entry signatures) and parse_leaf (full validation of
+     one entry) per second, on one core and on two processes;
   b. `audit --full` hash-only (full_audit(validate=False) through the Python API, fresh state,
-     --workers N and 0): over HTTP, over HTTP while filling an on-disk tile cache, and from
-     that cache ("hash" and "cached" phases);
+     --workers N and 0): over HTTP, first while `tlog serve --tile-cache` keeps the full
+     tiles it serves ("cold"), then again with them kept ("warm"); over HTTP while filling
+     the client's on-disk tile cache, and from that cache ("hash" and "cached" phases).
+     Later phases always find tlog serve's tile cache warm (it is warmed if need be);
   c. `tlog-verify audit --full --workers N`: every entry validated, every signature checked;
   d. `tlog-verify monitor --workers N` backfilling from entry 0, JSON Lines to /dev/null.
 
@@ -80,12 +83,19 @@ def _signed_sample() -> tuple[bytes, bytes, bytes]:
     return bytes(key.verify_key), message, bytes(key.sign(message).signature)
 
 
-def ed25519_rate(seconds: float = 1.0) -> float:
-    """PyNaCl VerifyKey.verify per second on one core (key object reused)."""
+def ed25519_rate(seconds: float = 1.0, library: str = "pynacl") -> float:
+    """Ed25519 verifications per second on one core: PyNaCl's VerifyKey.verify (key object
+    reused), or verifier.ed25519.verify ("entries": what entry signatures are checked with)."""
     import nacl.signing
 
+    from verifier import ed25519
+
     public, message, signature = _signed_sample()
-    verify = nacl.signing.VerifyKey(public).verify
+    if library == "entries":
+        def verify(message: bytes, signature: bytes) -> object:
+            return ed25519.verify(public, message, signature)
+    else:
+        verify = nacl.signing.VerifyKey(public).verify
     count, started = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - started) < seconds:
         for _ in range(500):
@@ -112,13 +122,14 @@ def _rate_job(job: tuple[str, Any]) -> float:
         return sha256_rate(int(arg))
     if name == "parse_leaf":
         return parse_leaf_rate(arg)
-    return ed25519_rate()
+    return ed25519_rate(library=arg)
 
 
 @dataclass
 class MachineRates:
     sha256: dict[int, tuple[float, float]]  # input size -> (one core, two processes)
-    ed25519: tuple[float, float]
+    ed25519: tuple[float, float]  # PyNaCl
+    entry_ed25519: tuple[float, float]  # verifier.ed25519 (ed25519-zebra, libsodium's rules)
     parse_leaf: tuple[float, float]
 
 
@@ -146,7 +157,8 @@ def machine_rates(sample_leaves: list[bytes]) -> MachineRates:
         return _rate_job(job), parallel_rate(job)
 
     sha = {size: both(("sha256", size)) for size in (32, 65, 400)}
-    return MachineRates(sha, both(("ed25519", None)), both(("parse_leaf", sample_leaves)))
+    return MachineRates(sha, both(("ed25519", "pynacl")), both(("ed25519", "entries")),
+                        both(("parse_leaf", sample_leaves)))
 
 
 # -- process sampling ----------------------------------------------------------------------
@@ -259,6 +271,7 @@ class Env:
     postmaster: int
     work: Path
     profile: Path | None = None  # py-spy profiles go here (figures then include its cost)
+    warm: bool = False  # whether tlog serve's tile cache holds every full tile already
 
 
 PY_SPY = BIN / "py-spy"
@@ -424,7 +437,8 @@ def _mib(n: int) -> str:
 
 
 LABELS = {
-    "hash": "audit --full hash-only, HTTP",
+    "hash-cold": "audit --full hash-only, HTTP, cold",
+    "hash": "  same, server's tile cache warm",
     "hash-w0": "  same, --workers 0 (inline)",
     "hash-fill": "  same, filling a disk tile cache",
     "cached": "audit --full hash-only, disk cache",
@@ -447,6 +461,8 @@ def report(rates: MachineRates, results: list[Measured], log: build_log.BenchLog
         lines.append(f"{f'  hashlib sha256, {n}-byte input':<40} {one:>10,.0f}/s {two:>10,.0f}/s")
     lines.append(f"{'  PyNaCl Ed25519 verify, ~400-byte msg':<40} {rates.ed25519[0]:>10,.0f}/s "
                  f"{rates.ed25519[1]:>10,.0f}/s")
+    lines.append(f"{'  entry Ed25519 verify (zebra + checks)':<40} "
+                 f"{rates.entry_ed25519[0]:>10,.0f}/s {rates.entry_ed25519[1]:>10,.0f}/s")
     lines.append(f"{'  parse_leaf (JSON, schema, JCS, Ed25519)':<40} "
                  f"{rates.parse_leaf[0]:>10,.0f}/s {rates.parse_leaf[1]:>10,.0f}/s")
     lines += ["", f"{'measurement (workers ' + str(workers) + ' unless said)':<38} "
@@ -456,7 +472,7 @@ def report(rates: MachineRates, results: list[Measured], log: build_log.BenchLog
               f"{'client':>6} {'serve':>6} {'pg':>6}  {'client':>6} {'serve':>4} {'pg':>4}  "
               f"{'main':>5} {'tree':>6}"]
     for m in results:
-        target = TARGETS.get(m.name.removesuffix("-w0"))
+        target = TARGETS.get(m.name.split("-")[0])
         tgt = f"{target:>8,.0f}" if target else f"{'-':>8}"
         ratio = f"{m.rate / target:>5.2f}" if target else f"{'-':>5}"
         lines.append(
@@ -471,8 +487,9 @@ def report(rates: MachineRates, results: list[Measured], log: build_log.BenchLog
         total = m.per_entry(m.cpu + m.serve_cpu + m.pg_cpu)
         lines.append(f"  {LABELS.get(m.name, m.name).strip():<38} {total:6.1f} us CPU/entry "
                      f"in all processes -> at most {cores * 1e6 / total:>9,.0f} entries/s")
-    ceiling = cores * rates.ed25519[0]
-    lines.append(f"  signature checking: {cores} x {rates.ed25519[0]:,.0f} Ed25519 verifications/s"
+    ceiling = cores * rates.entry_ed25519[0]
+    lines.append(f"  signature checking: {cores} x {rates.entry_ed25519[0]:,.0f} entry Ed25519 "
+                 "verifications/s"
                  f" = {ceiling:,.0f}/s; {cores} x parse_leaf = "
                  f"{cores * rates.parse_leaf[0]:,.0f} entries/s")
     lines += ["",
@@ -498,7 +515,9 @@ def running(log: build_log.BenchLog, work: Path) -> Iterator[Env]:
         if applied := asyncio.run(build_log.upgrade_schema(log.url)):
             print(f"migrated the cached log's database: {', '.join(applied)}", flush=True)
         postmaster = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
-        server = start_server(log.url, log.key_file, work, timeout=120)
+        # As a production log would run: full tiles kept on disk once served.
+        server = start_server(log.url, log.key_file, work, timeout=120,
+                              extra=["--policy", "open", "--tile-cache", str(work / "serve")])
         try:
             yield Env(log, server, postmaster, work)
         finally:
@@ -506,6 +525,27 @@ def running(log: build_log.BenchLog, work: Path) -> Iterator[Env]:
     finally:
         if started:
             cluster.stop()
+
+
+def warm_up(env: Env, size: int) -> None:
+    """Fetch every full bundle and tile once, so that tlog serve keeps them on disk (as it
+    would have after the first client of a long-running log)."""
+    import urllib.request
+
+    from verifier.tiles import TILE_HEIGHT, tile_path
+
+    started = time.perf_counter()
+    paths = [tile_path(-1, n) for n in range(size // 256)]
+    level = 0
+    while (count := size >> (TILE_HEIGHT * (level + 1))) > 0:
+        paths += [tile_path(level, n) for n in range(count)]
+        level += 1
+    for path in paths:
+        with urllib.request.urlopen(f"{env.server.url}/{path}", timeout=60) as resp:
+            resp.read()
+    env.warm = True
+    print(f"  warmed tlog serve's tile cache: {len(paths):,} full tiles in "
+          f"{time.perf_counter() - started:.1f} s", flush=True)
 
 
 def sample_leaves(url: str, count: int = 512) -> list[bytes]:
@@ -569,7 +609,8 @@ def main() -> None:
             rates = machine_rates(sample_leaves(env.server.url))
             tiles = work / "tiles"
             steps: dict[str, Callable[[], list[Measured]]] = {
-                "hash": lambda: [run_hash(env, size, "hash", None, w),
+                "hash": lambda: [run_hash(env, size, "hash-cold", None, w),
+                                 run_hash(env, size, "hash", None, w),
                                  run_hash(env, size, "hash-w0", None, 0)],
                 "cached": lambda: [run_hash(env, size, "hash-fill", tiles, w),
                                    run_hash(env, size, "cached", tiles, w),
@@ -578,7 +619,10 @@ def main() -> None:
                 "monitor": lambda: [run_monitor(env, size, w)],
             }
             for phase in phases:
+                if phase != "hash" and not env.warm:
+                    warm_up(env, size)
                 for m in steps[phase]():
+                    env.warm = True
                     results.append(m)
                     print(f"  {LABELS[m.name].strip()}: {m.rate:,.0f} entries/s "
                           f"({m.wall:.1f} s)", flush=True)
