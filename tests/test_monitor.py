@@ -26,6 +26,8 @@ from typing import Any
 
 import asyncpg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import _create_database
@@ -670,3 +672,101 @@ def test_release_breaking_the_registry_is_alerted_and_admin_forgery_is_caught() 
                                    reason="leaked")), now)
     events = w.observe(checked(3, sign_entry(release_fields("com.acme.app", "1.0"), acme)), now)
     assert "release_not_authorized" in [e.get("alert") for e in events]
+
+
+# -- the main process's fast paths: same events as the plain ones --------------------------
+
+
+def _seen(index: int, package: str, version: str, counter: int | None = None,
+          key: str = "acme+1+k1", payload: str = "a", not_after: str | None = None,
+          name: str = "app.tar.gz") -> monitor.Seen:
+    """The Seen of an (unsigned) release entry: the Watcher trusts what the workers checked."""
+    entry: dict[str, Any] = {"kind": "release/v1", "package": package, "version": version,
+                             "key": key, "artifacts": [{"name": name, "sha256": payload * 64,
+                                                        "size": 7}]}
+    if counter is not None:
+        entry["counter"] = counter
+    if not_after is not None:
+        entry["install_window"] = {"not_before": "2020-01-01T00:00:00Z", "not_after": not_after}
+    return monitor.summarize(Checked(index, leaf_hash(json.dumps(entry).encode()), entry, None))
+
+
+def test_release_lines_are_the_events_encoded_as_before() -> None:
+    """The worker's pre-encoded body gives the bytes encode() gives the whole event."""
+    w = Watcher()
+    for i, seen in enumerate([_seen(0, "app", "1.0", counter=3, name="app-é\u2028.zip"),
+                              _seen(1, "app", "ünïcode\"\\", key="acme+2+k2")]):
+        (line, *_) = w.report(seen, NOW)
+        expected = {"type": "release", "seq": i + 1, "index": i, "package": seen.package,
+                    "version": seen.version, "counter": seen.counter, "publisher": "acme",
+                    "key": seen.key, "artifacts": json.loads("{" + seen.body)["artifacts"],
+                    "leaf_hash": seen.leaf_hash.hex()}
+        assert line == monitor.encode(expected)
+        assert line.isascii()
+
+
+def test_a_chunk_summary_survives_pickling_as_seen_tuples(publisher: Signer) -> None:
+    import pickle
+
+    leaves = [leaf(make_release(publisher, "app", f"1.{i}")) for i in range(5)] + [b"{}"]
+    summary = monitor.summarize_leaves(10, leaves)
+    back = pickle.loads(pickle.dumps(summary))
+    assert back == summary
+    assert all(type(s) is monitor.Seen for s in back.entries)
+    assert back.entries[-1].error is not None and back.entries[-1].leaf == b"{}"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 70), min_size=1, max_size=8), st.integers(0, 40))
+def test_edge_grows_by_chunk_hashes_as_by_leaves(sizes: list[int], start: int) -> None:
+    hashes = [leaf_hash(i.to_bytes(4, "big")) for i in range(start + sum(sizes))]
+    edge = Edge()
+    for h in hashes[:start]:
+        edge.append(h)
+    first = start
+    for n in sizes:
+        part = hashes[first:first + n]
+        edge.extend(first, n, monitor.range_hashes(first, part))
+        first += n
+        assert edge.root() == root_of(hashes[:first])
+        assert Edge(edge.size, edge.hashes).root() == edge.root()
+    with pytest.raises(ValueError):
+        edge.extend(first + 1, 1, [hashes[0]])
+
+
+_VERSIONS = ["1.0", "1.1", "2.0", "1.0.0", "2.0-rc.1", "1.0.post1", "nightly"]
+_step = st.tuples(st.sampled_from(["app", "lib"]), st.sampled_from(_VERSIONS),
+                  st.none() | st.integers(0, 3), st.sampled_from(["acme+1+k1", "acme+2+k2"]),
+                  st.sampled_from("ab"), st.sampled_from([None, "2020-02-01T00:00:00Z"]))
+
+
+def _feed_all(w: Watcher, seen: list[monitor.Seen]) -> list[str]:
+    return [e if isinstance(e, str) else monitor.encode(e) for s in seen
+            for e in w.report(s, NOW)]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(_step, max_size=30), st.integers(1, 7))
+def test_fast_paths_report_what_the_plain_checks_report(
+        steps: list[tuple[str, str, int | None, str, str, str | None]], group: int) -> None:
+    """The shortcut for unremarkable entries and the versions looked up in storage (only
+    those that may be there) change no event and no knowledge."""
+    import tempfile
+
+    seen = [_seen(i, *step) for i, step in enumerate(steps)]
+    plain = Watcher()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(monitor, "_unremarkable", lambda pkg, seen: False)
+        expected = _feed_all(plain, seen)
+    stored, got = Watcher(), []
+    with tempfile.TemporaryDirectory() as tmp, MonitorDB(Path(tmp) / "m.db") as db:
+        for n in range(0, len(seen), group):
+            part = seen[n:n + group]
+            stored.preload(db.lookup_versions(stored.stored_version_names(part)))
+            got += _feed_all(stored, part)
+            db.save(stored, Edge(), "origin", [])
+            stored.forget_versions()
+        rows = db.conn.execute("SELECT name, knowledge FROM packages")
+        assert {name: json.loads(text) for name, text in rows} == {
+            name: json.loads(json.dumps(p.to_json())) for name, p in plain.packages.items()}
+    assert got == expected

@@ -77,8 +77,8 @@ import argparse
 import collections
 import contextlib
 import fnmatch
+import functools
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -111,15 +111,17 @@ from verifier.merkle import EMPTY_ROOT, HASH_SIZE, ProofError, fold, node_hash, 
 from verifier.note import Verifier, b64encode
 from verifier.proof import format_tlog_proof
 from verifier.registry import Refusal, Registry, validate_registry_entry
-from verifier.scan import Checked, bundles, check_leaves, default_workers, ordered_map
+from verifier.scan import Checked, Fetched, check_leaves, default_workers, map_bundles
 from verifier.state import Trusted
 from verifier.store import StateDir, load_vkey
+from verifier.tiles import hash_up
 from verifier.tracking import advance
 
 DB_FILE = "monitor.db"
 DB_FORMAT = 1
 GROUP_BUNDLES = 64  # bundles (of 256 entries) per commit
-IN_FLIGHT = 8  # chunks queued per worker: they keep validating while a group commits
+IN_FLIGHT = 4  # tasks (of scan.BUNDLES_PER_TASK bundles) queued per worker: they keep
+# validating while a group commits
 DEFAULT_INTERVAL = 60.0
 
 RELEASE = "release"
@@ -148,6 +150,9 @@ _PRE_RANK = {"dev": 0, "alpha": 1, "a": 1, "beta": 2, "b": 2, "rc": 3, "c": 3}
 _FINAL_RANK = 4
 
 
+# Cached: versions repeat across packages, and a worker's equal keys, being one object, are
+# pickled once per chunk.
+@functools.lru_cache(maxsize=4096)
 def version_key(version: str) -> VersionKey | None:
     """A sort key for a comparable version (see the module doc), None if not comparable.
 
@@ -172,8 +177,10 @@ class Seen(NamedTuple):
     """The parts of one validated entry the monitor needs; small to send between processes.
 
     For an invalid entry, `error` is the reason, `leaf` its bytes (for the evidence), and the
-    other members are empty; for a valid entry of another kind than release/v1, only `kind`
-    is set besides the index and leaf hash.
+    other members are empty; for a valid entry of another kind than release/v1, only `kind`,
+    `key` and `registry` are set besides the index and leaf hash. A release's `body` is its
+    event's JSON text after the "index" member (release_body): the worker encodes it, so the
+    main process, which writes an event per entry, only adds the seq and the index.
     """
 
     entry_index: int
@@ -186,10 +193,44 @@ class Seen(NamedTuple):
     version_key: VersionKey | None
     counter: int | None
     key: str
-    artifacts: list[dict[str, Any]]
     digest: str
     not_after: str | None
+    body: str = ""
     registry: dict[str, Any] | None = None  # the entry, for the registry kinds
+
+
+class Summary(NamedTuple):
+    """A worker's result for one chunk of consecutive entries, from entry `first` on.
+
+    `nodes` are the hashes of the perfect subtrees that cover the chunk (range_levels), so
+    the main process grows its tree by a few hashes per chunk rather than one per entry.
+    """
+
+    first: int
+    nodes: list[bytes]
+    entries: list[Seen]
+
+    def __reduce__(self) -> tuple[Callable[..., Summary], tuple[Any, ...]]:
+        # Pickled with the entries as plain tuples: unpickling a NamedTuple runs its Python
+        # __new__ once per entry, which took half of the main process's unpickling time.
+        return (_summary, (self.first, self.nodes, [tuple(s) for s in self.entries]))
+
+
+_new_seen = functools.partial(tuple.__new__, Seen)
+
+
+def _summary(first: int, nodes: list[bytes], rows: list[tuple[Any, ...]]) -> Summary:
+    """Summary.__reduce__'s inverse; rebuilds the Seen without calling Python code."""
+    return Summary(first, nodes, list(map(_new_seen, rows)))
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_DIGEST_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode(event: Event) -> str:
+    """The event's JSON Lines text (ASCII, no spaces, members in insertion order)."""
+    return _ENCODER.encode(event)
 
 
 def artifacts_digest(artifacts: Sequence[dict[str, Any]]) -> str:
@@ -197,9 +238,24 @@ def artifacts_digest(artifacts: Sequence[dict[str, Any]]) -> str:
 
     Two entries list the same set exactly when the digests are equal (up to order).
     """
-    ordered = sorted(artifacts, key=lambda a: str(a["name"]))
-    text = json.dumps(ordered, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    ordered = sorted(artifacts, key=lambda a: str(a["name"])) if len(artifacts) > 1 else artifacts
+    text = _DIGEST_ENCODER.encode(ordered)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def release_body(entry: dict[str, Any], leaf_hash: bytes) -> str:
+    """The release event of a release/v1 entry from "package" on, closing brace included."""
+    key = entry["key"]
+    text = encode({"package": entry["package"], "version": entry["version"],
+                   "counter": entry.get("counter"), "publisher": key.split("+", 1)[0],
+                   "key": key, "artifacts": entry["artifacts"], "leaf_hash": leaf_hash.hex()})
+    return text[1:]  # an object's text is "{" + its members + "}": release_line adds the rest
+
+
+def release_line(seq: int, seen: Seen) -> str:
+    """The release event of `seen` as a JSON line: the members `encode` writes first (type,
+    seq, index; ints print alike in both), then the body the worker encoded."""
+    return f'{{"type":"{RELEASE}","seq":{seq},"index":{seen.entry_index},{seen.body}'
 
 
 def summarize(checked: Checked, leaf: bytes | None = None) -> Seen:
@@ -207,21 +263,50 @@ def summarize(checked: Checked, leaf: bytes | None = None) -> Seen:
     entry = checked.entry
     if entry is None:
         return Seen(checked.index, checked.leaf_hash, checked.error or "invalid entry", leaf,
-                    "", "", "", None, None, "", [], "", None)
+                    "", "", "", None, None, "", "", None)
     if entry.get("kind") != KIND:
         return Seen(checked.index, checked.leaf_hash, None, None, str(entry.get("kind")),
-                    "", "", None, None, str(entry.get("key", "")), [], "", None, entry)
+                    "", "", None, None, str(entry.get("key", "")), "", None, "", entry)
     window = entry.get("install_window")
     return Seen(checked.index, checked.leaf_hash, None, None, KIND, entry["package"],
                 entry["version"], version_key(entry["version"]), entry.get("counter"),
-                entry["key"], entry["artifacts"], artifacts_digest(entry["artifacts"]),
-                window["not_after"] if window else None)
+                entry["key"], artifacts_digest(entry["artifacts"]),
+                window["not_after"] if window else None, release_body(entry, checked.leaf_hash))
 
 
-def summarize_leaves(first_index: int, leaves: list[bytes]) -> list[Seen]:
-    """scan.check_leaves, reduced to Seen: the per-chunk work of the worker processes."""
-    return [summarize(c, leaves[c.index - first_index] if c.error is not None else None)
-            for c in check_leaves(first_index, leaves)]
+def summarize_fetched(item: Fetched) -> Summary:
+    """summarize_leaves over one fetched bundle: the work of scan.map_bundles' workers."""
+    return summarize_leaves(item.first, item.leaves)
+
+
+def summarize_leaves(first_index: int, leaves: list[bytes]) -> Summary:
+    """scan.check_leaves, reduced to a Summary: the per-chunk work of the worker processes."""
+    checked = check_leaves(first_index, leaves)
+    return Summary(first_index, range_hashes(first_index, [c.leaf_hash for c in checked]),
+                   [summarize(c, leaves[c.index - first_index] if c.error is not None else None)
+                    for c in checked])
+
+
+def range_levels(lo: int, hi: int) -> list[int]:
+    """The levels of the perfect subtrees covering leaves lo..hi-1, left to right, each as
+    large as the alignment of its first leaf and the leaves left allow."""
+    levels = []
+    while lo < hi:
+        level = (hi - lo).bit_length() - 1
+        if lo:
+            level = min(level, (lo & -lo).bit_length() - 1)  # lo & -lo: lo's lowest set bit
+        levels.append(level)
+        lo += 1 << level
+    return levels
+
+
+def range_hashes(first: int, leaf_hashes: Sequence[bytes]) -> list[bytes]:
+    """The hashes of the range_levels subtrees over leaves first.. with these hashes."""
+    out, pos = [], 0
+    for level in range_levels(first, first + len(leaf_hashes)):
+        out.append(hash_up(leaf_hashes[pos:pos + (1 << level)]))
+        pos += 1 << level
+    return out
 
 
 # -- the pure core ---------------------------------------------------------------------------
@@ -261,8 +346,10 @@ class Watcher:
 
     Holds per-package knowledge (`packages`), the artifact digest and first index of every
     (package, version) fed or preloaded (`versions`, keyed "package version"), the next
-    entry index and the next event seq. A driver that keeps `versions` elsewhere calls
-    preload() before feeding, take_changes() after, and forget_versions() once stored.
+    entry index and the next event seq. `feed` returns events as dicts; `report`, for the
+    driver, returns a release event as its JSON line (release_line) and alerts as dicts. A
+    driver that keeps `versions` elsewhere calls preload(stored_version_names()) before
+    feeding, take_changes() after, and forget_versions() once stored.
     """
 
     def __init__(self, patterns: Sequence[str] = (), *, next_index: int = 0,
@@ -295,6 +382,10 @@ class Watcher:
 
     def feed(self, seen: Seen, now: datetime) -> list[Event]:
         """The events for the next entry; ValueError unless it is entry `next_index`."""
+        return [json.loads(e) if isinstance(e, str) else e for e in self.report(seen, now)]
+
+    def report(self, seen: Seen, now: datetime) -> list[str | Event]:
+        """feed(), but the release event comes as its JSON line, ready to print."""
         if seen.entry_index != self.next_index:
             raise ValueError(f"entry {seen.entry_index} fed where entry {self.next_index} is next")
         self.next_index += 1
@@ -302,19 +393,22 @@ class Watcher:
             return [self.alert(INVALID_ENTRY, f"entry {seen.entry_index} fails validation: "
                                f"{seen.error}", seen.entry_index, leaf_hash=seen.leaf_hash.hex())]
         if seen.kind != KIND:
-            return self._registry_events(seen)
+            return [*self._registry_events(seen)]
         problems = self._learn(seen, now)
-        unauthorized = self.registry.release_problem(seen.key.split("+", 1)[0], seen.package,
-                                                     seen.key)
+        unauthorized = None
+        if self.registry.publishers:  # none registered (an open log): nothing to break
+            unauthorized = self.registry.release_problem(seen.key.split("+", 1)[0],
+                                                         seen.package, seen.key)
         if unauthorized is not None:
             problems.append((RELEASE_NOT_AUTHORIZED, f"{seen.package} {seen.version}: "
                              f"{unauthorized}, yet the log accepted it", {"key": seen.key}))
         if not self.matches(seen.package):
             return []
-        events = [self._release(seen)]
+        events: list[str | Event] = [release_line(self.next_seq, seen)]
+        self.next_seq += 1
         for code, message, extra in problems:
             events.append(self.alert(code, message, seen.entry_index, package=seen.package,
-                                     version=seen.version, leaf_hash=events[0]["leaf_hash"],
+                                     version=seen.version, leaf_hash=seen.leaf_hash.hex(),
                                      **extra))
         return events
 
@@ -358,15 +452,6 @@ class Watcher:
         self.next_seq += 1
         return event
 
-    def _release(self, seen: Seen) -> Event:
-        event: Event = {
-            "type": RELEASE, "seq": self.next_seq, "index": seen.entry_index,
-            "package": seen.package, "version": seen.version, "counter": seen.counter,
-            "publisher": seen.key.split("+", 1)[0], "key": seen.key,
-            "artifacts": seen.artifacts, "leaf_hash": seen.leaf_hash.hex()}
-        self.next_seq += 1
-        return event
-
     def _learn(self, seen: Seen, now: datetime) -> list[Problem]:
         """Update the knowledge with one valid entry; return what is wrong with it."""
         pkg = self.packages.get(seen.package)
@@ -375,6 +460,14 @@ class Watcher:
         self._dirty.add(seen.package)
         name = f"{seen.package} {seen.version}"
         before = self.versions.get(name)  # (digest, index) of its first entry, if any
+        if before is None and _unremarkable(pkg, seen):
+            # Nearly every entry of a healthy log: what the checks below do then, faster.
+            self.versions[name] = self._new_versions[name] = (seen.digest, seen.entry_index)
+            pkg.version, pkg.version_key = seen.version, seen.version_key
+            pkg.version_index = seen.entry_index
+            if seen.counter is not None:
+                pkg.counter, pkg.counter_index = seen.counter, seen.entry_index
+            return []
         found = [self._check_key(pkg, seen), self._check_version(pkg, seen, name, before),
                  self._check_counter(pkg, seen), self._check_artifacts(seen, name, before),
                  _check_window(seen, now)]
@@ -434,10 +527,25 @@ class Watcher:
 
     # -- for drivers that keep the knowledge in storage ----------------------------------
 
-    @staticmethod
-    def version_names(seen: Iterable[Seen]) -> list[str]:
-        """The `versions` keys that feeding `seen` will look up."""
-        return [f"{s.package} {s.version}" for s in seen if s.kind == KIND]
+    def stored_version_names(self, seen: Iterable[Seen]) -> list[str]:
+        """The `versions` keys that feeding `seen` will look up and that may be stored.
+
+        Not those of a package never fed, nor a comparable version above the package's
+        highest comparable version (or when it has none): had it been fed, that highest
+        would not be below it. In a log whose versions grow, that leaves out nearly all,
+        so a backfill looks up almost nothing.
+        """
+        names = []
+        for s in seen:
+            if s.kind != KIND or s.error is not None:
+                continue
+            pkg = self.packages.get(s.package)
+            vk = s.version_key
+            if pkg is None or (vk is not None and (pkg.version_key is None
+                                                   or vk > pkg.version_key)):
+                continue
+            names.append(f"{s.package} {s.version}")
+        return names
 
     def preload(self, versions: dict[str, tuple[str, int]]) -> None:
         """Add stored (digest, first index) of versions before feeding the entries they concern."""
@@ -452,6 +560,17 @@ class Watcher:
     def forget_versions(self) -> None:
         """Drop `versions` (the driver has stored them): memory stays per package."""
         self.versions = {}
+
+
+def _unremarkable(pkg: PackageState, seen: Seen) -> bool:
+    """Whether a version not seen before for the package passes every check of Watcher._learn
+    and moves the package's highest version (and counter, if it has one) up to its own: a
+    known key, a comparable version above the highest, a counter above the highest, no
+    install window."""
+    vk, counter = seen.version_key, seen.counter
+    return (seen.key in pkg.keys and seen.not_after is None and vk is not None
+            and pkg.version_key is not None and vk > pkg.version_key
+            and (counter is None or pkg.counter is None or counter > pkg.counter))
 
 
 def _check_window(seen: Seen, now: datetime) -> Problem | None:
@@ -481,12 +600,25 @@ class Edge:
         return Edge(self.size, self.hashes)
 
     def append(self, leaf_hash: bytes) -> None:
-        h, size = leaf_hash, self.size
-        while size & 1:
+        self._push(0, leaf_hash)
+
+    def extend(self, first: int, count: int, nodes: Sequence[bytes]) -> None:
+        """Append leaves first..first+count-1, given as their range_hashes."""
+        levels = range_levels(first, first + count)
+        if first != self.size or len(nodes) != len(levels):
+            raise ValueError(f"{len(nodes)} hashes of leaves {first}.. do not extend a tree "
+                             f"of size {self.size}")
+        for level, h in zip(levels, nodes, strict=True):
+            self._push(level, h)
+
+    def _push(self, level: int, h: bytes) -> None:
+        """Append a perfect subtree of 2**level leaves; `size` is a multiple of 2**level."""
+        size = self.size >> level
+        while size & 1:  # merge with the equal-sized subtrees at the right edge
             h = node_hash(self.hashes.pop(), h)
             size >>= 1
         self.hashes.append(h)
-        self.size += 1
+        self.size += 1 << level
 
     def root(self) -> bytes:
         return fold(self.hashes) if self.hashes else EMPTY_ROOT
@@ -541,12 +673,18 @@ class MonitorDB:
         self.path = path
         try:
             self.conn = sqlite3.connect(path, isolation_level=None)
+            # For a new file only (no-op otherwise): a group's commit writes some 10 MB of
+            # pages to the WAL, one write per page; bigger pages cut its time by a third.
+            self.conn.execute("PRAGMA page_size=16384")
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")  # a commit is on disk when it returns
             # Each commit dirties pages all over the versions index: keep them cached, and
             # let the WAL grow to ~40 MB before copying it back into the database.
             self.conn.execute("PRAGMA cache_size=-32768")
             self.conn.execute("PRAGMA wal_autocheckpoint=10000")
+            # The state is public log data: deleting the outbox need not overwrite its pages
+            # with zeros (a build default of some SQLite packages), which doubled its cost.
+            self.conn.execute("PRAGMA secure_delete=OFF")
             self.conn.executescript(_SCHEMA)
             self.conn.execute("INSERT OR IGNORE INTO position VALUES (1, ?, NULL, 0, 1, '[]')",
                               (DB_FORMAT,))
@@ -579,6 +717,8 @@ class MonitorDB:
 
     def lookup_versions(self, names: Sequence[str]) -> dict[str, tuple[str, int]]:
         """Stored (digest, first index) of those of `names` seen before."""
+        if not names:
+            return {}
         rows = self.conn.execute(
             "SELECT name, digest, idx FROM versions WHERE name IN "
             "(SELECT value FROM json_each(?))", (json.dumps(names),))
@@ -588,8 +728,9 @@ class MonitorDB:
         """Commit the watcher's changes, the position, the next seq and `lines` to the outbox."""
         packages, versions = watcher.take_changes()
         with self._transaction() as c:
+            # Sorted: neighbouring inserts then share index pages (about a fifth faster).
             c.executemany("INSERT INTO versions VALUES (?, ?, ?)",
-                          [(name, d, i) for name, (d, i) in versions.items()])
+                          sorted((name, d, i) for name, (d, i) in versions.items()))
             c.executemany("INSERT OR REPLACE INTO packages VALUES (?, ?)",
                           [(name, json.dumps(p.to_json())) for name, p in packages.items()])
             if watcher.registry_changed:
@@ -610,8 +751,7 @@ class MonitorDB:
     @staticmethod
     def _add_outbox(c: sqlite3.Connection, next_seq: int, lines: Sequence[str]) -> None:
         if lines:
-            c.execute("INSERT INTO outbox VALUES (?, ?)",
-                      (next_seq - len(lines), "".join(line + "\n" for line in lines)))
+            c.execute("INSERT INTO outbox VALUES (?, ?)", (next_seq - len(lines), _text(lines)))
 
     def clear_outbox(self) -> None:
         with self._transaction() as c:
@@ -655,8 +795,10 @@ class Metrics:
         except OSError as exc:
             raise UsageError(f"couldn't serve metrics on 127.0.0.1:{port}: {exc}") from exc
 
-    def count(self, events: Iterable[Event]) -> None:
-        tally = collections.Counter((e["type"], e.get("alert", "")) for e in events)
+    def count(self, events: Iterable[str | Event]) -> None:
+        """Count events by type and alert code (a str is a release event's line)."""
+        tally = collections.Counter((RELEASE, "") if isinstance(e, str) else
+                                    (e["type"], e.get("alert", "")) for e in events)
         for labels, n in tally.items():
             self.events.labels(*labels).inc(n)
 
@@ -701,14 +843,6 @@ def worker_signals() -> None:
     group; the main process decides when to stop) and let SIGTERM terminate as usual."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
-
-
-def encode(event: Event) -> str:
-    """The event's JSON Lines text (ASCII, no spaces, members in insertion order)."""
-    return _ENCODER.encode(event)
 
 
 class Monitor:
@@ -775,41 +909,38 @@ class Monitor:
         if trusted.size == start:
             self._prove_prefix(self.edge, trusted)
             return
-        with contextlib.ExitStack() as stack:  # stop fetching and validating on any exit
-            fetched = stack.enter_context(_closing(bundles(self.client, trusted.size, start)))
-            # The empty first chunk forks the workers before `bundles` starts its threads.
-            chunks = itertools.chain([(start, [])], fetched)
-            results = stack.enter_context(_closing(
-                ordered_map(summarize_leaves, chunks, self.workers, IN_FLIGHT * self.workers,
-                            initializer=worker_signals)))
+        results = map_bundles(self.client, trusted.size, start, summarize_fetched, self.workers,
+                              in_flight=IN_FLIGHT * self.workers, initializer=worker_signals)
+        with _closing(results):  # stop fetching and validating on any exit
             for group in _groups(results, GROUP_BUNDLES):
                 self._process(group, trusted)
                 if self.stop.requested:
                     return
 
-    def _process(self, group: list[Seen], trusted: Trusted) -> None:
+    def _process(self, group: list[Summary], trusted: Trusted) -> None:
         """Prove, judge, commit, print and clear one group of consecutive entries."""
         edge = self.edge.copy()
-        for seen in group:
-            edge.append(seen.leaf_hash)
+        for part in group:
+            edge.extend(part.first, len(part.entries), part.nodes)
         self._prove_prefix(edge, trusted)  # no event about an entry the log did not sign
-        invalid = [s for s in group if s.error is not None]
+        seen = [s for part in group for s in part.entries]
+        invalid = [s for s in seen if s.error is not None]
         proofs = {s.entry_index: self.client.inclusion_proof(s.entry_index, trusted.size)
                   for s in invalid}
         # Network is done: from here on, a failure is fatal, never retried in this process.
         now = datetime.now(UTC)
-        self.watcher.preload(self.db.lookup_versions(Watcher.version_names(group)))
-        events = [event for seen in group for event in self.watcher.feed(seen, now)]
+        watcher = self.watcher
+        watcher.preload(self.db.lookup_versions(watcher.stored_version_names(seen)))
+        events: list[str | Event] = []
+        for s in seen:
+            events += watcher.report(s, now)
         where = {s.entry_index: self._invalid_evidence(s, proofs[s.entry_index], trusted)
                  for s in invalid}
-        for event in events:
-            if event.get("alert") == INVALID_ENTRY:
-                event["evidence"] = str(where[event["index"]])
-        lines = [encode(e) for e in events]
-        self.db.save(self.watcher, edge, trusted.checkpoint.origin, lines)  # durability point 1
+        lines = [e if isinstance(e, str) else _encode_alert(e, where) for e in events]
+        self.db.save(watcher, edge, trusted.checkpoint.origin, lines)  # durability point 1
         self.edge = edge
-        self.watcher.forget_versions()
-        self.metrics.entries.inc(len(group))
+        watcher.forget_versions()
+        self.metrics.entries.inc(len(seen))
         self.metrics.count(events)
         self._print(lines)  # durability point 2: printed (a crash before this reprints them)
         self.db.clear_outbox()  # durability point 3: a crash before this prints them again
@@ -861,9 +992,14 @@ class Monitor:
     def _print(self, lines: Sequence[str]) -> None:
         if not lines:
             return
-        self.out.write("".join(line + "\n" for line in lines))
+        self.out.write(_text(lines))
         self.out.flush()
         _sync_if_file(self.out)
+
+
+def _text(lines: Sequence[str]) -> str:
+    """JSON Lines text: each line followed by a newline (join copies each line only once)."""
+    return "\n".join(lines) + "\n"
 
 
 def _sync_if_file(out: TextIO) -> None:
@@ -887,18 +1023,23 @@ def _closing(it: Iterator[T]) -> Iterator[Iterator[T]]:
             close()
 
 
-def _groups(results: Iterable[list[Seen]], size: int) -> Iterator[list[Seen]]:
-    """Concatenate `size` consecutive chunk results at a time."""
-    group: list[Seen] = []
-    count = 0
+def _encode_alert(event: Event, evidence: dict[int, Path]) -> str:
+    """An alert's line; an invalid entry's names the directory holding its evidence."""
+    if event["alert"] == INVALID_ENTRY:
+        event["evidence"] = str(evidence[event["index"]])
+    return encode(event)
+
+
+def _groups(results: Iterable[Summary], size: int) -> Iterator[list[Summary]]:
+    """`size` consecutive non-empty chunk results at a time."""
+    group: list[Summary] = []
     for chunk in results:
-        if not chunk:
+        if not chunk.entries:
             continue
-        group.extend(chunk)
-        count += 1
-        if count == size:
+        group.append(chunk)
+        if len(group) == size:
             yield group
-            group, count = [], 0
+            group = []
     if group:
         yield group
 

@@ -2,18 +2,17 @@
 
 `map_bundles` runs a function over every entry bundle (and, if asked, its level-0 hash tile)
 in worker processes that fetch what they work on themselves, so entries cross no process
-boundary and this process only gathers small results in order; `bundles` fetches entry bundles
-in order with a few requests in flight; `ordered_map` runs a function over chunks in worker
-processes (or inline) with a bounded number in flight and yields results in order;
-`check_leaves` is the work of validating entries. Audit and monitor are built from these.
+boundary and this process only gathers small results, in order and with a bounded number in
+flight; `fetched` is its fetching, with a few requests in flight; `check_leaves` is the work
+of validating entries. Audit and monitor are built from these.
 """
 
 from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
@@ -62,62 +61,6 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def ordered_map(fn: Callable[[int, list[bytes]], R], chunks: Iterable[tuple[int, list[bytes]]],
-                workers: int, in_flight: int | None = None,
-                initializer: Callable[[], None] | None = None) -> Iterator[R]:
-    """fn(*chunk) for each chunk, in order; `workers` processes (0: inline in this process).
-
-    At most `in_flight` chunks (default 2 per worker + 2) are queued, so memory stays
-    bounded however long the log. `initializer` runs first in each worker process.
-    """
-    if workers <= 0:
-        for first, leaves in chunks:
-            yield fn(first, leaves)
-        return
-    limit = in_flight or 2 * workers + 2
-    with ProcessPoolExecutor(max_workers=workers, initializer=initializer) as pool:
-        yield from _drain(pool, fn, chunks, limit)
-
-
-def _drain(pool: Executor, fn: Callable[[int, list[bytes]], R],
-           chunks: Iterable[tuple[int, list[bytes]]], limit: int) -> Iterator[R]:
-    pending: deque[Future[R]] = deque()
-    for first, leaves in chunks:
-        pending.append(pool.submit(fn, first, leaves))
-        if len(pending) >= limit:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
-def bundles(client: LogClient, size: int, start: int = 0,
-            prefetch: int = 4) -> Iterator[tuple[int, list[bytes]]]:
-    """(first index, leaves) of every entry bundle from the one holding `start` up to `size`.
-
-    The first chunk begins exactly at `start`. Bundles are fetched `prefetch` at a time by
-    threads and yielded in order; they are not verified here.
-    """
-    if not 0 <= start <= size:
-        raise ValueError(f"start {start} is outside the tree of size {size}")
-    first_bundle = start // TILE_WIDTH
-    last_bundle = (size + TILE_WIDTH - 1) // TILE_WIDTH
-    with ThreadPoolExecutor(max_workers=prefetch) as pool:
-        pending: deque[tuple[int, Future[list[bytes]]]] = deque()
-        for n in range(first_bundle, last_bundle):
-            pending.append((n, pool.submit(client.entry_bundle, n, size)))
-            if len(pending) > prefetch:
-                yield _chunk(*pending.popleft(), start)
-        while pending:
-            yield _chunk(*pending.popleft(), start)
-
-
-def _chunk(n: int, future: Future[list[bytes]], start: int) -> tuple[int, list[bytes]]:
-    first = n * TILE_WIDTH
-    leaves = future.result()
-    skip = max(0, start - first)
-    return first + skip, leaves[skip:]
-
-
 class Fetched(NamedTuple):
     """One entry bundle's leaves from `first` on, and the log's level-0 tile over them when
     asked for and the bundle is full (None otherwise)."""
@@ -158,16 +101,17 @@ def fetched(client: LogClient, size: int, start: int, end_bundle: int | None = N
 
 
 def map_bundles(client: LogClient, size: int, start: int, work: Work[R], workers: int, *,
-                with_tiles: bool = False, prefetch: int = 4,
+                with_tiles: bool = False, prefetch: int = 4, in_flight: int | None = None,
                 initializer: Callable[[], None] | None = None) -> Generator[R, None, None]:
     """work(Fetched) for every bundle holding entries start..size-1, results in order.
 
     With `workers` > 0, worker processes each fetch BUNDLES_PER_TASK bundles at a time with
     their own copy of `client` (its disk cache included) and run `work` on them, so only the
-    results travel between processes; at most 2 tasks per worker (+2) are outstanding, so
-    memory stays bounded. With 0 workers everything runs here, `prefetch` bundles ahead.
-    `initializer` runs first in each worker. Errors raised by fetching or by `work` (such as
-    TransportError or VerificationFailed) are raised here, in order.
+    results travel between processes; at most `in_flight` tasks (default 2 per worker + 2)
+    are outstanding, so memory stays bounded. With 0 workers everything runs here,
+    `prefetch` bundles ahead. `initializer` runs first in each worker. Errors raised by
+    fetching or by `work` (such as TransportError or VerificationFailed) are raised here,
+    in order.
     """
     if not 0 <= start <= size:
         raise ValueError(f"start {start} is outside the tree of size {size}")
@@ -186,7 +130,7 @@ def map_bundles(client: LogClient, size: int, start: int, work: Work[R], workers
             for lo, hi in tasks:
                 pending.append(pool.submit(_run_task, work, size, max(start, lo * TILE_WIDTH),
                                            hi, with_tiles))
-                if len(pending) >= 2 * workers + 2:
+                if len(pending) >= (in_flight or 2 * workers + 2):
                     yield from pending.popleft().result()
             while pending:
                 yield from pending.popleft().result()
