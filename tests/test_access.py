@@ -380,7 +380,9 @@ async def test_garbled_token_is_refused(log: Log) -> None:
     header, payload, signature = good.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     wider = _b64({**claims, "scopes": ["*"]})
-    flipped = signature[:-2] + ("AA" if signature[-2:] != "AA" else "BB")
+    # A character in the middle: changing the last ones could leave non-zero padding bits,
+    # which PyJWT refuses as malformed before it checks the signature.
+    flipped = signature[:10] + ("B" if signature[10] != "B" else "C") + signature[11:]
     cases: list[tuple[str, str, str]] = [
         ("Bearer not-a-jwt", "token_malformed", "not three segments"),
         ("Bearer a.b.c", "token_malformed", "undecodable segments"),
