@@ -260,10 +260,12 @@ def test_invalid_entry_accepted_by_log_is_reported(
     assert (evidence / "inclusion-proof").read_text().startswith("inclusion 123 300\n")
 
 
+@pytest.mark.parametrize("workers", ["0", "2"])
 def test_full_audit_resumes_where_it_stopped(
         serve: Callable[[Sequence[bytes]], LiveLog], history: list[bytes], tmp_path: Path,
-        capsys: CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The connection drops at the last bundle; the next run checks only what is left."""
+        capsys: CaptureFixture, monkeypatch: pytest.MonkeyPatch, workers: str) -> None:
+    """The connection drops at the last bundle (in this process, or in a worker process
+    whose error must reach this one); the next run checks only what is left."""
     live = serve(history)  # 1100 entries: bundles 0..3 full, 4 partial
     state = tmp_path / "state"
     real = LogClient.entry_bundle
@@ -274,7 +276,7 @@ def test_full_audit_resumes_where_it_stopped(
         return real(self, n, size)
 
     monkeypatch.setattr(LogClient, "entry_bundle", failing)
-    code, _, err = run_audit(capsys, live, state, "--full", "--workers", "0")
+    code, _, err = run_audit(capsys, live, state, "--full", "--workers", workers)
     assert code == 3 and "injected" in err
     saved = json.loads((state / PROGRESS_FILE).read_text())
     stopped = saved["next"]

@@ -22,7 +22,6 @@ from verifier.merkle import leaf_hash
 from verifier.registry import parse_log_leaf
 from verifier.tiles import TILE_WIDTH
 
-T = TypeVar("T")
 R = TypeVar("R")
 
 BUNDLES_PER_TASK = 4  # bundles one worker task fetches and works on (1,024 entries)
