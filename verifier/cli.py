@@ -203,7 +203,9 @@ def _common(p: argparse.ArgumentParser, log: bool = True) -> None:
     if log:
         p.add_argument("--log", required=True, help="the log's base URL")
     p.add_argument("--key", required=True, help="the log's verifier key file (pinned by you)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per network operation")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to connect, and that the log may send nothing (counted in "
+                        "whole seconds, at least 1)")
     p.add_argument("--retries", type=int, default=3, help="retries on transient network errors")
 
 
