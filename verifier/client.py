@@ -272,7 +272,7 @@ class LogClient:
     def _too_slow(self, url: str) -> TransportError:
         return TransportError(f"{url}: response took longer than {self.deadline:g} s")
 
-# -- checkpoints -----------------------------------------------------------------------
+    # -- checkpoints -----------------------------------------------------------------------
 
     def checkpoint(self, key: Verifier) -> tuple[Checkpoint, str]:
         """The log's current checkpoint, verified with the pinned `key`, and its note text."""
