@@ -20,6 +20,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.test_entry import SHA, fields
 from verifier.entry import (
     MAX_DEPTH,
     MAX_ENTRY_SIZE,
@@ -48,7 +49,6 @@ from verifier.registry import (
 ALICE = generate_key("example.com/alice")
 BOB = generate_key("example.com/bob")
 ADMIN = generate_key("log-admin")
-SHA = "ab" * 32
 
 Outcome = tuple[Any, ...]
 
@@ -109,16 +109,6 @@ def check(leaf: bytes) -> Outcome:
     return result
 
 
-def fields(**changes: Any) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "kind": "release/v1",
-        "package": "example.com/tool",
-        "version": "1.2.0",
-        "counter": 7,
-        "artifacts": [{"name": "tool.tar.gz", "sha256": SHA, "size": 1234}],
-    }
-    entry.update(changes)
-    return {name: value for name, value in entry.items() if value is not None}
 
 
 def jcs(entry: dict[str, Any]) -> bytes:

@@ -453,16 +453,14 @@ def _validate_tree(obj: Any) -> Release:
         raise EntryError(ENTRY_TOO_LARGE, f"entry is {len(leaf)} bytes, at most {MAX_ENTRY_SIZE}")
     key = _parse_key(obj["key"])
     _check_signature(obj, key, tree)
-    return Release(
-        entry=obj,
-        leaf=leaf,
-        leaf_hash=merkle_leaf_hash(leaf),
-        package=obj["package"],
-        version=obj["version"],
-        counter=obj.get("counter"),
-        key=key,
-        publisher=key.name,
-    )
+    return _release(obj, leaf, key)
+
+
+def _release(obj: dict[str, Any], leaf: bytes, key: Verifier) -> Release:
+    """The Release of a validated release/v1 tree `obj`, its JCS leaf and its signer's key."""
+    return Release(entry=obj, leaf=leaf, leaf_hash=merkle_leaf_hash(leaf),
+                   package=obj["package"], version=obj["version"],
+                   counter=obj.get("counter"), key=key, publisher=key.name)
 
 
 @dataclass(frozen=True)
@@ -687,16 +685,7 @@ def fast_release(obj: dict[str, Any], leaf: bytes) -> Release | None:
     key = _fast_signature(obj, leaf)
     if key is None:
         return None
-    return Release(
-        entry=obj,
-        leaf=leaf,
-        leaf_hash=merkle_leaf_hash(leaf),
-        package=obj["package"],
-        version=obj["version"],
-        counter=obj.get("counter"),
-        key=key,
-        publisher=key.name,
-    )
+    return _release(obj, leaf, key)
 
 
 def fast_check_signed(obj: dict[str, Any], leaf: bytes, schema_name: str) -> Signed | None:
