@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -253,6 +254,22 @@ async def ensure_database(cluster: Cluster) -> str:
         await conn.close()
     await upgrade_schema(cluster.url(DATABASE))
     return cluster.url(DATABASE)
+
+
+@contextlib.contextmanager
+def cluster_up(log: BenchLog) -> Iterator[None]:
+    """The log's PostgreSQL cluster running and its schema current: started here (and
+    stopped at the end) unless it already runs, as when several benchmarks share it."""
+    started = not log.cluster.is_running()
+    if started:
+        log.cluster.start()
+    try:
+        if applied := asyncio.run(upgrade_schema(log.url)):
+            print(f"migrated the cached log's database: {', '.join(applied)}", flush=True)
+        yield
+    finally:
+        if started:
+            log.cluster.stop()
 
 
 async def upgrade_schema(url: str) -> list[str]:

@@ -153,13 +153,7 @@ def running(log: build_log.BenchLog, work: Path, app_name: str,
             tile_cache: Path | None = None) -> Iterator[Server]:
     """The log's cluster (reused if running, else started and stopped) and one tlog serve
     whose database connections carry `app_name`."""
-    cluster = log.cluster
-    started = not cluster.is_running()
-    if started:
-        cluster.start()
-    try:
-        if applied := asyncio.run(build_log.upgrade_schema(log.url)):
-            print(f"migrated the cached log's database: {', '.join(applied)}", flush=True)
+    with build_log.cluster_up(log):
         # asyncpg passes unknown URL parameters on as server settings.
         url = f"{log.url}&application_name={app_name}"
         extra = ["--policy", "open"]
@@ -170,9 +164,6 @@ def running(log: build_log.BenchLog, work: Path, app_name: str,
             yield server
         finally:
             server.stop()
-    finally:
-        if started:
-            cluster.stop()
 
 
 @contextmanager

@@ -27,7 +27,6 @@ Usage: python bench/verifier_bench.py [--entries 1000000] [--cache-dir /tmp/tlog
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -507,14 +506,8 @@ def report(rates: MachineRates, results: list[Measured], log: build_log.BenchLog
 
 @contextlib.contextmanager
 def running(log: build_log.BenchLog, work: Path) -> Iterator[Env]:
-    cluster = log.cluster
-    started = not cluster.is_running()
-    if started:
-        cluster.start()
-    try:
-        if applied := asyncio.run(build_log.upgrade_schema(log.url)):
-            print(f"migrated the cached log's database: {', '.join(applied)}", flush=True)
-        postmaster = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
+    with build_log.cluster_up(log):
+        postmaster = int((log.cluster.data_dir / "postmaster.pid").read_text().split()[0])
         # As a production log would run: full tiles kept on disk once served.
         server = start_server(log.url, log.key_file, work, timeout=120,
                               extra=["--policy", "open", "--tile-cache", str(work / "serve")])
@@ -522,9 +515,6 @@ def running(log: build_log.BenchLog, work: Path) -> Iterator[Env]:
             yield Env(log, server, postmaster, work)
         finally:
             server.stop()
-    finally:
-        if started:
-            cluster.stop()
 
 
 def warm_up(env: Env, size: int) -> None:
