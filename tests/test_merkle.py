@@ -4,7 +4,9 @@ happen, so each proof hash is corrupted in turn and must be rejected."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +27,7 @@ from verifier.merkle import (
     inclusion_nodes,
     leaf_hash,
     node_hash,
+    range_nodes,
     root_nodes,
     root_of,
     subtree_nodes,
@@ -254,6 +257,22 @@ def test_subtree_nodes_rejects_ranges_no_proof_can_ask_for() -> None:
     for lo, hi in [(1, 3), (2, 6), (4, 3), (-1, 2)]:
         with pytest.raises(ValueError):
             subtree_nodes(lo, hi)
+
+
+def test_range_nodes_cover_any_range_with_aligned_perfect_nodes() -> None:
+    assert range_nodes(3, 13) == [(0, 3), (2, 1), (2, 2), (0, 12)]
+    for lo in range(40):
+        for hi in range(lo, 70):
+            nodes = range_nodes(lo, hi)
+            covered = [i for level, n in nodes for i in range(n << level, (n + 1) << level)]
+            assert covered == list(range(lo, hi))
+            # Each node as large as allowed: two neighbours of one size never merge.
+            assert all(not (a == b and m % 2 == 0 and m + 1 == n)
+                       for (a, m), (b, n) in itertools.pairwise(nodes))
+            with contextlib.suppress(ValueError):  # where subtree_nodes applies: the same
+                assert nodes == subtree_nodes(lo, hi)
+    with pytest.raises(ValueError):
+        range_nodes(4, 3)
 
 
 def test_combine_fails_loudly_on_a_missing_node() -> None:

@@ -105,6 +105,22 @@ def subtree_nodes(lo: int, hi: int) -> list[Node]:
     return nodes
 
 
+def range_nodes(lo: int, hi: int) -> list[Node]:
+    """The perfect nodes covering D[lo:hi], left to right, each as large as the alignment of
+    its first leaf and the leaves left allow (subtree_nodes for any range, aligned or not):
+    what appending leaves lo..hi-1 to a tree of lo leaves adds, a few nodes at a time."""
+    if not 0 <= lo <= hi:
+        raise ValueError(f"invalid leaf range [{lo}, {hi})")
+    nodes: list[Node] = []
+    while lo < hi:
+        level = (hi - lo).bit_length() - 1
+        if lo:
+            level = min(level, (lo & -lo).bit_length() - 1)  # lo & -lo: lo's lowest set bit
+        nodes.append((level, lo >> level))
+        lo += 1 << level
+    return nodes
+
+
 def root_nodes(size: int) -> list[Node]:
     """The perfect nodes whose right fold is the root of a tree of `size` leaves."""
     return subtree_nodes(0, size)

@@ -107,7 +107,15 @@ from verifier.errors import (
     UsageError,
     VerificationFailed,
 )
-from verifier.merkle import EMPTY_ROOT, HASH_SIZE, ProofError, fold, node_hash, verify_consistency
+from verifier.merkle import (
+    EMPTY_ROOT,
+    HASH_SIZE,
+    ProofError,
+    fold,
+    node_hash,
+    range_nodes,
+    verify_consistency,
+)
 from verifier.note import Verifier, b64encode
 from verifier.proof import format_tlog_proof
 from verifier.registry import Refusal, Registry, validate_registry_entry
@@ -202,7 +210,7 @@ class Seen(NamedTuple):
 class Summary(NamedTuple):
     """A worker's result for one chunk of consecutive entries, from entry `first` on.
 
-    `nodes` are the hashes of the perfect subtrees that cover the chunk (range_levels), so
+    `nodes` are the hashes of the perfect subtrees that cover the chunk (merkle.range_nodes), so
     the main process grows its tree by a few hashes per chunk rather than one per entry.
     """
 
@@ -287,23 +295,10 @@ def summarize_leaves(first_index: int, leaves: list[bytes]) -> Summary:
                     for c in checked])
 
 
-def range_levels(lo: int, hi: int) -> list[int]:
-    """The levels of the perfect subtrees covering leaves lo..hi-1, left to right, each as
-    large as the alignment of its first leaf and the leaves left allow."""
-    levels = []
-    while lo < hi:
-        level = (hi - lo).bit_length() - 1
-        if lo:
-            level = min(level, (lo & -lo).bit_length() - 1)  # lo & -lo: lo's lowest set bit
-        levels.append(level)
-        lo += 1 << level
-    return levels
-
-
 def range_hashes(first: int, leaf_hashes: Sequence[bytes]) -> list[bytes]:
-    """The hashes of the range_levels subtrees over leaves first.. with these hashes."""
+    """The hashes of the merkle.range_nodes over leaves first.. with these hashes."""
     out, pos = [], 0
-    for level in range_levels(first, first + len(leaf_hashes)):
+    for level, _ in range_nodes(first, first + len(leaf_hashes)):
         out.append(hash_up(leaf_hashes[pos:pos + (1 << level)]))
         pos += 1 << level
     return out
@@ -604,7 +599,7 @@ class Edge:
 
     def extend(self, first: int, count: int, nodes: Sequence[bytes]) -> None:
         """Append leaves first..first+count-1, given as their range_hashes."""
-        levels = range_levels(first, first + count)
+        levels = [level for level, _ in range_nodes(first, first + count)]
         if first != self.size or len(nodes) != len(levels):
             raise ValueError(f"{len(nodes)} hashes of leaves {first}.. do not extend a tree "
                              f"of size {self.size}")
