@@ -295,25 +295,29 @@ async def get_inclusion(request: web.Request) -> web.Response:
 
 
 async def _published_size(request: web.Request, text: str | None) -> int:
-    latest = await latest_size(request)
     if text is None:
-        return latest
+        return await latest_size(request)
     size = parse_uint("tree_size", text)
-    if size > latest:
-        raise ApiError(400, "beyond_tree", f"tree_size {size} is beyond the latest size {latest}")
+    await _require_published("tree_size", size, request)
     if await request.app[STORAGE].checkpoint_at(size) is None:
         raise ApiError(404, "no_checkpoint", f"the log published no checkpoint of size {size}")
     return size
 
 
+async def _require_published(name: str, size: int, request: web.Request) -> None:
+    """400 beyond_tree unless a tree of `size` is published; no query for a size at or below
+    the largest already seen (a monitor asks for proofs to sizes it just fetched)."""
+    if not await request.app[STORAGE].published_at_least(size):
+        latest = await latest_size(request)
+        raise ApiError(400, "beyond_tree", f"{name} {size} is beyond the latest size {latest}")
+
+
 async def get_consistency(request: web.Request) -> web.Response:
     q = query(request, {"first", "second"})
     first, second = parse_uint("first", q.get("first")), parse_uint("second", q.get("second"))
-    latest = await latest_size(request)
     if first > second:
         raise ApiError(400, "bad_range", f"first ({first}) must not exceed second ({second})")
-    if second > latest:
-        raise ApiError(400, "beyond_tree", f"second {second} is beyond the latest size {latest}")
+    await _require_published("second", second, request)
     hashes = await consistency_proof(first, second, request.app[STORAGE].tiles)
     return web.json_response({"first": first, "second": second,
                               "hashes": [h.hex() for h in hashes]})
