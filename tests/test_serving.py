@@ -325,9 +325,11 @@ async def test_cached_tiles_beyond_the_published_tree_are_not_served(
     # A file for a tile the tree does not have (a database restored to an earlier tree):
     # the published size decides, not the file.
     assert not any(p.is_file() for p in tmp_path.rglob("*"))  # partial: never kept
-    stray = tmp_path / "tiles" / tile_namespace(cached_client.app[VKEY]) / "tile/entries/000"
-    stray.parent.mkdir(parents=True)
-    stray.write_bytes(b"x" + hashlib.sha256(b"x").digest())
+    kept = tmp_path / "tiles" / tile_namespace(cached_client.app[VKEY])
+    for path in ("tile/entries/000", "tile/0/000"):
+        stray = kept / path
+        stray.parent.mkdir(parents=True)
+        stray.write_bytes(b"x" + hashlib.sha256(b"x").digest())  # sound: only size refuses
     await get(cached_client, "/tile/entries/000", 404)
     await get(cached_client, "/tile/0/000", 404)
 
