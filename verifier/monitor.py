@@ -390,10 +390,8 @@ class Watcher:
         if seen.kind != KIND:
             return [*self._registry_events(seen)]
         problems = self._learn(seen, now)
-        unauthorized = None
-        if self.registry.publishers:  # none registered (an open log): nothing to break
-            unauthorized = self.registry.release_problem(seen.key.split("+", 1)[0],
-                                                         seen.package, seen.key)
+        unauthorized = self.registry.release_problem(seen.key.split("+", 1)[0], seen.package,
+                                                     seen.key)
         if unauthorized is not None:
             problems.append((RELEASE_NOT_AUTHORIZED, f"{seen.package} {seen.version}: "
                              f"{unauthorized}, yet the log accepted it", {"key": seen.key}))
