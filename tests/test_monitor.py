@@ -610,7 +610,7 @@ def test_edge_root_matches_the_rfc_6962_tree_at_every_size() -> None:
     edge = Edge()
     assert edge.root() == root_of([])
     for i, h in enumerate(hashes):
-        edge.append(h)
+        edge.extend(i, 1, [h])
         assert edge.root() == root_of(hashes[:i + 1])
         assert Edge(edge.size, edge.hashes).root() == edge.root()
     with pytest.raises(ValueError):
@@ -721,8 +721,8 @@ def test_a_chunk_summary_survives_pickling_as_seen_tuples(publisher: Signer) -> 
 def test_edge_grows_by_chunk_hashes_as_by_leaves(sizes: list[int], start: int) -> None:
     hashes = [leaf_hash(i.to_bytes(4, "big")) for i in range(start + sum(sizes))]
     edge = Edge()
-    for h in hashes[:start]:
-        edge.append(h)
+    for i, h in enumerate(hashes[:start]):
+        edge.extend(i, 1, [h])
     first = start
     for n in sizes:
         part = hashes[first:first + n]

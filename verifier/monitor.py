@@ -579,7 +579,7 @@ class Edge:
     """The right edge of the tree over the leaves appended so far (RFC 9162 §2.1.1).
 
     One perfect-subtree hash per set bit of `size`, largest first, so the root is their
-    right fold and appending a leaf merges the trailing equal-sized subtrees.
+    right fold; appending a perfect subtree (`extend`) merges the trailing equal-sized ones.
     """
 
     def __init__(self, size: int = 0, hashes: Sequence[bytes] = ()) -> None:
@@ -591,9 +591,6 @@ class Edge:
 
     def copy(self) -> Edge:
         return Edge(self.size, self.hashes)
-
-    def append(self, leaf_hash: bytes) -> None:
-        self._push(0, leaf_hash)
 
     def extend(self, first: int, count: int, nodes: Sequence[bytes]) -> None:
         """Append leaves first..first+count-1, given as their range_hashes."""
