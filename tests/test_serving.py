@@ -79,8 +79,11 @@ async def storage(database_url: str) -> AsyncIterator[Storage]:
 
 
 async def expected_bundle(storage: Storage, n: int, width: int = TILE_WIDTH) -> bytes:
+    """The bundle as verifier.tiles.encode_bundle makes it from the stored rows."""
     lo = n * TILE_WIDTH
-    return encode_bundle(await storage.entry_range(lo, lo + width))
+    rows = await storage.pool.fetch(
+        "SELECT leaf FROM entries WHERE idx >= $1 AND idx < $2 ORDER BY idx", lo, lo + width)
+    return encode_bundle([bytes(r["leaf"]) for r in rows])
 
 
 # -- bundles built from SQL -----------------------------------------------------------------

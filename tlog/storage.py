@@ -31,7 +31,6 @@ SQL_LATEST_CHECKPOINT = (
     "SELECT tree_size, root, note FROM checkpoints ORDER BY tree_size DESC LIMIT 1")
 SQL_CHECKPOINT_AT = "SELECT tree_size, root, note FROM checkpoints WHERE tree_size = $1"
 SQL_ENTRY = "SELECT leaf FROM entries WHERE idx = $1"
-SQL_ENTRY_RANGE = "SELECT leaf FROM entries WHERE idx >= $1 AND idx < $2 ORDER BY idx"
 # Each entry with its C2SP bundle prefix, a big-endian uint16 length (the low two bytes of
 # int4send), so a bundle is a plain join. One value per row, not one string_agg: PostgreSQL
 # spends more CPU aggregating 120 KB into one value than on sending 256 rows.
@@ -241,9 +240,6 @@ class Storage:
     async def entry(self, index: int) -> bytes | None:
         leaf = await self.pool.fetchval(SQL_ENTRY, index)
         return None if leaf is None else bytes(leaf)
-
-    async def entry_range(self, lo: int, hi: int) -> list[bytes]:
-        return [bytes(r["leaf"]) for r in await self.pool.fetch(SQL_ENTRY_RANGE, lo, hi)]
 
     async def entry_bundle(self, n: int, width: int = TILE_WIDTH) -> bytes | None:
         """Entry bundle n of `width` entries (C2SP format), None if any of them is not stored.
