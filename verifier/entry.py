@@ -664,15 +664,19 @@ def _fast_signature(obj: dict[str, Any], leaf: bytes) -> Verifier | None:
     return key
 
 
+def _fast_schema_ok(obj: dict[str, Any], schema_name: str) -> bool:
+    """Steps 2 and 3 above: the schema, then the depth of the one free-form member."""
+    try:
+        _fast_validator(schema_name)(obj)
+    except fastjsonschema.JsonSchemaException:
+        return False
+    return _fast_depth_ok(obj)
+
+
 def fast_release(obj: dict[str, Any], leaf: bytes) -> Release | None:
     """parse_leaf_exact(leaf) for `obj` = fast_tree(leaf), when provably valid; else None."""
-    if type(leaf) is not bytes:
-        leaf = bytes(leaf)
-    try:
-        _fast_validator()(obj)
-    except fastjsonschema.JsonSchemaException:
-        return None
-    if not _fast_depth_ok(obj):
+    leaf = bytes(leaf)
+    if not _fast_schema_ok(obj, SCHEMA_RESOURCE):
         return None
     artifacts = obj["artifacts"]
     if len({artifact["name"] for artifact in artifacts}) != len(artifacts):
@@ -683,26 +687,17 @@ def fast_release(obj: dict[str, Any], leaf: bytes) -> Release | None:
         except EntryError:
             return None
     key = _fast_signature(obj, leaf)
-    if key is None:
-        return None
-    return _release(obj, leaf, key)
+    return None if key is None else _release(obj, leaf, key)
 
 
 def fast_check_signed(obj: dict[str, Any], leaf: bytes, schema_name: str) -> Signed | None:
     """check_signed(obj, schema_name) for `obj` = fast_tree(leaf) whose JCS leaf must be
     `leaf`, when provably valid; else None. Kind-specific rules stay the caller's."""
-    if type(leaf) is not bytes:
-        leaf = bytes(leaf)
-    try:
-        _fast_validator(schema_name)(obj)
-    except fastjsonschema.JsonSchemaException:
-        return None
-    if not _fast_depth_ok(obj):
+    leaf = bytes(leaf)
+    if not _fast_schema_ok(obj, schema_name):
         return None
     key = _fast_signature(obj, leaf)
-    if key is None:
-        return None
-    return Signed(obj, leaf, merkle_leaf_hash(leaf), obj["kind"], key)
+    return None if key is None else Signed(obj, leaf, merkle_leaf_hash(leaf), obj["kind"], key)
 
 
 def sign_entry(fields: Mapping[str, Any], signer: Signer) -> dict[str, Any]:
