@@ -43,14 +43,14 @@ import asyncpg
 import nacl.signing
 
 from tests.support import start_server, write_key
-from tlog import migrate
-from tlog.pgcluster import Cluster
-from tlog.storage import NewEntry, Storage, StoredCheckpoint
-from verifier.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
-from verifier.entry import parse_leaf, sign_entry
-from verifier.merkle import EMPTY_ROOT, leaf_hash
-from verifier.note import Signer, Verifier, generate_key, parse_private_key
-from verifier.tiles import TreeBuilder
+from tlog.cli.pgcluster import Cluster
+from tlog.store import migrate
+from tlog.store.postgres import NewEntry, Storage, StoredCheckpoint
+from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from verifier.protocol.entries.release import parse_leaf, sign_entry
+from verifier.protocol.merkle import EMPTY_ROOT, leaf_hash
+from verifier.protocol.note import Signer, Verifier, generate_key, parse_private_key
+from verifier.protocol.tiles import TreeBuilder
 
 DEFAULT_CACHE = Path("/tmp/tlog-bench-log")
 DEFAULT_ENTRIES = 1_000_000

@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import asyncpg
 
 from tests.support import make_release, start_server, submit_all, write_key
-from tlog import migrate
-from tlog.pgcluster import Cluster
-from verifier.note import generate_key
+from tlog.cli.pgcluster import Cluster
+from tlog.store import migrate
+from verifier.protocol.note import generate_key
 
 
 async def _database(cluster: Cluster, name: str) -> str:

@@ -40,7 +40,7 @@ import asyncpg
 import build_log
 
 from tests.support import Server, start_server
-from verifier.tiles import TILE_WIDTH, decode_bundle, tile_path
+from verifier.protocol.tiles import TILE_WIDTH, decode_bundle, tile_path
 
 TCK = os.sysconf("SC_CLK_TCK")
 

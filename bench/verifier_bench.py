@@ -87,7 +87,7 @@ def ed25519_rate(seconds: float = 1.0, library: str = "pynacl") -> float:
     reused), or verifier.ed25519.verify ("entries": what entry signatures are checked with)."""
     import nacl.signing
 
-    from verifier import ed25519
+    from verifier.protocol import ed25519
 
     public, message, signature = _signed_sample()
     if library == "entries":
@@ -105,7 +105,7 @@ def ed25519_rate(seconds: float = 1.0, library: str = "pynacl") -> float:
 
 def parse_leaf_rate(leaves: list[bytes], seconds: float = 1.0) -> float:
     """verifier.entry.parse_leaf (JSON, schema, JCS, Ed25519) per second on one core."""
-    from verifier.entry import parse_leaf
+    from verifier.protocol.entries.release import parse_leaf
 
     count, started = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - started) < seconds:
@@ -327,10 +327,10 @@ def child_hash_audit(argv: list[str]) -> None:
     ap.add_argument("--cache", type=Path)
     ap.add_argument("--workers", type=int)
     args = ap.parse_args(argv)
-    from verifier import audit
-    from verifier.client import LogClient
-    from verifier.note import parse_vkey
-    from verifier.store import StateDir
+    from verifier.client import audit
+    from verifier.client.log import LogClient
+    from verifier.client.statedir import StateDir
+    from verifier.protocol.note import parse_vkey
 
     key = parse_vkey(Path(args.key).read_text(encoding="utf-8").strip())
     client = LogClient(args.log, cache_dir=args.cache)
@@ -522,7 +522,7 @@ def warm_up(env: Env, size: int) -> None:
     would have after the first client of a long-running log)."""
     import urllib.request
 
-    from verifier.tiles import TILE_HEIGHT, tile_path
+    from verifier.protocol.tiles import TILE_HEIGHT, tile_path
 
     started = time.perf_counter()
     paths = [tile_path(-1, n) for n in range(size // 256)]
@@ -541,7 +541,7 @@ def warm_up(env: Env, size: int) -> None:
 def sample_leaves(url: str, count: int = 512) -> list[bytes]:
     import urllib.request
 
-    from verifier.tiles import decode_bundle
+    from verifier.protocol.tiles import decode_bundle
 
     leaves: list[bytes] = []
     n = 0

@@ -13,11 +13,11 @@ from typing import Any
 import asyncpg
 
 from tests.support import Server, make_release, start_server, submit_all, write_key
-from verifier.checkpoint import Checkpoint, sign_checkpoint
-from verifier.client import LogClient, NotFound
-from verifier.merkle import leaf_hash
-from verifier.note import Signer
-from verifier.tiles import (
+from verifier.client.log import LogClient, NotFound
+from verifier.protocol.checkpoint import Checkpoint, sign_checkpoint
+from verifier.protocol.merkle import leaf_hash
+from verifier.protocol.note import Signer
+from verifier.protocol.tiles import (
     ENTRIES_LEVEL,
     TILE_WIDTH,
     TileKey,
@@ -148,7 +148,7 @@ class MemoryLog(LogClient):
 
 def releases(publisher: Signer, count: int, tag: str = "r") -> list[bytes]:
     """`count` valid, distinct release leaves."""
-    from verifier.entry import validate_entry
+    from verifier.protocol.entries.release import validate_entry
 
     return [validate_entry(make_release(publisher, f"{tag}{i % 5}", f"0.{i}")).leaf
             for i in range(count)]

@@ -19,11 +19,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tlog import migrate
-from tlog.app import create_app
+from tlog.cli.pgcluster import Cluster
 from tlog.config import Config
-from tlog.pgcluster import Cluster
-from verifier.note import Signer, generate_key
+from tlog.http.app import create_app
+from tlog.store import migrate
+from verifier.protocol.note import Signer, generate_key
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"

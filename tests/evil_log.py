@@ -27,12 +27,12 @@ from typing import Any
 
 from aiohttp import web
 
-from verifier.checkpoint import Checkpoint, sign_checkpoint
-from verifier.entry import validate_entry
-from verifier.merkle import combine, inclusion_nodes, leaf_hash
-from verifier.note import Signer
-from verifier.proof import make_receipt
-from verifier.tiles import (
+from verifier.protocol.checkpoint import Checkpoint, sign_checkpoint
+from verifier.protocol.entries.release import validate_entry
+from verifier.protocol.merkle import combine, inclusion_nodes, leaf_hash
+from verifier.protocol.note import Signer
+from verifier.protocol.receipt import make_receipt
+from verifier.protocol.tiles import (
     ENTRIES_LEVEL,
     TILE_WIDTH,
     TileKey,

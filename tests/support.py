@@ -18,8 +18,8 @@ from typing import Any
 
 import aiohttp
 
-from verifier.entry import sign_entry
-from verifier.note import Signer
+from verifier.protocol.entries.release import sign_entry
+from verifier.protocol.note import Signer
 
 
 def release_fields(package: str, version: str, payload: bytes = b"",

@@ -31,14 +31,14 @@ from aiohttp.test_utils import TestClient
 
 from tests.certs import Identity, Pki, make_pki
 from tests.support import Server, make_release, start_server, write_key
-from tlog.app import create_app
-from tlog.cli import main as tlog_main
+from tlog.cli.main import main as tlog_main
 from tlog.config import Config, Quotas, from_options
-from tlog.handlers import IN_FLIGHT
-from tlog.storage import APPEND_LOCK
-from tlog.tokens import TokenAuthority
-from verifier.note import Signer, generate_key
-from verifier.registry import KEYS_KIND, PUBLISHER_KIND, REVOKE_KIND, sign_registry_entry
+from tlog.http.app import create_app
+from tlog.http.handlers import IN_FLIGHT
+from tlog.http.tokens import TokenAuthority
+from tlog.store.postgres import APPEND_LOCK
+from verifier.protocol.note import Signer, generate_key
+from verifier.protocol.registry import KEYS_KIND, PUBLISHER_KIND, REVOKE_KIND, sign_registry_entry
 
 Client = TestClient[web.Request, web.Application]
 

@@ -21,14 +21,14 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import make_release
-from tlog.handlers import SEQUENCER
-from tlog.sequencer import Sequencer
-from verifier.checkpoint import Checkpoint, open_checkpoint
-from verifier.entry import EntryError, sign_entry, validate_entry
-from verifier.merkle import leaf_hash, root_of, verify_consistency, verify_inclusion
-from verifier.note import Signer, b64encode, generate_key
-from verifier.proof import make_receipt, verify_receipt
-from verifier.tiles import decode_bundle, hash_up, split_hashes
+from tlog.http.handlers import SEQUENCER
+from tlog.log.sequencer import Sequencer
+from verifier.protocol.checkpoint import Checkpoint, open_checkpoint
+from verifier.protocol.entries.release import EntryError, sign_entry, validate_entry
+from verifier.protocol.merkle import leaf_hash, root_of, verify_consistency, verify_inclusion
+from verifier.protocol.note import Signer, b64encode, generate_key
+from verifier.protocol.receipt import make_receipt, verify_receipt
+from verifier.protocol.tiles import decode_bundle, hash_up, split_hashes
 
 Client = TestClient[web.Request, web.Application]
 
@@ -875,9 +875,9 @@ async def test_healthz_and_readyz_answer_200(client: Client, log_signer: Signer)
 
 async def test_registry_listing_pages_through_registry_entries_only(
         aiohttp_client: Any, database_url: str, log_signer: Signer, publisher: Signer) -> None:
-    from tlog.app import create_app
     from tlog.config import Config
-    from verifier.registry import PUBLISHER_KIND, sign_registry_entry
+    from tlog.http.app import create_app
+    from verifier.protocol.registry import PUBLISHER_KIND, sign_registry_entry
 
     admin = generate_key("admin")
     client = await aiohttp_client(create_app(Config(

@@ -29,11 +29,11 @@ import pytest
 
 from tests.evil_log import CHECKPOINT, ENTRIES, SEARCH, TILE, Abuse, EvilLog, serve_evil_log
 from tests.support import free_port, make_release, release_fields
-from verifier.cli import build_parser, main
-from verifier.client import MAX_BUNDLE_BYTES, MAX_JSON_BYTES, LogClient
-from verifier.entry import sign_entry, validate_entry
+from verifier.cli.main import build_parser, main
+from verifier.client.log import MAX_BUNDLE_BYTES, MAX_JSON_BYTES, LogClient
 from verifier.errors import EXIT_FAILED, EXIT_OK, EXIT_TRANSPORT, TransportError, VerifyError
-from verifier.note import MAX_NOTE_SIZE, Signer, generate_key
+from verifier.protocol.entries.release import sign_entry, validate_entry
+from verifier.protocol.note import MAX_NOTE_SIZE, Signer, generate_key
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = "com.acme.app"
@@ -459,7 +459,7 @@ def test_huge_response_is_cut_off(world: World, resource: str, abuse: Abuse) -> 
 
 _MEASURED = """
 import re, sys
-from verifier.cli import main
+from verifier.cli.main import main
 
 def kib(name):
     with open("/proc/self/status") as status:

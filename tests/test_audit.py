@@ -16,20 +16,20 @@ import pytest
 
 from tests.audit_support import LiveLog, MemoryLog, releases, write_log
 from tests.support import free_port, make_release
-from verifier import cli
-from verifier.audit import (
+from verifier.cli import main as cli
+from verifier.client.audit import (
     PROGRESS_FILE,
     FullAuditResult,
     ProgressLine,
     audit,
     full_audit,
 )
-from verifier.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
-from verifier.client import LogClient
+from verifier.client.log import LogClient
+from verifier.client.statedir import StateDir
 from verifier.errors import LogMisbehaviour, TransportError
-from verifier.note import Signer, generate_key
-from verifier.state import Trusted
-from verifier.store import StateDir
+from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from verifier.protocol.note import Signer, generate_key
+from verifier.protocol.state import Trusted
 
 CaptureFixture = pytest.CaptureFixture[str]
 

@@ -1,34 +1,82 @@
-"""The package boundary: verifier/ is the protocol, tlog/ the service that uses it."""
+"""The layout is the contract: the rules of README "Layout", checked on the source tree.
+
+- verifier/ never imports the service (tlog) or server code;
+- verifier/protocol/ is pure: no network, disk, process, thread or clock I/O, and nothing from
+  verifier/client or verifier/cli;
+- tlog/ takes hashing, signing and proof math from verifier/ and never re-implements them;
+- no import cycles between modules (lazy imports inside functions count too);
+- no module over 500 lines.
+"""
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
-# What a pure protocol package must not reach for: the service, databases, servers.
-VERIFIER_FORBIDDEN = ("tlog", "asyncpg", "aiohttp.web", "psycopg")
+PACKAGES = ("verifier", "tlog")
+MAX_LINES = 500
+# What the client package must not reach for: the service, databases, servers.
+VERIFIER_FORBIDDEN = ("tlog", "asyncpg", "aiohttp", "psycopg")
+# What pure protocol code must not reach for: any I/O, and the layers above it.
+PROTOCOL_FORBIDDEN = ("pycurl", "sqlite3", "socket", "urllib", "http", "subprocess", "asyncio",
+                      "aiohttp", "asyncpg", "multiprocessing", "threading", "shutil", "tempfile",
+                      "signal", "os", "io", "pathlib", "time", "fcntl", "select", "concurrent",
+                      "prometheus_client", "verifier.client", "verifier.cli", "tlog")
 # The primitives of hashing, signing and encoding belong to verifier/ alone.
 TLOG_FORBIDDEN = ("nacl", "rfc8785", "hmac", "base64", "struct", "hashlib")
 # Not protocol hashing: digests of the admin secret, compared in constant time (access.py);
 # the integrity check of tile-cache files on local disk (tilecache.py).
-TLOG_HASHLIB_ALLOWED = {"access.py", "tilecache.py"}
+TLOG_HASHLIB_ALLOWED = {"tlog/http/access.py", "tlog/store/tilecache.py"}
 PROTOCOL_NAMES = {"leaf_hash", "node_hash", "hash_up", "root_of", "fold", "verify_inclusion",
                   "verify_consistency", "inclusion_nodes", "consistency_nodes", "subtree_nodes",
                   "sign_note", "open_note", "parse_note", "sign_checkpoint", "parse_checkpoint",
                   "open_checkpoint", "encode_bundle", "decode_bundle", "tile_path",
-                  "parse_tile_path", "signed_message", "validate_entry"}
+                  "parse_tile_path", "signed_message", "validate_entry", "proof_from_tiles",
+                  "edge_from_tiles"}
+
+
+def sources(package: str) -> list[Path]:
+    return sorted((REPO / package).rglob("*.py"))
+
+
+def rel(path: Path) -> str:
+    return path.relative_to(REPO).as_posix()
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_nodes(path: Path) -> Iterator[ast.Import | ast.ImportFrom]:
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
 
 
 def imports(path: Path) -> set[str]:
+    """Absolute names a module imports, at any depth (lazy imports included)."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    here = module_name(path).split(".")
+    if path.name != "__init__.py":
+        here = here[:-1]
+    for node in import_nodes(path):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module)
-            names.update(f"{node.module}.{a.name}" for a in node.names)
+            continue
+        base = here[: len(here) - node.level + 1] if node.level else []
+        module = ".".join([*base, *([node.module] if node.module else [])])
+        names.add(module)
+        names.update(f"{module}.{a.name}" for a in node.names)
     return names
+
+
+def hits(names: set[str], forbidden: tuple[str, ...]) -> set[str]:
+    return {n for n in names for f in forbidden if n == f or n.startswith(f + ".")}
 
 
 def defined_functions(path: Path) -> set[str]:
@@ -36,29 +84,98 @@ def defined_functions(path: Path) -> set[str]:
             if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
 
 
-def hits(names: set[str], forbidden: tuple[str, ...]) -> set[str]:
-    return {n for n in names for f in forbidden if n == f or n.startswith(f + ".")}
+def import_graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for pkg in PACKAGES for p in sources(pkg)}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        edges = set()
+        for target in imports(path):
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                edges.add(target)
+        graph[name] = edges
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is None:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    component = stack[stack.index(node):]
+                    del stack[stack.index(node):]
+                    if len(component) > 1:
+                        found.append(sorted(component))
+            elif child not in index:
+                index[child] = low[child] = len(index)
+                stack.append(child)
+                work.append((child, iter(sorted(graph[child]))))
+            elif child in stack:
+                low[node] = min(low[node], index[child])
+    return found
+
+
+def test_the_walk_finds_the_subpackages() -> None:
+    names = {rel(p) for pkg in PACKAGES for p in sources(pkg)}
+    for expected in ("verifier/protocol/merkle.py", "verifier/client/log.py",
+                     "verifier/cli/main.py", "tlog/log/sequencer.py", "tlog/store/postgres.py",
+                     "tlog/http/app.py", "tlog/cli/main.py"):
+        assert expected in names
 
 
 def test_verifier_never_imports_the_service_or_server_code() -> None:
-    files = sorted((REPO / "verifier").glob("*.py"))
-    assert files
-    bad = {f.name: hits(imports(f), VERIFIER_FORBIDDEN) for f in files}
+    bad = {rel(f): hits(imports(f), VERIFIER_FORBIDDEN) for f in sources("verifier")}
+    assert {k: v for k, v in bad.items() if v} == {}
+
+
+def test_protocol_is_pure() -> None:
+    files = sorted((REPO / "verifier" / "protocol").rglob("*.py"))
+    assert len(files) > 5
+    bad = {rel(f): hits(imports(f), PROTOCOL_FORBIDDEN) for f in files}
     assert {k: v for k, v in bad.items() if v} == {}
 
 
 def test_tlog_does_not_reimplement_protocol_primitives() -> None:
-    files = sorted((REPO / "tlog").glob("*.py"))
-    assert files
-    for f in files:
+    for f in sources("tlog"):
         forbidden = tuple(m for m in TLOG_FORBIDDEN
-                          if not (m == "hashlib" and f.name in TLOG_HASHLIB_ALLOWED))
-        assert hits(imports(f), forbidden) == set(), f"{f.name} imports protocol primitives"
-        assert defined_functions(f) & PROTOCOL_NAMES == set(), f"{f.name} redefines protocol code"
+                          if not (m == "hashlib" and rel(f) in TLOG_HASHLIB_ALLOWED))
+        assert hits(imports(f), forbidden) == set(), f"{rel(f)} imports protocol primitives"
+        assert defined_functions(f) & PROTOCOL_NAMES == set(), f"{rel(f)} redefines protocol code"
 
 
 def test_tlog_takes_its_protocol_from_verifier() -> None:
-    used = set().union(*(imports(f) for f in (REPO / "tlog").glob("*.py")))
-    for module in ("verifier.merkle", "verifier.tiles", "verifier.note", "verifier.checkpoint",
-                   "verifier.entry", "verifier.proof"):
-        assert module in used, f"tlog does not use {module}"
+    used = set().union(*(imports(f) for f in sources("tlog")))
+    for module in ("merkle", "tiles", "note", "checkpoint", "receipt", "registry"):
+        assert f"verifier.protocol.{module}" in used, f"tlog does not use {module}"
+
+
+def test_no_import_cycles() -> None:
+    assert cycles(import_graph()) == []
+
+
+def test_the_cycle_finder_finds_cycles() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_module_over_500_lines(package: str) -> None:
+    long = {rel(f): n for f in sources(package)
+            if (n := len(f.read_text().splitlines())) > MAX_LINES}
+    assert long == {}

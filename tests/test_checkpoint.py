@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from verifier.checkpoint import (
+from verifier.protocol.checkpoint import (
     Checkpoint,
     CheckpointError,
     open_checkpoint,
     parse_checkpoint,
     sign_checkpoint,
 )
-from verifier.note import NoteError, generate_key, parse_vkey, sign_note
+from verifier.protocol.note import NoteError, generate_key, parse_vkey, sign_note
 
 VECTORS = Path(__file__).parent / "vectors"
 GO_VKEY = parse_vkey((VECTORS / "go-log.vkey").read_text().strip())

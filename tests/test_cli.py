@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from tests.support import free_port, start_server, write_key
-from tlog.pgcluster import Cluster
-from verifier.checkpoint import open_checkpoint
-from verifier.note import Signer, parse_private_key, parse_vkey
-from verifier.proof import verify_receipt
+from tlog.cli.pgcluster import Cluster
+from verifier.protocol.checkpoint import open_checkpoint
+from verifier.protocol.note import Signer, parse_private_key, parse_vkey
+from verifier.protocol.receipt import verify_receipt
 
 
 def tlog(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -18,9 +18,9 @@ import pytest
 
 from tests.certs import make_pki
 from tests.support import start_server, write_key
-from verifier.client import USER_AGENT, LogClient, NotFound
+from verifier.client.log import USER_AGENT, LogClient, NotFound
 from verifier.errors import TransportError
-from verifier.note import Signer
+from verifier.protocol.note import Signer
 
 PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
                    "ALL_PROXY", "no_proxy", "NO_PROXY")

@@ -11,9 +11,9 @@ import pytest
 
 from tests.conftest import SHARED
 from tests.support import make_release, start_server, submit_all, write_key
-from verifier.checkpoint import open_checkpoint
-from verifier.merkle import root_of, verify_inclusion
-from verifier.note import Signer, generate_key
+from verifier.protocol.checkpoint import open_checkpoint
+from verifier.protocol.merkle import root_of, verify_inclusion
+from verifier.protocol.note import Signer, generate_key
 
 GO_VERIFIER = SHARED / "interop" / "go-verifier" / "run.sh"
 

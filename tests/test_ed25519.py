@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from verifier.ed25519 import verify
+from verifier.protocol.ed25519 import verify
 
 P = 2**255 - 19
 L = 2**252 + 27742317777372353535851937790883648493
@@ -251,7 +251,7 @@ def test_torsion_component_in_r_is_the_documented_difference() -> None:
 
 
 def test_public_key_validity_is_memoized() -> None:
-    from verifier.ed25519 import _valid_public_key
+    from verifier.protocol.ed25519 import _valid_public_key
 
     _valid_public_key.cache_clear()
     for _ in range(3):

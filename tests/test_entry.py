@@ -14,7 +14,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from verifier.entry import (
+from verifier.protocol.entries.release import (
     MAX_DEPTH,
     MAX_ENTRY_SIZE,
     EntryError,
@@ -24,7 +24,7 @@ from verifier.entry import (
     signed_message,
     validate_entry,
 )
-from verifier.note import generate_key
+from verifier.protocol.note import generate_key
 
 ALICE = generate_key("example.com/alice")
 BOB = generate_key("example.com/bob")
@@ -478,7 +478,7 @@ _json_values = st.recursive(
        value=_json_values)
 def test_fast_and_reference_schema_validators_agree(member: str, value: Any) -> None:
     """The compiled validator must never accept what the reference jsonschema refuses."""
-    from verifier.entry import _fast_validator, _validator
+    from verifier.protocol.entries.release import _fast_validator, _validator
 
     entry = sign_entry(fields(), generate_key("differential"))
     entry[member] = value
@@ -503,7 +503,7 @@ _jcs_values = st.recursive(
 @given(value=st.dictionaries(st.text(max_size=4), _jcs_values, max_size=5))
 def test_fast_canonical_encoding_is_byte_identical_to_rfc8785(value: dict[str, Any]) -> None:
     """The json.dumps fast path must never produce bytes other than RFC 8785's."""
-    from verifier.entry import _canonical
+    from verifier.protocol.entries.release import _canonical
 
     try:
         expected = bytes(rfc8785.dumps(value))
@@ -515,7 +515,7 @@ def test_fast_canonical_encoding_is_byte_identical_to_rfc8785(value: dict[str, A
 
 
 def test_lone_surrogate_is_refused_on_the_fast_canonical_path() -> None:
-    from verifier.entry import _canonical
+    from verifier.protocol.entries.release import _canonical
 
     with pytest.raises(EntryError):
         _canonical({"a": "\ud800", "b": 1})

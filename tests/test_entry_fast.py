@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_entry import SHA, fields
-from verifier.entry import (
+from verifier.protocol.entries.release import (
     MAX_DEPTH,
     MAX_ENTRY_SIZE,
     EntryError,
@@ -35,8 +35,8 @@ from verifier.entry import (
     sign_entry,
     signed_message,
 )
-from verifier.note import Signer, generate_key
-from verifier.registry import (
+from verifier.protocol.note import Signer, generate_key
+from verifier.protocol.registry import (
     KEYS_KIND,
     PUBLISHER_KIND,
     REVOKE_KIND,
@@ -546,7 +546,7 @@ def _closed_depth(schema: Any, root: Any, where: str) -> int:
 def test_schemas_bound_depth_and_integers_outside_metadata(name: str) -> None:
     """The fast path checks depth and integer range in release/v1's metadata only (step 2 in
     verifier/entry.py): every other member must be closed, shallow and bounded."""
-    from verifier.entry import _schema
+    from verifier.protocol.entries.release import _schema
 
     schema = copy.deepcopy(_schema(name))
     if name == "release-v1.schema.json":  # the one free-form member, checked by the fast path
@@ -557,7 +557,7 @@ def test_schemas_bound_depth_and_integers_outside_metadata(name: str) -> None:
 @settings(max_examples=300, deadline=None)
 @given(value=st.dictionaries(_names, _json, max_size=4) | st.lists(_json, max_size=3))
 def test_prebuilt_encoder_writes_what_json_dumps_writes(value: Any) -> None:
-    from verifier.entry import _encode
+    from verifier.protocol.entries.release import _encode
 
     assert _encode(value) == json.dumps(value, ensure_ascii=False, separators=(",", ":"),
                                         sort_keys=True)

@@ -31,10 +31,10 @@ pytest.importorskip("pkcs11")
 from tests.conftest import SHARED
 from tests.support import make_release, start_server, submit_all
 from tlog.config import ConfigError, from_options
-from tlog.hsm import HsmError, Pkcs11Signer, generate_ed25519_key
-from verifier.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
-from verifier.note import NoteSigner, Verifier, generate_key, key_id, parse_vkey
-from verifier.proof import make_receipt, verify_receipt
+from tlog.log.hsm import HsmError, Pkcs11Signer, generate_ed25519_key
+from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from verifier.protocol.note import NoteSigner, Verifier, generate_key, key_id, parse_vkey
+from verifier.protocol.receipt import make_receipt, verify_receipt
 
 GO_VERIFIER = SHARED / "interop" / "go-verifier" / "run.sh"
 MODULE_CANDIDATES = ("/usr/lib/softhsm/libsofthsm2.so",

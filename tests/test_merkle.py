@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from verifier.merkle import (
+from verifier.protocol.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
     Node,
@@ -34,7 +34,7 @@ from verifier.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from verifier.tiles import TreeBuilder
+from verifier.protocol.tiles import TreeBuilder
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "rfc6962_roots.json").read_text())
 MAX_EXHAUSTIVE = 130

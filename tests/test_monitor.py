@@ -40,16 +40,17 @@ from tests.support import (
     submit_all,
     write_key,
 )
-from tlog.pgcluster import Cluster
-from verifier import cli, monitor
-from verifier.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
-from verifier.entry import sign_entry, validate_entry
-from verifier.merkle import leaf_hash, root_of, verify_inclusion
-from verifier.monitor import Edge, MonitorDB, Watcher, version_key
-from verifier.note import Signer, generate_key
-from verifier.proof import parse_tlog_proof
-from verifier.scan import Checked
-from verifier.tiles import ENTRIES_LEVEL, TILE_WIDTH, TreeBuilder, encode_bundle, tile_path
+from tlog.cli.pgcluster import Cluster
+from verifier.cli import main as cli
+from verifier.client import monitor
+from verifier.client.monitor import Edge, MonitorDB, Watcher, version_key
+from verifier.client.scan import Checked
+from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from verifier.protocol.entries.release import sign_entry, validate_entry
+from verifier.protocol.merkle import leaf_hash, root_of, verify_inclusion
+from verifier.protocol.note import Signer, generate_key
+from verifier.protocol.receipt import parse_tlog_proof
+from verifier.protocol.tiles import ENTRIES_LEVEL, TILE_WIDTH, TreeBuilder, encode_bundle, tile_path
 
 NOW = datetime(2026, 11, 24, tzinfo=UTC)
 Events = list[dict[str, Any]]
@@ -158,7 +159,7 @@ def leaf(entry: dict[str, Any]) -> bytes:
 
 
 def checked(index: int, entry: dict[str, Any]) -> Checked:
-    from verifier.registry import validate_log_entry
+    from verifier.protocol.registry import validate_log_entry
 
     validated = validate_log_entry(entry)
     return Checked(index, validated.leaf_hash, validated.entry, None)
@@ -626,7 +627,7 @@ def test_usage_errors_exit_2(vkey: Path, tmp_path: Path,
 
 
 def _registry(kind: str, publisher: str, signer: Signer, **fields: Any) -> dict[str, Any]:
-    from verifier.registry import sign_registry_entry
+    from verifier.protocol.registry import sign_registry_entry
 
     return sign_registry_entry({"kind": kind, "publisher": publisher, **fields}, signer)
 
@@ -656,7 +657,7 @@ def test_key_and_ownership_changes_of_watched_packages_are_alerted() -> None:
 def test_release_breaking_the_registry_is_alerted_and_admin_forgery_is_caught() -> None:
     """With the admin key pinned, a registration by another key is an alert; a release by a
     revoked key of a registered publisher is an alert (the log should have refused both)."""
-    from verifier.registry import Registry
+    from verifier.protocol.registry import Registry
 
     admin, forger, acme = generate_key("admin"), generate_key("admin"), generate_key("acme")
     now = datetime.now(UTC)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from verifier.note import (
+from verifier.protocol.note import (
     MAX_NOTE_SIZE,
     MAX_SIGNATURES,
     Note,

@@ -25,15 +25,15 @@ from multidict import CIMultiDict
 
 from tests.conftest import REPO
 from tests.support import make_release
-from tlog import app as app_module
-from tlog import handlers
-from tlog.app import create_app
 from tlog.config import Config, TlsConfig
-from tlog.handlers import CLIENT_BUCKETS, IN_FLIGHT, PUBLISHER_BUCKETS, SEQUENCER
-from tlog.tokens import TokenAuthority
-from verifier import entry as entry_module
-from verifier.note import Signer, generate_key
-from verifier.registry import KEYS_KIND, PUBLISHER_KIND, REVOKE_KIND, sign_registry_entry
+from tlog.http import app as app_module
+from tlog.http import handlers
+from tlog.http.app import create_app
+from tlog.http.handlers import CLIENT_BUCKETS, IN_FLIGHT, PUBLISHER_BUCKETS, SEQUENCER
+from tlog.http.tokens import TokenAuthority
+from verifier.protocol.entries import release as entry_module
+from verifier.protocol.note import Signer, generate_key
+from verifier.protocol.registry import KEYS_KIND, PUBLISHER_KIND, REVOKE_KIND, sign_registry_entry
 
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
@@ -43,8 +43,8 @@ REGISTRY_SCHEMAS = {"PublisherV1": "publisher-v1.schema.json", "KeysV1": "keys-v
                     "RevokeV1": "revoke-v1.schema.json"}
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 ERROR_CLASSES = r"(?:ApiError|AccessError|TokenError|RefusedError|Refusal|_json_error)"
-CODE_SOURCES = ["tlog/handlers.py", "tlog/app.py", "tlog/admin.py", "tlog/access.py",
-                "tlog/tokens.py", "tlog/sequencer.py", "verifier/registry.py"]
+CODE_SOURCES = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "tlog").rglob("*.py"))
+CODE_SOURCES.append("verifier/protocol/registry.py")
 ADMIN_SECRET = "s3cret"
 ADMIN_KEY = generate_key("log-admin")
 

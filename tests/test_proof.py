@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import rfc8785
 
-from verifier.checkpoint import Checkpoint, CheckpointError, sign_checkpoint
-from verifier.entry import EntryError, parse_json, sign_entry
-from verifier.merkle import ProofError
-from verifier.note import NoteError, generate_key, sign_note
-from verifier.proof import (
+from verifier.protocol.checkpoint import Checkpoint, CheckpointError, sign_checkpoint
+from verifier.protocol.entries.release import EntryError, parse_json, sign_entry
+from verifier.protocol.merkle import ProofError
+from verifier.protocol.note import NoteError, generate_key, sign_note
+from verifier.protocol.receipt import (
     HEADER,
     MAX_PROOF_HASHES,
     RECEIPT_KIND,

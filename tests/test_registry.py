@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from tests.support import make_release
-from verifier.entry import EntryError, validate_entry
-from verifier.note import Signer, generate_key
-from verifier.registry import (
+from verifier.protocol.entries.release import EntryError, validate_entry
+from verifier.protocol.note import Signer, generate_key
+from verifier.protocol.registry import (
     KEYS_KIND,
     PUBLISHER_KIND,
     REVOKE_KIND,

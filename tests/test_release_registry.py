@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.support import make_release, start_server, submit_all, write_key
-from verifier import cli
-from verifier.note import Signer, generate_key
-from verifier.registry import PUBLISHER_KIND, REVOKE_KIND, sign_registry_entry
+from verifier.cli import main as cli
+from verifier.protocol.note import Signer, generate_key
+from verifier.protocol.registry import PUBLISHER_KIND, REVOKE_KIND, sign_registry_entry
 
 
 def test_release_signed_by_a_key_the_registry_never_granted_fails_the_client_check(

@@ -44,11 +44,11 @@ from schemathesis.checks import (
 
 from tests.conftest import REPO, _create_database
 from tests.support import Server, make_release, start_server, submit_all, write_key
-from tlog.pgcluster import Cluster
-from verifier.entry import KIND as RELEASE_KIND
-from verifier.entry import sign_entry
-from verifier.note import Signer, generate_key
-from verifier.registry import PUBLISHER_KIND, sign_registry_entry
+from tlog.cli.pgcluster import Cluster
+from verifier.protocol.entries.release import KIND as RELEASE_KIND
+from verifier.protocol.entries.release import sign_entry
+from verifier.protocol.note import Signer, generate_key
+from verifier.protocol.registry import PUBLISHER_KIND, sign_registry_entry
 
 SPEC = REPO / "schema" / "openapi.yaml"
 MAX_EXAMPLES = 30

@@ -11,10 +11,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from tests.support import make_release
-from tlog import migrate
-from tlog.app import StartupError, self_check
-from tlog.storage import Storage
-from verifier.note import Signer, generate_key
+from tlog.http.app import StartupError, self_check
+from tlog.store import migrate
+from tlog.store.postgres import Storage
+from verifier.protocol.note import Signer, generate_key
 
 Client = TestClient[web.Request, web.Application]
 

@@ -22,14 +22,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from tests.support import make_release
-from tlog.app import create_app
 from tlog.config import Config
-from tlog.handlers import VKEY
-from tlog.storage import BUNDLE_READAHEAD, FULL_TILE_BYTES, Storage
-from tlog.tilecache import namespace as tile_namespace
-from verifier.entry import validate_entry
-from verifier.note import Signer
-from verifier.tiles import TILE_WIDTH, decode_bundle, encode_bundle
+from tlog.http.app import create_app
+from tlog.http.handlers import VKEY
+from tlog.store.postgres import BUNDLE_READAHEAD, FULL_TILE_BYTES, Storage
+from tlog.store.tilecache import namespace as tile_namespace
+from verifier.protocol.entries.release import validate_entry
+from verifier.protocol.note import Signer
+from verifier.protocol.tiles import TILE_WIDTH, decode_bundle, encode_bundle
 
 Client = TestClient[web.Request, web.Application]
 IMMUTABLE = "public, max-age=31536000, immutable"

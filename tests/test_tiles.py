@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.test_merkle import node_table
-from verifier.merkle import EMPTY_ROOT, Node, fold, root_nodes, root_of
-from verifier.tiles import (
+from verifier.protocol.merkle import EMPTY_ROOT, Node, fold, root_nodes, root_of
+from verifier.protocol.tiles import (
     MAX_ENTRY_SIZE,
     TILE_WIDTH,
     TileKey,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from verifier.note import (
+from verifier.protocol.note import (
     NoteError,
     NoteSigner,
     Signer,
@@ -138,7 +138,7 @@ def load_pkcs11_signer(vkey_file: str | Path, module: str, token: str, key_label
                           "file, NAME+KEYID+KEY, not a private key)") from exc
     pin = read_secret_file(pin_file, "PKCS#11 PIN file")
     try:
-        from .hsm import HsmError, Pkcs11Signer
+        from tlog.log.hsm import HsmError, Pkcs11Signer
     except ImportError as exc:
         raise ConfigError(f"--pkcs11-module needs python-pkcs11 (pip install 'tlog[hsm]'): "
                           f"{exc}") from exc

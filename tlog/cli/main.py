@@ -1,0 +1,311 @@
+"""The `tlog` command: keygen, migrate, serve, publish, dev."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import ssl
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import asyncpg
+from aiohttp import web
+
+from tlog.cli.pgcluster import ClusterError
+from tlog.cli.registry import add_operator_commands
+from tlog.cli.remote import add_connection_options
+from tlog.config import (
+    DEFAULT_LISTEN,
+    PKCS11_OPTIONS,
+    Config,
+    ConfigError,
+    from_options,
+    read_secret_file,
+)
+from tlog.store import migrate as migrations
+from verifier.protocol.note import NoteError, Verifier, generate_key, is_valid_key_name, key_id
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def key_files(out: Path, name: str) -> tuple[Path, Path]:
+    """Where keygen puts a key: a '/' in the name (an origin) becomes '_' in the file name."""
+    stem = name.replace("/", "_")
+    return out / f"{stem}.key", out / f"{stem}.vkey"
+
+
+def write_keypair(name: str, key_path: Path, vkey_path: Path) -> str:
+    """Create a new Ed25519 key pair; never overwrite an existing private key."""
+    signer = generate_key(name)
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(signer.text() + "\n")
+    vkey = signer.verifier().text()
+    vkey_path.write_text(vkey + "\n", encoding="utf-8")
+    return vkey
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    if any(getattr(args, name) for name in PKCS11_OPTIONS):
+        return keygen_pkcs11(args)
+    key_path, vkey_path = key_files(Path(args.out), args.name)
+    if key_path.exists():
+        print(f"tlog keygen: {key_path} exists; refusing to overwrite a key", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        vkey = write_keypair(args.name, key_path, vkey_path)
+    except NoteError as exc:
+        print(f"tlog keygen: bad key name {args.name!r}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"private key: {key_path} (mode 0600; keep it secret)")
+    print(f"public key:  {vkey_path}")
+    print(vkey)
+    return EXIT_OK
+
+
+def keygen_pkcs11(args: argparse.Namespace) -> int:
+    """Make the key pair in the token; write only NAME.vkey (the private key stays there)."""
+    missing = [name for name in PKCS11_OPTIONS if not getattr(args, name)]
+    if missing:
+        flags = ", ".join("--" + name.replace("_", "-") for name in missing)
+        print(f"tlog keygen: PKCS#11 keygen also needs {flags}", file=sys.stderr)
+        return EXIT_USAGE
+    _, vkey_path = key_files(Path(args.out), args.name)
+    if vkey_path.exists():
+        print(f"tlog keygen: {vkey_path} exists; refusing to overwrite it", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        from tlog.log.hsm import HsmError, generate_ed25519_key
+    except ImportError as exc:
+        print(f"tlog keygen: needs python-pkcs11 (pip install 'tlog[hsm]'): {exc}",
+              file=sys.stderr)
+        return EXIT_FAIL
+    try:
+        if not is_valid_key_name(args.name):
+            raise NoteError(f"bad key name {args.name!r}")
+        pin = read_secret_file(args.pkcs11_pin_file, "PKCS#11 PIN file")
+        public_key = generate_ed25519_key(args.pkcs11_module, args.pkcs11_token,
+                                          args.pkcs11_key, pin)
+    except (ConfigError, NoteError) as exc:
+        print(f"tlog keygen: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except HsmError as exc:
+        print(f"tlog keygen: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    vkey = Verifier(args.name, key_id(args.name, public_key), public_key).text()
+    vkey_path.parent.mkdir(parents=True, exist_ok=True)
+    vkey_path.write_text(vkey + "\n", encoding="utf-8")
+    print(f"private key: in token {args.pkcs11_token!r}, label {args.pkcs11_key!r}")
+    print(f"public key:  {vkey_path} (give it to tlog serve as --key)")
+    print(vkey)
+    return EXIT_OK
+
+
+async def run_migrations(url: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        return await migrations.migrate(conn)
+    finally:
+        await conn.close()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    url = args.database_url or os.environ.get("TLOG_DATABASE_URL")
+    if not url:
+        print("tlog migrate: give --database-url or set TLOG_DATABASE_URL", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        applied = asyncio.run(run_migrations(url))
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"tlog migrate: couldn't migrate: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except migrations.SchemaError as exc:
+        print(f"tlog migrate: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"applied {', '.join(applied)}" if applied else "schema is up to date")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from tlog.http.app import create_app
+
+    access = {name: getattr(args, name) for name in (*ACCESS_OPTIONS, *PKCS11_OPTIONS)}
+    try:
+        config = from_options(args.database_url, args.key, args.listen, **access)
+        ssl_context = server_ssl_context(config)
+    except ConfigError as exc:
+        print(f"tlog serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    app = create_app(config)
+    return _run_app(app, config.host, config.port, ssl_context=ssl_context)
+
+
+def server_ssl_context(config: Config) -> ssl.SSLContext | None:
+    """TLS for `tlog serve`; with a client CA, client certificates are verified when sent
+    (CERT_OPTIONAL: reads stay public, writes and admin calls demand one)."""
+    if config.tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(config.tls.cert, config.tls.key)
+        if config.tls.client_ca is not None:
+            ctx.load_verify_locations(cafile=str(config.tls.client_ca))
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"couldn't load the TLS certificate, key or client CA: {exc}") from exc
+    return ctx
+
+
+def _run_app(app: web.Application, host: str, port: int, banner: str | None = None,
+             ssl_context: ssl.SSLContext | None = None) -> int:
+    """Serve until SIGINT/SIGTERM; `banner` is printed once the port is listening."""
+    from tlog.http.app import StartupError
+
+    try:
+        web.run_app(app, host=host, port=port, access_log=None, ssl_context=ssl_context,
+                    print=lambda s: print(banner or s, flush=True))
+    except (StartupError, migrations.SchemaError) as exc:
+        print(f"tlog: refusing to serve: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"tlog: couldn't start: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    return EXIT_OK
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from tlog.cli.publish import publish
+
+    return publish(args)
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from tlog.cli.dev import run_dev
+
+    try:
+        return run_dev(Path(args.home), args.listen, args.policy)
+    except (ClusterError, ConfigError) as exc:
+        print(f"tlog dev: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+ACCESS_OPTIONS = ("policy", "admin_key", "token_key", "admin_token_file", "tls_cert", "tls_key",
+                  "client_ca", "admin_cn", "publisher_rate", "publisher_burst", "client_rate",
+                  "client_burst", "max_in_flight", "tile_cache")
+
+
+def add_access_options(s: argparse.ArgumentParser) -> None:
+    g = s.add_argument_group("access control")
+    g.add_argument("--policy", choices=["registered", "open"],
+                   help="registered (default, or TLOG_POLICY): only registered publishers, "
+                        "their current keys and packages, with tokens; open: any signed release")
+    g.add_argument("--admin-key", action="append", metavar="VKEY_FILE",
+                   help="an admin verifier key allowed to sign registry entries (repeatable)")
+    g.add_argument("--token-key", metavar="FILE", help="private key that signs submission tokens")
+    g.add_argument("--admin-token-file", metavar="FILE",
+                   help="file holding the admin API secret (mode 0600)")
+    t = s.add_argument_group("TLS")
+    t.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
+    t.add_argument("--tls-key", metavar="PEM", help="the certificate's private key (mode 0600)")
+    t.add_argument("--client-ca", metavar="PEM",
+                   help="require client certificates from this CA for writes and admin calls")
+    t.add_argument("--admin-cn", action="append", metavar="NAME",
+                   help="client-certificate common name that acts as admin (default tlog-admin)")
+    q = s.add_argument_group("quotas")
+    q.add_argument("--publisher-rate", type=float, help="submissions/s per publisher (100)")
+    q.add_argument("--publisher-burst", type=int, help="burst per publisher (2000)")
+    q.add_argument("--client-rate", type=float, help="write requests/s per client (500)")
+    q.add_argument("--client-burst", type=int, help="burst per client (5000)")
+    q.add_argument("--max-in-flight", type=int, help="writes processed at once (5000)")
+    c = s.add_argument_group("caching")
+    c.add_argument("--tile-cache", metavar="DIR",
+                   help="keep every full tile and entry bundle served in DIR (or "
+                        "TLOG_TILE_CACHE), so serving it again needs no database query; "
+                        "delete DIR after restoring the database from a backup")
+
+
+def add_pkcs11_options(s: argparse.ArgumentParser, keygen: bool = False) -> None:
+    what = "make the log key in" if keygen else "sign with the log key in"
+    g = s.add_argument_group(
+        "hardware key (PKCS#11; needs python-pkcs11: pip install 'tlog[hsm]')",
+        f"{what} a PKCS#11 token (an HSM or SoftHSM2) instead of a key file: Ed25519, "
+        "CKM_EDDSA. All four options go together. "
+        + ("Only NAME.vkey is written; give it to tlog serve as --key." if keygen else
+           "--key is then the log's public vkey file (from tlog keygen --pkcs11-...): its "
+           "name is the origin, and serve refuses to start unless it holds the token's key."))
+    g.add_argument("--pkcs11-module", metavar="PATH",
+                   help="the token's PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so")
+    g.add_argument("--pkcs11-token", metavar="LABEL", help="the token's label")
+    g.add_argument("--pkcs11-key", metavar="LABEL",
+                   help="label of the Ed25519 key pair (private and public key)")
+    g.add_argument("--pkcs11-pin-file", metavar="FILE",
+                   help="file holding the token's user PIN (mode 0600)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tlog", description="tlog: an append-only transparency log for software releases")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    k = sub.add_parser("keygen", help="make an Ed25519 key pair (log or publisher key)")
+    k.add_argument("--name", required=True,
+                   help="key name: the log's origin (e.g. example.com/log) or the publisher")
+    k.add_argument("--out", default=".", help="directory for NAME.key and NAME.vkey")
+    add_pkcs11_options(k, keygen=True)
+    k.set_defaults(func=cmd_keygen)
+
+    m = sub.add_parser("migrate", help="create or upgrade the database schema")
+    m.add_argument("--database-url", help="PostgreSQL URL (or TLOG_DATABASE_URL)")
+    m.set_defaults(func=cmd_migrate)
+
+    s = sub.add_parser("serve", help="serve the log")
+    s.add_argument("--database-url", help="PostgreSQL URL (or TLOG_DATABASE_URL)")
+    s.add_argument("--key", help="the log's private key file (or TLOG_KEY); its name is the origin."
+                   " With --pkcs11-module: the log's vkey file instead")
+    s.add_argument("--listen", help=f"HOST:PORT (or TLOG_LISTEN; default {DEFAULT_LISTEN})")
+    add_access_options(s)
+    add_pkcs11_options(s)
+    s.set_defaults(func=cmd_serve)
+
+    pub = sub.add_parser("publish", help="sign a release, log it and save the verified receipt")
+    pub.add_argument("--log", required=True, help="the log's base URL")
+    pub.add_argument("--key", required=True, help="the publisher's private key file")
+    pub.add_argument("--log-key", help="the log's vkey file to verify the receipt with "
+                     "(default: ask the log, which only proves the log is self-consistent)")
+    pub.add_argument("--package", required=True)
+    pub.add_argument("--version", required=True)
+    pub.add_argument("--counter", type=int, help="release counter; must grow between releases")
+    pub.add_argument("--out", help="receipt file (default: FIRST_ARTIFACT.tlog-receipt.json)")
+    pub.add_argument("--token", help="submission token (registered logs; or TLOG_TOKEN)")
+    pub.add_argument("--token-file", help="file holding the submission token")
+    add_connection_options(pub)
+    pub.add_argument("artifacts", nargs="+", metavar="ARTIFACT")
+    pub.set_defaults(func=cmd_publish)
+
+    add_operator_commands(sub)
+
+    d = sub.add_parser("dev", help="run a local log with its own PostgreSQL (the embedded default)")
+    d.add_argument("--home", default=".tlog", help="state directory (default ./.tlog)")
+    d.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT (default {DEFAULT_LISTEN})")
+    d.add_argument("--policy", choices=["open", "registered"], default="open",
+                   help="open (default here: any signed release) or registered (admin key, "
+                        "token key and admin secret are created under --home)")
+    d.set_defaults(func=cmd_dev)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""`tlog publish`: hash artifacts, sign a release/v1 entry, log it, verify the receipt."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tlog.cli.remote import EXIT_FAIL, EXIT_OK, EXIT_USAGE, RemoteError, call, expect, read_secret
+from verifier.client.checks import hash_file
+from verifier.errors import UsageError
+from verifier.protocol.entries.release import EntryError, sign_entry, validate_entry
+from verifier.protocol.note import NoteError, Verifier, parse_private_key, parse_vkey
+from verifier.protocol.receipt import make_receipt, verify_receipt
+
+
+def describe_artifact(path: Path) -> dict[str, Any]:
+    """{name, sha256, size} of a file, as the entry's artifacts list it."""
+    digest = hash_file(path)
+    return {"name": path.name, "sha256": digest.sha256, "size": digest.size}
+
+
+def _log_key(args: argparse.Namespace) -> Verifier:
+    if args.log_key:
+        return parse_vkey(Path(args.log_key).read_text(encoding="utf-8").strip())
+    info = expect(*call(args, "GET", "/v1/log"), (200,), "GET /v1/log")
+    print("warning: no --log-key given; verifying against the key the log itself announces",
+          file=sys.stderr)
+    return parse_vkey(str(info.get("vkey")))
+
+
+def _entry(args: argparse.Namespace, artifacts: list[Path]) -> dict[str, Any]:
+    signer = parse_private_key(Path(args.key).read_text(encoding="utf-8").strip())
+    fields: dict[str, Any] = {
+        "kind": "release/v1", "package": args.package, "version": args.version,
+        "artifacts": [describe_artifact(p) for p in artifacts]}
+    if args.counter is not None:
+        fields["counter"] = args.counter
+    entry = sign_entry(fields, signer)
+    validate_entry(entry)  # refuse locally what the log would refuse
+    return entry
+
+
+def _submit(args: argparse.Namespace, entry: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    token = args.token or read_secret(args.token_file, "TLOG_TOKEN", "token file")
+    status, reply = call(args, "POST", "/v1/entries", entry, bearer=token)
+    return status, expect(status, reply, (200, 201), "the log")
+
+
+def _receipt(entry: dict[str, Any], reply: dict[str, Any], log_key: Verifier) -> dict[str, Any]:
+    try:
+        receipt = make_receipt(entry, int(reply["index"]),
+                               [bytes.fromhex(h) for h in reply["inclusion_proof"]],
+                               str(reply["checkpoint"]))
+        verified = verify_receipt(receipt, log_key)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RemoteError(EXIT_FAIL, f"the log's receipt does not verify: {exc}") from exc
+    if verified.release.leaf_hash.hex() != reply.get("leaf_hash"):
+        raise RemoteError(EXIT_FAIL, "the log's leaf hash is not the hash of our entry")
+    return receipt
+
+
+def publish(args: argparse.Namespace) -> int:
+    artifacts = [Path(a) for a in args.artifacts]
+    try:
+        for p in artifacts:
+            if not p.is_file():
+                raise RemoteError(EXIT_USAGE, f"{p}: not a file")
+        log_key = _log_key(args)
+        entry = _entry(args, artifacts)
+        status, reply = _submit(args, entry)
+        receipt = _receipt(entry, reply, log_key)
+    except RemoteError as exc:
+        print(f"tlog publish: {exc}", file=sys.stderr)
+        return exc.code
+    except (OSError, NoteError, EntryError, UsageError) as exc:
+        print(f"tlog publish: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.out) if args.out else artifacts[0].with_name(
+        artifacts[0].name + ".tlog-receipt.json")
+    out.write_text(json.dumps(receipt, indent=2) + "\n", encoding="utf-8")
+    state = "logged" if status == 201 else "already logged:"
+    print(f"{state} {args.package} {args.version} at index {reply['index']} "
+          f"(tree size {reply['tree_size']}); receipt verified and written to {out}")
+    return EXIT_OK

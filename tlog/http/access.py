@@ -1,0 +1,115 @@
+"""Who is calling, and how much they may: admin identity, client certificates, quotas.
+
+Admin calls are authenticated by an admin token (compared in constant time) or by a TLS
+client certificate whose common name is an admin name. With a client CA configured, every
+write needs a verified client certificate; reads stay public. Quotas are token buckets per
+client and per publisher, plus a cap on writes in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections import OrderedDict
+from typing import Any
+
+from aiohttp import web
+
+from tlog.config import Config
+
+MAX_TRACKED = 100_000  # buckets kept; the least recently used are forgotten
+
+
+class AccessError(Exception):
+    """A refusal with a status, an error code and, for pushback, a Retry-After."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.retry_after = status, code, retry_after
+
+
+def peer_common_name(request: web.Request) -> str | None:
+    """The CN of a verified TLS client certificate, if the client sent one."""
+    cert: Any = request.transport.get_extra_info("peercert") if request.transport else None
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                return str(value)
+    return ""
+
+
+def require_client_cert(request: web.Request, config: Config) -> None:
+    """With mTLS on (a client CA), writes and admin calls need a verified certificate."""
+    if config.tls is not None and config.tls.client_ca is not None \
+            and peer_common_name(request) is None:
+        raise AccessError(401, "client_certificate_required",
+                          "this endpoint needs a TLS client certificate from the log's client CA")
+
+
+def admin_identity(request: web.Request, config: Config) -> str:
+    """Who the admin caller is ("cert:<CN>" or "admin-token"), or AccessError."""
+    require_client_cert(request, config)
+    cn = peer_common_name(request)
+    if config.tls is not None and cn and cn in config.tls.admin_names:
+        return f"cert:{cn}"
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if config.admin_secret is None:
+        raise AccessError(403, "admin_forbidden", "admin calls need an admin client "
+                          "certificate (or an admin token configured on the log)")
+    if scheme.lower() != "bearer" or not given:
+        raise AccessError(401, "admin_auth_required", "send Authorization: Bearer <admin token>")
+    # Compare digests in constant time: neither the length nor a prefix of the secret leaks.
+    presented = given.strip().encode("utf-8", "surrogateescape")
+    if not secrets.compare_digest(hashlib.sha256(presented).digest(),
+                                  hashlib.sha256(config.admin_secret.encode()).digest()):
+        raise AccessError(403, "admin_forbidden", "the admin token is not valid")
+    return "admin-token"
+
+
+def client_identity(request: web.Request) -> str:
+    """The client a per-client quota applies to: its certificate CN, else its address."""
+    cn = peer_common_name(request)
+    return f"cert:{cn}" if cn else f"ip:{request.remote or 'unknown'}"
+
+
+class Buckets:
+    """Token buckets by key: `rate` per second, up to `burst`; LRU-bounded memory."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._state: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, key: str, what: str) -> None:
+        """Spend one token for `key`, or raise AccessError 429 with the wait in Retry-After."""
+        now = time.monotonic()
+        tokens, last = self._state.pop(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        if tokens < 1.0:
+            self._state[key] = (tokens, now)
+            wait = (1.0 - tokens) / self.rate
+            raise AccessError(429, "rate_limited", f"too many submissions for {what}; "
+                              f"retry in {wait:.1f} s", retry_after=wait)
+        self._state[key] = (tokens - 1.0, now)
+        while len(self._state) > MAX_TRACKED:
+            self._state.popitem(last=False)
+
+
+class InFlight:
+    """A cap on write requests being processed at once (beyond it: 503, retry shortly)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.current = 0
+
+    def enter(self) -> None:
+        if self.current >= self.limit:
+            raise AccessError(503, "overloaded", "the log is busy; retry shortly", retry_after=1)
+        self.current += 1
+
+    def leave(self) -> None:
+        self.current -= 1

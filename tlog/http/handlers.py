@@ -1,0 +1,375 @@
+"""HTTP handlers: parse strictly, call storage or the sequencer, map errors to statuses.
+
+C2SP read API (byte-exact): /checkpoint, /tile/<L>/<N>[.p/<W>], /tile/entries/<N>[.p/<W>].
+JSON API under /v1 (schema/openapi.yaml). Every error body is
+{"error": {"code": "...", "message": "..."}}.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+
+from tlog.config import Config
+from tlog.http.access import Buckets, InFlight, require_client_cert
+from tlog.http.tokens import TokenAuthority, TokenError, bearer
+from tlog.log.proofs import consistency_proof, inclusion_proof
+from tlog.log.sequencer import ConflictError, Receipt, Sequencer, UnavailableError
+from tlog.store.postgres import Storage
+from tlog.store.tilecache import TileFiles
+from verifier.protocol.entries.release import (
+    PACKAGE_NAME,
+    VERSION_TEXT,
+    EntryError,
+    Release,
+    parse_json,
+)
+from verifier.protocol.merkle import leaf_hash
+from verifier.protocol.registry import (
+    PUBLISHER_KIND,
+    LogEntry,
+    RegistryEntry,
+    validate_log_entry,
+)
+from verifier.protocol.tiles import TILE_HEIGHT, TILE_WIDTH, parse_tile_path, tile_path, tile_width
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+PARTIAL = "public, max-age=60"  # a partial tile's bytes never change, but it is soon replaced
+CHECKPOINT_CACHE = "no-cache"
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+MAX_INT = 2**63 - 1
+_DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")
+_HEX32 = re.compile(r"[0-9a-f]{64}")
+ENTRY_STATUS = {"invalid_json": 400, "entry_too_large": 413}  # other entry errors: 422
+
+STORAGE: web.AppKey[Storage] = web.AppKey("storage", Storage)
+SEQUENCER: web.AppKey[Sequencer] = web.AppKey("sequencer", Sequencer)
+VKEY: web.AppKey[str] = web.AppKey("vkey", str)
+CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
+TOKENS: web.AppKey[TokenAuthority] = web.AppKey("tokens", TokenAuthority)
+PUBLISHER_BUCKETS: web.AppKey[Buckets] = web.AppKey("publisher_buckets", Buckets)
+CLIENT_BUCKETS: web.AppKey[Buckets] = web.AppKey("client_buckets", Buckets)
+IN_FLIGHT: web.AppKey[InFlight] = web.AppKey("in_flight", InFlight)
+TILE_FILES: web.AppKey[TileFiles] = web.AppKey("tile_files", TileFiles)
+
+
+class ApiError(Exception):
+    """A refusal with an HTTP status, a stable error code and a message for people."""
+
+    def __init__(self, status: int, code: str, message: str, close: bool = False,
+                 **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+        self.close = close  # the connection cannot be reused after this error
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, **extra}}
+
+
+def parse_uint(name: str, text: str | None, default: int | None = None) -> int:
+    """A canonical decimal in 0..2^63-1, else 400: no signs, spaces or leading zeros."""
+    if text is None:
+        if default is None:
+            raise ApiError(400, "missing_parameter", f"{name} is required")
+        return default
+    if not _DECIMAL.fullmatch(text) or int(text) > MAX_INT:
+        raise ApiError(400, "bad_number",
+                       f"{name} must be a decimal integer 0..{MAX_INT} without leading zeros")
+    return int(text)
+
+
+def query(request: web.Request, allowed: set[str]) -> dict[str, str]:
+    """The query parameters, each at most once and all of them known."""
+    out: dict[str, str] = {}
+    for key, value in request.query.items():
+        if key not in allowed:
+            known = ", ".join(sorted(allowed))
+            raise ApiError(400, "unknown_parameter",
+                           f"unknown query parameter {key!r}; allowed: {known}")
+        if key in out:
+            raise ApiError(400, "repeated_parameter", f"query parameter {key!r} given twice")
+        out[key] = value
+    return out
+
+
+def parse_hash(name: str, text: str | None) -> bytes:
+    if text is None:
+        raise ApiError(400, "missing_parameter", f"{name} is required")
+    if not _HEX32.fullmatch(text):
+        raise ApiError(400, "bad_hash", f"{name} must be 64 lowercase hex digits (32 bytes)")
+    return bytes.fromhex(text)
+
+
+async def latest_size(request: web.Request) -> int:
+    latest = await request.app[STORAGE].latest_checkpoint()
+    return latest.size if latest else 0
+
+
+async def get_checkpoint(request: web.Request) -> web.Response:
+    latest = await request.app[STORAGE].latest_checkpoint()
+    if latest is None:
+        raise ApiError(503, "not_ready", "the log has not published a checkpoint yet")
+    return _note_response(latest.note, CHECKPOINT_CACHE)
+
+
+def _note_response(note: str, cache: str) -> web.Response:
+    return web.Response(body=note.encode(), content_type="text/plain", charset="utf-8",
+                        headers={"Cache-Control": cache})
+
+
+async def get_tile(request: web.Request) -> web.Response:
+    path = "tile/" + request.match_info["rest"]
+    try:
+        level, n, width = parse_tile_path(path)
+    except ValueError as exc:
+        raise ApiError(404, "not_found", f"not a tile path: {exc}") from exc
+    full = width == TILE_WIDTH
+    files = request.app.get(TILE_FILES) if full else None
+    body = await _kept_tile(request, files, level, n) if files is not None else None
+    if body is None:
+        if level < 0:
+            body = await _entry_bundle(request, n, width)
+        else:
+            body = await _hash_tile(request, level, n, width)
+        if files is not None:
+            files.put(tile_path(level, n), body)
+    cache = IMMUTABLE if full else PARTIAL
+    return web.Response(body=body, content_type="application/octet-stream",
+                        headers={"Cache-Control": cache})
+
+
+async def _kept_tile(request: web.Request, files: TileFiles, level: int, n: int) -> bytes | None:
+    """Full tile (level, n) from the disk cache, if it is published and kept there."""
+    shift = TILE_HEIGHT * (max(level, 0) + 1)  # a tile at this level spans 2**shift leaves
+    if n >= MAX_INT >> shift:
+        return None  # beyond any tree: the usual path answers 404
+    # A tile is only kept once served, hence published; asking again guards against a
+    # database restored to an earlier tree under a cache nobody deleted.
+    if not await request.app[STORAGE].published_at_least((n + 1) << shift):
+        return None
+    return files.get(tile_path(level, n))
+
+
+async def _hash_tile(request: web.Request, level: int, n: int, width: int) -> bytes:
+    if n > MAX_INT // TILE_WIDTH:  # beyond any tree the database can hold
+        raise ApiError(404, "not_found", f"tile {level}/{n} does not exist")
+    data = await request.app[STORAGE].tile(level, n)
+    if data is not None and len(data) >= 32 * width:
+        return data[:32 * width]  # a wider stored tile starts with the same hashes
+    if tile_width(level, n, await latest_size(request)) >= width:
+        raise RuntimeError(f"tile {level}/{n} of the published tree is missing from storage")
+    raise ApiError(404, "not_found", f"tile {level}/{n} has no {width} hashes yet")
+
+
+async def _entry_bundle(request: web.Request, n: int, width: int) -> bytes:
+    lo = n * TILE_WIDTH
+    if not await request.app[STORAGE].published_at_least(lo + width):
+        raise ApiError(404, "not_found", f"entry bundle {n} has no {width} entries yet")
+    bundle = await request.app[STORAGE].entry_bundle(n, width)
+    if bundle is None:
+        raise RuntimeError(f"entries {lo}..{lo + width} are missing from storage")
+    return bundle
+
+
+def _entry_json(index: int, leaf: bytes) -> dict[str, Any]:
+    return {"index": index, "leaf_hash": leaf_hash(leaf).hex(), "entry": json.loads(leaf)}
+
+
+async def get_entry(request: web.Request) -> web.Response:
+    index = parse_uint("index", request.match_info["index"])
+    leaf = await request.app[STORAGE].entry(index)
+    if leaf is None:
+        raise ApiError(404, "not_found", f"no entry at index {index}")
+    return web.json_response(_entry_json(index, leaf))
+
+
+async def list_entries(request: web.Request) -> web.Response:
+    q = query(request, {"package", "version", "after", "limit"})
+    package = q.get("package")
+    if package is None or not PACKAGE_NAME.fullmatch(package):
+        raise ApiError(400, "bad_package",
+                       "package is required: 1-200 characters from A-Z a-z 0-9 . _ - + / @")
+    version = q.get("version")
+    if version is not None and not VERSION_TEXT.fullmatch(version):
+        raise ApiError(400, "bad_version", "version must be 1-100 printable ASCII, no spaces")
+    after, limit = page_params(q)
+    rows = await request.app[STORAGE].by_package(package, version, after, limit)
+    return page_response(rows, limit)
+
+
+def page_params(q: dict[str, str]) -> tuple[int, int]:
+    """`after` (default: before index 0) and `limit` (1..MAX_PAGE) of a paged listing."""
+    after = parse_uint("after", q["after"]) if "after" in q else -1
+    limit = parse_uint("limit", q.get("limit"), DEFAULT_PAGE)
+    if not 1 <= limit <= MAX_PAGE:
+        raise ApiError(400, "bad_number", f"limit must be 1..{MAX_PAGE}")
+    return after, limit
+
+
+def page_response(rows: list[tuple[int, bytes]], limit: int) -> web.Response:
+    return web.json_response({
+        "entries": [_entry_json(i, leaf) for i, leaf in rows],
+        "next_after": rows[-1][0] if len(rows) == limit else None,
+    })
+
+
+async def read_json_body(request: web.Request) -> bytes:
+    """The raw body of a JSON request: UTF-8 application/json within the size limit."""
+    charset = (request.charset or "utf-8").lower()
+    if request.content_type != "application/json" or charset not in ("utf-8", "utf8"):
+        raise ApiError(415, "unsupported_media_type",
+                       "send the entry as Content-Type: application/json (UTF-8)")
+    try:
+        return await request.read()
+    except web.RequestPayloadError as exc:  # e.g. a Content-Encoding that does not decode
+        # aiohttp drops the connection after this; say so, or clients reuse a dead socket.
+        raise ApiError(400, "bad_request", "the request body could not be read (bad "
+                       "Content-Encoding or transfer encoding)", close=True) from exc
+
+
+def parse_entry(body: bytes) -> LogEntry:
+    try:
+        return validate_log_entry(parse_json(body))
+    except EntryError as exc:
+        raise ApiError(ENTRY_STATUS.get(exc.code, 422), exc.code, str(exc)) from exc
+
+
+async def list_registry(request: web.Request) -> web.Response:
+    """The registry entries (publisher/v1, keys/v1, revoke/v1) in log order, paged: what a
+    client replays to know which keys were valid for which packages at an index."""
+    after, limit = page_params(query(request, {"after", "limit"}))
+    return page_response(await request.app[STORAGE].registry_page(after, limit), limit)
+
+
+async def post_entry(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    require_client_cert(request, config)
+    entry = parse_entry(await read_json_body(request))
+    token_id = authorize_submission(request, entry) if config.policy == "registered" else None
+    return await submit(request, entry, token_id)
+
+
+def authorize_submission(request: web.Request, entry: LogEntry) -> str:
+    """In a registered log: a valid token of the entry's publisher covering its package."""
+    if isinstance(entry, RegistryEntry) and entry.kind == PUBLISHER_KIND:
+        raise ApiError(403, "admin_only", "publisher registration goes through the admin API "
+                                          "(POST /v1/admin/entries)")
+    claims = request.app[TOKENS].verify(bearer(request.headers.get("Authorization")))
+    publisher = entry.publisher
+    if claims.publisher != publisher:
+        raise TokenError(403, "token_wrong_publisher",
+                         f"the token is for {claims.publisher!r}, the entry is {publisher!r}'s")
+    if isinstance(entry, Release) and not claims.covers(entry.package):
+        raise TokenError(403, "token_out_of_scope",
+                         f"the token does not cover package {entry.package!r}")
+    request.app[PUBLISHER_BUCKETS].take(publisher, f"publisher {publisher!r}")
+    return claims.jti
+
+
+async def submit(request: web.Request, entry: LogEntry, token_id: str | None) -> web.Response:
+    try:
+        receipt = await request.app[SEQUENCER].submit(entry, token_id)
+    except ConflictError as exc:
+        raise ApiError(409, "conflict", str(exc), index=exc.index) from exc
+    return web.json_response(receipt_json(receipt), status=201 if receipt.created else 200)
+
+
+def receipt_json(r: Receipt) -> dict[str, Any]:
+    return {"index": r.index, "leaf_hash": r.leaf_hash.hex(), "tree_size": r.tree_size,
+            "inclusion_proof": [h.hex() for h in r.proof], "checkpoint": r.checkpoint}
+
+
+async def get_inclusion(request: web.Request) -> web.Response:
+    q = query(request, {"leaf_hash", "tree_size"})
+    leaf = parse_hash("leaf_hash", q.get("leaf_hash"))
+    storage = request.app[STORAGE]
+    size = await _published_size(request, q.get("tree_size"))
+    index = await storage.index_of(leaf)
+    if index is None:
+        raise ApiError(404, "not_found", "no entry with that leaf hash")
+    if index >= size:
+        raise ApiError(404, "not_in_tree", f"entry {index} is not in the tree of size {size}")
+    hashes = await inclusion_proof(index, size, storage.tiles)
+    return web.json_response({"index": index, "tree_size": size,
+                              "hashes": [h.hex() for h in hashes]})
+
+
+async def _published_size(request: web.Request, text: str | None) -> int:
+    if text is None:
+        return await latest_size(request)
+    size = parse_uint("tree_size", text)
+    await _require_published("tree_size", size, request)
+    if await request.app[STORAGE].checkpoint_at(size) is None:
+        raise ApiError(404, "no_checkpoint", f"the log published no checkpoint of size {size}")
+    return size
+
+
+async def _require_published(name: str, size: int, request: web.Request) -> None:
+    """400 beyond_tree unless a tree of `size` is published; no query for a size at or below
+    the largest already seen (a monitor asks for proofs to sizes it just fetched)."""
+    if not await request.app[STORAGE].published_at_least(size):
+        latest = await latest_size(request)
+        raise ApiError(400, "beyond_tree", f"{name} {size} is beyond the latest size {latest}")
+
+
+async def get_consistency(request: web.Request) -> web.Response:
+    q = query(request, {"first", "second"})
+    first, second = parse_uint("first", q.get("first")), parse_uint("second", q.get("second"))
+    if first > second:
+        raise ApiError(400, "bad_range", f"first ({first}) must not exceed second ({second})")
+    await _require_published("second", second, request)
+    hashes = await consistency_proof(first, second, request.app[STORAGE].tiles)
+    return web.json_response({"first": first, "second": second,
+                              "hashes": [h.hex() for h in hashes]})
+
+
+async def get_checkpoint_at(request: web.Request) -> web.Response:
+    size = parse_uint("size", request.match_info["size"])
+    stored = await request.app[STORAGE].checkpoint_at(size)
+    if stored is None:
+        raise ApiError(404, "not_found", f"the log published no checkpoint of size {size}")
+    return _note_response(stored.note, IMMUTABLE)
+
+
+async def get_log(request: web.Request) -> web.Response:
+    seq = request.app[SEQUENCER]
+    return web.json_response({"origin": seq.signer.name, "vkey": request.app[VKEY],
+                              "tree_size": await latest_size(request)})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    seq = request.app[SEQUENCER]
+    try:
+        await request.app[STORAGE].ping()
+    except Exception as exc:
+        raise ApiError(503, "not_ready", f"database unreachable: {type(exc).__name__}") from exc
+    if seq.failed is not None:
+        raise ApiError(503, "not_ready", f"appends are stopped: {seq.failed}")
+    return web.json_response({"status": "ready", "origin": seq.signer.name})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/checkpoint", get_checkpoint)
+    app.router.add_get("/tile/{rest:.+}", get_tile)
+    app.router.add_post("/v1/entries", post_entry)
+    app.router.add_get("/v1/entries", list_entries)
+    app.router.add_get("/v1/entries/{index}", get_entry)
+    app.router.add_get("/v1/registry", list_registry)
+    app.router.add_get("/v1/proof/inclusion", get_inclusion)
+    app.router.add_get("/v1/proof/consistency", get_consistency)
+    app.router.add_get("/v1/checkpoints/{size}", get_checkpoint_at)
+    app.router.add_get("/v1/log", get_log)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+
+
+__all__ = ["UnavailableError", "add_routes"]

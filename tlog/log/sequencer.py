@@ -1,0 +1,328 @@
+"""The sequencer: submissions -> batches -> one transaction each -> signed checkpoint -> replies.
+
+Durability: a submitter gets its reply only after the transaction holding its entry,
+the tiles and the new signed checkpoint has committed. Everything a batch writes is
+in that one transaction, so after a crash the database holds either all of a batch or
+none of it; an unanswered client retries and dedup returns the index it already has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from tlog.http.metrics import Metrics
+from tlog.log.proofs import consistency_proof, inclusion_proofs
+from tlog.store.postgres import AppendTx, NewEntry, Storage, StoredCheckpoint, TokenRecord
+from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from verifier.protocol.entries.release import EntryError, Release
+from verifier.protocol.merkle import ProofError, verify_consistency
+from verifier.protocol.note import NoteSigner
+from verifier.protocol.registry import LogEntry, Refusal, Registry, RegistryEntry, parse_log_leaf
+from verifier.protocol.tiles import TileKey, TreeBuilder
+
+log = logging.getLogger("tlog.sequencer")
+
+
+class ConflictError(Exception):
+    """Another entry for the same (package, version) is already in the log."""
+
+    def __init__(self, index: int, package: str, version: str) -> None:
+        super().__init__(f"{package} {version} is already in the log at index {index} "
+                         "with different content")
+        self.index = index
+
+
+class RefusedError(Exception):
+    """The registry or the token list refuses this entry at this point of the log."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+class UnavailableError(Exception):
+    """The log cannot take this submission now (overloaded, database trouble, stopped)."""
+
+
+class SelfCheckError(Exception):
+    """The log's own state failed a self-check; appending stops until an operator looks."""
+
+
+@dataclass(frozen=True)
+class Receipt:
+    index: int
+    leaf_hash: bytes
+    tree_size: int
+    proof: list[bytes]
+    checkpoint: str
+    created: bool
+
+
+@dataclass
+class _Pending:
+    entry: LogEntry
+    token_id: str | None = None
+    future: asyncio.Future[Receipt] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+_Outcome = tuple[int, bool] | ConflictError | RefusedError  # (index, newly added) or refusal
+
+
+@dataclass
+class _Plan:
+    """Where each submission of a batch goes: a new index, an old one, or a conflict."""
+
+    outcome: dict[int, _Outcome] = field(default_factory=dict)
+    new: list[NewEntry] = field(default_factory=list)
+
+
+class Sequencer:
+    def __init__(self, storage: Storage, signer: NoteSigner, metrics: Metrics,
+                 registry: Registry, *,
+                 max_batch: int = 512, max_wait: float = 0.005, max_pending: int = 20000) -> None:
+        self.storage = storage
+        self.registry = registry  # replayed up to registry_next; replaced only after a commit
+        self.registry_next = 0
+        self.signer = signer
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self.max_pending = max_pending
+        self.failed: str | None = None
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="tlog-sequencer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        while not self._queue.empty():
+            pending = self._queue.get_nowait()
+            if not pending.future.done():
+                pending.future.set_exception(UnavailableError("the log is shutting down"))
+
+    async def submit(self, entry: LogEntry, token_id: str | None = None) -> Receipt:
+        """Log `entry` (or find it) and return a receipt against a signed checkpoint.
+
+        `token_id` is the id of the submission token that was verified for it, if any; the
+        batch checks it is still on record and not revoked, inside the append transaction.
+        """
+        if self.failed is not None:
+            raise UnavailableError(f"appends are stopped: {self.failed}")
+        if self._queue.qsize() >= self.max_pending:
+            raise UnavailableError("too many submissions waiting; retry shortly")
+        pending = _Pending(entry, token_id)
+        self._queue.put_nowait(pending)
+        # shield: a client that hangs up must not cancel the future the batch will resolve.
+        return await asyncio.shield(pending.future)
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            started = time.perf_counter()
+            try:
+                outcome, published = await self._append(batch)
+                receipts = await self._receipts(batch, outcome, published)
+            except Exception as exc:  # one failed batch must not stop the loop
+                self._fail_batch(batch, exc)
+                continue
+            for pending, result in zip(batch, receipts, strict=True):
+                if pending.future.done():
+                    continue
+                if isinstance(result, ConflictError | RefusedError):
+                    pending.future.set_exception(result)
+                else:
+                    pending.future.set_result(result)
+            self.metrics.batch_size.observe(len(batch))
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    async def _receipts(self, batch: Sequence[_Pending], outcome: Mapping[int, _Outcome],
+                        published: StoredCheckpoint
+                        ) -> list[Receipt | ConflictError | RefusedError]:
+        """Inclusion proofs for the whole batch against `published`, from one tile read."""
+        indices = [r[0] for r in outcome.values() if isinstance(r, tuple)]
+        proofs = await inclusion_proofs(indices, published.size, self.storage.tiles)
+        out: list[Receipt | ConflictError | RefusedError] = []
+        for i, pending in enumerate(batch):
+            result = outcome[i]
+            if not isinstance(result, tuple):
+                out.append(result)
+                continue
+            index, created = result
+            out.append(Receipt(index, pending.entry.leaf_hash, published.size, proofs[index],
+                               published.note, created))
+        return out
+
+    async def _next_batch(self) -> list[_Pending]:
+        """Wait for one submission, then gather more for at most max_wait seconds."""
+        batch = [await self._queue.get()]
+        deadline = time.monotonic() + self.max_wait
+        while len(batch) < self.max_batch:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    def _fail_batch(self, batch: Sequence[_Pending], exc: Exception) -> None:
+        if isinstance(exc, SelfCheckError):
+            self.failed = str(exc)
+            log.critical("self-check failed, appends stopped: %s", exc)
+        else:
+            log.exception("append batch of %d failed", len(batch), exc_info=exc)
+        self.metrics.append_failures.inc()
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(
+                    UnavailableError("the log could not append this batch; retry shortly"))
+
+    async def _append(self, batch: Sequence[_Pending]
+                      ) -> tuple[dict[int, _Outcome], StoredCheckpoint]:
+        """Append one batch in one transaction; return each outcome and the checkpoint."""
+        async with self.storage.append() as tx:
+            # Lock held, nothing written yet. A crash from here to COMMIT leaves the
+            # database exactly as the previous batch left it; no one got a reply.
+            latest = await tx.latest_checkpoint()
+            builder = await self._load_edge(tx, latest)
+            registry = await self._synced_registry(tx, batch)
+            plan = await self._plan(tx, batch, builder.size, registry)
+            if plan.new:
+                for entry in plan.new:
+                    builder.append(entry.leaf_hash)
+                await tx.insert_entries(plan.new)
+                changed = builder.take_changed()
+                await tx.put_tiles(changed)
+                note = sign_checkpoint(
+                    Checkpoint(self.signer.name, builder.size, builder.root()), self.signer)
+                await self._self_check(tx, latest, note, builder, changed)
+                await tx.put_checkpoint(builder.size, builder.root(), note)
+                latest = StoredCheckpoint(builder.size, builder.root(), note)
+        # COMMIT done: entries, tiles and the checkpoint are durable together. A crash from
+        # here on loses only the replies; retries find the entries through dedup. Only now
+        # may the registry replay move on: a rolled-back batch must leave no trace in it.
+        self.registry, self.registry_next = registry, builder.size
+        if latest is None:  # only possible for an empty batch, which _next_batch never makes
+            raise UnavailableError("the log has no checkpoint yet")
+        self.metrics.tree_size.set(latest.size)
+        return plan.outcome, latest
+
+    async def _load_edge(self, tx: AppendTx, latest: StoredCheckpoint | None) -> TreeBuilder:
+        """The right edge of the latest published tree, checked against its root."""
+        size = latest.size if latest else 0
+        keys = TreeBuilder.edge_keys(size)
+        tiles = await tx.tiles([(level, n) for level, n, _ in keys])
+        try:
+            edge = {level: tiles[(level, n)][:32 * width] for level, n, width in keys}
+        except KeyError as exc:
+            raise SelfCheckError(f"tile {exc} at the right edge of size {size} is missing") from exc
+        builder = TreeBuilder(size, edge)
+        if latest is not None and builder.root() != latest.root:
+            raise SelfCheckError(f"stored tiles give a root for size {size} that differs from "
+                                 "the latest published checkpoint")
+        return builder
+
+    async def _synced_registry(self, tx: AppendTx, batch: Sequence[_Pending]) -> Registry:
+        """The registry replayed to the end of the log (other processes may have appended).
+
+        Publishers change only through registry entries, so the registry is copied (and the
+        copy kept only after COMMIT) when registry entries are replayed or submitted; release
+        counters are not carried between batches at all (_plan reads them per batch).
+        """
+        stored = await tx.registry_entries(self.registry_next)
+        changing = stored or any(isinstance(p.entry, RegistryEntry) for p in batch)
+        registry = copy.deepcopy(self.registry) if changing else self.registry
+        for index, leaf in stored:
+            try:
+                registry.apply(index, parse_log_leaf(leaf))
+            except (EntryError, Refusal) as exc:
+                raise SelfCheckError(
+                    f"stored registry entry {index} does not replay: {exc}") from exc
+        return registry
+
+    async def _plan(self, tx: AppendTx, batch: Sequence[_Pending], size: int,
+                    registry: Registry) -> _Plan:
+        """Dedup against the log and within the batch, check tokens and the registry, and
+        give new entries their indices. `registry` advances entry by entry."""
+        entries = [p.entry for p in batch]
+        names = [(e.package, e.version) for e in entries if isinstance(e, Release)]
+        found = await tx.find_existing([e.leaf_hash for e in entries], names)
+        tokens = await tx.tokens([p.token_id for p in batch if p.token_id is not None])
+        # Only this batch's packages matter; counters come from the database, never from
+        # memory that a rolled-back batch may have touched (nor pile up in an open log).
+        registry.max_counter = (await tx.max_counters(sorted({n[0] for n in names}))
+                                if registry.enforce and names else {})
+        by_hash: dict[bytes, int] = {e.leaf_hash: e.index for e in found}
+        by_name: dict[tuple[str, str], int] = {(e.package, e.version): e.index for e in found}
+        plan = _Plan()
+        for i, pending in enumerate(batch):
+            plan.outcome[i] = self._place(pending, size + len(plan.new), by_hash, by_name,
+                                          tokens, registry, plan.new)
+        return plan
+
+    def _place(self, pending: _Pending, index: int, by_hash: dict[bytes, int],
+               by_name: dict[tuple[str, str], int], tokens: Mapping[str, TokenRecord],
+               registry: Registry, new: list[NewEntry]) -> _Outcome:
+        """The outcome of one submission; appends to `new` when it gets `index`."""
+        e = pending.entry
+        if e.leaf_hash in by_hash:
+            return (by_hash[e.leaf_hash], False)
+        name = (e.package, e.version) if isinstance(e, Release) else None
+        if name is not None and name in by_name:
+            return ConflictError(by_name[name], *name)
+        if pending.token_id is not None:
+            record = tokens.get(pending.token_id)
+            if record is None:
+                return RefusedError(401, "token_unknown", "the submission token is not on record")
+            if record.revoked:
+                return RefusedError(401, "token_revoked", "the submission token was revoked")
+        try:
+            registry.apply(index, e)
+        except Refusal as exc:
+            return RefusedError(exc.status, exc.code, str(exc))
+        if isinstance(e, Release):
+            new.append(NewEntry(index, e.leaf, e.leaf_hash, e.package, e.version,
+                                counter=e.counter))
+            by_name[(e.package, e.version)] = index
+        else:
+            new.append(NewEntry(index, e.leaf, e.leaf_hash, None, None, kind=e.kind))
+        by_hash[e.leaf_hash] = index
+        return (index, True)
+
+    async def _self_check(self, tx: AppendTx, latest: StoredCheckpoint | None, note: str,
+                          builder: TreeBuilder, changed: Mapping[TileKey, bytes]) -> None:
+        """Verify the new checkpoint with the public key and its consistency with the last."""
+        try:
+            cp = open_checkpoint(note, self.signer.verifier())
+        except ValueError as exc:
+            raise SelfCheckError(f"new checkpoint does not verify with the log key: {exc}") from exc
+        if cp.size != builder.size or cp.root != builder.root():
+            raise SelfCheckError("signed checkpoint does not match the tree just built")
+        if latest is None or latest.size == 0:
+            return
+
+        async def fetch(keys: Sequence[TileKey]) -> dict[TileKey, bytes]:
+            out = {k: changed[k] for k in keys if k in changed}
+            out.update(await tx.tiles([k for k in keys if k not in changed]))
+            return out
+
+        proof = await consistency_proof(latest.size, cp.size, fetch)
+        try:
+            verify_consistency(latest.size, cp.size, latest.root, cp.root, proof)
+        except ProofError as exc:
+            raise SelfCheckError(f"new tree of size {cp.size} is not consistent with the "
+                                 f"published size {latest.size}: {exc}") from exc

@@ -1,0 +1,5 @@
+import sys
+
+from verifier.cli.main import main
+
+sys.exit(main())

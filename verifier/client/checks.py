@@ -1,0 +1,101 @@
+"""What an update client checks about a logged release before installing it.
+
+The inclusion of the entry is checked elsewhere (receipt or online proof); these are the
+checks of the entry against the client's own world: the files it is about to install, the
+publisher keys it pins, and the install window at the current time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from verifier.errors import UsageError, VerificationFailed
+from verifier.protocol.entries.release import Release
+from verifier.protocol.note import Verifier
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    path: Path
+    sha256: str
+    size: int
+
+
+def hash_file(path: Path) -> FileDigest:
+    digest, size = hashlib.sha256(), 0
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        raise UsageError(f"couldn't read artifact {path}: {exc.strerror or exc}") from exc
+    return FileDigest(path, digest.hexdigest(), size)
+
+
+def check_artifacts(release: Release, files: Sequence[FileDigest]) -> list[str]:
+    """Each file must be one of the entry's artifacts (same sha256 and size); return names."""
+    matched = []
+    for f in files:
+        hit = next((a for a in release.entry["artifacts"]
+                    if a["sha256"] == f.sha256 and a["size"] == f.size), None)
+        if hit is None:
+            same_name = next((a for a in release.entry["artifacts"]
+                              if a["name"] == f.path.name), None)
+            detail = (f"the entry's {same_name['name']} has sha256 {same_name['sha256']}, "
+                      f"size {same_name['size']}" if same_name else "no artifact of the entry "
+                      "has its sha256 and size")
+            raise VerificationFailed(f"artifact {f.path} (sha256 {f.sha256}, size {f.size}) is "
+                                     f"not in the logged release: {detail}")
+        matched.append(str(hit["name"]))
+    return matched
+
+
+def check_publisher(release: Release, pinned: Sequence[Verifier]) -> None:
+    """With pinned publisher keys, the entry must be signed by one of them."""
+    if pinned and release.key not in pinned:
+        raise VerificationFailed(f"the release is signed by {release.key.text()}, "
+                                 "which is not among the pinned publisher keys")
+
+
+def parse_time(text: str) -> datetime:
+    """An RFC 3339 time with a zone (e.g. 2026-11-24T10:00:00Z) as an aware datetime."""
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError as exc:
+        raise UsageError(f"not an RFC 3339 time: {text!r}") from exc
+    if value.tzinfo is None:
+        raise UsageError(f"time {text!r} needs a zone, e.g. {text}Z")
+    return value.astimezone(UTC)
+
+
+def window_problem(release: Release, when: datetime) -> str | None:
+    """Why `when` is outside the entry's install window, or None if it is inside (or none)."""
+    window = release.entry.get("install_window")
+    if window is None:
+        return None
+    not_before, not_after = parse_time(window["not_before"]), parse_time(window["not_after"])
+    if when < not_before:
+        return f"install window opens at {window['not_before']}"
+    if when > not_after:
+        return f"install window closed at {window['not_after']}"
+    return None
+
+
+def check_install_window(release: Release, now: datetime) -> None:
+    problem = window_problem(release, now)
+    if problem is not None:
+        raise VerificationFailed(f"not installable at {now.isoformat()}: {problem}")
+
+
+def check_release(release: Release, files: Sequence[FileDigest], pinned: Sequence[Verifier],
+                  now: datetime) -> list[str]:
+    """All of the above; returns the names of the matched artifacts."""
+    check_publisher(release, pinned)
+    matched = check_artifacts(release, files)
+    check_install_window(release, now)
+    return matched
