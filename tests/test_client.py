@@ -18,7 +18,9 @@ import pytest
 
 from tests.certs import make_pki
 from tests.support import start_server, write_key
-from verifier.client.log import USER_AGENT, LogClient, NotFound
+from verifier.client.fetch import NotFound
+from verifier.client.http import USER_AGENT, HttpFetcher
+from verifier.client.log import LogClient
 from verifier.errors import TransportError
 from verifier.protocol.note import Signer
 
@@ -157,8 +159,10 @@ def test_copy_has_the_settings_and_class_but_connections_of_its_own(origin: _Ser
     twin.fetch("checkpoint", 100)
 
     assert type(twin) is Special
-    assert (twin.base_url, twin.timeout, twin.deadline, twin.retries, twin.backoff) == (
-        client.base_url, 3.0, 7.0, 1, 0.5)
+    assert isinstance(twin.fetcher, HttpFetcher) and twin.fetcher is not client.fetcher
+    settings = (twin.fetcher.base_url, twin.fetcher.timeout, twin.fetcher.deadline,
+                twin.fetcher.retries, twin.fetcher.backoff)
+    assert settings == (origin.url.rstrip("/") + "/", 3.0, 7.0, 1, 0.5)
     assert len(origin.ports()) == 2
 
 

@@ -26,9 +26,8 @@ from tlog.config import (
     read_secret_file,
 )
 from tlog.store import migrate as migrations
+from verifier.errors import EXIT_FAILED, EXIT_OK, EXIT_TRANSPORT, EXIT_USAGE
 from verifier.protocol.note import NoteError, Verifier, generate_key, is_valid_key_name, key_id
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
 def key_files(out: Path, name: str) -> tuple[Path, Path]:
@@ -83,7 +82,7 @@ def keygen_pkcs11(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"tlog keygen: needs python-pkcs11 (pip install 'tlog[hsm]'): {exc}",
               file=sys.stderr)
-        return EXIT_FAIL
+        return EXIT_FAILED
     try:
         if not is_valid_key_name(args.name):
             raise NoteError(f"bad key name {args.name!r}")
@@ -95,7 +94,7 @@ def keygen_pkcs11(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except HsmError as exc:
         print(f"tlog keygen: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+        return EXIT_FAILED
     vkey = Verifier(args.name, key_id(args.name, public_key), public_key).text()
     vkey_path.parent.mkdir(parents=True, exist_ok=True)
     vkey_path.write_text(vkey + "\n", encoding="utf-8")
@@ -122,10 +121,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         applied = asyncio.run(run_migrations(url))
     except (OSError, asyncpg.PostgresError) as exc:
         print(f"tlog migrate: couldn't migrate: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return EXIT_TRANSPORT
     except migrations.SchemaError as exc:
         print(f"tlog migrate: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+        return EXIT_FAILED
     print(f"applied {', '.join(applied)}" if applied else "schema is up to date")
     return EXIT_OK
 
@@ -171,10 +170,10 @@ def _run_app(app: web.Application, host: str, port: int, banner: str | None = No
                     print=lambda s: print(banner or s, flush=True))
     except (StartupError, migrations.SchemaError) as exc:
         print(f"tlog: refusing to serve: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+        return EXIT_FAILED
     except (OSError, asyncpg.PostgresError) as exc:
         print(f"tlog: couldn't start: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return EXIT_TRANSPORT
     return EXIT_OK
 
 
@@ -191,7 +190,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         return run_dev(Path(args.home), args.listen, args.policy)
     except (ClusterError, ConfigError) as exc:
         print(f"tlog dev: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+        return EXIT_FAILED
 
 
 ACCESS_OPTIONS = ("policy", "admin_key", "token_key", "admin_token_file", "tls_cert", "tls_key",

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tlog.cli.remote import EXIT_FAIL, EXIT_OK, EXIT_USAGE, RemoteError, call, expect, read_secret
+from tlog.cli.remote import RemoteError, call, expect, read_secret
 from verifier.client.checks import hash_file
-from verifier.errors import UsageError
+from verifier.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from verifier.protocol.entries.release import EntryError, sign_entry, validate_entry
 from verifier.protocol.note import NoteError, Verifier, parse_private_key, parse_vkey
 from verifier.protocol.receipt import make_receipt, verify_receipt
@@ -56,9 +56,9 @@ def _receipt(entry: dict[str, Any], reply: dict[str, Any], log_key: Verifier) ->
                                str(reply["checkpoint"]))
         verified = verify_receipt(receipt, log_key)
     except (KeyError, TypeError, ValueError) as exc:
-        raise RemoteError(EXIT_FAIL, f"the log's receipt does not verify: {exc}") from exc
+        raise RemoteError(EXIT_FAILED, f"the log's receipt does not verify: {exc}") from exc
     if verified.release.leaf_hash.hex() != reply.get("leaf_hash"):
-        raise RemoteError(EXIT_FAIL, "the log's leaf hash is not the hash of our entry")
+        raise RemoteError(EXIT_FAILED, "the log's leaf hash is not the hash of our entry")
     return receipt
 
 

@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from tlog.cli.remote import (
-    EXIT_OK,
-    EXIT_USAGE,
     RemoteError,
     add_connection_options,
     call,
     expect,
     read_secret,
 )
+from verifier.errors import EXIT_OK, EXIT_USAGE
 from verifier.protocol.entries.release import EntryError
 from verifier.protocol.note import NoteError, Signer, parse_private_key, parse_vkey
 from verifier.protocol.registry import KEYS_KIND, PUBLISHER_KIND, REVOKE_KIND, sign_registry_entry

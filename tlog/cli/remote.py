@@ -1,16 +1,19 @@
-"""HTTP calls the `tlog` commands make to a log: JSON in, JSON out, optional mTLS."""
+"""HTTP calls the `tlog` commands make to a log: JSON in, JSON out, optional mTLS.
+
+The transport is the verifier's (`verifier.client.http`, libcurl): one HTTP client for the
+whole project, with its limits on size and time.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import ssl
-import urllib.error
-import urllib.request
 from typing import Any
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+from verifier.client.http import HttpFetcher, Tls
+from verifier.errors import EXIT_FAILED, EXIT_TRANSPORT, EXIT_USAGE, TransportError, UsageError
+
 MAX_REPLY = 1 << 20
 TIMEOUT = 30
 
@@ -30,38 +33,38 @@ def add_connection_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--client-key", metavar="PEM", help="its private key")
 
 
-def ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
-    if not (args.ca or args.client_cert):
-        return None
-    try:
-        ctx = ssl.create_default_context(cafile=args.ca)
-        if args.client_cert:
-            ctx.load_cert_chain(args.client_cert, args.client_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise RemoteError(EXIT_USAGE, f"couldn't load TLS files: {exc}") from exc
-    return ctx
+def tls_files(args: argparse.Namespace) -> Tls:
+    """The TLS files of the connection options, each checked to be readable now: a wrong
+    path is the caller's mistake, not the log's."""
+    for path in (args.ca, args.client_cert, args.client_key):
+        if path:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise RemoteError(EXIT_USAGE, f"couldn't load TLS files: {exc}") from exc
+    return Tls(args.ca, args.client_cert, args.client_key)
 
 
 def call(args: argparse.Namespace, method: str, path: str, body: Any = None,
          bearer: str | None = None) -> tuple[int, Any]:
     """One JSON request to `args.log` + path; returns (status, parsed JSON reply)."""
-    url = args.log.rstrip("/") + path
     headers = {"Content-Type": "application/json"} if body is not None else {}
     if bearer:
         headers["Authorization"] = f"Bearer {bearer}"
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers=headers, method=method)
     try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT, context=ssl_context(args)) as resp:
-            status, raw = int(resp.status), resp.read(MAX_REPLY)
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read(MAX_REPLY)
-    except (urllib.error.URLError, OSError) as exc:
-        raise RemoteError(EXIT_UNREACHABLE, f"couldn't reach the log at {url}: {exc}") from exc
+        log = HttpFetcher(args.log, timeout=TIMEOUT, deadline=TIMEOUT, tls=tls_files(args))
+        status, raw = log.request(method, path, data, headers, MAX_REPLY)
+    except UsageError as exc:
+        raise RemoteError(EXIT_USAGE, str(exc)) from exc
+    except TransportError as exc:
+        raise RemoteError(EXIT_TRANSPORT, str(exc)) from exc
     try:
         return status, json.loads(raw)
     except ValueError as exc:
-        raise RemoteError(EXIT_UNREACHABLE, f"{url} answered {status} with non-JSON") from exc
+        url = args.log.rstrip("/") + path
+        raise RemoteError(EXIT_TRANSPORT, f"{url} answered {status} with non-JSON") from exc
 
 
 def expect(status: int, reply: Any, ok: tuple[int, ...], what: str) -> dict[str, Any]:
@@ -69,8 +72,8 @@ def expect(status: int, reply: Any, ok: tuple[int, ...], what: str) -> dict[str,
     if status in ok and isinstance(reply, dict):
         return reply
     err = reply.get("error", {}) if isinstance(reply, dict) else {}
-    raise RemoteError(EXIT_FAIL, f"{what} refused ({status} {err.get('code')}): "
-                                 f"{err.get('message')}")
+    raise RemoteError(EXIT_FAILED, f"{what} refused ({status} {err.get('code')}): "
+                                   f"{err.get('message')}")
 
 
 def read_secret(path: str | None, env: str, what: str) -> str | None:

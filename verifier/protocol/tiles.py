@@ -23,7 +23,17 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 
-from verifier.protocol.merkle import EMPTY_ROOT, HASH_SIZE, Node, fold, node_hash, root_nodes
+from verifier.protocol.merkle import (
+    EMPTY_ROOT,
+    HASH_SIZE,
+    Node,
+    combine,
+    consistency_nodes,
+    fold,
+    inclusion_nodes,
+    node_hash,
+    root_nodes,
+)
 
 TILE_HEIGHT = 8
 TILE_WIDTH = 256
@@ -148,6 +158,35 @@ def nodes_from_tiles(nodes: Iterable[Node], tiles: Mapping[TileKey, bytes]) -> d
             raise ValueError(f"tile {level}/{n} is missing or too short for node {node}")
         out[node] = hash_up(split_hashes(data[HASH_SIZE * start:HASH_SIZE * (start + count)]))
     return out
+
+
+class TileProof:
+    """A proof to build from tiles, without I/O: `tiles` to read, then `finish` with them.
+
+    One recipe for every reader of tiles (the log over its database, a client over HTTP or a
+    mirror): the proof's nodes per RFC 9162 §2.1.3.1 / §2.1.4.1 (`inclusion_nodes`,
+    `consistency_nodes`), the tiles holding them, and the proof hashes they combine into.
+    Pure: whoever holds the tiles does the reading.
+    """
+
+    def __init__(self, groups: Sequence[Sequence[Node]]) -> None:
+        self.groups = groups
+        self.nodes = [node for group in groups for node in group]
+        self.tiles = tiles_for_nodes(self.nodes)
+
+    def finish(self, tiles: Mapping[TileKey, bytes]) -> list[bytes]:
+        """The proof hashes. ValueError if a tile is missing or too short."""
+        return combine(self.groups, nodes_from_tiles(self.nodes, tiles))
+
+
+def inclusion_from_tiles(index: int, size: int) -> TileProof:
+    """PATH(index, D[0:size]) from tiles. ProofError unless 0 <= index < size."""
+    return TileProof(inclusion_nodes(index, size))
+
+
+def consistency_from_tiles(first: int, second: int) -> TileProof:
+    """PROOF(first, D[0:second]) from tiles. ProofError unless 0 <= first <= second."""
+    return TileProof(consistency_nodes(first, second))
 
 
 def split_hashes(tile: bytes) -> list[bytes]:

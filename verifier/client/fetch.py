@@ -1,0 +1,89 @@
+"""The `Fetcher` seam: where a `LogClient` gets the bytes of a log's resources.
+
+A fetcher answers `fetch(path, limit)` for a path of the C2SP tlog-tiles layout
+("checkpoint", "tile/0/x001/234.p/5", ...) and of the JSON search API, with at most `limit`
+bytes, or raises `NotFound` (the resource does not exist) or `TransportError` (it could not
+be had, or broke a limit). It trusts nothing it returns: `LogClient` checks every byte
+against a checkpoint verified with a pinned key. Three sources exist:
+
+- `verifier.client.http.HttpFetcher`: a log or any cache or CDN in front of it (libcurl);
+- `DirectoryFetcher`: a static copy of the tiles in a local directory (a mirror, an archive);
+- `MemoryFetcher`: resources held in memory (for embedding and tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+
+from verifier.errors import TransportError
+
+
+class NotFound(TransportError):
+    """The source has no such resource (HTTP 404, a missing file)."""
+
+
+class Fetcher(Protocol):
+    def fetch(self, path: str, limit: int) -> bytes:
+        """The bytes at `path`, at most `limit` of them (TransportError beyond)."""
+        ...
+
+    def where(self, path: str) -> str:
+        """How to name `path` of this source in a message (a URL, a file name)."""
+        ...
+
+    def copy(self) -> Fetcher:
+        """A fetcher of the same source that shares no connection with this one (for a
+        forked worker process)."""
+        ...
+
+
+class DirectoryFetcher:
+    """Resources read from files under `root`, laid out as the tlog-tiles URL paths."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def where(self, path: str) -> str:
+        return str(self.root / path)
+
+    def fetch(self, path: str, limit: int) -> bytes:
+        relative = PurePosixPath(path.partition("?")[0])
+        if relative.is_absolute() or ".." in relative.parts:
+            raise TransportError(f"{path!r} is not a path inside {self.root}")
+        try:
+            with open(self.root / relative, "rb") as f:
+                data = f.read(limit + 1)
+        except FileNotFoundError as exc:
+            raise NotFound(f"{self.where(path)}: no such file") from exc
+        except OSError as exc:
+            raise TransportError(f"{self.where(path)}: {exc.strerror or exc}") from exc
+        if len(data) > limit:
+            raise TransportError(f"{self.where(path)}: exceeds the limit of {limit} bytes")
+        return data
+
+    def copy(self) -> DirectoryFetcher:
+        return self
+
+
+class MemoryFetcher:
+    """Resources held in a mapping from path to bytes."""
+
+    def __init__(self, resources: Mapping[str, bytes]) -> None:
+        self.resources = dict(resources)
+
+    def where(self, path: str) -> str:
+        return f"memory:{path}"
+
+    def fetch(self, path: str, limit: int) -> bytes:
+        try:
+            data = self.resources[path]
+        except KeyError:
+            raise NotFound(f"{self.where(path)}: not found") from None
+        if len(data) > limit:
+            raise TransportError(f"{self.where(path)}: exceeds the limit of {limit} bytes")
+        return data
+
+    def copy(self) -> MemoryFetcher:
+        return self
