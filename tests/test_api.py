@@ -29,6 +29,7 @@ from verifier.protocol.merkle import leaf_hash, root_of, verify_consistency, ver
 from verifier.protocol.note import Signer, b64encode, generate_key
 from verifier.protocol.receipt import make_receipt, verify_receipt
 from verifier.protocol.tiles import decode_bundle, hash_up, split_hashes
+from verifier.protocol.trust import KeyTrust
 
 Client = TestClient[web.Request, web.Application]
 
@@ -155,7 +156,7 @@ async def test_new_entry_is_appended_with_201_and_a_receipt_that_verifies(
     # The same answer as the offline receipt `tlog publish` writes.
     offline = make_receipt(entry, receipt["index"], unhex(receipt["inclusion_proof"]),
                            receipt["checkpoint"])
-    assert verify_receipt(offline, log_signer.verifier()).index == 2
+    assert verify_receipt(offline, KeyTrust(log_signer.verifier())).index == 2
     assert await log_state(client) == (3, receipt["checkpoint"])
 
 

@@ -34,6 +34,7 @@ from verifier.client.log import MAX_BUNDLE_BYTES, MAX_JSON_BYTES, LogClient
 from verifier.errors import EXIT_FAILED, EXIT_OK, EXIT_TRANSPORT, TransportError, VerifyError
 from verifier.protocol.entries.release import sign_entry, validate_entry
 from verifier.protocol.note import MAX_NOTE_SIZE, Signer, generate_key
+from verifier.protocol.trust import KeyTrust
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = "com.acme.app"
@@ -508,7 +509,7 @@ def test_endless_response_is_cut_off(world: World, log_signer: Signer, resource:
     client = LogClient(world.log.url, timeout=0.25, deadline=0.5, retries=0)
     key = log_signer.verifier()
     if resource == CHECKPOINT:
-        raised = within_seconds(2.0, lambda: client.checkpoint(key))
+        raised = within_seconds(2.0, lambda: client.checkpoint(KeyTrust(key)))
     else:
         raised = within_seconds(2.0, lambda: client.hash_tile(0, 0, 5))
     assert isinstance(raised, TransportError), repr(raised)

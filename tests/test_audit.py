@@ -30,6 +30,7 @@ from verifier.errors import LogMisbehaviour, TransportError
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from verifier.protocol.note import Signer, generate_key
 from verifier.protocol.state import Trusted
+from verifier.protocol.trust import KeyTrust
 
 CaptureFixture = pytest.CaptureFixture[str]
 
@@ -298,7 +299,7 @@ def log_key() -> Signer:
 
 def current(log: LogClient, key: Signer) -> Trusted:
     """The log's checkpoint, verified, without a state directory."""
-    return Trusted(*log.checkpoint(key.verifier()))
+    return Trusted(*log.checkpoint(KeyTrust(key.verifier())))
 
 
 def test_full_audit_resumes_against_a_larger_checkpoint_covering_each_entry_once(

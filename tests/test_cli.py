@@ -21,6 +21,7 @@ from tlog.cli.pgcluster import Cluster
 from verifier.protocol.checkpoint import open_checkpoint
 from verifier.protocol.note import Signer, parse_private_key, parse_vkey
 from verifier.protocol.receipt import verify_receipt
+from verifier.protocol.trust import KeyTrust
 
 
 def tlog(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -83,7 +84,7 @@ def test_publish_logs_a_release_and_writes_a_verified_receipt(
     assert "logged com.acme.app 1.2 at index 0" in proc.stdout
     assert again.returncode == 0 and "already logged" in again.stdout
     receipt = json.loads((tmp_path / "app-1.2.apk.tlog-receipt.json").read_text())
-    verified = verify_receipt(receipt, log_signer.verifier())
+    verified = verify_receipt(receipt, KeyTrust(log_signer.verifier()))
     assert verified.index == 0
     assert verified.release.entry["counter"] == 7
     assert verified.release.entry["artifacts"][0]["size"] == 100_000

@@ -23,6 +23,7 @@ from verifier.client.http import USER_AGENT, HttpFetcher
 from verifier.client.log import LogClient
 from verifier.errors import TransportError
 from verifier.protocol.note import Signer
+from verifier.protocol.trust import KeyTrust
 
 PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
                    "ALL_PROXY", "no_proxy", "NO_PROXY")
@@ -260,7 +261,7 @@ def test_https_log_is_verified_with_the_default_trust_store(
             LogClient(server.url, retries=0).fetch("checkpoint", 1000)
         # Python's SSL_CERT_FILE says which CAs to trust, as it did with the ssl module.
         monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca))
-        checkpoint, _ = LogClient(server.url, retries=0).checkpoint(log_signer.verifier())
+        checkpoint, _ = LogClient(server.url, retries=0).checkpoint(KeyTrust(log_signer.verifier()))
         assert checkpoint.size == 0
         # The certificate is for 127.0.0.1, not for localhost.
         other_name = server.url.replace("127.0.0.1", "localhost")

@@ -17,6 +17,7 @@ from verifier.protocol.checkpoint import Checkpoint, sign_checkpoint
 from verifier.protocol.merkle import leaf_hash, verify_consistency, verify_inclusion
 from verifier.protocol.note import Signer, generate_key
 from verifier.protocol.tiles import ENTRIES_LEVEL, TILE_WIDTH, encode_bundle, tile_path, tile_width
+from verifier.protocol.trust import KeyTrust
 
 SIZE = 300  # one full tile and bundle, one partial of each
 
@@ -53,7 +54,7 @@ def leaves() -> list[bytes]:
 
 
 def check_client(client: LogClient, signer: Signer, leaves: list[bytes]) -> None:
-    checkpoint, _ = client.checkpoint(signer.verifier())
+    checkpoint, _ = client.checkpoint(KeyTrust(signer.verifier()))
     assert checkpoint.size == SIZE
     for index in (0, 255, 256, SIZE - 1):
         assert client.entry(index, SIZE) == leaves[index]
@@ -80,7 +81,7 @@ def test_a_mirror_with_a_wrong_checkpoint_key_is_refused(tmp_path: Path, signer:
     root = write_tree(tmp_path, static_log(signer, leaves))
     other = generate_key("static.example/log")
     with pytest.raises(VerificationFailed, match="does not verify"):
-        LogClient(root.as_uri()).checkpoint(other.verifier())
+        LogClient(root.as_uri()).checkpoint(KeyTrust(other.verifier()))
 
 
 def test_a_missing_tile_is_not_found(tmp_path: Path) -> None:

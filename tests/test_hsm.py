@@ -35,6 +35,7 @@ from tlog.log.hsm import HsmError, Pkcs11Signer, generate_ed25519_key
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from verifier.protocol.note import NoteSigner, Verifier, generate_key, key_id, parse_vkey
 from verifier.protocol.receipt import make_receipt, verify_receipt
+from verifier.protocol.trust import KeyTrust
 
 GO_VERIFIER = SHARED / "interop" / "go-verifier" / "run.sh"
 MODULE_CANDIDATES = ("/usr/lib/softhsm/libsofthsm2.so",
@@ -300,6 +301,6 @@ def test_serve_signs_checkpoints_in_the_token(softhsm: SoftHsm, database_url: st
         receipt = make_receipt(entry, r.body["index"],
                                [bytes.fromhex(h) for h in r.body["inclusion_proof"]],
                                r.body["checkpoint"])
-        assert verify_receipt(receipt, log_key).checkpoint.origin == ORIGIN
+        assert verify_receipt(receipt, KeyTrust(log_key)).checkpoint.origin == ORIGIN
     assert results[-1].body["tree_size"] == 13
     assert published["vkey"] == log_key.text() and published["tree_size"] == 13

@@ -25,8 +25,10 @@ from verifier.protocol.receipt import (
     parse_tlog_proof,
     verify_receipt,
 )
+from verifier.protocol.trust import KeyTrust
 
 LOG = generate_key("example.com/log")
+TRUST = KeyTrust(LOG.verifier())
 OTHER_LOG = generate_key("example.com/other-log")
 PUBLISHER = generate_key("example.com/alice")
 H = [hashlib.sha256(bytes([i])).digest() for i in range(MAX_PROOF_HASHES + 1)]
@@ -190,7 +192,7 @@ def test_format_refuses_bad_arguments() -> None:
 
 @pytest.mark.parametrize("index", range(len(ENTRIES)))
 def test_receipt_verifies(index: int) -> None:
-    verified = verify_receipt(receipt(index), LOG.verifier())
+    verified = verify_receipt(receipt(index), TRUST)
     assert verified.index == index
     assert verified.release.entry == ENTRIES[index]
     assert verified.release.publisher == "example.com/alice"
@@ -199,7 +201,7 @@ def test_receipt_verifies(index: int) -> None:
 
 def test_receipt_survives_json_round_trip() -> None:
     data = json.dumps(receipt()).encode()
-    assert verify_receipt(parse_json(data), LOG.verifier()).index == 3
+    assert verify_receipt(parse_json(data), TRUST).index == 3
 
 
 def test_receipt_has_kind_entry_and_proof() -> None:
@@ -213,7 +215,7 @@ def test_receipt_with_unknown_member_is_rejected() -> None:
     r = receipt()
     r["note"] = "x"
     with pytest.raises(ReceiptError, match="unknown member"):
-        verify_receipt(r, LOG.verifier())
+        verify_receipt(r, TRUST)
 
 
 @pytest.mark.parametrize("member", ["kind", "entry", "proof"])
@@ -221,7 +223,7 @@ def test_receipt_with_missing_member_is_rejected(member: str) -> None:
     r = receipt()
     del r[member]
     with pytest.raises(ReceiptError, match="missing member"):
-        verify_receipt(r, LOG.verifier())
+        verify_receipt(r, TRUST)
 
 
 @pytest.mark.parametrize(
@@ -231,30 +233,30 @@ def test_receipt_with_wrong_member_type_is_rejected(member: str, value: Any) -> 
     r = receipt()
     r[member] = value
     with pytest.raises(ReceiptError, match=member):
-        verify_receipt(r, LOG.verifier())
+        verify_receipt(r, TRUST)
 
 
 def test_receipt_that_is_not_an_object_is_rejected() -> None:
     with pytest.raises(ReceiptError):
-        verify_receipt([receipt()], LOG.verifier())
+        verify_receipt([receipt()], TRUST)
 
 
 def test_receipt_for_another_log_is_rejected() -> None:
     with pytest.raises(NoteError):
-        verify_receipt(receipt(), OTHER_LOG.verifier())
+        verify_receipt(receipt(), KeyTrust(OTHER_LOG.verifier()))
 
 
 def test_checkpoint_origin_not_the_log_key_is_rejected() -> None:
     body = Checkpoint("example.com/elsewhere", len(LEAVES), _mth(LEAVES)).body()
     with pytest.raises(CheckpointError, match="not the log"):
-        verify_receipt(receipt(checkpoint=sign_note(body, [LOG])), LOG.verifier())
+        verify_receipt(receipt(checkpoint=sign_note(body, [LOG])), TRUST)
 
 
 def test_tampered_entry_is_rejected() -> None:
     r = receipt()
     r["entry"]["version"] = "6.6.6"
     with pytest.raises(EntryError) as caught:
-        verify_receipt(r, LOG.verifier())
+        verify_receipt(r, TRUST)
     assert caught.value.code == "bad_signature"
 
 
@@ -262,19 +264,19 @@ def test_entry_swapped_for_another_logged_entry_is_rejected() -> None:
     r = receipt(3)
     r["entry"] = ENTRIES[4]
     with pytest.raises(ProofError):
-        verify_receipt(r, LOG.verifier())
+        verify_receipt(r, TRUST)
 
 
 def test_wrong_index_is_rejected() -> None:
     r = make_receipt(ENTRIES[3], 2, _path(3, LEAVES), CHECKPOINT)
     with pytest.raises(ProofError):
-        verify_receipt(r, LOG.verifier())
+        verify_receipt(r, TRUST)
 
 
 def test_index_beyond_tree_size_is_rejected() -> None:
     r = make_receipt(ENTRIES[3], len(LEAVES), _path(3, LEAVES), CHECKPOINT)
     with pytest.raises(ProofError):
-        verify_receipt(r, LOG.verifier())
+        verify_receipt(r, TRUST)
 
 
 def test_every_flipped_proof_bit_is_rejected() -> None:
@@ -285,17 +287,17 @@ def test_every_flipped_proof_bit_is_rejected() -> None:
             flipped[bit // 8] ^= 1 << (bit % 8)
             bad = [*path[:i], bytes(flipped), *path[i + 1 :]]
             with pytest.raises(ProofError):
-                verify_receipt(make_receipt(ENTRIES[5], 5, bad, CHECKPOINT), LOG.verifier())
+                verify_receipt(make_receipt(ENTRIES[5], 5, bad, CHECKPOINT), TRUST)
 
 
 def test_truncated_or_extended_proof_is_rejected() -> None:
     path = _path(5, LEAVES)
     for bad in (path[:-1], [*path, H[0]]):
         with pytest.raises(ProofError):
-            verify_receipt(make_receipt(ENTRIES[5], 5, bad, CHECKPOINT), LOG.verifier())
+            verify_receipt(make_receipt(ENTRIES[5], 5, bad, CHECKPOINT), TRUST)
 
 
 def test_receipt_against_checkpoint_of_other_tree_is_rejected() -> None:
     other = sign_checkpoint(Checkpoint("example.com/log", len(LEAVES), H[0]), LOG)
     with pytest.raises(ProofError):
-        verify_receipt(receipt(checkpoint=other), LOG.verifier())
+        verify_receipt(receipt(checkpoint=other), TRUST)

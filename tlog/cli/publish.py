@@ -14,6 +14,7 @@ from verifier.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from verifier.protocol.entries.release import EntryError, sign_entry, validate_entry
 from verifier.protocol.note import NoteError, Verifier, parse_private_key, parse_vkey
 from verifier.protocol.receipt import make_receipt, verify_receipt
+from verifier.protocol.trust import KeyTrust
 
 
 def describe_artifact(path: Path) -> dict[str, Any]:
@@ -54,7 +55,7 @@ def _receipt(entry: dict[str, Any], reply: dict[str, Any], log_key: Verifier) ->
         receipt = make_receipt(entry, int(reply["index"]),
                                [bytes.fromhex(h) for h in reply["inclusion_proof"]],
                                str(reply["checkpoint"]))
-        verified = verify_receipt(receipt, log_key)
+        verified = verify_receipt(receipt, KeyTrust(log_key))
     except (KeyError, TypeError, ValueError) as exc:
         raise RemoteError(EXIT_FAILED, f"the log's receipt does not verify: {exc}") from exc
     if verified.release.leaf_hash.hex() != reply.get("leaf_hash"):

@@ -33,6 +33,7 @@ from verifier.protocol.receipt import VerifiedReceipt, verify_receipt
 from verifier.protocol.registry import Refusal, Registry, parse_log_leaf
 from verifier.protocol.state import Trusted
 from verifier.protocol.tiles import TILE_WIDTH
+from verifier.protocol.trust import KeyTrust
 
 MAX_RECEIPT_BYTES = 1 << 21
 
@@ -44,7 +45,7 @@ def client_for(args: argparse.Namespace, state: StateDir | None = None) -> LogCl
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
     key = load_vkey(args.key)
-    cp, _ = client_for(args).checkpoint(key)
+    cp, _ = client_for(args).checkpoint(KeyTrust(key))
     print(f"origin {cp.origin}\nsize {cp.size}\nroot {b64encode(cp.root)} ({cp.root.hex()})")
     return EXIT_OK
 
@@ -74,7 +75,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     now = _now(args)
     receipt = _read_receipt(args.receipt)
     try:
-        verified = verify_receipt(receipt, key)
+        verified = verify_receipt(receipt, KeyTrust(key))
     except ValueError as exc:
         raise VerificationFailed(f"receipt {args.receipt} does not verify: {exc}") from exc
     matched = check_release(verified.release, files, pinned, now)
@@ -100,7 +101,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     with state if state is not None else _NoState():
         client = client_for(args, state)
         hints = client.search(args.package, args.version)
-        trusted = advance(client, key, state)
+        trusted = advance(client, KeyTrust(key), state)
         verified = _find_and_prove(client, trusted, hints, args.package, args.version)
         if args.admin_key:
             admins = [load_vkey(p, "admin key") for p in args.admin_key]

@@ -59,6 +59,7 @@ from verifier.protocol.tiles import (
     split_hashes,
     tile_path,
 )
+from verifier.protocol.trust import KeyTrust
 
 __all__ = [
     "PROGRESS_FILE",
@@ -114,9 +115,9 @@ def audit(client: LogClient, key: Verifier, state: StateDir,
     rollback, fork or failed proof, LogMisbehaviour is raised once the evidence (both signed
     checkpoints, the proof) is saved under state/evidence/; the stored checkpoint stays.
     """
-    cp, note = client.checkpoint(key)
+    cp, note = client.checkpoint(KeyTrust(key))
     current = Trusted(cp, note)
-    for old in (trust, state.load_trusted(key)):
+    for old in (trust, state.load_trusted(KeyTrust(key))):
         if old is not None:
             prove_extends(client, old, current, state)
     # A crash before this atomic write leaves the old checkpoint, so the next run proves
@@ -667,7 +668,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     key = load_vkey(args.key)
     trust = load_trust(Path(args.trust), key) if args.trust else None
     with StateDir(Path(args.state)) as state:
-        before = state.load_trusted(key)
+        before = state.load_trusted(KeyTrust(key))
         trusted = audit(client_for(args, state), key, state, trust)
         print(_describe(trusted, before, trust))
         if args.full:

@@ -20,8 +20,8 @@ from typing import Any
 from verifier.client.fetch import DirectoryFetcher, Fetcher, NotFound
 from verifier.client.http import HttpFetcher
 from verifier.errors import TransportError, UsageError, VerificationFailed
-from verifier.protocol.checkpoint import Checkpoint, open_checkpoint
-from verifier.protocol.note import MAX_NOTE_SIZE, Verifier
+from verifier.protocol.checkpoint import Checkpoint
+from verifier.protocol.note import MAX_NOTE_SIZE
 from verifier.protocol.tiles import (
     ENTRIES_LEVEL,
     MAX_ENTRY_SIZE,
@@ -33,6 +33,7 @@ from verifier.protocol.tiles import (
     tile_path,
     tile_width,
 )
+from verifier.protocol.trust import LogTrust
 
 MAX_TILE_BYTES = 32 * TILE_WIDTH
 MAX_BUNDLE_BYTES = TILE_WIDTH * (2 + MAX_ENTRY_SIZE)
@@ -70,15 +71,15 @@ class LogClient:
 
     # -- checkpoints -----------------------------------------------------------------------
 
-    def checkpoint(self, key: Verifier) -> tuple[Checkpoint, str]:
-        """The log's current checkpoint, verified with the pinned `key`, and its note text."""
+    def checkpoint(self, trust: LogTrust) -> tuple[Checkpoint, str]:
+        """The log's current checkpoint, verified as `trust` requires, and its note text."""
         data = self.fetch("checkpoint", MAX_NOTE_SIZE)
         try:
             text = data.decode("utf-8")
-            return open_checkpoint(text, key), text
+            return trust.open(text), text
         except ValueError as exc:
-            raise VerificationFailed(f"the log's checkpoint does not verify with the pinned key "
-                                     f"{key.name}: {exc}") from exc
+            raise VerificationFailed(f"the log's checkpoint does not verify with "
+                                     f"{trust.describe()}: {exc}") from exc
 
     # -- tiles and entries -----------------------------------------------------------------
 

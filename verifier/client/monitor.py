@@ -124,6 +124,7 @@ from verifier.protocol.receipt import format_tlog_proof
 from verifier.protocol.registry import Refusal, Registry, validate_registry_entry
 from verifier.protocol.state import Trusted
 from verifier.protocol.tiles import hash_up
+from verifier.protocol.trust import KeyTrust
 
 DB_FILE = "monitor.db"
 DB_FORMAT = 1
@@ -874,7 +875,7 @@ class Monitor:
     def round(self) -> None:
         """Prove the log's checkpoint consistent, then scan and report up to its size."""
         try:
-            trusted = advance(self.client, self.key, self.state)
+            trusted = advance(self.client, KeyTrust(self.key), self.state)
         except LogMisbehaviour as exc:
             self._report(exc)
             raise

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from verifier.errors import UsageError
-from verifier.protocol.checkpoint import open_checkpoint
 from verifier.protocol.note import NoteError, Verifier, parse_vkey
 from verifier.protocol.state import Trusted
+from verifier.protocol.trust import LogTrust
 
 CHECKPOINT_FILE = "checkpoint"
 EVIDENCE_DIR = "evidence"
@@ -79,16 +79,16 @@ class StateDir:
             self._lock.close()
             self._lock = None
 
-    def load_trusted(self, key: Verifier) -> Trusted | None:
-        """The stored trusted checkpoint, re-verified with the pinned key; None if absent."""
+    def load_trusted(self, trust: LogTrust) -> Trusted | None:
+        """The stored trusted checkpoint, re-verified as `trust` requires; None if absent."""
         path = self.path / CHECKPOINT_FILE
         if not path.exists():
             return None
         try:
             note = path.read_text(encoding="utf-8")
-            return Trusted(open_checkpoint(note, key), note)
+            return Trusted(trust.open(note), note)
         except (OSError, ValueError) as exc:
-            raise UsageError(f"{path} is not a checkpoint signed by {key.name} ({exc}); "
+            raise UsageError(f"{path} is not a checkpoint signed by {trust.origin} ({exc}); "
                              "is this state directory for another log?") from exc
 
     def save_trusted(self, trusted: Trusted) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from verifier.client.log import LogClient
 from verifier.client.statedir import StateDir
 from verifier.errors import LogMisbehaviour
-from verifier.protocol.note import Verifier
 from verifier.protocol.state import Trusted, check_update, needs_proof
+from verifier.protocol.trust import LogTrust
 
 
 def _check_extends(client: LogClient, old: Trusted, new: Trusted) -> None:
@@ -36,16 +36,16 @@ def prove_extends(client: LogClient, old: Trusted, new: Trusted,
         raise LogMisbehaviour(f"{exc}; evidence saved in {where}", exc.evidence) from exc
 
 
-def advance(client: LogClient, key: Verifier, state: StateDir | None) -> Trusted:
+def advance(client: LogClient, trust: LogTrust, state: StateDir | None) -> Trusted:
     """Fetch and verify the current checkpoint; with state, prove it extends the stored one.
 
     On misbehaviour the evidence is saved under state/evidence/ before raising.
     """
-    cp, note = client.checkpoint(key)
+    cp, note = client.checkpoint(trust)
     new = Trusted(cp, note)
     if state is None:
         return new
-    old = state.load_trusted(key)
+    old = state.load_trusted(trust)
     if old is not None:
         prove_extends(client, old, new, state)
     state.save_trusted(new)

@@ -21,11 +21,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from verifier.protocol.checkpoint import Checkpoint, CheckpointError, open_checkpoint, parse_decimal
+from verifier.protocol.checkpoint import Checkpoint, CheckpointError, parse_decimal
 from verifier.protocol.entries.release import Release, validate_entry
 from verifier.protocol.merkle import verify_inclusion
-from verifier.protocol.note import MAX_NOTE_SIZE, NoteError, Verifier, b64decode_strict, b64encode
+from verifier.protocol.note import MAX_NOTE_SIZE, NoteError, b64decode_strict, b64encode
 from verifier.protocol.note import parse_note as parse_note_syntax
+from verifier.protocol.trust import LogTrust
 
 __all__ = [
     "HEADER",
@@ -183,17 +184,17 @@ def _check_receipt_shape(receipt: Any) -> tuple[dict[str, Any], str]:
     return receipt["entry"], receipt["proof"]
 
 
-def verify_receipt(receipt: Any, log_key: Verifier) -> VerifiedReceipt:
-    """Verify a receipt offline against the log's key.
+def verify_receipt(receipt: Any, trust: LogTrust) -> VerifiedReceipt:
+    """Verify a receipt offline against what the client trusts about the log.
 
     Raises ReceiptError (malformed receipt or tlog-proof), NoteError (checkpoint not signed
-    by ``log_key``), CheckpointError (malformed checkpoint, origin is not the key name),
+    as ``trust`` requires), CheckpointError (malformed checkpoint, origin is not the key name),
     EntryError (invalid entry or publisher signature), or ProofError (the entry is not
     included at ``index`` under the checkpoint's root, RFC 9162 2.1.3.2).
     """
     entry, text = _check_receipt_shape(receipt)
     proof = parse_tlog_proof(text)
-    checkpoint = open_checkpoint(proof.checkpoint, log_key)
+    checkpoint = trust.open(proof.checkpoint)
     release = validate_entry(entry)
     verify_inclusion(proof.index, checkpoint.size, release.leaf_hash, proof.hashes, checkpoint.root)
     return VerifiedReceipt(release, proof.index, checkpoint)

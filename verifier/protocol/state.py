@@ -8,7 +8,7 @@ verify is misbehaviour; the two signed checkpoints and the proof are the evidenc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from verifier.errors import LogMisbehaviour
@@ -33,18 +33,56 @@ class Trusted:
         return self.checkpoint.root
 
 
-def evidence(reason: str, old: Trusted, new: Trusted,
-             proof: Sequence[bytes] | None = None) -> dict[str, str | bytes]:
-    """Files that let anyone re-check the claim: both signed notes, the proof, the reason."""
-    files: dict[str, str | bytes] = {
-        "reason.txt": f"{reason}\nold size {old.size}, new size {new.size}\n",
-        "old-checkpoint": old.note,
-        "new-checkpoint": new.note,
-    }
+# The one layout of evidence, whoever finds the misbehaviour (tracking, audit, monitor): a
+# directory of files, each re-checkable by anyone with the log's public key.
+REASON = "reason.txt"  # the finding, then facts (sizes, indices), one per line
+CHECKPOINT = "checkpoint"  # the signed checkpoint served entries and tiles are judged against
+OLD_CHECKPOINT = "old-checkpoint"  # two signed checkpoints that do not extend each other:
+NEW_CHECKPOINT = "new-checkpoint"  # the one trusted before, and the one served now
+CONSISTENCY_PROOF = "consistency-proof"  # "consistency OLD NEW" then base64 hashes
+COMPUTED_ROOT = "computed-root"  # "size N" and "root B64" the verifier computed itself
+
+
+def entry_file(index: int) -> str:
+    """The entry at `index`, as the log served it."""
+    return f"entry-{index}"
+
+
+def entry_proof_file(index: int) -> str:
+    """Its inclusion proof in a signed checkpoint, as a C2SP tlog-proof."""
+    return f"entry-{index}.tlog-proof"
+
+
+def evidence(reason: str, *facts: str, checkpoint: str | None = None,
+             old: Trusted | None = None, new: Trusted | None = None,
+             proof: tuple[int, int, Sequence[bytes]] | None = None,
+             computed_root: tuple[int, bytes] | None = None,
+             entries: Mapping[int, bytes] | None = None,
+             entry_proofs: Mapping[int, str] | None = None) -> dict[str, str | bytes]:
+    """The evidence files (name -> content) of one finding, in the layout above."""
+    files: dict[str, str | bytes] = {REASON: "".join(f"{line}\n" for line in (reason, *facts))}
+    if checkpoint is not None:
+        files[CHECKPOINT] = checkpoint
+    if old is not None:
+        files[OLD_CHECKPOINT] = old.note
+    if new is not None:
+        files[NEW_CHECKPOINT] = new.note
     if proof is not None:
-        files["consistency-proof"] = (
-            f"consistency {old.size} {new.size}\n" + "".join(b64encode(h) + "\n" for h in proof))
+        first, second, hashes = proof
+        files[CONSISTENCY_PROOF] = (f"consistency {first} {second}\n" +
+                                    "".join(b64encode(h) + "\n" for h in hashes))
+    if computed_root is not None:
+        files[COMPUTED_ROOT] = f"size {computed_root[0]}\nroot {b64encode(computed_root[1])}\n"
+    files.update((entry_file(i), leaf) for i, leaf in (entries or {}).items())
+    files.update((entry_proof_file(i), text) for i, text in (entry_proofs or {}).items())
     return files
+
+
+def fork_evidence(reason: str, old: Trusted, new: Trusted,
+                  proof: Sequence[bytes] | None = None) -> dict[str, str | bytes]:
+    """Evidence that `new` does not extend `old`: both signed notes, the proof, the reason."""
+    return evidence(reason, f"old size {old.size}, new size {new.size}", old=old, new=new,
+                    proof=None if proof is None else (old.size, new.size, proof))
 
 
 def needs_proof(old: Trusted, new: Trusted) -> bool:
@@ -61,17 +99,17 @@ def check_update(old: Trusted, new: Trusted, proof: Sequence[bytes] = ()) -> Non
     if old.checkpoint.origin != new.checkpoint.origin:
         raise LogMisbehaviour(
             f"origin changed from {old.checkpoint.origin!r} to {new.checkpoint.origin!r}",
-            evidence("origin changed", old, new))
+            fork_evidence("origin changed", old, new))
     if new.size < old.size:
         reason = f"rollback: the log now shows size {new.size}, it already showed {old.size}"
-        raise LogMisbehaviour(reason, evidence(reason, old, new))
+        raise LogMisbehaviour(reason, fork_evidence(reason, old, new))
     if new.size == old.size:
         if new.root != old.root:
             reason = f"fork: two different roots signed for size {new.size}"
-            raise LogMisbehaviour(reason, evidence(reason, old, new))
+            raise LogMisbehaviour(reason, fork_evidence(reason, old, new))
         return
     try:
         verify_consistency(old.size, new.size, old.root, new.root, proof)
     except ProofError as exc:
         reason = f"inconsistent: size {new.size} does not extend size {old.size} ({exc})"
-        raise LogMisbehaviour(reason, evidence(reason, old, new, proof)) from exc
+        raise LogMisbehaviour(reason, fork_evidence(reason, old, new, proof)) from exc

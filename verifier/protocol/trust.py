@@ -1,0 +1,49 @@
+"""What a client trusts about a log: its origin and how to open its checkpoints. No I/O.
+
+Every verifier entry point that takes a checkpoint from a log takes a `LogTrust` rather than a
+bare key, so the rule for believing a checkpoint lives in one place. Today the rule is one
+pinned Ed25519 key (`KeyTrust`, C2SP tlog-checkpoint "Signatures": the log's signature by the
+key whose name is the origin); a witness policy (C2SP tlog-policy: the log's signature plus a
+quorum of cosignatures) is another `LogTrust`, and nothing that uses one changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from verifier.protocol.checkpoint import Checkpoint, open_checkpoint
+from verifier.protocol.note import Verifier
+
+
+class LogTrust(Protocol):
+    @property
+    def origin(self) -> str:
+        """The log's origin line: a checkpoint of any other origin is refused."""
+        ...
+
+    def describe(self) -> str:
+        """What the trust is, for messages ("the pinned key NAME")."""
+        ...
+
+    def open(self, note: bytes | str) -> Checkpoint:
+        """The checkpoint of a signed note that satisfies this trust; ValueError (NoteError,
+        CheckpointError) otherwise."""
+        ...
+
+
+@dataclass(frozen=True)
+class KeyTrust:
+    """Trust in one log key: a checkpoint is believed when that key signed it."""
+
+    key: Verifier
+
+    @property
+    def origin(self) -> str:
+        return self.key.name
+
+    def describe(self) -> str:
+        return f"the pinned key {self.key.name}"
+
+    def open(self, note: bytes | str) -> Checkpoint:
+        return open_checkpoint(note, self.key)
