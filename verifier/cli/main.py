@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from verifier.cli.common import add_common, client_for
 from verifier.client import audit, monitor
 from verifier.client.checks import check_release, hash_file, parse_time
 from verifier.client.log import LogClient
@@ -35,11 +36,6 @@ from verifier.protocol.state import Trusted
 from verifier.protocol.tiles import TILE_WIDTH
 
 MAX_RECEIPT_BYTES = 1 << 21
-
-
-def client_for(args: argparse.Namespace, state: StateDir | None = None) -> LogClient:
-    cache = state.path / "tiles" if state is not None else None
-    return LogClient(args.log, cache_dir=cache, timeout=args.timeout, retries=args.retries)
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
@@ -199,16 +195,6 @@ def _find_and_prove_once(client: LogClient, trusted: Trusted, hints: Sequence[in
     return found[0]
 
 
-def _common(p: argparse.ArgumentParser, log: bool = True) -> None:
-    if log:
-        p.add_argument("--log", required=True, help="the log's base URL")
-    p.add_argument("--key", required=True, help="the log's verifier key file (pinned by you)")
-    p.add_argument("--timeout", type=float, default=10.0,
-                   help="seconds to connect, and that the log may send nothing (counted in "
-                        "whole seconds, at least 1)")
-    p.add_argument("--retries", type=int, default=3, help="retries on transient network errors")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tlog-verify", description=__doc__,
@@ -216,17 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("checkpoint", help="fetch and verify the log's checkpoint")
-    _common(c)
+    add_common(c)
     c.set_defaults(func=cmd_checkpoint)
 
     b = sub.add_parser("bundle", help="verify a receipt offline (no network)")
     b.add_argument("receipt", help="the receipt written by `tlog publish`")
-    _common(b, log=False)
+    add_common(b, log=False)
     _release_options(b)
     b.set_defaults(func=cmd_bundle)
 
     r = sub.add_parser("release", help="find a release in the log and verify it online")
-    _common(r)
+    add_common(r)
     r.add_argument("--package", required=True)
     r.add_argument("--version", required=True)
     r.add_argument("--state", help="directory keeping the last trusted checkpoint")
@@ -236,8 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     _release_options(r)
     r.set_defaults(func=cmd_release)
 
-    audit.register(sub, _common)
-    monitor.register(sub, _common)
+    audit.register(sub, add_common)
+    monitor.register(sub, add_common)
     return p
 
 

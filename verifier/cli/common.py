@@ -1,0 +1,28 @@
+"""What every online `tlog-verify` command shares: the options naming the log and its pinned
+key, and the LogClient those options describe."""
+
+from __future__ import annotations
+
+import argparse
+
+from verifier.client.log import LogClient
+from verifier.client.statedir import StateDir
+
+__all__ = ["add_common", "client_for"]
+
+
+def add_common(p: argparse.ArgumentParser, log: bool = True) -> None:
+    """Add --log (unless `log` is false), --key, --timeout and --retries to `p`."""
+    if log:
+        p.add_argument("--log", required=True, help="the log's base URL")
+    p.add_argument("--key", required=True, help="the log's verifier key file (pinned by you)")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to connect, and that the log may send nothing (counted in "
+                        "whole seconds, at least 1)")
+    p.add_argument("--retries", type=int, default=3, help="retries on transient network errors")
+
+
+def client_for(args: argparse.Namespace, state: StateDir | None = None) -> LogClient:
+    """The client of --log; with `state`, tiles are cached in its tiles/ directory."""
+    cache = state.path / "tiles" if state is not None else None
+    return LogClient(args.log, cache_dir=cache, timeout=args.timeout, retries=args.retries)
