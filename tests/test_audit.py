@@ -17,13 +17,10 @@ import pytest
 from tests.audit_support import LiveLog, MemoryLog, releases, write_log
 from tests.support import free_port, make_release
 from verifier.cli import main as cli
-from verifier.client.audit import (
-    PROGRESS_FILE,
-    FullAuditResult,
-    ProgressLine,
-    audit,
-    full_audit,
-)
+from verifier.cli.progress import ProgressLine
+from verifier.client.audit.full import FullAuditResult, full_audit
+from verifier.client.audit.incremental import audit
+from verifier.client.audit.progress import PROGRESS_FILE
 from verifier.client.log import LogClient
 from verifier.client.statedir import StateDir
 from verifier.errors import LogMisbehaviour, TransportError

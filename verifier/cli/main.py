@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from verifier.cli import audit
 from verifier.cli.common import add_common, client_for
-from verifier.client import audit, monitor
+from verifier.client import monitor
 from verifier.client.checks import check_release, hash_file, parse_time
 from verifier.client.log import LogClient
 from verifier.client.statedir import StateDir, load_vkey
