@@ -327,7 +327,7 @@ def child_hash_audit(argv: list[str]) -> None:
     ap.add_argument("--cache", type=Path)
     ap.add_argument("--workers", type=int)
     args = ap.parse_args(argv)
-    from verifier.client import audit
+    from verifier.client.audit import full, incremental
     from verifier.client.log import LogClient
     from verifier.client.statedir import StateDir
     from verifier.protocol.note import parse_vkey
@@ -335,8 +335,8 @@ def child_hash_audit(argv: list[str]) -> None:
     key = parse_vkey(Path(args.key).read_text(encoding="utf-8").strip())
     client = LogClient(args.log, cache_dir=args.cache)
     with StateDir(args.state) as state:
-        trusted = audit.audit(client, key, state)
-        result = audit.full_audit(client, trusted, state, workers=args.workers, validate=False)
+        trusted = incremental.audit(client, key, state)
+        result = full.full_audit(client, trusted, state, workers=args.workers, validate=False)
     print(result.summary())
     print(json.dumps({"entries": result.entries, "elapsed": result.elapsed,
                       "tiles": result.tiles, "size": result.size}))

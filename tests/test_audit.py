@@ -17,13 +17,10 @@ import pytest
 from tests.audit_support import LiveLog, MemoryLog, releases, write_log
 from tests.support import free_port, make_release
 from verifier.cli import main as cli
-from verifier.client.audit import (
-    PROGRESS_FILE,
-    FullAuditResult,
-    ProgressLine,
-    audit,
-    full_audit,
-)
+from verifier.cli.progress import ProgressLine
+from verifier.client.audit.full import FullAuditResult, full_audit
+from verifier.client.audit.incremental import audit
+from verifier.client.audit.progress import PROGRESS_FILE
 from verifier.client.log import LogClient
 from verifier.client.statedir import StateDir
 from verifier.errors import LogMisbehaviour, TransportError
@@ -316,10 +313,10 @@ def test_full_audit_resumes_against_a_larger_checkpoint_covering_each_entry_once
             raise Stop
 
     with StateDir(tmp_path) as state:
-        trusted = audit(small, log_key.verifier(), state)
+        trusted = audit(small, KeyTrust(log_key.verifier()), state)
         with pytest.raises(Stop):
             full_audit(small, trusted, state, workers=2, progress=stop_after_two_bundles)
-        trusted = audit(big, log_key.verifier(), state)
+        trusted = audit(big, KeyTrust(log_key.verifier()), state)
         result = full_audit(big, trusted, state, workers=0,
                             progress=lambda done, total: seen.append((done, total)))
     assert result.start == 512 and result.size == 1100 and result.entries == 588
@@ -338,7 +335,7 @@ def test_rewritten_full_level1_tile_is_caught(log_key: Signer, tmp_path: Path) -
     tile[5 * 32] ^= 1
     log.tiles[(1, 0)] = bytes(tile)
     with StateDir(tmp_path) as state:
-        trusted = audit(log, log_key.verifier(), state)
+        trusted = audit(log, KeyTrust(log_key.verifier()), state)
         with pytest.raises(LogMisbehaviour, match=r"the log's tile/1/000 differs from the tree "
                            r"recomputed from its entries at hash 5 \(entries 1280..1535\)"):
             full_audit(log, trusted, state, validate=False)
@@ -357,7 +354,7 @@ def test_bundle_entry_that_is_not_in_the_tree_is_caught(log_key: Signer, publish
     log = MemoryLog(log_key, releases(publisher, 300))
     log.leaves[290] = b"{}"
     with StateDir(tmp_path) as state:
-        trusted = audit(log, log_key.verifier(), state)
+        trusted = audit(log, KeyTrust(log_key.verifier()), state)
         with pytest.raises(LogMisbehaviour, match="the log serves, outside its tree of size 300, "
                            "entries that are not valid: entry 290: "):
             full_audit(log, trusted, state, workers=0)
@@ -369,7 +366,7 @@ def test_checkpoint_root_that_entries_do_not_hash_to_is_caught(
     log.note = sign_checkpoint(Checkpoint(log_key.name, 3, b"\x01" * 32), log_key)
     log.tiles = {(0, 0): log.tiles[(0, 0)]}
     with StateDir(tmp_path) as state:
-        trusted = audit(log, log_key.verifier(), state)
+        trusted = audit(log, KeyTrust(log_key.verifier()), state)
         with pytest.raises(LogMisbehaviour, match=r"hash to root .* but its signed checkpoint "
                            r"of size 3 has root 0101"):
             full_audit(log, trusted, state, validate=False)
@@ -381,7 +378,7 @@ def test_saved_progress_from_another_history_is_not_resumed(
         log_key: Signer, tmp_path: Path) -> None:
     with StateDir(tmp_path) as state:
         first = MemoryLog(log_key, [b"x%d" % i for i in range(600)])
-        full_audit(first, audit(first, log_key.verifier(), state), state, validate=False)
+        full_audit(first, audit(first, KeyTrust(log_key.verifier()), state), state, validate=False)
         other = MemoryLog(log_key, [b"y%d" % i for i in range(700)])
         with pytest.raises(LogMisbehaviour, match="does not extend size 600"):
             full_audit(other, current(other, log_key), state, validate=False)

@@ -1,0 +1,223 @@
+"""Verifying one release the way an update client must before installing it.
+
+Online (`verify_release`, or its steps `prove_release`, `check_key_valid_at`, `check_install`):
+find the one entry the log holds for a package version, fetch it from its entry bundle and
+prove it with a proof from tiles in the log's current checkpoint, which must verify with the
+pinned log key and, with a state directory, extend the checkpoint trusted before (the new one
+is then stored). With the log operator's pinned admin keys, the registry entries before the
+release are replayed to show the release's key was valid for its package at its index.
+Offline (`verify_receipt_file`): a receipt, the log key and nothing else, no network.
+Either way the entry is then checked against the caller's own world (verifier.client.checks):
+the files about to be installed, the pinned publisher keys, the install window.
+
+Errors follow verifier.errors: UsageError (the caller's own inputs), VerificationFailed or
+LogMisbehaviour (do not install), TransportError (the log could not be asked).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from verifier.client.checks import FileDigest, check_release
+from verifier.client.log import LogClient
+from verifier.client.statedir import StateDir
+from verifier.client.tracking import advance
+from verifier.errors import UsageError, VerificationFailed
+from verifier.protocol.entries.release import EntryError, Release, parse_leaf
+from verifier.protocol.merkle import ProofError, verify_inclusion
+from verifier.protocol.note import Verifier
+from verifier.protocol.receipt import VerifiedReceipt, verify_receipt
+from verifier.protocol.registry import Refusal, Registry, parse_log_leaf
+from verifier.protocol.state import Trusted
+from verifier.protocol.tiles import TILE_WIDTH
+from verifier.protocol.trust import LogTrust
+
+__all__ = [
+    "MAX_RECEIPT_BYTES",
+    "ProvenRelease",
+    "VerifiedRelease",
+    "check_install",
+    "check_key_valid_at",
+    "prove_entry",
+    "prove_release",
+    "read_receipt",
+    "verify_receipt_file",
+    "verify_release",
+]
+
+MAX_RECEIPT_BYTES = 1 << 21
+
+
+@dataclass(frozen=True)
+class ProvenRelease:
+    """A release entry proven in the log: `receipt.index` of the tree `trusted` signed."""
+
+    receipt: VerifiedReceipt
+    trusted: Trusted
+
+
+@dataclass(frozen=True)
+class VerifiedRelease:
+    """A release that passed every check: where it is logged, and the names of the entry's
+    artifacts that the caller's files matched (in the order of the files)."""
+
+    receipt: VerifiedReceipt
+    artifacts: tuple[str, ...]
+
+    @property
+    def release(self) -> Release:
+        return self.receipt.release
+
+
+def check_install(receipt: VerifiedReceipt, files: Sequence[FileDigest] = (),
+                  pinned: Sequence[Verifier] = (), now: datetime | None = None) -> VerifiedRelease:
+    """Check a logged release against the caller's files, pinned publisher keys and the
+    install window at `now` (default: the current time); VerificationFailed if any fails."""
+    when = datetime.now(UTC) if now is None else now
+    return VerifiedRelease(receipt, tuple(check_release(receipt.release, files, pinned, when)))
+
+
+# -- offline: a receipt ------------------------------------------------------------------------
+
+
+def read_receipt(path: str | Path) -> object:
+    """The JSON of a receipt file; `path` is named in errors as given."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"couldn't read receipt {path}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_RECEIPT_BYTES:
+        raise VerificationFailed(f"receipt {path} is larger than {MAX_RECEIPT_BYTES} bytes")
+    try:
+        loaded: object = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise VerificationFailed(f"receipt {path} is not JSON: {exc}") from exc
+    return loaded
+
+
+def verify_receipt_file(path: str | Path, trust: LogTrust, files: Sequence[FileDigest] = (),
+                        pinned: Sequence[Verifier] = (),
+                        now: datetime | None = None) -> VerifiedRelease:
+    """Offline: the receipt at `path` must prove its entry in a checkpoint that satisfies `trust`,
+    and the entry must pass `check_install`. No network at all."""
+    receipt = read_receipt(path)
+    try:
+        verified = verify_receipt(receipt, trust)
+    except ValueError as exc:
+        raise VerificationFailed(f"receipt {path} does not verify: {exc}") from exc
+    return check_install(verified, files, pinned, now)
+
+
+# -- online: the log ---------------------------------------------------------------------------
+
+
+def verify_release(client: LogClient, trust: LogTrust, package: str, version: str, *,
+                   state: StateDir | None = None, admins: Sequence[Verifier] = (),
+                   files: Sequence[FileDigest] = (), pinned: Sequence[Verifier] = (),
+                   now: datetime | None = None) -> VerifiedRelease:
+    """Online, in one call: `prove_release`, then with `admins` `check_key_valid_at`, then
+    `check_install`. `state`, if given, must be entered (locked) by the caller."""
+    proven = prove_release(client, trust, package, version, state)
+    if admins:
+        check_key_valid_at(client, proven, admins)
+    return check_install(proven.receipt, files, pinned, now)
+
+
+def prove_release(client: LogClient, trust: LogTrust, package: str, version: str,
+                  state: StateDir | None = None) -> ProvenRelease:
+    """The one entry for (package, version), proven in the log's current checkpoint.
+
+    The checkpoint must satisfy `trust`; with `state`, it must extend the stored one, which
+    it then replaces (misbehaviour evidence goes to state/evidence/). The log's search only
+    hints where to look: every hinted entry is read from its bundle and checked, and a
+    version logged twice is refused as ambiguous.
+    """
+    hints = client.search(package, version)
+    trusted = advance(client, trust, state)
+    return ProvenRelease(_find_and_prove(client, trusted, hints, package, version), trusted)
+
+
+def prove_entry(client: LogClient, trusted: Trusted, index: int, leaf_hash: bytes) -> None:
+    """Entry `index` with `leaf_hash` is in the tree `trusted` signed: a proof from tiles."""
+    try:
+        verify_inclusion(index, trusted.size, leaf_hash,
+                         client.inclusion_proof(index, trusted.size), trusted.root)
+    except ProofError as exc:
+        raise VerificationFailed(f"entry {index} is not proven in the checkpoint of size "
+                                 f"{trusted.size}: {exc}") from exc
+
+
+def check_key_valid_at(client: LogClient, proven: ProvenRelease,
+                       admins: Sequence[Verifier]) -> None:
+    """The release's key was valid for its package at its index: replay the registry
+    entries before it (each fetched from its bundle and proven in `proven.trusted`) with the
+    pinned admin keys. The log could leave a registry entry out of its listing; monitors,
+    which replay every entry, catch that."""
+    trusted, verified = proven.trusted, proven.receipt
+    registry = Registry(admins, enforce=True)
+    for index in sorted({i for i in client.registry_indices() if i < verified.index}):
+        try:
+            entry = parse_log_leaf(client.entry(index, trusted.size))
+        except EntryError as exc:
+            raise VerificationFailed(f"registry entry {index} does not verify: {exc}") from exc
+        prove_entry(client, trusted, index, entry.leaf_hash)
+        if isinstance(entry, Release):
+            raise VerificationFailed(f"the log lists entry {index} as a registry entry; it is "
+                                     "a release")
+        try:
+            registry.apply(index, entry)
+        except Refusal as exc:
+            raise VerificationFailed(f"the log accepted registry entry {index}, which the "
+                                     f"pinned admin keys do not allow: {exc}") from exc
+    r = verified.release
+    if r.publisher not in registry.publishers:
+        raise VerificationFailed(f"publisher {r.publisher!r} is not registered in the log "
+                                 f"before entry {verified.index}")
+    problem = registry.release_problem(r.publisher, r.package, r.key.text())
+    if problem is not None:
+        raise VerificationFailed(f"at entry {verified.index}, {problem}")
+
+
+def _find_and_prove(client: LogClient, trusted: Trusted, hints: Sequence[int], package: str,
+                    version: str) -> VerifiedReceipt:
+    """The one entry for (package, version) among the log's hints, proven in `trusted`."""
+    try:
+        return _find_and_prove_once(client, trusted, hints, package, version)
+    except VerificationFailed:
+        if not client.drop_cache():
+            raise
+        return _find_and_prove_once(client, trusted, hints, package, version)
+
+
+def _find_and_prove_once(client: LogClient, trusted: Trusted, hints: Sequence[int],
+                         package: str, version: str) -> VerifiedReceipt:
+    size = trusted.size
+    found: list[VerifiedReceipt] = []
+    bundles: dict[int, list[bytes]] = {}
+    for index in sorted(set(hints)):
+        if index >= size:
+            continue
+        n = index // TILE_WIDTH
+        if n not in bundles:  # hints are sorted: each bundle is fetched once, then dropped
+            bundles = {n: client.entry_bundle(n, size)}
+        try:
+            release = parse_leaf(bundles[n][index % TILE_WIDTH])
+        except EntryError as exc:
+            raise VerificationFailed(
+                f"entry {index} of the log is not a valid release: {exc}") from exc
+        if (release.package, release.version) != (package, version):
+            continue
+        prove_entry(client, trusted, index, release.leaf_hash)
+        found.append(VerifiedReceipt(release, index, trusted.checkpoint))
+    if not found:
+        raise VerificationFailed(f"the log shows no provable entry for {package} {version} "
+                                 f"in its checkpoint of size {size}")
+    if len(found) > 1:
+        indices = [f.index for f in found]
+        raise VerificationFailed(f"the log holds {len(found)} entries for {package} {version} "
+                                 f"(indices {indices}); refusing an ambiguous release")
+    return found[0]
