@@ -43,11 +43,11 @@ from tests.support import (
 from tlog.cli.pgcluster import Cluster
 from verifier.cli import main as cli
 from verifier.client import monitor
-from verifier.client.monitor import Edge, MonitorDB, Watcher, version_key
+from verifier.client.monitor import MonitorDB, Watcher, version_key
 from verifier.client.scan import Checked
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from verifier.protocol.entries.release import sign_entry, validate_entry
-from verifier.protocol.merkle import leaf_hash, root_of, verify_inclusion
+from verifier.protocol.merkle import RightEdge, leaf_hash, verify_inclusion
 from verifier.protocol.note import Signer, generate_key
 from verifier.protocol.receipt import parse_tlog_proof
 from verifier.protocol.tiles import ENTRIES_LEVEL, TILE_WIDTH, TreeBuilder, encode_bundle, tile_path
@@ -606,18 +606,6 @@ def test_version_key_compares_numbers_as_integers() -> None:
     assert version_key("release-5") is None
 
 
-def test_edge_root_matches_the_rfc_6962_tree_at_every_size() -> None:
-    hashes = [leaf_hash(bytes([i])) for i in range(70)]
-    edge = Edge()
-    assert edge.root() == root_of([])
-    for i, h in enumerate(hashes):
-        edge.extend(i, 1, [h])
-        assert edge.root() == root_of(hashes[:i + 1])
-        assert Edge(edge.size, edge.hashes).root() == edge.root()
-    with pytest.raises(ValueError):
-        Edge(3, hashes[:1])
-
-
 def test_usage_errors_exit_2(vkey: Path, tmp_path: Path,
                              capsys: pytest.CaptureFixture[str]) -> None:
     url = "http://127.0.0.1:9"
@@ -717,24 +705,6 @@ def test_a_chunk_summary_survives_pickling_as_seen_tuples(publisher: Signer) -> 
     assert back.entries[-1].error is not None and back.entries[-1].leaf == b"{}"
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(1, 70), min_size=1, max_size=8), st.integers(0, 40))
-def test_edge_grows_by_chunk_hashes_as_by_leaves(sizes: list[int], start: int) -> None:
-    hashes = [leaf_hash(i.to_bytes(4, "big")) for i in range(start + sum(sizes))]
-    edge = Edge()
-    for i, h in enumerate(hashes[:start]):
-        edge.extend(i, 1, [h])
-    first = start
-    for n in sizes:
-        part = hashes[first:first + n]
-        edge.extend(first, n, monitor.range_hashes(first, part))
-        first += n
-        assert edge.root() == root_of(hashes[:first])
-        assert Edge(edge.size, edge.hashes).root() == edge.root()
-    with pytest.raises(ValueError):
-        edge.extend(first + 1, 1, [hashes[0]])
-
-
 _VERSIONS = ["1.0", "1.1", "2.0", "1.0.0", "2.0-rc.1", "1.0.post1", "nightly"]
 _step = st.tuples(st.sampled_from(["app", "lib"]), st.sampled_from(_VERSIONS),
                   st.none() | st.integers(0, 3), st.sampled_from(["acme+1+k1", "acme+2+k2"]),
@@ -765,7 +735,7 @@ def test_fast_paths_report_what_the_plain_checks_report(
             part = seen[n:n + group]
             stored.preload(db.lookup_versions(stored.stored_version_names(part)))
             got += _feed_all(stored, part)
-            db.save(stored, Edge(), "origin", [])
+            db.save(stored, RightEdge(), "origin", [])
             stored.forget_versions()
         rows = db.conn.execute("SELECT name, knowledge FROM packages")
         assert {name: json.loads(text) for name, text in rows} == {

@@ -110,20 +110,12 @@ from verifier.errors import (
     VerificationFailed,
 )
 from verifier.protocol.entries.release import KIND, EntryError
-from verifier.protocol.merkle import (
-    EMPTY_ROOT,
-    HASH_SIZE,
-    ProofError,
-    fold,
-    node_hash,
-    range_nodes,
-    verify_consistency,
-)
+from verifier.protocol.merkle import ProofError, RightEdge, verify_consistency
 from verifier.protocol.note import Verifier, b64encode
 from verifier.protocol.receipt import format_tlog_proof
 from verifier.protocol.registry import Refusal, Registry, validate_registry_entry
 from verifier.protocol.state import Trusted
-from verifier.protocol.tiles import hash_up
+from verifier.protocol.tiles import range_hashes
 from verifier.protocol.trust import KeyTrust
 
 DB_FILE = "monitor.db"
@@ -294,15 +286,6 @@ def summarize_leaves(first_index: int, leaves: list[bytes]) -> Summary:
     return Summary(first_index, range_hashes(first_index, [c.leaf_hash for c in checked]),
                    [summarize(c, leaves[c.index - first_index] if c.error is not None else None)
                     for c in checked])
-
-
-def range_hashes(first: int, leaf_hashes: Sequence[bytes]) -> list[bytes]:
-    """The hashes of the merkle.range_nodes over leaves first.. with these hashes."""
-    out, pos = [], 0
-    for level, _ in range_nodes(first, first + len(leaf_hashes)):
-        out.append(hash_up(leaf_hashes[pos:pos + (1 << level)]))
-        pos += 1 << level
-    return out
 
 
 # -- the pure core ---------------------------------------------------------------------------
@@ -576,45 +559,6 @@ def _check_window(seen: Seen, now: datetime) -> Problem | None:
             {"not_after": seen.not_after, "observed_at": observed})
 
 
-class Edge:
-    """The right edge of the tree over the leaves appended so far (RFC 9162 §2.1.1).
-
-    One perfect-subtree hash per set bit of `size`, largest first, so the root is their
-    right fold; appending a perfect subtree (`extend`) merges the trailing equal-sized ones.
-    """
-
-    def __init__(self, size: int = 0, hashes: Sequence[bytes] = ()) -> None:
-        if size < 0 or len(hashes) != size.bit_count() or any(
-                len(h) != HASH_SIZE for h in hashes):
-            raise ValueError(f"{len(hashes)} edge hashes do not fit a tree of size {size}")
-        self.size = size
-        self.hashes = list(hashes)
-
-    def copy(self) -> Edge:
-        return Edge(self.size, self.hashes)
-
-    def extend(self, first: int, count: int, nodes: Sequence[bytes]) -> None:
-        """Append leaves first..first+count-1, given as their range_hashes."""
-        levels = [level for level, _ in range_nodes(first, first + count)]
-        if first != self.size or len(nodes) != len(levels):
-            raise ValueError(f"{len(nodes)} hashes of leaves {first}.. do not extend a tree "
-                             f"of size {self.size}")
-        for level, h in zip(levels, nodes, strict=True):
-            self._push(level, h)
-
-    def _push(self, level: int, h: bytes) -> None:
-        """Append a perfect subtree of 2**level leaves; `size` is a multiple of 2**level."""
-        size = self.size >> level
-        while size & 1:  # merge with the equal-sized subtrees at the right edge
-            h = node_hash(self.hashes.pop(), h)
-            size >>= 1
-        self.hashes.append(h)
-        self.size += 1 << level
-
-    def root(self) -> bytes:
-        return fold(self.hashes) if self.hashes else EMPTY_ROOT
-
-
 # -- storage -------------------------------------------------------------------------------
 
 _SCHEMA = """
@@ -651,7 +595,7 @@ class Loaded:
     origin: str | None
     next_index: int
     next_seq: int
-    edge: Edge
+    edge: RightEdge
     packages: dict[str, PackageState]
     outbox: list[str]
     registry: dict[str, Any]
@@ -701,7 +645,7 @@ class MonitorDB:
                       for line in lines.splitlines()]
             row = self.conn.execute("SELECT state FROM registry").fetchone()
             return Loaded(origin, next_index, next_seq,
-                          Edge(next_index, [bytes.fromhex(h) for h in json.loads(edge)]),
+                          RightEdge(next_index, [bytes.fromhex(h) for h in json.loads(edge)]),
                           packages, outbox, json.loads(row[0]) if row else {})
         except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"{self.path} is not a usable monitor state: {exc}") from exc
@@ -715,7 +659,7 @@ class MonitorDB:
             "(SELECT value FROM json_each(?))", (json.dumps(names),))
         return {name: (digest, idx) for name, digest, idx in rows}
 
-    def save(self, watcher: Watcher, edge: Edge, origin: str, lines: Sequence[str]) -> None:
+    def save(self, watcher: Watcher, edge: RightEdge, origin: str, lines: Sequence[str]) -> None:
         """Commit the watcher's changes, the position, the next seq and `lines` to the outbox."""
         packages, versions = watcher.take_changes()
         with self._transaction() as c:
@@ -940,7 +884,7 @@ class Monitor:
             raise VerificationFailed(f"entry {first.entry_index} of the log fails validation: "
                                      f"{first.error}; evidence saved in {where[first.entry_index]}")
 
-    def _prove_prefix(self, edge: Edge, trusted: Trusted) -> None:
+    def _prove_prefix(self, edge: RightEdge, trusted: Trusted) -> None:
         """The leaves scanned so far must be the first edge.size leaves of the signed tree."""
         size = trusted.size
         proof = self.client.consistency_proof(edge.size, size) if 0 < edge.size < size else []
@@ -951,7 +895,7 @@ class Monitor:
                 f"the log's entries 0..{edge.size - 1} do not hash to a prefix of its "
                 f"checkpoint of size {size}: {exc}", trusted, edge, proof)) from exc
 
-    def _evidence(self, reason: str, trusted: Trusted, edge: Edge,
+    def _evidence(self, reason: str, trusted: Trusted, edge: RightEdge,
                   proof: Sequence[bytes] | None) -> LogMisbehaviour:
         files: dict[str, str | bytes] = {
             "reason.txt": f"{reason}\n",
