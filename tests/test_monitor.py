@@ -42,8 +42,18 @@ from tests.support import (
 )
 from tlog.cli.pgcluster import Cluster
 from verifier.cli import main as cli
-from verifier.client import monitor
-from verifier.client.monitor import MonitorDB, Watcher, version_key
+from verifier.client.monitor import run as monitor_run
+from verifier.client.monitor import watch
+from verifier.client.monitor.db import MonitorDB
+from verifier.client.monitor.run import Monitor
+from verifier.client.monitor.summary import (
+    Seen,
+    encode,
+    summarize,
+    summarize_leaves,
+    version_key,
+)
+from verifier.client.monitor.watch import Watcher
 from verifier.client.scan import Checked
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from verifier.protocol.entries.release import sign_entry, validate_entry
@@ -488,7 +498,7 @@ def _crash_on_call(n: int, real: Any) -> Any:
 def six_hundred(static_log: StaticLog, publisher: Signer,
                 monkeypatch: pytest.MonkeyPatch) -> StaticLog:
     """600 entries, committed one bundle (256 entries) at a time: 3 groups."""
-    monkeypatch.setattr(monitor, "GROUP_BUNDLES", 1)
+    monkeypatch.setattr(monitor_run, "GROUP_BUNDLES", 1)
     static_log.publish([leaf(make_release(publisher, f"pkg{i}", "1.0")) for i in range(600)])
     return static_log
 
@@ -498,7 +508,7 @@ def test_a_crash_after_saving_and_before_printing_loses_and_repeats_nothing(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     state = tmp_path / "state"
     with monkeypatch.context() as m:
-        m.setattr(monitor.Monitor, "_print", _crash_on_call(2, monitor.Monitor._print))
+        m.setattr(Monitor, "_print", _crash_on_call(2, Monitor._print))
         with pytest.raises(Crash):
             run(capsys, six_hundred.url, vkey, state)
     before = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -668,7 +678,7 @@ def test_release_breaking_the_registry_is_alerted_and_admin_forgery_is_caught() 
 
 def _seen(index: int, package: str, version: str, counter: int | None = None,
           key: str = "acme+1+k1", payload: str = "a", not_after: str | None = None,
-          name: str = "app.tar.gz") -> monitor.Seen:
+          name: str = "app.tar.gz") -> Seen:
     """The Seen of an (unsigned) release entry: the Watcher trusts what the workers checked."""
     entry: dict[str, Any] = {"kind": "release/v1", "package": package, "version": version,
                              "key": key, "artifacts": [{"name": name, "sha256": payload * 64,
@@ -677,7 +687,7 @@ def _seen(index: int, package: str, version: str, counter: int | None = None,
         entry["counter"] = counter
     if not_after is not None:
         entry["install_window"] = {"not_before": "2020-01-01T00:00:00Z", "not_after": not_after}
-    return monitor.summarize(Checked(index, leaf_hash(json.dumps(entry).encode()), entry, None))
+    return summarize(Checked(index, leaf_hash(json.dumps(entry).encode()), entry, None))
 
 
 def test_release_lines_are_the_events_encoded_as_before() -> None:
@@ -690,7 +700,7 @@ def test_release_lines_are_the_events_encoded_as_before() -> None:
                     "version": seen.version, "counter": seen.counter, "publisher": "acme",
                     "key": seen.key, "artifacts": json.loads("{" + seen.body)["artifacts"],
                     "leaf_hash": seen.leaf_hash.hex()}
-        assert line == monitor.encode(expected)
+        assert line == encode(expected)
         assert line.isascii()
 
 
@@ -698,10 +708,10 @@ def test_a_chunk_summary_survives_pickling_as_seen_tuples(publisher: Signer) -> 
     import pickle
 
     leaves = [leaf(make_release(publisher, "app", f"1.{i}")) for i in range(5)] + [b"{}"]
-    summary = monitor.summarize_leaves(10, leaves)
+    summary = summarize_leaves(10, leaves)
     back = pickle.loads(pickle.dumps(summary))
     assert back == summary
-    assert all(type(s) is monitor.Seen for s in back.entries)
+    assert all(type(s) is Seen for s in back.entries)
     assert back.entries[-1].error is not None and back.entries[-1].leaf == b"{}"
 
 
@@ -711,8 +721,8 @@ _step = st.tuples(st.sampled_from(["app", "lib"]), st.sampled_from(_VERSIONS),
                   st.sampled_from("ab"), st.sampled_from([None, "2020-02-01T00:00:00Z"]))
 
 
-def _feed_all(w: Watcher, seen: list[monitor.Seen]) -> list[str]:
-    return [e if isinstance(e, str) else monitor.encode(e) for s in seen
+def _feed_all(w: Watcher, seen: list[Seen]) -> list[str]:
+    return [e if isinstance(e, str) else encode(e) for s in seen
             for e in w.report(s, NOW)]
 
 
@@ -727,7 +737,7 @@ def test_fast_paths_report_what_the_plain_checks_report(
     seen = [_seen(i, *step) for i, step in enumerate(steps)]
     plain = Watcher()
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(monitor, "_unremarkable", lambda pkg, seen: False)
+        m.setattr(watch, "_unremarkable", lambda pkg, seen: False)
         expected = _feed_all(plain, seen)
     stored, got = Watcher(), []
     with tempfile.TemporaryDirectory() as tmp, MonitorDB(Path(tmp) / "m.db") as db:

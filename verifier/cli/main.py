@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from verifier.client import audit, monitor
+from verifier.cli import monitor
+from verifier.client import audit
 from verifier.client.checks import check_release, hash_file, parse_time
 from verifier.client.log import LogClient
 from verifier.client.statedir import StateDir, load_vkey
