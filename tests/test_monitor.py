@@ -7,6 +7,7 @@ log key (a log that enforces nothing), served over HTTP.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import functools
 import json
@@ -586,6 +587,27 @@ def test_pure_core_alerts_on_a_registry_entry_that_does_not_validate() -> None:
 def test_pure_core_refuses_entries_out_of_order(publisher: Signer) -> None:
     with pytest.raises(ValueError, match="entry 1 fed where entry 0 is next"):
         Watcher().observe(checked(1, make_release(publisher, "app", "1.0")), NOW)
+
+
+# What the judge must not reach for: storage, processes, threads, signals, the clock, the
+# network, metrics, the command line, and the modules of the monitor that use them.
+_IMPURE = ("sqlite3", "threading", "signal", "prometheus_client", "argparse", "os", "time", "io",
+           "pathlib", "shutil", "tempfile", "socket", "subprocess", "multiprocessing",
+           "concurrent", "asyncio", "urllib", "http", "pycurl", "verifier.client.log",
+           "verifier.client.statedir", "verifier.client.tracking", "verifier.client.monitor.db",
+           "verifier.client.monitor.metrics", "verifier.client.monitor.run", "verifier.cli")
+
+
+@pytest.mark.parametrize("name", ["summary.py", "watch.py"])
+def test_pure_core_modules_do_no_io(name: str) -> None:
+    """The judge and what the workers send it: no imports of I/O, no open/print, no clock."""
+    tree = ast.parse(Path(watch.__file__).with_name(name).read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert {m for m in imported for f in _IMPURE if m == f or m.startswith(f + ".")} == set()
+    called = {c.func.id if isinstance(c.func, ast.Name) else getattr(c.func, "attr", "")
+              for c in ast.walk(tree) if isinstance(c, ast.Call)}
+    assert called & {"open", "print", "input", "now", "utcnow", "today"} == set()
 
 
 @pytest.mark.parametrize(("earlier", "later", "alerted"), [
