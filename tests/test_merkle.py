@@ -21,6 +21,7 @@ from verifier.protocol.merkle import (
     HASH_SIZE,
     Node,
     ProofError,
+    RightEdge,
     combine,
     consistency_nodes,
     fold,
@@ -34,7 +35,7 @@ from verifier.protocol.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from verifier.protocol.tiles import TreeBuilder
+from verifier.protocol.tiles import TreeBuilder, range_hashes
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "rfc6962_roots.json").read_text())
 MAX_EXHAUSTIVE = 130
@@ -273,6 +274,50 @@ def test_range_nodes_cover_any_range_with_aligned_perfect_nodes() -> None:
                 assert nodes == subtree_nodes(lo, hi)
     with pytest.raises(ValueError):
         range_nodes(4, 3)
+
+
+def test_right_edge_root_matches_the_rfc_6962_tree_at_every_size() -> None:
+    hashes = [leaf_hash(bytes([i])) for i in range(70)]
+    edge = RightEdge()
+    assert edge.root() == root_of([])
+    for i, h in enumerate(hashes):
+        edge.extend(i, 1, [h])
+        assert edge.root() == root_of(hashes[:i + 1])
+        assert RightEdge(edge.size, edge.hashes).root() == edge.root()
+    with pytest.raises(ValueError):
+        RightEdge(3, hashes[:1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 70), min_size=1, max_size=8), st.integers(0, 40))
+def test_right_edge_grows_by_range_hashes_as_by_leaves(sizes: list[int], start: int) -> None:
+    hashes = [leaf_hash(i.to_bytes(4, "big")) for i in range(start + sum(sizes))]
+    edge = RightEdge()
+    for i, h in enumerate(hashes[:start]):
+        edge.extend(i, 1, [h])
+    first = start
+    for n in sizes:
+        part = hashes[first:first + n]
+        edge.extend(first, n, range_hashes(first, part))
+        first += n
+        assert edge.root() == root_of(hashes[:first])
+        assert RightEdge(edge.size, edge.hashes).root() == edge.root()
+    with pytest.raises(ValueError):
+        edge.extend(first + 1, 1, [hashes[0]])
+
+
+def test_right_edge_keeps_one_hash_per_set_bit_and_copies_independently() -> None:
+    edge = RightEdge()
+    edge.extend(0, 13, range_hashes(0, LEAVES[:13]))
+    assert edge.hashes == [TABLE[node] for node in root_nodes(13)]  # 13 = 8 + 4 + 1
+    snapshot = edge.copy()
+    edge.extend(13, 3, range_hashes(13, LEAVES[13:16]))
+    assert (edge.size, edge.hashes) == (16, [TABLE[(4, 0)]])
+    assert (snapshot.size, snapshot.root()) == (13, ROOTS[13])
+    with pytest.raises(ValueError):  # two hashes where leaves 16..19 make one perfect node
+        edge.extend(16, 4, LEAVES[16:18])
+    with pytest.raises(ValueError):
+        RightEdge(1, [b"short"])
 
 
 def test_combine_fails_loudly_on_a_missing_node() -> None:

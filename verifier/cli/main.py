@@ -14,9 +14,8 @@ from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 
-from verifier.cli import audit
+from verifier.cli import audit, monitor
 from verifier.cli.common import add_common, client_for, trust_for
-from verifier.client import monitor
 from verifier.client.checks import hash_file, parse_time
 from verifier.client.release import (
     VerifiedRelease,

@@ -21,7 +21,9 @@ which `inclusion_nodes(0, 7)` describes as [[(0, 1)], [(1, 1)], [(1, 2), (0, 6)]
 Proof building follows Go's golang.org/x/mod/sumdb/tlog: `inclusion_nodes` /
 `consistency_nodes` list the stored nodes a proof needs, storage reads them in one batch, and
 `combine` folds them into the proof. Verification (`verify_inclusion`, `verify_consistency`)
-takes trusted (index, size, root) values and a bare list of hashes. Nothing here does I/O.
+takes trusted (index, size, root) values and a bare list of hashes. `RightEdge` is a tree
+being appended to, kept as the few perfect-subtree hashes its root needs. Nothing here does
+I/O.
 """
 
 from __future__ import annotations
@@ -308,3 +310,45 @@ def _consistency_roots(first: int, second: int, proof: Sequence[bytes]) -> tuple
     if sn != 0:
         raise ProofError(f"consistency proof from size {first} to {second} is too short")
     return fr, sr
+
+
+class RightEdge:
+    """The right edge of the tree over the leaves appended so far, as a compact range.
+
+    One perfect-subtree hash per set bit of `size`, largest (leftmost) first: the perfect nodes
+    of `root_nodes(size)`, whose right fold is MTH(D[0:size]) (RFC 9162 §2.1.1). Appending a
+    perfect subtree (`extend`) merges the trailing subtrees of its size, as a binary counter
+    carries, so memory stays at most one hash per bit of the size.
+    """
+
+    def __init__(self, size: int = 0, hashes: Sequence[bytes] = ()) -> None:
+        if size < 0 or len(hashes) != size.bit_count() or any(
+                len(h) != HASH_SIZE for h in hashes):
+            raise ValueError(f"{len(hashes)} edge hashes do not fit a tree of size {size}")
+        self.size = size
+        self.hashes = list(hashes)
+
+    def copy(self) -> RightEdge:
+        return RightEdge(self.size, self.hashes)
+
+    def extend(self, first: int, count: int, nodes: Sequence[bytes]) -> None:
+        """Append leaves first..first+count-1, given as the hashes of their
+        `range_nodes(first, first + count)` (tiles.range_hashes computes them)."""
+        levels = [level for level, _ in range_nodes(first, first + count)]
+        if first != self.size or len(nodes) != len(levels):
+            raise ValueError(f"{len(nodes)} hashes of leaves {first}.. do not extend a tree "
+                             f"of size {self.size}")
+        for level, h in zip(levels, nodes, strict=True):
+            self._push(level, h)
+
+    def _push(self, level: int, h: bytes) -> None:
+        """Append a perfect subtree of 2**level leaves; `size` is a multiple of 2**level."""
+        size = self.size >> level
+        while size & 1:  # merge with the equal-sized subtrees at the right edge
+            h = node_hash(self.hashes.pop(), h)
+            size >>= 1
+        self.hashes.append(h)
+        self.size += 1 << level
+
+    def root(self) -> bytes:
+        return fold(self.hashes) if self.hashes else EMPTY_ROOT

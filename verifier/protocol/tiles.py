@@ -32,6 +32,7 @@ from verifier.protocol.merkle import (
     fold,
     inclusion_nodes,
     node_hash,
+    range_nodes,
     root_nodes,
 )
 
@@ -135,6 +136,16 @@ def hash_up(hashes: Sequence[bytes]) -> bytes:
     while len(level) > 1:
         level = [node_hash(level[i], level[i + 1]) for i in range(0, len(level), 2)]
     return level[0]
+
+
+def range_hashes(first: int, leaf_hashes: Sequence[bytes]) -> list[bytes]:
+    """The hashes of the perfect nodes `merkle.range_nodes(first, first + len(leaf_hashes))`,
+    from the hashes of leaves first..: what `merkle.RightEdge.extend` appends."""
+    out, pos = [], 0
+    for level, _ in range_nodes(first, first + len(leaf_hashes)):
+        out.append(hash_up(leaf_hashes[pos:pos + (1 << level)]))
+        pos += 1 << level
+    return out
 
 
 def tiles_for_nodes(nodes: Iterable[Node]) -> list[TileKey]:

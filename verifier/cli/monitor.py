@@ -1,0 +1,112 @@
+"""`tlog-verify monitor`: follow a log, report every release and alert on suspicious ones.
+
+    tlog-verify monitor --log URL --key LOG.vkey --state DIR [--package GLOB]...
+                        [--follow [--interval S]] [--workers N] [--metrics-port P]
+
+This module parses and checks the options and wires the client together; what a run does is
+described in verifier.client.monitor.run, the events it writes in .watch and .summary.
+
+Exit status: 0 done (alerts are reported as events, not as failure); 1 an entry failed
+validation or the log misbehaved (reason on stderr, evidence in DIR/evidence/); 2 usage;
+3 transport. With --follow, transport errors are reported on stderr and retried next round;
+SIGINT or SIGTERM finish the current group and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from verifier.cli.common import client_for, trust_for
+from verifier.client.monitor.db import DB_FILE, MonitorDB
+from verifier.client.monitor.metrics import Metrics
+from verifier.client.monitor.run import Monitor, Stop
+from verifier.client.scan import default_workers
+from verifier.client.statedir import StateDir, load_vkey
+from verifier.errors import UsageError
+
+DEFAULT_INTERVAL = 60.0
+
+
+@dataclass(frozen=True)
+class Options:
+    """The monitor's options, checked."""
+
+    patterns: tuple[str, ...]
+    follow: bool
+    interval: float
+    workers: int
+    metrics_port: int | None
+
+
+def _options(args: argparse.Namespace) -> Options:
+    if args.interval is not None and not args.follow:
+        raise UsageError("--interval needs --follow")
+    interval = DEFAULT_INTERVAL if args.interval is None else args.interval
+    if not interval > 0:
+        raise UsageError("--interval must be a positive number of seconds")
+    workers = default_workers() if args.workers is None else args.workers
+    if workers < 0:
+        raise UsageError("--workers must be 0 (validate in this process) or more")
+    port = args.metrics_port
+    if port is not None and not 0 < port < 65536:
+        raise UsageError("--metrics-port must be in 1..65535")
+    return Options(tuple(args.package), args.follow, interval, workers, port)
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    opts = _options(args)
+    trust = trust_for(args)
+    client = client_for(args)
+    metrics = Metrics()
+    with StateDir(Path(args.state)) as state, MonitorDB(state.path / DB_FILE) as db, \
+            Stop() as stop:
+        if opts.metrics_port is not None:
+            metrics.serve(opts.metrics_port)
+        try:
+            admins = [load_vkey(p, "admin key") for p in args.admin_key]
+            monitor = Monitor(client, trust, state, db, opts.patterns, opts.workers, sys.stdout,
+                              metrics, stop, admins)
+            return monitor.run(opts.follow, opts.interval)
+        finally:
+            metrics.close()
+
+
+DESCRIPTION = """\
+Scan every entry of the log since the previous run (all of it on the first run), prove each
+new checkpoint consistent with the stored one, and write JSON Lines events to stdout:
+"release" for each release of a watched package and "alert" for a version or counter that
+does not grow, a second artifact set for a version, a new publisher key, an invalid entry, an
+install window already closed when seen, or an inconsistent checkpoint. Every event has a "seq"
+that grows within the state directory; after a crash an event may be printed again with the
+same seq, never lost. Exit: 0 done, 1 invalid entry or log misbehaviour (evidence in
+STATE/evidence/), 2 usage, 3 transport."""
+
+
+def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add `tlog-verify monitor` to the subcommands."""
+    p = sub.add_parser("monitor", help="follow the log: report releases, alert on anomalies",
+                       description=DESCRIPTION)
+    common(p)
+    p.add_argument("--state", required=True, metavar="DIR",
+                   help="directory keeping the position, knowledge and evidence (created)")
+    p.add_argument("--package", action="append", default=[], metavar="GLOB",
+                   help="report only packages matching this fnmatch glob (repeatable; "
+                        "default: all)")
+    p.add_argument("--follow", action="store_true",
+                   help="keep scanning new entries until SIGINT/SIGTERM")
+    p.add_argument("--interval", type=float, metavar="S",
+                   help=f"seconds between rounds with --follow (default {DEFAULT_INTERVAL:g})")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="validation processes (default: one per core; 0: in this process)")
+    p.add_argument("--metrics-port", type=int, metavar="P",
+                   help="serve Prometheus metrics on 127.0.0.1:P")
+    p.add_argument("--admin-key", action="append", default=[], metavar="VKEY_FILE",
+                   help="the operator's registry admin key (repeatable): registrations and "
+                        "admin actions signed by other keys are alerted; without it they are "
+                        "reported unauthenticated")
+    p.set_defaults(func=cmd_monitor)
