@@ -25,7 +25,9 @@ from verifier.client.log import LogClient
 from verifier.client.statedir import StateDir
 from verifier.errors import LogMisbehaviour, TransportError
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from verifier.protocol.merkle import leaf_hash, verify_inclusion
 from verifier.protocol.note import Signer, generate_key
+from verifier.protocol.receipt import parse_tlog_proof
 from verifier.protocol.state import Trusted
 from verifier.protocol.trust import KeyTrust
 
@@ -243,7 +245,7 @@ def test_rewritten_tile_in_database_is_caught_by_full_audit(
 
 def test_invalid_entry_accepted_by_log_is_reported(
         serve: Callable[[Sequence[bytes]], LiveLog], history: list[bytes], publisher: Signer,
-        tmp_path: Path, capsys: CaptureFixture) -> None:
+        tmp_path: Path, capsys: CaptureFixture, log_signer: Signer) -> None:
     """An operator (or a bug) logged an entry whose publisher signature does not verify."""
     leaves = history[:300]
     bad = make_release(publisher, "evil", "6.6.6")
@@ -255,7 +257,10 @@ def test_invalid_entry_accepted_by_log_is_reported(
             "entry 123: bad_signature: signature: does not verify") in err
     [evidence] = evidence_dirs(tmp_path / "state")
     assert (evidence / "entry-123").read_bytes() == leaves[123]
-    assert (evidence / "inclusion-proof").read_text().startswith("inclusion 123 300\n")
+    proof = parse_tlog_proof((evidence / "entry-123.tlog-proof").read_text())
+    checkpoint = open_checkpoint(proof.checkpoint, log_signer.verifier())
+    assert (proof.index, checkpoint.size) == (123, 300)
+    verify_inclusion(123, 300, leaf_hash(leaves[123]), proof.hashes, checkpoint.root)
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])

@@ -457,8 +457,8 @@ def test_an_invalid_entry_is_alerted_once_with_evidence_that_proves_it_was_logge
     assert alerts(events) == [(1, "invalid_entry")]
     assert "bad_signature" in events[0]["message"]
     evidence = Path(events[0]["evidence"])
-    assert (evidence / "entry").read_bytes() == bad
-    proof = parse_tlog_proof((evidence / "entry.tlog-proof").read_text())
+    assert (evidence / "entry-1").read_bytes() == bad
+    proof = parse_tlog_proof((evidence / "entry-1.tlog-proof").read_text())
     cp = open_checkpoint(proof.checkpoint, log_signer.verifier())
     verify_inclusion(1, cp.size, leaf_hash(bad), proof.hashes, cp.root)
 
@@ -479,7 +479,7 @@ def test_entries_that_do_not_hash_to_the_signed_tree_are_never_reported(
     assert alerts(events) == [(None, "checkpoint_inconsistent")]
     assert releases(events) == []
     (evidence,) = (tmp_path / "state" / "evidence").iterdir()
-    assert {"checkpoint", "scanned-root", "reason.txt"} <= {p.name for p in evidence.iterdir()}
+    assert {"checkpoint", "computed-root", "reason.txt"} <= {p.name for p in evidence.iterdir()}
 
 
 def _crash_on_call(n: int, real: Any) -> Any:

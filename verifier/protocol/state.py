@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from verifier.errors import LogMisbehaviour
 from verifier.protocol.checkpoint import Checkpoint
@@ -41,6 +42,9 @@ OLD_CHECKPOINT = "old-checkpoint"  # two signed checkpoints that do not extend e
 NEW_CHECKPOINT = "new-checkpoint"  # the one trusted before, and the one served now
 CONSISTENCY_PROOF = "consistency-proof"  # "consistency OLD NEW" then base64 hashes
 COMPUTED_ROOT = "computed-root"  # "size N" and "root B64" the verifier computed itself
+# entry-<i>: an entry as served; entry-<i>.tlog-proof: its inclusion proof in CHECKPOINT as a
+# C2SP tlog-proof; log-tile-<L>-<N> / computed-tile-<L>-<N>: a hash tile as served and as
+# recomputed from the entries.
 
 
 def entry_file(index: int) -> str:
@@ -53,14 +57,26 @@ def entry_proof_file(index: int) -> str:
     return f"entry-{index}.tlog-proof"
 
 
-def evidence(reason: str, *facts: str, checkpoint: str | None = None,
-             old: Trusted | None = None, new: Trusted | None = None,
-             proof: tuple[int, int, Sequence[bytes]] | None = None,
-             computed_root: tuple[int, bytes] | None = None,
-             entries: Mapping[int, bytes] | None = None,
-             entry_proofs: Mapping[int, str] | None = None) -> dict[str, str | bytes]:
-    """The evidence files (name -> content) of one finding, in the layout above."""
-    files: dict[str, str | bytes] = {REASON: "".join(f"{line}\n" for line in (reason, *facts))}
+def tile_files(level: int, n: int) -> tuple[str, str]:
+    """The tile (level, n) as the log served it, and as the verifier recomputed it."""
+    return f"log-tile-{level}-{n}", f"computed-tile-{level}-{n}"
+
+
+def evidence(reason: str, *facts: str, **parts: Any) -> dict[str, str | bytes]:
+    """The evidence files (name -> content) of one finding: reason.txt and `parts`."""
+    return {REASON: "".join(f"{line}\n" for line in (reason, *facts)), **evidence_parts(**parts)}
+
+
+def evidence_parts(*, checkpoint: str | None = None, old: Trusted | None = None,
+                   new: Trusted | None = None,
+                   proof: tuple[int, int, Sequence[bytes]] | None = None,
+                   computed_root: tuple[int, bytes] | None = None,
+                   entries: Mapping[int, bytes] | None = None,
+                   entry_proofs: Mapping[int, str] | None = None,
+                   tiles: Mapping[tuple[int, int], tuple[bytes, bytes]] | None = None,
+                   ) -> dict[str, str | bytes]:
+    """Evidence files in the layout above, for a finding whose reason is written later."""
+    files: dict[str, str | bytes] = {}
     if checkpoint is not None:
         files[CHECKPOINT] = checkpoint
     if old is not None:
@@ -75,6 +91,9 @@ def evidence(reason: str, *facts: str, checkpoint: str | None = None,
         files[COMPUTED_ROOT] = f"size {computed_root[0]}\nroot {b64encode(computed_root[1])}\n"
     files.update((entry_file(i), leaf) for i, leaf in (entries or {}).items())
     files.update((entry_proof_file(i), text) for i, text in (entry_proofs or {}).items())
+    for (level, n), (served, computed) in (tiles or {}).items():
+        served_name, computed_name = tile_files(level, n)
+        files[served_name], files[computed_name] = served, computed
     return files
 
 

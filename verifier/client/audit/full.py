@@ -32,8 +32,8 @@ from verifier.client.statedir import StateDir
 from verifier.errors import LogMisbehaviour, VerificationFailed, VerifyError
 from verifier.protocol.checkpoint import Checkpoint
 from verifier.protocol.merkle import HASH_SIZE, ProofError, leaf_hash, verify_inclusion
-from verifier.protocol.note import b64encode
-from verifier.protocol.state import Trusted
+from verifier.protocol.receipt import format_tlog_proof
+from verifier.protocol.state import Trusted, evidence, evidence_parts
 from verifier.protocol.tiles import (
     TILE_HEIGHT,
     TILE_WIDTH,
@@ -222,8 +222,7 @@ class _Run:
             return
         level, n = key
         path = tile_path(level, n, len(mine) // HASH_SIZE)
-        files: dict[str, str | bytes] = {f"log-tile-{level}-{n}": theirs,
-                                         f"computed-tile-{level}-{n}": mine}
+        files = evidence_parts(tiles={(level, n): (theirs, mine)})
         if len(mine) != len(theirs):
             self._fail(f"the log's {path} has {len(theirs)} bytes, not {len(mine)}", files)
         slot = next(i for i in range(0, len(mine), HASH_SIZE)
@@ -253,10 +252,8 @@ class _Run:
             proof = self.client.inclusion_proof(index, size)
         except VerifyError as exc:  # the entry is bad either way: still fail with exit 1
             return f"the log serves (inclusion unproven: {exc})", {}
-        files: dict[str, str | bytes] = {
-            f"entry-{index}": leaf,
-            "inclusion-proof": f"inclusion {index} {size}\n"
-                               + "".join(b64encode(h) + "\n" for h in proof)}
+        files = evidence_parts(entries={index: leaf}, entry_proofs={
+            index: format_tlog_proof(index, proof, self.trusted.note)})
         try:
             verify_inclusion(index, size, leaf_hash(leaf), proof, self.trusted.root)
         except ProofError:
@@ -266,18 +263,17 @@ class _Run:
     def _entry_evidence(self, index: int) -> dict[str, str | bytes]:
         """The entry as the log serves it, if it still can: evidence is best effort."""
         try:
-            return {f"entry-{index}": self.client.entry(index, self.trusted.size)}
+            return evidence_parts(entries={index: self.client.entry(index, self.trusted.size)})
         except VerifyError:
             return {}
 
     def _fail(self, reason: str, files: Mapping[str, str | bytes]) -> NoReturn:
         """Raise LogMisbehaviour, with the signed checkpoint and `files` saved as evidence."""
-        evidence: dict[str, str | bytes] = {"reason.txt": reason + "\n",
-                                            "checkpoint": self.trusted.note, **files}
+        found = {**evidence(reason, checkpoint=self.trusted.note), **files}
         if self.state is None:
-            raise LogMisbehaviour(reason, evidence)
-        where = self.state.save_evidence(reason, evidence)
-        raise LogMisbehaviour(f"{reason}; evidence saved in {where}", evidence)
+            raise LogMisbehaviour(reason, found)
+        where = self.state.save_evidence(reason, found)
+        raise LogMisbehaviour(f"{reason}; evidence saved in {where}", found)
 
 
 def _checked(client: LogClient, size: int, start: int, prefetch: int, workers: int,

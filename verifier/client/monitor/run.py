@@ -58,10 +58,10 @@ from verifier.client.statedir import StateDir
 from verifier.client.tracking import advance
 from verifier.errors import EXIT_OK, LogMisbehaviour, TransportError, UsageError, VerificationFailed
 from verifier.protocol.merkle import ProofError, RightEdge, verify_consistency
-from verifier.protocol.note import Verifier, b64encode
+from verifier.protocol.note import Verifier
 from verifier.protocol.receipt import format_tlog_proof
 from verifier.protocol.registry import Registry
-from verifier.protocol.state import Trusted
+from verifier.protocol.state import Trusted, evidence
 from verifier.protocol.trust import LogTrust
 
 GROUP_BUNDLES = 64  # bundles (of 256 entries) per commit
@@ -224,22 +224,17 @@ class Monitor:
 
     def _evidence(self, reason: str, trusted: Trusted, edge: RightEdge,
                   proof: Sequence[bytes] | None) -> LogMisbehaviour:
-        files: dict[str, str | bytes] = {
-            "reason.txt": f"{reason}\n",
-            "checkpoint": trusted.note,
-            "scanned-root": f"size {edge.size}\nroot {b64encode(edge.root())}\n"}
-        if proof is not None:
-            files["consistency-proof"] = (f"consistency {edge.size} {trusted.size}\n" +
-                                          "".join(b64encode(h) + "\n" for h in proof))
+        files = evidence(reason, checkpoint=trusted.note, computed_root=(edge.size, edge.root()),
+                         proof=None if proof is None else (edge.size, trusted.size, proof))
         where = self.state.save_evidence(reason, files)
         return LogMisbehaviour(f"{reason}; evidence saved in {where}", files)
 
     def _invalid_evidence(self, seen: Seen, proof: list[bytes], trusted: Trusted) -> Path:
-        reason = f"entry {seen.entry_index} fails validation: {seen.error}"
-        return self.state.save_evidence(f"invalid entry {seen.entry_index}", {
-            "reason.txt": f"{reason}\n",
-            "entry": seen.leaf or b"",
-            "entry.tlog-proof": format_tlog_proof(seen.entry_index, proof, trusted.note)})
+        index = seen.entry_index
+        reason = f"entry {index} fails validation: {seen.error}"
+        files = evidence(reason, entries={index: seen.leaf or b""}, entry_proofs={
+            index: format_tlog_proof(index, proof, trusted.note)})
+        return self.state.save_evidence(f"invalid entry {index}", files)
 
     def _report(self, exc: LogMisbehaviour) -> LogMisbehaviour:
         """Commit and print a checkpoint_inconsistent alert for `exc`; return `exc`."""
