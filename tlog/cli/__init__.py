@@ -1,0 +1,1 @@
+"""The `tlog` command: serve, dev (with its local PostgreSQL), keys, publish, operators."""

@@ -1,0 +1,1 @@
+"""The HTTP API: app and middleware, errors and their statuses, routes, admin, access."""

@@ -1,0 +1,1 @@
+"""Storage: the `LogReader` seam, the PostgreSQL store (the only SQL), migrations, caches."""

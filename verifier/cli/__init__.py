@@ -1,0 +1,1 @@
+"""`tlog-verify`: argument parsing, calls into `verifier.client`, and exit codes."""
