@@ -4,6 +4,8 @@
 - verifier/protocol/ is pure: no network, disk, process, thread or clock I/O, and nothing from
   verifier/client or verifier/cli;
 - tlog/ takes hashing, signing and proof math from verifier/ and never re-implements them;
+- tlog/ is layered store <- log <- http <- cli: a layer never imports one to its right
+  (tlog/config.py, at the top level, is shared);
 - no import cycles between modules (lazy imports inside functions count too);
 - no module over 500 lines.
 """
@@ -163,6 +165,27 @@ def test_tlog_takes_its_protocol_from_verifier() -> None:
     used = set().union(*(imports(f) for f in sources("tlog")))
     for module in ("merkle", "tiles", "note", "checkpoint", "receipt", "registry"):
         assert f"verifier.protocol.{module}" in used, f"tlog does not use {module}"
+
+
+# Each tlog layer and the layers it must never import (store <- log <- http <- cli).
+TLOG_LAYERS = {
+    "tlog.store": ("tlog.log", "tlog.http", "tlog.cli"),
+    "tlog.log": ("tlog.http", "tlog.cli"),
+    "tlog.http": ("tlog.cli",),
+}
+
+
+@pytest.mark.parametrize("layer", sorted(TLOG_LAYERS))
+def test_tlog_layers_never_import_the_layers_above(layer: str) -> None:
+    files = sources(layer.replace(".", "/"))
+    assert files, f"no sources under {layer}"
+    bad = {rel(f): hits(imports(f), TLOG_LAYERS[layer]) for f in files}
+    assert {k: v for k, v in bad.items() if v} == {}
+
+
+def test_the_layer_rule_sees_a_violation() -> None:
+    assert hits({"tlog.http.metrics.Metrics", "tlog.config"}, TLOG_LAYERS["tlog.log"]) == {
+        "tlog.http.metrics.Metrics"}
 
 
 def test_no_import_cycles() -> None:

@@ -261,12 +261,12 @@ def create_app(config: Config) -> web.Application:
                 await migrate.check_version(conn)
             size = await self_check(storage, config.signer.verifier())
             registry = await replay_registry(storage, config, size)
-            seq = Sequencer(storage, config.signer, metrics, registry,
+            seq = Sequencer(storage, config.signer, metrics.append, registry,
                             max_batch=config.max_batch, max_wait=config.max_wait)
             seq.registry_next = size
             if size == 0:
                 await _publish_empty(seq)
-            metrics.tree_size.set(size)
+            metrics.append.tree_size.set(size)
             app[STORAGE], app[SEQUENCER] = storage, seq
             seq.start()
             yield

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from tlog.http.metrics import Metrics
+from tlog.log.metrics import AppendMetrics
 from tlog.log.proofs import consistency_proof, inclusion_proofs
 from tlog.store.postgres import AppendTx, NewEntry, Storage, StoredCheckpoint, TokenRecord
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
@@ -83,7 +83,7 @@ class _Plan:
 
 
 class Sequencer:
-    def __init__(self, storage: Storage, signer: NoteSigner, metrics: Metrics,
+    def __init__(self, storage: Storage, signer: NoteSigner, metrics: AppendMetrics,
                  registry: Registry, *,
                  max_batch: int = 512, max_wait: float = 0.005, max_pending: int = 20000) -> None:
         self.storage = storage
