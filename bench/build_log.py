@@ -245,14 +245,8 @@ async def publish_empty(storage: Storage, signer: Signer) -> None:
 
 
 async def ensure_database(cluster: Cluster) -> str:
-    conn = await asyncpg.connect(cluster.url())
-    try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE)
-        if not exists:
-            await conn.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await conn.close()
-    await upgrade_schema(cluster.url(DATABASE))
+    await migrate.create_database(cluster.url(), DATABASE)
+    await migrate.migrate_database(cluster.url(DATABASE))
     return cluster.url(DATABASE)
 
 
@@ -264,21 +258,12 @@ def cluster_up(log: BenchLog) -> Iterator[None]:
     if started:
         log.cluster.start()
     try:
-        if applied := asyncio.run(upgrade_schema(log.url)):
+        if applied := asyncio.run(migrate.migrate_database(log.url)):
             print(f"migrated the cached log's database: {', '.join(applied)}", flush=True)
         yield
     finally:
         if started:
             log.cluster.stop()
-
-
-async def upgrade_schema(url: str) -> list[str]:
-    """Apply the migrations the database lacks (a cached log may predate a new one)."""
-    conn = await asyncpg.connect(url)
-    try:
-        return await migrate.migrate(conn)
-    finally:
-        await conn.close()
 
 
 async def fill(url: str, signer: Signer, publishers: list[Signer], target: int, batch: int,
