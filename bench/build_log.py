@@ -44,13 +44,14 @@ import nacl.signing
 
 from tests.support import start_server, write_key
 from tlog.cli.pgcluster import Cluster
+from tlog.log.edge import load_edge
+from tlog.log.startup import publish_empty
 from tlog.store import migrate
 from tlog.store.postgres import NewEntry, Storage, StoredCheckpoint
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from verifier.protocol.entries.release import parse_leaf, sign_entry
-from verifier.protocol.merkle import EMPTY_ROOT, leaf_hash
+from verifier.protocol.merkle import leaf_hash
 from verifier.protocol.note import Signer, Verifier, generate_key, parse_private_key
-from verifier.protocol.tiles import TreeBuilder
 
 DEFAULT_CACHE = Path("/tmp/tlog-bench-log")
 DEFAULT_ENTRIES = 1_000_000
@@ -210,17 +211,12 @@ def generated(pool: ProcessPoolExecutor, start: int, end: int,
 
 
 async def append_batch(storage: Storage, signer: Signer, rows: list[Row]) -> StoredCheckpoint:
-    """One batch in one transaction, as tlog.sequencer.Sequencer._append does it."""
+    """One batch in one transaction, as tlog.log.sequencer.Sequencer._append does it."""
     async with storage.append() as tx:
         latest = await tx.latest_checkpoint()
         if latest is None:
             raise RuntimeError("the log has no checkpoint (not even size 0)")
-        keys = TreeBuilder.edge_keys(latest.size)
-        tiles = await tx.tiles([(level, n) for level, n, _ in keys])
-        builder = TreeBuilder(latest.size,
-                              {level: tiles[(level, n)][:32 * width] for level, n, width in keys})
-        if builder.root() != latest.root:
-            raise RuntimeError(f"stored tiles do not reproduce the root of size {latest.size}")
+        builder = await load_edge(tx.tiles, latest.size, latest.root)
         new = [NewEntry(latest.size + i, leaf, lh, package, version, counter=counter)
                for i, (leaf, lh, package, version, counter) in enumerate(rows)]
         for entry in new:
@@ -234,14 +230,6 @@ async def append_batch(storage: Storage, signer: Signer, rows: list[Row]) -> Sto
             raise RuntimeError("the signed checkpoint does not match the tree just built")
         await tx.put_checkpoint(builder.size, root, note)
         return StoredCheckpoint(builder.size, root, note)
-
-
-async def publish_empty(storage: Storage, signer: Signer) -> None:
-    """The size-0 checkpoint `tlog serve` publishes when it starts on an empty log."""
-    async with storage.append() as tx:
-        if await tx.latest_checkpoint() is None:
-            note = sign_checkpoint(Checkpoint(signer.name, 0, EMPTY_ROOT), signer)
-            await tx.put_checkpoint(0, EMPTY_ROOT, note)
 
 
 async def ensure_database(cluster: Cluster) -> str:

@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from tests.support import make_release
-from tlog.http.app import StartupError, self_check
+from tlog.log.startup import StartupError, self_check
 from tlog.store import migrate
 from tlog.store.postgres import Storage
 from verifier.protocol.note import Signer, generate_key

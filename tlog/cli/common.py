@@ -39,7 +39,7 @@ def run_app(app: web.Application, host: str, port: int, banner: str | None = Non
     startup check or its schema is not this tlog's, EXIT_TRANSPORT when the port or the
     database cannot be reached.
     """
-    from tlog.http.app import StartupError
+    from tlog.log.startup import StartupError
 
     try:
         web.run_app(app, host=host, port=port, access_log=None, ssl_context=ssl_context,

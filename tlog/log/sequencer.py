@@ -15,14 +15,16 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from tlog.log.edge import EdgeError, load_edge
 from tlog.log.metrics import AppendMetrics
 from tlog.log.proofs import consistency_proof, inclusion_proofs
+from tlog.log.registry import ReplayError, replay
 from tlog.store.postgres import AppendTx, NewEntry, Storage, StoredCheckpoint, TokenRecord
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
-from verifier.protocol.entries.release import EntryError, Release
+from verifier.protocol.entries.release import Release
 from verifier.protocol.merkle import ProofError, verify_consistency
 from verifier.protocol.note import NoteSigner
-from verifier.protocol.registry import LogEntry, Refusal, Registry, RegistryEntry, parse_log_leaf
+from verifier.protocol.registry import LogEntry, Refusal, Registry, RegistryEntry
 from verifier.protocol.tiles import TileKey, TreeBuilder
 
 log = logging.getLogger("tlog.sequencer")
@@ -223,18 +225,11 @@ class Sequencer:
 
     async def _load_edge(self, tx: AppendTx, latest: StoredCheckpoint | None) -> TreeBuilder:
         """The right edge of the latest published tree, checked against its root."""
-        size = latest.size if latest else 0
-        keys = TreeBuilder.edge_keys(size)
-        tiles = await tx.tiles([(level, n) for level, n, _ in keys])
         try:
-            edge = {level: tiles[(level, n)][:32 * width] for level, n, width in keys}
-        except KeyError as exc:
-            raise SelfCheckError(f"tile {exc} at the right edge of size {size} is missing") from exc
-        builder = TreeBuilder(size, edge)
-        if latest is not None and builder.root() != latest.root:
-            raise SelfCheckError(f"stored tiles give a root for size {size} that differs from "
-                                 "the latest published checkpoint")
-        return builder
+            return await load_edge(tx.tiles, latest.size if latest else 0,
+                                   latest.root if latest else None)
+        except EdgeError as exc:
+            raise SelfCheckError(str(exc)) from exc
 
     async def _synced_registry(self, tx: AppendTx, batch: Sequence[_Pending]) -> Registry:
         """The registry replayed to the end of the log (other processes may have appended).
@@ -246,12 +241,10 @@ class Sequencer:
         stored = await tx.registry_entries(self.registry_next)
         changing = stored or any(isinstance(p.entry, RegistryEntry) for p in batch)
         registry = copy.deepcopy(self.registry) if changing else self.registry
-        for index, leaf in stored:
-            try:
-                registry.apply(index, parse_log_leaf(leaf))
-            except (EntryError, Refusal) as exc:
-                raise SelfCheckError(
-                    f"stored registry entry {index} does not replay: {exc}") from exc
+        try:
+            replay(registry, stored)
+        except ReplayError as exc:
+            raise SelfCheckError(str(exc)) from exc
         return registry
 
     async def _plan(self, tx: AppendTx, batch: Sequence[_Pending], size: int,
