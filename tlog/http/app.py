@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import secrets
 import time
@@ -14,8 +13,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from tlog.config import Config
-from tlog.http.access import AccessError, Buckets, InFlight, client_identity
+from tlog.http.access import Buckets, InFlight, client_identity
 from tlog.http.admin import add_admin_routes
+from tlog.http.errors import ERROR_CODE, HTTP_ERROR, HTTP_EXCEPTION_CODES, ApiError
 from tlog.http.handlers import (
     CLIENT_BUCKETS,
     CONFIG,
@@ -26,12 +26,10 @@ from tlog.http.handlers import (
     TILE_FILES,
     TOKENS,
     VKEY,
-    ApiError,
     add_routes,
-    error_body,
 )
 from tlog.http.metrics import Metrics
-from tlog.http.tokens import TokenAuthority, TokenError
+from tlog.http.tokens import TokenAuthority
 from tlog.log.sequencer import RefusedError, UnavailableError
 from tlog.log.startup import running_log
 from tlog.store.tilecache import TileFiles
@@ -41,9 +39,6 @@ log = logging.getLogger("tlog")
 access_log = logging.getLogger("tlog.access")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
-ERROR_CODE: web.ResponseKey[str] = web.ResponseKey("error_code", str)
-HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
-              413: "body_too_large", 415: "unsupported_media_type"}
 
 
 class RequestMetrics:
@@ -69,15 +64,6 @@ class RequestMetrics:
 
 
 REQUEST_METRICS: web.AppKey[RequestMetrics] = web.AppKey("request_metrics", RequestMetrics)
-
-
-def _json_error(status: int, code: str, message: str, retry_after: float | None = None,
-                **extra: object) -> web.Response:
-    resp = web.json_response(error_body(code, message, **extra), status=status)
-    resp[ERROR_CODE] = code  # for the refusal metric, without parsing the body back
-    if retry_after is not None or status == 503:
-        resp.headers["Retry-After"] = str(max(1, math.ceil(retry_after or 1)))
-    return resp
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -106,26 +92,29 @@ async def _respond(request: web.Request, handler: Handler) -> web.StreamResponse
     try:
         return await _guarded(request, handler)
     except ApiError as exc:
-        resp = _json_error(exc.status, exc.code, exc.message, **exc.extra)
-        if exc.close:
-            resp.force_close()
-        return resp
-    except (AccessError, TokenError, RefusedError) as exc:
-        return _json_error(exc.status, exc.code, str(exc), getattr(exc, "retry_after", None))
+        return exc.response()
+    except RefusedError as exc:
+        return ApiError(exc.code, str(exc), status=exc.status).response()
     except UnavailableError as exc:
-        return _json_error(503, "unavailable", str(exc))
+        return ApiError("unavailable", str(exc)).response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        message = exc.text if exc.status == 413 else (exc.reason or "error")
-        resp = _json_error(exc.status, HTTP_CODES.get(exc.status, "http_error"),
-                           f"{message} ({request.method} {request.path})")
-        if isinstance(exc, web.HTTPMethodNotAllowed):
-            resp.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
-        return resp
+        return _http_error(request, exc)
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
-        return _json_error(500, "internal", "internal error; the operator has the details")
+        return ApiError("internal", "internal error; the operator has the details").response()
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """The JSON error for an HTTP error aiohttp raised (no route, wrong method, too large)."""
+    message = exc.text if exc.status == 413 else (exc.reason or "error")
+    code = HTTP_EXCEPTION_CODES.get(exc.status, HTTP_ERROR)
+    resp = ApiError(code, f"{message} ({request.method} {request.path})",
+                    status=exc.status).response()
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        resp.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+    return resp
 
 
 @web.middleware

@@ -40,11 +40,16 @@ class ConflictError(Exception):
 
 
 class RefusedError(Exception):
-    """The registry or the token list refuses this entry at this point of the log."""
+    """The registry or the token list refuses this entry at this point of the log.
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    `code` says why; the HTTP layer answers with the status of that code
+    (tlog.http.errors.STATUS). `status` is set only for the registry's refusals, whose
+    statuses still come with verifier's Refusal.
+    """
+
+    def __init__(self, code: str, message: str, status: int | None = None) -> None:
         super().__init__(message)
-        self.status, self.code = status, code
+        self.code, self.status = code, status
 
 
 class UnavailableError(Exception):
@@ -280,13 +285,13 @@ class Sequencer:
         if pending.token_id is not None:
             record = tokens.get(pending.token_id)
             if record is None:
-                return RefusedError(401, "token_unknown", "the submission token is not on record")
+                return RefusedError("token_unknown", "the submission token is not on record")
             if record.revoked:
-                return RefusedError(401, "token_revoked", "the submission token was revoked")
+                return RefusedError("token_revoked", "the submission token was revoked")
         try:
             registry.apply(index, e)
         except Refusal as exc:
-            return RefusedError(exc.status, exc.code, str(exc))
+            return RefusedError(exc.code, str(exc), exc.status)
         if isinstance(e, Release):
             new.append(NewEntry(index, e.leaf, e.leaf_hash, e.package, e.version,
                                 counter=e.counter))
