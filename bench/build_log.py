@@ -47,7 +47,8 @@ from tlog.cli.pgcluster import Cluster
 from tlog.log.edge import load_edge
 from tlog.log.startup import publish_empty
 from tlog.store import migrate
-from tlog.store.postgres import NewEntry, Storage, StoredCheckpoint
+from tlog.store.postgres import NewEntry, Storage
+from tlog.store.reader import StoredCheckpoint
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from verifier.protocol.entries.release import parse_leaf, sign_entry
 from verifier.protocol.merkle import leaf_hash

@@ -5,7 +5,8 @@
   verifier/client or verifier/cli;
 - tlog/ takes hashing, signing and proof math from verifier/ and never re-implements them;
 - tlog/ is layered store <- log <- http <- cli: a layer never imports one to its right
-  (tlog/config.py, at the top level, is shared);
+  (tlog/config.py, at the top level, is shared); all SQL is in tlog/store, and the HTTP
+  layer reads storage only through tlog.store.reader.LogReader;
 - no import cycles between modules (lazy imports inside functions count too);
 - no module over 500 lines.
 """
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -186,6 +188,32 @@ def test_tlog_layers_never_import_the_layers_above(layer: str) -> None:
 def test_the_layer_rule_sees_a_violation() -> None:
     assert hits({"tlog.http.metrics.Metrics", "tlog.config"}, TLOG_LAYERS["tlog.log"]) == {
         "tlog.http.metrics.Metrics"}
+
+
+# SQL statements in string literals; only tlog/store may hold them.
+SQL = re.compile(r"\b(SELECT|INSERT INTO|UPDATE|DELETE FROM|CREATE (DATABASE|ROLE|TABLE|INDEX)"
+                 r"|ALTER (TABLE|ROLE|DATABASE)|DROP (TABLE|ROLE|DATABASE)|TRUNCATE|COPY)\s")
+
+
+def sql_in(path: Path) -> set[str]:
+    """The SQL keywords in the string literals of a module (f-string parts included)."""
+    return {m.group(0).strip() for node in ast.walk(ast.parse(path.read_text(), str(path)))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            for m in SQL.finditer(node.value)}
+
+
+def test_all_sql_stays_in_tlog_store() -> None:
+    outside = [f for f in sources("tlog") if not rel(f).startswith("tlog/store/")]
+    assert len(outside) > 10
+    bad = {rel(f): sql_in(f) for f in outside}
+    assert {k: v for k, v in bad.items() if v} == {}
+    assert sql_in(REPO / "tlog" / "store" / "postgres.py") >= {"SELECT", "INSERT INTO", "UPDATE"}
+
+
+def test_the_http_layer_reads_storage_through_the_log_reader() -> None:
+    bad = {rel(f): hits(imports(f), ("tlog.store.postgres", "asyncpg"))
+           for f in sources("tlog/http")}
+    assert {k: v for k, v in bad.items() if v} == {}
 
 
 def test_no_import_cycles() -> None:

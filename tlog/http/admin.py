@@ -18,7 +18,7 @@ from tlog.http.access import admin_identity
 from tlog.http.errors import ApiError
 from tlog.http.handlers import (
     CONFIG,
-    STORAGE,
+    TOKEN_LEDGER,
     TOKENS,
     parse_entry,
     read_json_body,
@@ -89,7 +89,7 @@ async def post_token(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise ApiError("invalid_request", str(exc)) from exc
     # Recorded before the token is handed out: a token never seen by the table is refused.
-    await request.app[STORAGE].insert_token(claims.jti, publisher, list(claims.scopes),
+    await request.app[TOKEN_LEDGER].insert_token(claims.jti, publisher, list(claims.scopes),
                                             claims.expires, who)
     _audit("token_issued", by=who, jti=claims.jti, publisher=publisher,
            scopes=list(claims.scopes), expires=claims.expires.isoformat())
@@ -104,7 +104,7 @@ async def post_token_revoke(request: web.Request) -> web.Response:
     jti = request.match_info["jti"]
     if not _JTI.fullmatch(jti):
         raise ApiError("bad_token_id", "a token id is 1-64 characters of A-Z a-z 0-9 _ -")
-    if not await request.app[STORAGE].revoke_token(jti, who):
+    if not await request.app[TOKEN_LEDGER].revoke_token(jti, who):
         raise ApiError("not_found", f"no unrevoked token with id {jti}")
     _audit("token_revoked", by=who, jti=jti)
     return web.json_response({"jti": jti, "revoked": True})

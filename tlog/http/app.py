@@ -1,4 +1,8 @@
-"""The aiohttp application: middleware, lifecycle, and the startup self-check."""
+"""The aiohttp application: error answers and metrics middleware, routes, lifecycle.
+
+The lifecycle opens the log (tlog.log.startup.running_log: startup self-check, registry
+replay, sequencer) and hands the handlers its reads (a LogReader) and its sequencer.
+"""
 
 from __future__ import annotations
 
@@ -21,9 +25,10 @@ from tlog.http.handlers import (
     CONFIG,
     IN_FLIGHT,
     PUBLISHER_BUCKETS,
+    READER,
     SEQUENCER,
-    STORAGE,
     TILE_FILES,
+    TOKEN_LEDGER,
     TOKENS,
     VKEY,
     add_routes,
@@ -167,7 +172,7 @@ def create_app(config: Config) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with running_log(config, metrics.append) as (storage, seq):
-            app[STORAGE], app[SEQUENCER] = storage, seq
+            app[READER], app[TOKEN_LEDGER], app[SEQUENCER] = storage, storage, seq
             yield
 
     app.cleanup_ctx.append(lifecycle)

@@ -1,4 +1,4 @@
-"""HTTP handlers: parse strictly, call storage or the sequencer, map errors to statuses.
+"""HTTP handlers: parse strictly, read the log (a LogReader) or submit to the sequencer.
 
 C2SP read API (byte-exact): /checkpoint, /tile/<L>/<N>[.p/<W>], /tile/entries/<N>[.p/<W>].
 JSON API under /v1 (schema/openapi.yaml). Every error body is
@@ -19,7 +19,7 @@ from tlog.http.errors import ApiError, entry_error
 from tlog.http.tokens import TokenAuthority, TokenError, bearer
 from tlog.log.proofs import consistency_proof, inclusion_proof
 from tlog.log.sequencer import ConflictError, Receipt, Sequencer, UnavailableError
-from tlog.store.postgres import Storage
+from tlog.store.reader import LogReader, TokenLedger
 from tlog.store.tilecache import TileFiles
 from verifier.protocol.entries.release import (
     PACKAGE_NAME,
@@ -46,7 +46,8 @@ MAX_INT = 2**63 - 1
 _DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")
 _HEX32 = re.compile(r"[0-9a-f]{64}")
 
-STORAGE: web.AppKey[Storage] = web.AppKey("storage", Storage)
+READER: web.AppKey[LogReader] = web.AppKey("reader")  # the log's published data
+TOKEN_LEDGER: web.AppKey[TokenLedger] = web.AppKey("token_ledger")
 SEQUENCER: web.AppKey[Sequencer] = web.AppKey("sequencer", Sequencer)
 VKEY: web.AppKey[str] = web.AppKey("vkey", str)
 CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
@@ -92,12 +93,12 @@ def parse_hash(name: str, text: str | None) -> bytes:
 
 
 async def latest_size(request: web.Request) -> int:
-    latest = await request.app[STORAGE].latest_checkpoint()
+    latest = await request.app[READER].latest_checkpoint()
     return latest.size if latest else 0
 
 
 async def get_checkpoint(request: web.Request) -> web.Response:
-    latest = await request.app[STORAGE].latest_checkpoint()
+    latest = await request.app[READER].latest_checkpoint()
     if latest is None:
         raise ApiError("not_ready", "the log has not published a checkpoint yet")
     return _note_response(latest.note, CHECKPOINT_CACHE)
@@ -136,7 +137,7 @@ async def _kept_tile(request: web.Request, files: TileFiles, level: int, n: int)
         return None  # beyond any tree: the usual path answers 404
     # A tile is only kept once served, hence published; asking again guards against a
     # database restored to an earlier tree under a cache nobody deleted.
-    if not await request.app[STORAGE].published_at_least((n + 1) << shift):
+    if not await request.app[READER].published_at_least((n + 1) << shift):
         return None
     return files.get(tile_path(level, n))
 
@@ -144,7 +145,7 @@ async def _kept_tile(request: web.Request, files: TileFiles, level: int, n: int)
 async def _hash_tile(request: web.Request, level: int, n: int, width: int) -> bytes:
     if n > MAX_INT // TILE_WIDTH:  # beyond any tree the database can hold
         raise ApiError("not_found", f"tile {level}/{n} does not exist")
-    data = await request.app[STORAGE].tile(level, n)
+    data = await request.app[READER].tile(level, n)
     if data is not None and len(data) >= 32 * width:
         return data[:32 * width]  # a wider stored tile starts with the same hashes
     if tile_width(level, n, await latest_size(request)) >= width:
@@ -154,9 +155,9 @@ async def _hash_tile(request: web.Request, level: int, n: int, width: int) -> by
 
 async def _entry_bundle(request: web.Request, n: int, width: int) -> bytes:
     lo = n * TILE_WIDTH
-    if not await request.app[STORAGE].published_at_least(lo + width):
+    if not await request.app[READER].published_at_least(lo + width):
         raise ApiError("not_found", f"entry bundle {n} has no {width} entries yet")
-    bundle = await request.app[STORAGE].entry_bundle(n, width)
+    bundle = await request.app[READER].entry_bundle(n, width)
     if bundle is None:
         raise RuntimeError(f"entries {lo}..{lo + width} are missing from storage")
     return bundle
@@ -168,7 +169,7 @@ def _entry_json(index: int, leaf: bytes) -> dict[str, Any]:
 
 async def get_entry(request: web.Request) -> web.Response:
     index = parse_uint("index", request.match_info["index"])
-    leaf = await request.app[STORAGE].entry(index)
+    leaf = await request.app[READER].entry(index)
     if leaf is None:
         raise ApiError("not_found", f"no entry at index {index}")
     return web.json_response(_entry_json(index, leaf))
@@ -184,7 +185,7 @@ async def list_entries(request: web.Request) -> web.Response:
     if version is not None and not VERSION_TEXT.fullmatch(version):
         raise ApiError("bad_version", "version must be 1-100 printable ASCII, no spaces")
     after, limit = page_params(q)
-    rows = await request.app[STORAGE].by_package(package, version, after, limit)
+    rows = await request.app[READER].by_package(package, version, after, limit)
     return page_response(rows, limit)
 
 
@@ -229,7 +230,7 @@ async def list_registry(request: web.Request) -> web.Response:
     """The registry entries (publisher/v1, keys/v1, revoke/v1) in log order, paged: what a
     client replays to know which keys were valid for which packages at an index."""
     after, limit = page_params(query(request, {"after", "limit"}))
-    return page_response(await request.app[STORAGE].registry_page(after, limit), limit)
+    return page_response(await request.app[READER].registry_page(after, limit), limit)
 
 
 async def post_entry(request: web.Request) -> web.Response:
@@ -273,14 +274,14 @@ def receipt_json(r: Receipt) -> dict[str, Any]:
 async def get_inclusion(request: web.Request) -> web.Response:
     q = query(request, {"leaf_hash", "tree_size"})
     leaf = parse_hash("leaf_hash", q.get("leaf_hash"))
-    storage = request.app[STORAGE]
+    reader = request.app[READER]
     size = await _published_size(request, q.get("tree_size"))
-    index = await storage.index_of(leaf)
+    index = await reader.index_of(leaf)
     if index is None:
         raise ApiError("not_found", "no entry with that leaf hash")
     if index >= size:
         raise ApiError("not_in_tree", f"entry {index} is not in the tree of size {size}")
-    hashes = await inclusion_proof(index, size, storage.tiles)
+    hashes = await inclusion_proof(index, size, reader.tiles)
     return web.json_response({"index": index, "tree_size": size,
                               "hashes": [h.hex() for h in hashes]})
 
@@ -290,7 +291,7 @@ async def _published_size(request: web.Request, text: str | None) -> int:
         return await latest_size(request)
     size = parse_uint("tree_size", text)
     await _require_published("tree_size", size, request)
-    if await request.app[STORAGE].checkpoint_at(size) is None:
+    if await request.app[READER].checkpoint_at(size) is None:
         raise ApiError("no_checkpoint", f"the log published no checkpoint of size {size}")
     return size
 
@@ -298,7 +299,7 @@ async def _published_size(request: web.Request, text: str | None) -> int:
 async def _require_published(name: str, size: int, request: web.Request) -> None:
     """400 beyond_tree unless a tree of `size` is published; no query for a size at or below
     the largest already seen (a monitor asks for proofs to sizes it just fetched)."""
-    if not await request.app[STORAGE].published_at_least(size):
+    if not await request.app[READER].published_at_least(size):
         latest = await latest_size(request)
         raise ApiError("beyond_tree", f"{name} {size} is beyond the latest size {latest}")
 
@@ -309,14 +310,14 @@ async def get_consistency(request: web.Request) -> web.Response:
     if first > second:
         raise ApiError("bad_range", f"first ({first}) must not exceed second ({second})")
     await _require_published("second", second, request)
-    hashes = await consistency_proof(first, second, request.app[STORAGE].tiles)
+    hashes = await consistency_proof(first, second, request.app[READER].tiles)
     return web.json_response({"first": first, "second": second,
                               "hashes": [h.hex() for h in hashes]})
 
 
 async def get_checkpoint_at(request: web.Request) -> web.Response:
     size = parse_uint("size", request.match_info["size"])
-    stored = await request.app[STORAGE].checkpoint_at(size)
+    stored = await request.app[READER].checkpoint_at(size)
     if stored is None:
         raise ApiError("not_found", f"the log published no checkpoint of size {size}")
     return _note_response(stored.note, IMMUTABLE)
@@ -335,7 +336,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     seq = request.app[SEQUENCER]
     try:
-        await request.app[STORAGE].ping()
+        await request.app[READER].ping()
     except Exception as exc:
         raise ApiError("not_ready", f"database unreachable: {type(exc).__name__}") from exc
     if seq.failed is not None:

@@ -19,7 +19,8 @@ from tlog.log.edge import EdgeError, load_edge
 from tlog.log.metrics import AppendMetrics
 from tlog.log.proofs import consistency_proof, inclusion_proofs
 from tlog.log.registry import ReplayError, replay
-from tlog.store.postgres import AppendTx, NewEntry, Storage, StoredCheckpoint, TokenRecord
+from tlog.store.postgres import AppendTx, NewEntry, Storage, TokenRecord
+from tlog.store.reader import StoredCheckpoint
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from verifier.protocol.entries.release import Release
 from verifier.protocol.merkle import ProofError, verify_consistency
