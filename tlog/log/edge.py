@@ -5,6 +5,10 @@ tlog-tiles); verifier.protocol.tiles.TreeBuilder does the math, this module read
 and refuses an edge that is missing, short, or does not reproduce the published root. The
 sequencer loads it at the start of every batch (inside its append transaction), `tlog serve`
 at startup (tlog.log.startup), and bench/build_log.py for each batch it appends.
+
+It only reads. In the append transaction it sees the edge the last committed batch wrote
+(the lock keeps other writers out), so a refusal here means the stored tree itself is
+broken, never that a batch is half written: one batch's tiles and checkpoint commit together.
 """
 
 from __future__ import annotations

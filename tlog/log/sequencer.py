@@ -230,7 +230,12 @@ class Sequencer:
         return plan.outcome, latest
 
     async def _load_edge(self, tx: AppendTx, latest: StoredCheckpoint | None) -> TreeBuilder:
-        """The right edge of the latest published tree, checked against its root."""
+        """The right edge of the latest published tree, checked against its root.
+
+        Read under the append lock before anything is written: a SelfCheckError here rolls
+        back nothing but the lock, leaves the database as the last batch left it, and stops
+        appends (readyz and submitters see why).
+        """
         try:
             return await load_edge(tx.tiles, latest.size if latest else 0,
                                    latest.root if latest else None)
@@ -242,7 +247,8 @@ class Sequencer:
 
         Publishers change only through registry entries, so the registry is copied (and the
         copy kept only after COMMIT) when registry entries are replayed or submitted; release
-        counters are not carried between batches at all (_plan reads them per batch).
+        counters are not carried between batches at all (_plan reads them per batch). A stored
+        entry that does not replay (tlog.log.registry.ReplayError) stops appends.
         """
         stored = await tx.registry_entries(self.registry_next)
         changing = stored or any(isinstance(p.entry, RegistryEntry) for p in batch)
