@@ -49,6 +49,8 @@ from tlog.log.startup import publish_empty
 from tlog.store import migrate
 from tlog.store.postgres import NewEntry, Storage
 from tlog.store.reader import StoredCheckpoint
+from verifier.client.files import atomic_write
+from verifier.client.keys import read_private_key
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from verifier.protocol.entries.release import parse_leaf, sign_entry
 from verifier.protocol.merkle import leaf_hash
@@ -314,7 +316,7 @@ async def table_stats(url: str) -> dict[str, Any]:
 def load_or_create_keys(cache_dir: Path) -> tuple[Signer, list[Signer]]:
     p = paths(cache_dir)
     if p["key"].exists():
-        signer = parse_private_key(p["key"].read_text().strip())
+        signer = read_private_key(p["key"])
     else:
         signer = generate_key(LOG_NAME)
         write_key(p["key"], signer)
@@ -345,12 +347,8 @@ def check_with_server(url: str, key_file: Path, expected: StoredCheckpoint, work
 
 
 def write_marker(cache_dir: Path, marker: dict[str, Any]) -> None:
-    target = paths(cache_dir)["marker"]
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".marker-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(marker, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, target)
+    text = json.dumps(marker, indent=1) + "\n"
+    atomic_write(paths(cache_dir)["marker"], text.encode(), durable=False)
 
 
 def build(cache_dir: Path = DEFAULT_CACHE, entries: int = DEFAULT_ENTRIES, batch: int = 50_000,

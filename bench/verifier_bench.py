@@ -328,11 +328,11 @@ def child_hash_audit(argv: list[str]) -> None:
     ap.add_argument("--workers", type=int)
     args = ap.parse_args(argv)
     from verifier.client import audit
+    from verifier.client.keys import read_vkey
     from verifier.client.log import LogClient
     from verifier.client.statedir import StateDir
-    from verifier.protocol.note import parse_vkey
 
-    key = parse_vkey(Path(args.key).read_text(encoding="utf-8").strip())
+    key = read_vkey(args.key, "log key")
     client = LogClient(args.log, cache_dir=args.cache)
     with StateDir(args.state) as state:
         trusted = audit.audit(client, key, state)

@@ -7,6 +7,8 @@
 - tlog/ is layered store <- log <- http <- cli: a layer never imports one to its right
   (tlog/config.py, at the top level, is shared); all SQL is in tlog/store, and the HTTP
   layer reads storage only through tlog.store.reader.LogReader;
+- files are replaced atomically in one place (verifier/client/files.py) and key files are
+  read in one place (verifier/client/keys.py);
 - no import cycles between modules (lazy imports inside functions count too);
 - no module over 500 lines.
 """
@@ -214,6 +216,37 @@ def test_the_http_layer_reads_storage_through_the_log_reader() -> None:
     bad = {rel(f): hits(imports(f), ("tlog.store.postgres", "asyncpg"))
            for f in sources("tlog/http")}
     assert {k: v for k, v in bad.items() if v} == {}
+
+
+def calls(path: Path) -> Iterator[ast.Call]:
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call):
+            yield node
+
+
+def call_name(call: ast.Call) -> str:
+    func = call.func
+    if isinstance(func, ast.Attribute):
+        return f"{func.value.id}.{func.attr}" if isinstance(func.value, ast.Name) else func.attr
+    return func.id if isinstance(func, ast.Name) else ""
+
+
+def test_files_are_replaced_in_one_place() -> None:
+    writers = {rel(f) for pkg in PACKAGES for f in sources(pkg)
+               for c in calls(f) if call_name(c) in ("os.replace", "os.rename", "mkstemp",
+                                                     "tempfile.mkstemp")}
+    assert writers == {"verifier/client/files.py"}
+
+
+def test_key_files_are_read_in_one_place() -> None:
+    def reads_a_key_file(call: ast.Call) -> bool:
+        return call_name(call) in ("parse_vkey", "parse_private_key") and any(
+            isinstance(n, ast.Call) and call_name(n) in ("read_text", "read")
+            for arg in call.args for n in ast.walk(arg))
+
+    readers = {rel(f) for pkg in PACKAGES for f in sources(pkg)
+               if any(reads_a_key_file(c) for c in calls(f))}
+    assert readers == {"verifier/client/keys.py"}
 
 
 def test_no_import_cycles() -> None:
