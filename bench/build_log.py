@@ -44,13 +44,17 @@ import nacl.signing
 
 from tests.support import start_server, write_key
 from tlog.cli.pgcluster import Cluster
+from tlog.log.edge import load_edge
+from tlog.log.startup import publish_empty
 from tlog.store import migrate
-from tlog.store.postgres import NewEntry, Storage, StoredCheckpoint
+from tlog.store.postgres import NewEntry, Storage
+from tlog.store.reader import StoredCheckpoint
+from verifier.client.files import atomic_write
+from verifier.client.keys import read_private_key
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from verifier.protocol.entries.release import parse_leaf, sign_entry
-from verifier.protocol.merkle import EMPTY_ROOT, leaf_hash
+from verifier.protocol.merkle import leaf_hash
 from verifier.protocol.note import Signer, Verifier, generate_key, parse_private_key
-from verifier.protocol.tiles import TreeBuilder
 
 DEFAULT_CACHE = Path("/tmp/tlog-bench-log")
 DEFAULT_ENTRIES = 1_000_000
@@ -210,17 +214,12 @@ def generated(pool: ProcessPoolExecutor, start: int, end: int,
 
 
 async def append_batch(storage: Storage, signer: Signer, rows: list[Row]) -> StoredCheckpoint:
-    """One batch in one transaction, as tlog.sequencer.Sequencer._append does it."""
+    """One batch in one transaction, as tlog.log.sequencer.Sequencer._append does it."""
     async with storage.append() as tx:
         latest = await tx.latest_checkpoint()
         if latest is None:
             raise RuntimeError("the log has no checkpoint (not even size 0)")
-        keys = TreeBuilder.edge_keys(latest.size)
-        tiles = await tx.tiles([(level, n) for level, n, _ in keys])
-        builder = TreeBuilder(latest.size,
-                              {level: tiles[(level, n)][:32 * width] for level, n, width in keys})
-        if builder.root() != latest.root:
-            raise RuntimeError(f"stored tiles do not reproduce the root of size {latest.size}")
+        builder = await load_edge(tx.tiles, latest.size, latest.root)
         new = [NewEntry(latest.size + i, leaf, lh, package, version, counter=counter)
                for i, (leaf, lh, package, version, counter) in enumerate(rows)]
         for entry in new:
@@ -236,23 +235,9 @@ async def append_batch(storage: Storage, signer: Signer, rows: list[Row]) -> Sto
         return StoredCheckpoint(builder.size, root, note)
 
 
-async def publish_empty(storage: Storage, signer: Signer) -> None:
-    """The size-0 checkpoint `tlog serve` publishes when it starts on an empty log."""
-    async with storage.append() as tx:
-        if await tx.latest_checkpoint() is None:
-            note = sign_checkpoint(Checkpoint(signer.name, 0, EMPTY_ROOT), signer)
-            await tx.put_checkpoint(0, EMPTY_ROOT, note)
-
-
 async def ensure_database(cluster: Cluster) -> str:
-    conn = await asyncpg.connect(cluster.url())
-    try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE)
-        if not exists:
-            await conn.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await conn.close()
-    await upgrade_schema(cluster.url(DATABASE))
+    await migrate.create_database(cluster.url(), DATABASE)
+    await migrate.migrate_database(cluster.url(DATABASE))
     return cluster.url(DATABASE)
 
 
@@ -264,21 +249,12 @@ def cluster_up(log: BenchLog) -> Iterator[None]:
     if started:
         log.cluster.start()
     try:
-        if applied := asyncio.run(upgrade_schema(log.url)):
+        if applied := asyncio.run(migrate.migrate_database(log.url)):
             print(f"migrated the cached log's database: {', '.join(applied)}", flush=True)
         yield
     finally:
         if started:
             log.cluster.stop()
-
-
-async def upgrade_schema(url: str) -> list[str]:
-    """Apply the migrations the database lacks (a cached log may predate a new one)."""
-    conn = await asyncpg.connect(url)
-    try:
-        return await migrate.migrate(conn)
-    finally:
-        await conn.close()
 
 
 async def fill(url: str, signer: Signer, publishers: list[Signer], target: int, batch: int,
@@ -340,7 +316,7 @@ async def table_stats(url: str) -> dict[str, Any]:
 def load_or_create_keys(cache_dir: Path) -> tuple[Signer, list[Signer]]:
     p = paths(cache_dir)
     if p["key"].exists():
-        signer = parse_private_key(p["key"].read_text().strip())
+        signer = read_private_key(p["key"])
     else:
         signer = generate_key(LOG_NAME)
         write_key(p["key"], signer)
@@ -371,12 +347,8 @@ def check_with_server(url: str, key_file: Path, expected: StoredCheckpoint, work
 
 
 def write_marker(cache_dir: Path, marker: dict[str, Any]) -> None:
-    target = paths(cache_dir)["marker"]
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".marker-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(marker, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, target)
+    text = json.dumps(marker, indent=1) + "\n"
+    atomic_write(paths(cache_dir)["marker"], text.encode(), durable=False)
 
 
 def build(cache_dir: Path = DEFAULT_CACHE, entries: int = DEFAULT_ENTRIES, batch: int = 50_000,

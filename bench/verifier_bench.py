@@ -328,14 +328,15 @@ def child_hash_audit(argv: list[str]) -> None:
     ap.add_argument("--workers", type=int)
     args = ap.parse_args(argv)
     from verifier.client.audit import full, incremental
+    from verifier.client.keys import read_vkey
     from verifier.client.log import LogClient
     from verifier.client.statedir import StateDir
-    from verifier.protocol.note import parse_vkey
+    from verifier.protocol.trust import KeyTrust
 
-    key = parse_vkey(Path(args.key).read_text(encoding="utf-8").strip())
+    key = read_vkey(args.key, "log key")
     client = LogClient(args.log, cache_dir=args.cache)
     with StateDir(args.state) as state:
-        trusted = incremental.audit(client, key, state)
+        trusted = incremental.audit(client, KeyTrust(key), state)
         result = full.full_audit(client, trusted, state, workers=args.workers, validate=False)
     print(result.summary())
     print(json.dumps({"entries": result.entries, "elapsed": result.elapsed,

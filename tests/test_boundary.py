@@ -4,6 +4,11 @@
 - verifier/protocol/ is pure: no network, disk, process, thread or clock I/O, and nothing from
   verifier/client or verifier/cli;
 - tlog/ takes hashing, signing and proof math from verifier/ and never re-implements them;
+- tlog/ is layered store <- log <- http <- cli: a layer never imports one to its right
+  (tlog/config.py, at the top level, is shared); all SQL is in tlog/store, and the HTTP
+  layer reads storage only through tlog.store.reader.LogReader;
+- files are replaced atomically in one place (verifier/client/files.py) and key files are
+  read in one place (verifier/client/keys.py);
 - no import cycles between modules (lazy imports inside functions count too);
 - no module over 500 lines.
 """
@@ -11,6 +16,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -163,6 +169,84 @@ def test_tlog_takes_its_protocol_from_verifier() -> None:
     used = set().union(*(imports(f) for f in sources("tlog")))
     for module in ("merkle", "tiles", "note", "checkpoint", "receipt", "registry"):
         assert f"verifier.protocol.{module}" in used, f"tlog does not use {module}"
+
+
+# Each tlog layer and the layers it must never import (store <- log <- http <- cli).
+TLOG_LAYERS = {
+    "tlog.store": ("tlog.log", "tlog.http", "tlog.cli"),
+    "tlog.log": ("tlog.http", "tlog.cli"),
+    "tlog.http": ("tlog.cli",),
+}
+
+
+@pytest.mark.parametrize("layer", sorted(TLOG_LAYERS))
+def test_tlog_layers_never_import_the_layers_above(layer: str) -> None:
+    files = sources(layer.replace(".", "/"))
+    assert files, f"no sources under {layer}"
+    bad = {rel(f): hits(imports(f), TLOG_LAYERS[layer]) for f in files}
+    assert {k: v for k, v in bad.items() if v} == {}
+
+
+def test_the_layer_rule_sees_a_violation() -> None:
+    assert hits({"tlog.http.metrics.Metrics", "tlog.config"}, TLOG_LAYERS["tlog.log"]) == {
+        "tlog.http.metrics.Metrics"}
+
+
+# SQL statements in string literals; only tlog/store may hold them.
+SQL = re.compile(r"\b(SELECT|INSERT INTO|UPDATE|DELETE FROM|CREATE (DATABASE|ROLE|TABLE|INDEX)"
+                 r"|ALTER (TABLE|ROLE|DATABASE)|DROP (TABLE|ROLE|DATABASE)|TRUNCATE|COPY)\s")
+
+
+def sql_in(path: Path) -> set[str]:
+    """The SQL keywords in the string literals of a module (f-string parts included)."""
+    return {m.group(0).strip() for node in ast.walk(ast.parse(path.read_text(), str(path)))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            for m in SQL.finditer(node.value)}
+
+
+def test_all_sql_stays_in_tlog_store() -> None:
+    outside = [f for f in sources("tlog") if not rel(f).startswith("tlog/store/")]
+    assert len(outside) > 10
+    bad = {rel(f): sql_in(f) for f in outside}
+    assert {k: v for k, v in bad.items() if v} == {}
+    assert sql_in(REPO / "tlog" / "store" / "postgres.py") >= {"SELECT", "INSERT INTO", "UPDATE"}
+
+
+def test_the_http_layer_reads_storage_through_the_log_reader() -> None:
+    bad = {rel(f): hits(imports(f), ("tlog.store.postgres", "asyncpg"))
+           for f in sources("tlog/http")}
+    assert {k: v for k, v in bad.items() if v} == {}
+
+
+def calls(path: Path) -> Iterator[ast.Call]:
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call):
+            yield node
+
+
+def call_name(call: ast.Call) -> str:
+    func = call.func
+    if isinstance(func, ast.Attribute):
+        return f"{func.value.id}.{func.attr}" if isinstance(func.value, ast.Name) else func.attr
+    return func.id if isinstance(func, ast.Name) else ""
+
+
+def test_files_are_replaced_in_one_place() -> None:
+    writers = {rel(f) for pkg in PACKAGES for f in sources(pkg)
+               for c in calls(f) if call_name(c) in ("os.replace", "os.rename", "mkstemp",
+                                                     "tempfile.mkstemp")}
+    assert writers == {"verifier/client/files.py"}
+
+
+def test_key_files_are_read_in_one_place() -> None:
+    def reads_a_key_file(call: ast.Call) -> bool:
+        return call_name(call) in ("parse_vkey", "parse_private_key") and any(
+            isinstance(n, ast.Call) and call_name(n) in ("read_text", "read")
+            for arg in call.args for n in ast.walk(arg))
+
+    readers = {rel(f) for pkg in PACKAGES for f in sources(pkg)
+               if any(reads_a_key_file(c) for c in calls(f))}
+    assert readers == {"verifier/client/keys.py"}
 
 
 def test_no_import_cycles() -> None:

@@ -26,8 +26,7 @@ from multidict import CIMultiDict
 from tests.conftest import REPO
 from tests.support import make_release
 from tlog.config import Config, TlsConfig
-from tlog.http import app as app_module
-from tlog.http import handlers
+from tlog.http import errors
 from tlog.http.app import create_app
 from tlog.http.handlers import CLIENT_BUCKETS, IN_FLIGHT, PUBLISHER_BUCKETS, SEQUENCER
 from tlog.http.tokens import TokenAuthority
@@ -42,9 +41,13 @@ RELEASE_SCHEMA = REPO / "schema" / "release-v1.schema.json"
 REGISTRY_SCHEMAS = {"PublisherV1": "publisher-v1.schema.json", "KeysV1": "keys-v1.schema.json",
                     "RevokeV1": "revoke-v1.schema.json"}
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
-ERROR_CLASSES = r"(?:ApiError|AccessError|TokenError|RefusedError|Refusal|_json_error)"
-CODE_SOURCES = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "tlog").rglob("*.py"))
-CODE_SOURCES.append("verifier/protocol/registry.py")
+# Where tlog raises an error by its code, e.g. ApiError("conflict", ...).
+RAISED_CODE = re.compile(r'(?:ApiError|AccessError|TokenError|RefusedError)\(\s*"(\w+)"')
+TLOG_SOURCES = sorted((REPO / "tlog").rglob("*.py"))
+# What remains outside the status table: the registry's refusals carry their own status.
+REFUSAL_SOURCE = REPO / "verifier" / "protocol" / "registry.py"
+ENTRY_CODES = (entry_module.INVALID_JSON, entry_module.INVALID_ENTRY, entry_module.BAD_KEY,
+               entry_module.BAD_SIGNATURE, entry_module.ENTRY_TOO_LARGE)
 ADMIN_SECRET = "s3cret"
 ADMIN_KEY = generate_key("log-admin")
 
@@ -135,16 +138,37 @@ def test_log_entry_schemas_name_every_kind_the_log_accepts() -> None:
 
 
 def emitted_errors() -> set[tuple[int, str]]:
-    """(status, code) for every error the service can answer with, read from its sources."""
-    sources = "".join((REPO / name).read_text(encoding="utf-8") for name in CODE_SOURCES)
-    pairs = {(int(status), code) for status, code in
-             re.findall(ERROR_CLASSES + r'\(\s*(\d+),\s*"(\w+)"', sources)}
-    pairs |= {(status, code) for status, code in app_module.HTTP_CODES.items()}
-    pairs |= {(handlers.ENTRY_STATUS.get(code, 422), code)
-              for code in (entry_module.INVALID_JSON, entry_module.INVALID_ENTRY,
-                           entry_module.BAD_KEY, entry_module.BAD_SIGNATURE,
-                           entry_module.ENTRY_TOO_LARGE)}
+    """(status, code) for every error the service can answer with: the status table of
+    tlog.http.errors, and the registry's refusals read from their source."""
+    pairs = {(status, code) for code, status in errors.STATUS.items()}
+    pairs |= {(int(status), code) for status, code in re.findall(
+        r'Refusal\(\s*(\d+),\s*"(\w+)"', REFUSAL_SOURCE.read_text(encoding="utf-8"))}
+    pairs |= {(errors.STATUS.get(code, errors.ENTRY_ERROR_STATUS), code) for code in ENTRY_CODES}
     return pairs
+
+
+def raised_codes() -> set[str]:
+    """Every error code tlog's sources raise by name."""
+    return {code for path in TLOG_SOURCES
+            for code in RAISED_CODE.findall(path.read_text(encoding="utf-8"))}
+
+
+def test_every_code_raised_has_a_status_and_every_status_is_used() -> None:
+    raised = raised_codes()
+    assert {"conflict", "rate_limited", "token_revoked", "internal", "unavailable"} <= raised
+    assert raised - set(errors.STATUS) == set(), "codes raised without a status in STATUS"
+    from_elsewhere = set(errors.HTTP_EXCEPTION_CODES.values()) | set(ENTRY_CODES)
+    assert set(errors.STATUS) - raised - from_elsewhere == set(), "codes no one raises"
+    assert set(ENTRY_CODES) <= set(errors.STATUS)
+
+
+def test_a_code_with_a_status_of_its_own_keeps_it() -> None:
+    assert errors.ApiError("conflict", "x").status == 409
+    assert errors.ApiError("rate_limited", "x", retry_after=2.5).response().headers[
+        "Retry-After"] == "3"
+    assert errors.ApiError(errors.HTTP_ERROR, "x", status=418).status == 418
+    with pytest.raises(KeyError):
+        errors.ApiError("no_such_code", "x")
 
 
 def test_every_error_code_the_service_can_send_is_in_the_error_schema() -> None:
@@ -156,7 +180,7 @@ def test_every_error_code_the_service_can_send_is_in_the_error_schema() -> None:
             "token_revoked", "admin_forbidden", "publisher_not_registered"} <= codes
     assert codes - documented == set(), "codes the service sends but the spec lacks"
     assert documented - codes == set(), "codes the spec lists but the service never sends"
-    assert set(handlers.ENTRY_STATUS) <= documented
+    assert set(ENTRY_CODES) <= documented
 
 
 class Spec:

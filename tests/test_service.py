@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -11,10 +12,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from tests.support import make_release
-from tlog.http.app import StartupError, self_check
+from tlog.log.edge import EdgeError, load_edge, read_edge
+from tlog.log.startup import StartupError, self_check
 from tlog.store import migrate
 from tlog.store.postgres import Storage
+from verifier.protocol.merkle import leaf_hash
 from verifier.protocol.note import Signer, generate_key
+from verifier.protocol.tiles import TreeBuilder
 
 Client = TestClient[web.Request, web.Application]
 
@@ -121,3 +125,32 @@ async def test_serving_an_unmigrated_database_is_refused(pg_cluster: Any) -> Non
         assert await migrate.migrate(conn) == []
     finally:
         await conn.close()
+
+
+def edge_tiles(size: int) -> tuple[dict[tuple[int, int], bytes], bytes]:
+    """The tiles of a tree of `size` made-up leaves, and its root."""
+    builder = TreeBuilder()
+    for i in range(size):
+        builder.append(leaf_hash(i.to_bytes(4, "big")))
+    return builder.take_changed(), builder.root()
+
+
+async def test_the_edge_loads_once_for_the_sequencer_startup_and_the_bench() -> None:
+    tiles, root = edge_tiles(70_000)  # partial tiles at levels 0, 1 and 2
+
+    async def fetch(keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        return {k: tiles[k] for k in keys if k in tiles}
+
+    builder = await load_edge(fetch, 70_000, root)
+    builder.append(leaf_hash(b"next"))
+    assert builder.size == 70_001
+    with pytest.raises(EdgeError, match="do not reproduce the root of size 70000"):
+        await load_edge(fetch, 70_000, bytes(32))
+    whole, tiles[(0, 273)] = tiles[(0, 273)], tiles[(0, 273)][:-32]  # a short partial tile
+    with pytest.raises(EdgeError, match="tile 0/273 at the right edge of size 70000 is missing"):
+        await load_edge(fetch, 70_000, root)
+    tiles[(0, 273)] = whole
+    del tiles[(1, 1)]
+    with pytest.raises(EdgeError, match="tile 1/1 at the right edge of size 70000 is missing"):
+        await read_edge(fetch, 70_000)
+    assert (await load_edge(fetch, 0, None)).size == 0

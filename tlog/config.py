@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import os
-import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from verifier.protocol.note import (
-    NoteError,
-    NoteSigner,
-    Signer,
-    Verifier,
-    parse_private_key,
-    parse_vkey,
-)
+from verifier.client.keys import KeyFileError, read_private_key, read_secret, read_vkey
+from verifier.protocol.note import NoteSigner, Signer, Verifier
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 POLICIES = ("open", "registered")
@@ -88,38 +83,30 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+@contextmanager
+def _as_config_error() -> Iterator[None]:
+    """Key-file errors (verifier.client.keys) as ConfigError, with the same message."""
+    try:
+        yield
+    except KeyFileError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def read_secret_file(path: str | Path, what: str = "key file") -> str:
     """A secret's text, refusing a file that group or others may read."""
-    p = Path(path)
-    try:
-        mode = p.stat().st_mode
-        text = p.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"couldn't read {what} {p}: {exc.strerror}") from exc
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"{what} {p} is readable by others (mode {stat.S_IMODE(mode):04o}); "
-                          f"run: chmod 600 {p}")
-    return text
+    with _as_config_error():
+        return read_secret(path, what)
 
 
 def load_vkey(path: str | Path) -> Verifier:
-    try:
-        return parse_vkey(Path(path).read_text(encoding="utf-8").strip())
-    except OSError as exc:
-        raise ConfigError(f"couldn't read verifier key {path}: {exc.strerror}") from exc
-    except NoteError as exc:
-        raise ConfigError(f"{path} is not a verifier key: {exc}") from exc
+    with _as_config_error():
+        return read_vkey(path)
 
 
 def load_signer(path: str | Path) -> Signer:
     """Read a private key (note format), refusing a file that others may read."""
-    p = Path(path)
-    text = read_secret_file(p)
-    try:
-        return parse_private_key(text)
-    except NoteError as exc:
-        raise ConfigError(f"key file {p} does not hold a private key "
-                          f"(PRIVATE+KEY+name+id+data): {exc}") from exc
+    with _as_config_error():
+        return read_private_key(path)
 
 
 def load_pkcs11_signer(vkey_file: str | Path, module: str, token: str, key_label: str,

@@ -7,23 +7,13 @@ import os
 import secrets
 from pathlib import Path
 
-import asyncpg
-
-from tlog.cli.main import _run_app, run_migrations, write_keypair
+from tlog.cli.common import run_app, write_keypair
 from tlog.cli.pgcluster import Cluster
 from tlog.config import Config, load_signer, load_vkey, parse_listen, read_secret_file
+from tlog.store import migrate
 
 DEV_ORIGIN = "localhost/tlog-dev"
 DEV_DATABASE = "tlog"
-
-
-async def _create_database(cluster: Cluster) -> None:
-    conn = await asyncpg.connect(cluster.url("postgres"))
-    try:
-        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DEV_DATABASE):
-            await conn.execute(f'CREATE DATABASE "{DEV_DATABASE}"')
-    finally:
-        await conn.close()
 
 
 def _ensure_key(home: Path, stem: str, name: str, what: str) -> Path:
@@ -80,13 +70,13 @@ def run_dev(home: Path, listen: str, policy: str = "open") -> int:
     print(f"tlog dev: starting PostgreSQL in {cluster.home} ...", flush=True)
     cluster.ensure_running()
     try:
-        asyncio.run(_create_database(cluster))
+        asyncio.run(migrate.create_database(cluster.url("postgres"), DEV_DATABASE))
         url = cluster.url(DEV_DATABASE)
-        asyncio.run(run_migrations(url))
+        asyncio.run(migrate.migrate_database(url))
         config = dev_config(home, url, host, port, policy)
         app = create_app(config)
         banner = _banner(config.signer.verifier().text(), host, port, home, policy)
-        return _run_app(app, host, port, banner)
+        return run_app(app, host, port, banner)
     finally:
         print("tlog dev: stopping PostgreSQL", flush=True)
         cluster.stop()

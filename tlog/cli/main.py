@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
-from aiohttp import web
 
+from tlog.cli.common import run_app, write_keypair
 from tlog.cli.pgcluster import ClusterError
 from tlog.cli.registry import add_operator_commands
 from tlog.cli.remote import add_connection_options
@@ -27,25 +27,13 @@ from tlog.config import (
 )
 from tlog.store import migrate as migrations
 from verifier.errors import EXIT_FAILED, EXIT_OK, EXIT_TRANSPORT, EXIT_USAGE
-from verifier.protocol.note import NoteError, Verifier, generate_key, is_valid_key_name, key_id
+from verifier.protocol.note import NoteError, Verifier, is_valid_key_name, key_id
 
 
 def key_files(out: Path, name: str) -> tuple[Path, Path]:
     """Where keygen puts a key: a '/' in the name (an origin) becomes '_' in the file name."""
     stem = name.replace("/", "_")
     return out / f"{stem}.key", out / f"{stem}.vkey"
-
-
-def write_keypair(name: str, key_path: Path, vkey_path: Path) -> str:
-    """Create a new Ed25519 key pair; never overwrite an existing private key."""
-    signer = generate_key(name)
-    key_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(signer.text() + "\n")
-    vkey = signer.verifier().text()
-    vkey_path.write_text(vkey + "\n", encoding="utf-8")
-    return vkey
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -104,21 +92,13 @@ def keygen_pkcs11(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def run_migrations(url: str) -> list[str]:
-    conn = await asyncpg.connect(url)
-    try:
-        return await migrations.migrate(conn)
-    finally:
-        await conn.close()
-
-
 def cmd_migrate(args: argparse.Namespace) -> int:
     url = args.database_url or os.environ.get("TLOG_DATABASE_URL")
     if not url:
         print("tlog migrate: give --database-url or set TLOG_DATABASE_URL", file=sys.stderr)
         return EXIT_USAGE
     try:
-        applied = asyncio.run(run_migrations(url))
+        applied = asyncio.run(migrations.migrate_database(url))
     except (OSError, asyncpg.PostgresError) as exc:
         print(f"tlog migrate: couldn't migrate: {exc}", file=sys.stderr)
         return EXIT_TRANSPORT
@@ -140,7 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"tlog serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
     app = create_app(config)
-    return _run_app(app, config.host, config.port, ssl_context=ssl_context)
+    return run_app(app, config.host, config.port, ssl_context=ssl_context)
 
 
 def server_ssl_context(config: Config) -> ssl.SSLContext | None:
@@ -158,23 +138,6 @@ def server_ssl_context(config: Config) -> ssl.SSLContext | None:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"couldn't load the TLS certificate, key or client CA: {exc}") from exc
     return ctx
-
-
-def _run_app(app: web.Application, host: str, port: int, banner: str | None = None,
-             ssl_context: ssl.SSLContext | None = None) -> int:
-    """Serve until SIGINT/SIGTERM; `banner` is printed once the port is listening."""
-    from tlog.http.app import StartupError
-
-    try:
-        web.run_app(app, host=host, port=port, access_log=None, ssl_context=ssl_context,
-                    print=lambda s: print(banner or s, flush=True))
-    except (StartupError, migrations.SchemaError) as exc:
-        print(f"tlog: refusing to serve: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except (OSError, asyncpg.PostgresError) as exc:
-        print(f"tlog: couldn't start: {exc}", file=sys.stderr)
-        return EXIT_TRANSPORT
-    return EXIT_OK
 
 
 def cmd_publish(args: argparse.Namespace) -> int:

@@ -10,9 +10,10 @@ from typing import Any
 
 from tlog.cli.remote import RemoteError, call, expect, read_secret
 from verifier.client.checks import hash_file
+from verifier.client.keys import read_private_key, read_vkey
 from verifier.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from verifier.protocol.entries.release import EntryError, sign_entry, validate_entry
-from verifier.protocol.note import NoteError, Verifier, parse_private_key, parse_vkey
+from verifier.protocol.note import NoteError, Verifier, parse_vkey
 from verifier.protocol.receipt import make_receipt, verify_receipt
 from verifier.protocol.trust import KeyTrust
 
@@ -25,7 +26,7 @@ def describe_artifact(path: Path) -> dict[str, Any]:
 
 def _log_key(args: argparse.Namespace) -> Verifier:
     if args.log_key:
-        return parse_vkey(Path(args.log_key).read_text(encoding="utf-8").strip())
+        return read_vkey(args.log_key, "log key")
     info = expect(*call(args, "GET", "/v1/log"), (200,), "GET /v1/log")
     print("warning: no --log-key given; verifying against the key the log itself announces",
           file=sys.stderr)
@@ -33,7 +34,7 @@ def _log_key(args: argparse.Namespace) -> Verifier:
 
 
 def _entry(args: argparse.Namespace, artifacts: list[Path]) -> dict[str, Any]:
-    signer = parse_private_key(Path(args.key).read_text(encoding="utf-8").strip())
+    signer = read_private_key(args.key, owner_only=False)
     fields: dict[str, Any] = {
         "kind": "release/v1", "package": args.package, "version": args.version,
         "artifacts": [describe_artifact(p) for p in artifacts]}

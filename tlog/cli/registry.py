@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from tlog.cli.remote import (
@@ -20,9 +19,10 @@ from tlog.cli.remote import (
     expect,
     read_secret,
 )
-from verifier.errors import EXIT_OK, EXIT_USAGE
+from verifier.client.keys import read_private_key, read_vkey
+from verifier.errors import EXIT_OK, EXIT_USAGE, UsageError
 from verifier.protocol.entries.release import EntryError
-from verifier.protocol.note import NoteError, Signer, parse_private_key, parse_vkey
+from verifier.protocol.note import NoteError, Signer
 from verifier.protocol.registry import KEYS_KIND, PUBLISHER_KIND, REVOKE_KIND, sign_registry_entry
 from verifier.protocol.registry import validate_registry_entry as check_entry
 
@@ -42,7 +42,7 @@ def _run(func: Any, args: argparse.Namespace) -> int:
     except RemoteError as exc:
         print(f"tlog: {exc}", file=sys.stderr)
         return exc.code
-    except (OSError, NoteError, EntryError, ValueError) as exc:
+    except (OSError, NoteError, EntryError, ValueError, UsageError) as exc:
         print(f"tlog: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -66,11 +66,11 @@ def token_revoke(args: argparse.Namespace) -> int:
 
 
 def _signer(path: str) -> Signer:
-    return parse_private_key(Path(path).read_text(encoding="utf-8").strip())
+    return read_private_key(path, owner_only=False)
 
 
 def _vkeys(paths: list[str] | None) -> list[str]:
-    return [parse_vkey(Path(p).read_text(encoding="utf-8").strip()).text() for p in paths or []]
+    return [read_vkey(p).text() for p in paths or []]
 
 
 def _submit_registry(args: argparse.Namespace, fields: dict[str, Any]) -> int:

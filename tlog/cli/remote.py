@@ -11,6 +11,7 @@ import json
 import os
 from typing import Any
 
+from verifier.client import keys
 from verifier.client.http import HttpFetcher, Tls
 from verifier.errors import EXIT_FAILED, EXIT_TRANSPORT, EXIT_USAGE, TransportError, UsageError
 
@@ -80,8 +81,7 @@ def read_secret(path: str | None, env: str, what: str) -> str | None:
     """A secret from a file (or the environment variable `env`), never from argv."""
     if path:
         try:
-            with open(path, encoding="utf-8") as f:
-                return f.read().strip()
-        except OSError as exc:
-            raise RemoteError(EXIT_USAGE, f"couldn't read {what} {path}: {exc}") from exc
+            return keys.read_secret(path, what, owner_only=False)
+        except keys.KeyFileError as exc:
+            raise RemoteError(EXIT_USAGE, str(exc)) from exc
     return os.environ.get(env) or None

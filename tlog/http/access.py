@@ -17,17 +17,13 @@ from typing import Any
 from aiohttp import web
 
 from tlog.config import Config
+from tlog.http.errors import ApiError
 
 MAX_TRACKED = 100_000  # buckets kept; the least recently used are forgotten
 
 
-class AccessError(Exception):
-    """A refusal with a status, an error code and, for pushback, a Retry-After."""
-
-    def __init__(self, status: int, code: str, message: str,
-                 retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.retry_after = status, code, retry_after
+class AccessError(ApiError):
+    """A refusal of the caller: no client certificate, not an admin, over a quota."""
 
 
 def peer_common_name(request: web.Request) -> str | None:
@@ -46,7 +42,7 @@ def require_client_cert(request: web.Request, config: Config) -> None:
     """With mTLS on (a client CA), writes and admin calls need a verified certificate."""
     if config.tls is not None and config.tls.client_ca is not None \
             and peer_common_name(request) is None:
-        raise AccessError(401, "client_certificate_required",
+        raise AccessError("client_certificate_required",
                           "this endpoint needs a TLS client certificate from the log's client CA")
 
 
@@ -59,15 +55,15 @@ def admin_identity(request: web.Request, config: Config) -> str:
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
     if config.admin_secret is None:
-        raise AccessError(403, "admin_forbidden", "admin calls need an admin client "
+        raise AccessError("admin_forbidden", "admin calls need an admin client "
                           "certificate (or an admin token configured on the log)")
     if scheme.lower() != "bearer" or not given:
-        raise AccessError(401, "admin_auth_required", "send Authorization: Bearer <admin token>")
+        raise AccessError("admin_auth_required", "send Authorization: Bearer <admin token>")
     # Compare digests in constant time: neither the length nor a prefix of the secret leaks.
     presented = given.strip().encode("utf-8", "surrogateescape")
     if not secrets.compare_digest(hashlib.sha256(presented).digest(),
                                   hashlib.sha256(config.admin_secret.encode()).digest()):
-        raise AccessError(403, "admin_forbidden", "the admin token is not valid")
+        raise AccessError("admin_forbidden", "the admin token is not valid")
     return "admin-token"
 
 
@@ -92,7 +88,7 @@ class Buckets:
         if tokens < 1.0:
             self._state[key] = (tokens, now)
             wait = (1.0 - tokens) / self.rate
-            raise AccessError(429, "rate_limited", f"too many submissions for {what}; "
+            raise AccessError("rate_limited", f"too many submissions for {what}; "
                               f"retry in {wait:.1f} s", retry_after=wait)
         self._state[key] = (tokens - 1.0, now)
         while len(self._state) > MAX_TRACKED:
@@ -108,7 +104,7 @@ class InFlight:
 
     def enter(self) -> None:
         if self.current >= self.limit:
-            raise AccessError(503, "overloaded", "the log is busy; retry shortly", retry_after=1)
+            raise AccessError("overloaded", "the log is busy; retry shortly", retry_after=1)
         self.current += 1
 
     def leave(self) -> None:

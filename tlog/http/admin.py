@@ -15,11 +15,11 @@ from typing import Any
 from aiohttp import web
 
 from tlog.http.access import admin_identity
+from tlog.http.errors import ApiError
 from tlog.http.handlers import (
     CONFIG,
-    STORAGE,
+    TOKEN_LEDGER,
     TOKENS,
-    ApiError,
     parse_entry,
     read_json_body,
     submit,
@@ -46,7 +46,7 @@ async def post_registry_entry(request: web.Request) -> web.Response:
     who = _admin_identity(request)
     entry = parse_entry(await read_json_body(request))
     if not isinstance(entry, RegistryEntry):
-        raise ApiError(422, "not_registry_entry",
+        raise ApiError("not_registry_entry",
                        "the admin API logs publisher/v1, keys/v1 and revoke/v1 entries; "
                        "releases go to POST /v1/entries")
     resp = await submit(request, entry, None)
@@ -59,20 +59,20 @@ def _token_request(body: bytes) -> tuple[str, list[str], str]:
     try:
         req = parse_json(body, max_depth=3)
     except ValueError as exc:
-        raise ApiError(400, "invalid_json", str(exc)) from exc
+        raise ApiError("invalid_json", str(exc)) from exc
     if not isinstance(req, dict) or set(req) - _TOKEN_MEMBERS or "publisher" not in req \
             or "scopes" not in req:
-        raise ApiError(422, "invalid_request",
+        raise ApiError("invalid_request",
                        'send {"publisher": NAME, "scopes": [PATTERN, ...], "ttl": "15m"}')
     publisher, scopes, ttl = req["publisher"], req["scopes"], req.get("ttl", "15m")
     if not isinstance(publisher, str) or not PUBLISHER_NAME.fullmatch(publisher):
-        raise ApiError(422, "invalid_request", "publisher must be a publisher name: 1-200 "
-                                               "printable ASCII characters, no spaces or '+'")
+        raise ApiError("invalid_request", "publisher must be a publisher name: 1-200 "
+                                          "printable ASCII characters, no spaces or '+'")
     if not isinstance(scopes, list) or not 0 < len(scopes) <= 64 \
             or not all(isinstance(x, str) for x in scopes):
-        raise ApiError(422, "invalid_request", "scopes must be 1-64 package patterns")
+        raise ApiError("invalid_request", "scopes must be 1-64 package patterns")
     if not isinstance(ttl, str):
-        raise ApiError(422, "invalid_request", 'ttl must be a string such as "15m"')
+        raise ApiError("invalid_request", 'ttl must be a string such as "15m"')
     return publisher, scopes, ttl
 
 
@@ -80,16 +80,16 @@ async def post_token(request: web.Request) -> web.Response:
     """Issue a short-lived submission token for one publisher and some package scopes."""
     who = _admin_identity(request)
     if TOKENS not in request.app:
-        raise ApiError(404, "not_found", "this log issues no submission tokens: it has no "
-                                         "token key (--token-key)")
+        raise ApiError("not_found", "this log issues no submission tokens: it has no "
+                                    "token key (--token-key)")
     publisher, scopes, ttl_text = _token_request(await read_json_body(request))
     try:
         ttl = parse_ttl(ttl_text) if ttl_text else DEFAULT_TTL
         token, claims = request.app[TOKENS].issue(publisher, scopes, ttl)
     except ValueError as exc:
-        raise ApiError(422, "invalid_request", str(exc)) from exc
+        raise ApiError("invalid_request", str(exc)) from exc
     # Recorded before the token is handed out: a token never seen by the table is refused.
-    await request.app[STORAGE].insert_token(claims.jti, publisher, list(claims.scopes),
+    await request.app[TOKEN_LEDGER].insert_token(claims.jti, publisher, list(claims.scopes),
                                             claims.expires, who)
     _audit("token_issued", by=who, jti=claims.jti, publisher=publisher,
            scopes=list(claims.scopes), expires=claims.expires.isoformat())
@@ -103,9 +103,9 @@ async def post_token_revoke(request: web.Request) -> web.Response:
     who = _admin_identity(request)
     jti = request.match_info["jti"]
     if not _JTI.fullmatch(jti):
-        raise ApiError(400, "bad_token_id", "a token id is 1-64 characters of A-Z a-z 0-9 _ -")
-    if not await request.app[STORAGE].revoke_token(jti, who):
-        raise ApiError(404, "not_found", f"no unrevoked token with id {jti}")
+        raise ApiError("bad_token_id", "a token id is 1-64 characters of A-Z a-z 0-9 _ -")
+    if not await request.app[TOKEN_LEDGER].revoke_token(jti, who):
+        raise ApiError("not_found", f"no unrevoked token with id {jti}")
     _audit("token_revoked", by=who, jti=jti)
     return web.json_response({"jti": jti, "revoked": True})
 

@@ -1,4 +1,4 @@
-"""HTTP handlers: parse strictly, call storage or the sequencer, map errors to statuses.
+"""HTTP handlers: parse strictly, read the log (a LogReader) or submit to the sequencer.
 
 C2SP read API (byte-exact): /checkpoint, /tile/<L>/<N>[.p/<W>], /tile/entries/<N>[.p/<W>].
 JSON API under /v1 (schema/openapi.yaml). Every error body is
@@ -15,10 +15,11 @@ from aiohttp import web
 
 from tlog.config import Config
 from tlog.http.access import Buckets, InFlight, require_client_cert
+from tlog.http.errors import ApiError, entry_error
 from tlog.http.tokens import TokenAuthority, TokenError, bearer
 from tlog.log.proofs import consistency_proof, inclusion_proof
 from tlog.log.sequencer import ConflictError, Receipt, Sequencer, UnavailableError
-from tlog.store.postgres import Storage
+from tlog.store.reader import LogReader, TokenLedger
 from tlog.store.tilecache import TileFiles
 from verifier.protocol.entries.release import (
     PACKAGE_NAME,
@@ -44,9 +45,9 @@ DEFAULT_PAGE = 100
 MAX_INT = 2**63 - 1
 _DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")
 _HEX32 = re.compile(r"[0-9a-f]{64}")
-ENTRY_STATUS = {"invalid_json": 400, "entry_too_large": 413}  # other entry errors: 422
 
-STORAGE: web.AppKey[Storage] = web.AppKey("storage", Storage)
+READER: web.AppKey[LogReader] = web.AppKey("reader")  # the log's published data
+TOKEN_LEDGER: web.AppKey[TokenLedger] = web.AppKey("token_ledger")
 SEQUENCER: web.AppKey[Sequencer] = web.AppKey("sequencer", Sequencer)
 VKEY: web.AppKey[str] = web.AppKey("vkey", str)
 CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
@@ -57,28 +58,14 @@ IN_FLIGHT: web.AppKey[InFlight] = web.AppKey("in_flight", InFlight)
 TILE_FILES: web.AppKey[TileFiles] = web.AppKey("tile_files", TileFiles)
 
 
-class ApiError(Exception):
-    """A refusal with an HTTP status, a stable error code and a message for people."""
-
-    def __init__(self, status: int, code: str, message: str, close: bool = False,
-                 **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.extra = status, code, message, extra
-        self.close = close  # the connection cannot be reused after this error
-
-
-def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, **extra}}
-
-
 def parse_uint(name: str, text: str | None, default: int | None = None) -> int:
     """A canonical decimal in 0..2^63-1, else 400: no signs, spaces or leading zeros."""
     if text is None:
         if default is None:
-            raise ApiError(400, "missing_parameter", f"{name} is required")
+            raise ApiError("missing_parameter", f"{name} is required")
         return default
     if not _DECIMAL.fullmatch(text) or int(text) > MAX_INT:
-        raise ApiError(400, "bad_number",
+        raise ApiError("bad_number",
                        f"{name} must be a decimal integer 0..{MAX_INT} without leading zeros")
     return int(text)
 
@@ -89,31 +76,31 @@ def query(request: web.Request, allowed: set[str]) -> dict[str, str]:
     for key, value in request.query.items():
         if key not in allowed:
             known = ", ".join(sorted(allowed))
-            raise ApiError(400, "unknown_parameter",
+            raise ApiError("unknown_parameter",
                            f"unknown query parameter {key!r}; allowed: {known}")
         if key in out:
-            raise ApiError(400, "repeated_parameter", f"query parameter {key!r} given twice")
+            raise ApiError("repeated_parameter", f"query parameter {key!r} given twice")
         out[key] = value
     return out
 
 
 def parse_hash(name: str, text: str | None) -> bytes:
     if text is None:
-        raise ApiError(400, "missing_parameter", f"{name} is required")
+        raise ApiError("missing_parameter", f"{name} is required")
     if not _HEX32.fullmatch(text):
-        raise ApiError(400, "bad_hash", f"{name} must be 64 lowercase hex digits (32 bytes)")
+        raise ApiError("bad_hash", f"{name} must be 64 lowercase hex digits (32 bytes)")
     return bytes.fromhex(text)
 
 
 async def latest_size(request: web.Request) -> int:
-    latest = await request.app[STORAGE].latest_checkpoint()
+    latest = await request.app[READER].latest_checkpoint()
     return latest.size if latest else 0
 
 
 async def get_checkpoint(request: web.Request) -> web.Response:
-    latest = await request.app[STORAGE].latest_checkpoint()
+    latest = await request.app[READER].latest_checkpoint()
     if latest is None:
-        raise ApiError(503, "not_ready", "the log has not published a checkpoint yet")
+        raise ApiError("not_ready", "the log has not published a checkpoint yet")
     return _note_response(latest.note, CHECKPOINT_CACHE)
 
 
@@ -127,7 +114,7 @@ async def get_tile(request: web.Request) -> web.Response:
     try:
         level, n, width = parse_tile_path(path)
     except ValueError as exc:
-        raise ApiError(404, "not_found", f"not a tile path: {exc}") from exc
+        raise ApiError("not_found", f"not a tile path: {exc}") from exc
     full = width == TILE_WIDTH
     files = request.app.get(TILE_FILES) if full else None
     body = await _kept_tile(request, files, level, n) if files is not None else None
@@ -150,27 +137,27 @@ async def _kept_tile(request: web.Request, files: TileFiles, level: int, n: int)
         return None  # beyond any tree: the usual path answers 404
     # A tile is only kept once served, hence published; asking again guards against a
     # database restored to an earlier tree under a cache nobody deleted.
-    if not await request.app[STORAGE].published_at_least((n + 1) << shift):
+    if not await request.app[READER].published_at_least((n + 1) << shift):
         return None
     return files.get(tile_path(level, n))
 
 
 async def _hash_tile(request: web.Request, level: int, n: int, width: int) -> bytes:
     if n > MAX_INT // TILE_WIDTH:  # beyond any tree the database can hold
-        raise ApiError(404, "not_found", f"tile {level}/{n} does not exist")
-    data = await request.app[STORAGE].tile(level, n)
+        raise ApiError("not_found", f"tile {level}/{n} does not exist")
+    data = await request.app[READER].tile(level, n)
     if data is not None and len(data) >= 32 * width:
         return data[:32 * width]  # a wider stored tile starts with the same hashes
     if tile_width(level, n, await latest_size(request)) >= width:
         raise RuntimeError(f"tile {level}/{n} of the published tree is missing from storage")
-    raise ApiError(404, "not_found", f"tile {level}/{n} has no {width} hashes yet")
+    raise ApiError("not_found", f"tile {level}/{n} has no {width} hashes yet")
 
 
 async def _entry_bundle(request: web.Request, n: int, width: int) -> bytes:
     lo = n * TILE_WIDTH
-    if not await request.app[STORAGE].published_at_least(lo + width):
-        raise ApiError(404, "not_found", f"entry bundle {n} has no {width} entries yet")
-    bundle = await request.app[STORAGE].entry_bundle(n, width)
+    if not await request.app[READER].published_at_least(lo + width):
+        raise ApiError("not_found", f"entry bundle {n} has no {width} entries yet")
+    bundle = await request.app[READER].entry_bundle(n, width)
     if bundle is None:
         raise RuntimeError(f"entries {lo}..{lo + width} are missing from storage")
     return bundle
@@ -182,9 +169,9 @@ def _entry_json(index: int, leaf: bytes) -> dict[str, Any]:
 
 async def get_entry(request: web.Request) -> web.Response:
     index = parse_uint("index", request.match_info["index"])
-    leaf = await request.app[STORAGE].entry(index)
+    leaf = await request.app[READER].entry(index)
     if leaf is None:
-        raise ApiError(404, "not_found", f"no entry at index {index}")
+        raise ApiError("not_found", f"no entry at index {index}")
     return web.json_response(_entry_json(index, leaf))
 
 
@@ -192,13 +179,13 @@ async def list_entries(request: web.Request) -> web.Response:
     q = query(request, {"package", "version", "after", "limit"})
     package = q.get("package")
     if package is None or not PACKAGE_NAME.fullmatch(package):
-        raise ApiError(400, "bad_package",
+        raise ApiError("bad_package",
                        "package is required: 1-200 characters from A-Z a-z 0-9 . _ - + / @")
     version = q.get("version")
     if version is not None and not VERSION_TEXT.fullmatch(version):
-        raise ApiError(400, "bad_version", "version must be 1-100 printable ASCII, no spaces")
+        raise ApiError("bad_version", "version must be 1-100 printable ASCII, no spaces")
     after, limit = page_params(q)
-    rows = await request.app[STORAGE].by_package(package, version, after, limit)
+    rows = await request.app[READER].by_package(package, version, after, limit)
     return page_response(rows, limit)
 
 
@@ -207,7 +194,7 @@ def page_params(q: dict[str, str]) -> tuple[int, int]:
     after = parse_uint("after", q["after"]) if "after" in q else -1
     limit = parse_uint("limit", q.get("limit"), DEFAULT_PAGE)
     if not 1 <= limit <= MAX_PAGE:
-        raise ApiError(400, "bad_number", f"limit must be 1..{MAX_PAGE}")
+        raise ApiError("bad_number", f"limit must be 1..{MAX_PAGE}")
     return after, limit
 
 
@@ -222,13 +209,13 @@ async def read_json_body(request: web.Request) -> bytes:
     """The raw body of a JSON request: UTF-8 application/json within the size limit."""
     charset = (request.charset or "utf-8").lower()
     if request.content_type != "application/json" or charset not in ("utf-8", "utf8"):
-        raise ApiError(415, "unsupported_media_type",
+        raise ApiError("unsupported_media_type",
                        "send the entry as Content-Type: application/json (UTF-8)")
     try:
         return await request.read()
     except web.RequestPayloadError as exc:  # e.g. a Content-Encoding that does not decode
         # aiohttp drops the connection after this; say so, or clients reuse a dead socket.
-        raise ApiError(400, "bad_request", "the request body could not be read (bad "
+        raise ApiError("bad_request", "the request body could not be read (bad "
                        "Content-Encoding or transfer encoding)", close=True) from exc
 
 
@@ -236,14 +223,14 @@ def parse_entry(body: bytes) -> LogEntry:
     try:
         return validate_log_entry(parse_json(body))
     except EntryError as exc:
-        raise ApiError(ENTRY_STATUS.get(exc.code, 422), exc.code, str(exc)) from exc
+        raise entry_error(exc) from exc
 
 
 async def list_registry(request: web.Request) -> web.Response:
     """The registry entries (publisher/v1, keys/v1, revoke/v1) in log order, paged: what a
     client replays to know which keys were valid for which packages at an index."""
     after, limit = page_params(query(request, {"after", "limit"}))
-    return page_response(await request.app[STORAGE].registry_page(after, limit), limit)
+    return page_response(await request.app[READER].registry_page(after, limit), limit)
 
 
 async def post_entry(request: web.Request) -> web.Response:
@@ -257,15 +244,15 @@ async def post_entry(request: web.Request) -> web.Response:
 def authorize_submission(request: web.Request, entry: LogEntry) -> str:
     """In a registered log: a valid token of the entry's publisher covering its package."""
     if isinstance(entry, RegistryEntry) and entry.kind == PUBLISHER_KIND:
-        raise ApiError(403, "admin_only", "publisher registration goes through the admin API "
-                                          "(POST /v1/admin/entries)")
+        raise ApiError("admin_only", "publisher registration goes through the admin API "
+                                     "(POST /v1/admin/entries)")
     claims = request.app[TOKENS].verify(bearer(request.headers.get("Authorization")))
     publisher = entry.publisher
     if claims.publisher != publisher:
-        raise TokenError(403, "token_wrong_publisher",
+        raise TokenError("token_wrong_publisher",
                          f"the token is for {claims.publisher!r}, the entry is {publisher!r}'s")
     if isinstance(entry, Release) and not claims.covers(entry.package):
-        raise TokenError(403, "token_out_of_scope",
+        raise TokenError("token_out_of_scope",
                          f"the token does not cover package {entry.package!r}")
     request.app[PUBLISHER_BUCKETS].take(publisher, f"publisher {publisher!r}")
     return claims.jti
@@ -275,7 +262,7 @@ async def submit(request: web.Request, entry: LogEntry, token_id: str | None) ->
     try:
         receipt = await request.app[SEQUENCER].submit(entry, token_id)
     except ConflictError as exc:
-        raise ApiError(409, "conflict", str(exc), index=exc.index) from exc
+        raise ApiError("conflict", str(exc), index=exc.index) from exc
     return web.json_response(receipt_json(receipt), status=201 if receipt.created else 200)
 
 
@@ -287,14 +274,14 @@ def receipt_json(r: Receipt) -> dict[str, Any]:
 async def get_inclusion(request: web.Request) -> web.Response:
     q = query(request, {"leaf_hash", "tree_size"})
     leaf = parse_hash("leaf_hash", q.get("leaf_hash"))
-    storage = request.app[STORAGE]
+    reader = request.app[READER]
     size = await _published_size(request, q.get("tree_size"))
-    index = await storage.index_of(leaf)
+    index = await reader.index_of(leaf)
     if index is None:
-        raise ApiError(404, "not_found", "no entry with that leaf hash")
+        raise ApiError("not_found", "no entry with that leaf hash")
     if index >= size:
-        raise ApiError(404, "not_in_tree", f"entry {index} is not in the tree of size {size}")
-    hashes = await inclusion_proof(index, size, storage.tiles)
+        raise ApiError("not_in_tree", f"entry {index} is not in the tree of size {size}")
+    hashes = await inclusion_proof(index, size, reader.tiles)
     return web.json_response({"index": index, "tree_size": size,
                               "hashes": [h.hex() for h in hashes]})
 
@@ -304,35 +291,35 @@ async def _published_size(request: web.Request, text: str | None) -> int:
         return await latest_size(request)
     size = parse_uint("tree_size", text)
     await _require_published("tree_size", size, request)
-    if await request.app[STORAGE].checkpoint_at(size) is None:
-        raise ApiError(404, "no_checkpoint", f"the log published no checkpoint of size {size}")
+    if await request.app[READER].checkpoint_at(size) is None:
+        raise ApiError("no_checkpoint", f"the log published no checkpoint of size {size}")
     return size
 
 
 async def _require_published(name: str, size: int, request: web.Request) -> None:
     """400 beyond_tree unless a tree of `size` is published; no query for a size at or below
     the largest already seen (a monitor asks for proofs to sizes it just fetched)."""
-    if not await request.app[STORAGE].published_at_least(size):
+    if not await request.app[READER].published_at_least(size):
         latest = await latest_size(request)
-        raise ApiError(400, "beyond_tree", f"{name} {size} is beyond the latest size {latest}")
+        raise ApiError("beyond_tree", f"{name} {size} is beyond the latest size {latest}")
 
 
 async def get_consistency(request: web.Request) -> web.Response:
     q = query(request, {"first", "second"})
     first, second = parse_uint("first", q.get("first")), parse_uint("second", q.get("second"))
     if first > second:
-        raise ApiError(400, "bad_range", f"first ({first}) must not exceed second ({second})")
+        raise ApiError("bad_range", f"first ({first}) must not exceed second ({second})")
     await _require_published("second", second, request)
-    hashes = await consistency_proof(first, second, request.app[STORAGE].tiles)
+    hashes = await consistency_proof(first, second, request.app[READER].tiles)
     return web.json_response({"first": first, "second": second,
                               "hashes": [h.hex() for h in hashes]})
 
 
 async def get_checkpoint_at(request: web.Request) -> web.Response:
     size = parse_uint("size", request.match_info["size"])
-    stored = await request.app[STORAGE].checkpoint_at(size)
+    stored = await request.app[READER].checkpoint_at(size)
     if stored is None:
-        raise ApiError(404, "not_found", f"the log published no checkpoint of size {size}")
+        raise ApiError("not_found", f"the log published no checkpoint of size {size}")
     return _note_response(stored.note, IMMUTABLE)
 
 
@@ -349,11 +336,11 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     seq = request.app[SEQUENCER]
     try:
-        await request.app[STORAGE].ping()
+        await request.app[READER].ping()
     except Exception as exc:
-        raise ApiError(503, "not_ready", f"database unreachable: {type(exc).__name__}") from exc
+        raise ApiError("not_ready", f"database unreachable: {type(exc).__name__}") from exc
     if seq.failed is not None:
-        raise ApiError(503, "not_ready", f"appends are stopped: {seq.failed}")
+        raise ApiError("not_ready", f"appends are stopped: {seq.failed}")
     return web.json_response({"status": "ready", "origin": seq.signer.name})
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tlog.http.errors import ApiError
 from verifier.protocol.note import Signer
 from verifier.protocol.registry import PACKAGE_PATTERN, pattern_matches
 
@@ -27,12 +28,8 @@ MAX_TOKEN_CHARS = 4096
 LEEWAY = timedelta(seconds=30)  # clock skew between operator and log
 
 
-class TokenError(Exception):
+class TokenError(ApiError):
     """A token is missing, malformed, expired, or does not cover the submission."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code = status, code
 
 
 @dataclass(frozen=True)
@@ -92,20 +89,20 @@ class TokenAuthority:
     def verify(self, token: str) -> TokenClaims:
         """Signature, issuer, time limits and claim shapes; not revocation (the database's)."""
         if len(token) > MAX_TOKEN_CHARS or not token.isascii():
-            raise TokenError(401, "token_malformed", "the token is too long or not ASCII")
+            raise TokenError("token_malformed", "the token is too long or not ASCII")
         try:
             payload = jwt.decode(token, self._public, algorithms=[ALGORITHM],
                                  issuer=self.issuer, leeway=LEEWAY,
                                  options={"require": ["exp", "nbf", "iat", "jti", "sub", "iss"]})
         except jwt.ExpiredSignatureError as exc:
-            raise TokenError(401, "token_expired", "the token has expired") from exc
+            raise TokenError("token_expired", "the token has expired") from exc
         except jwt.ImmatureSignatureError as exc:
-            raise TokenError(401, "token_not_yet_valid", "the token is not valid yet") from exc
+            raise TokenError("token_not_yet_valid", "the token is not valid yet") from exc
         except jwt.InvalidSignatureError as exc:
-            raise TokenError(401, "token_bad_signature", "the token's signature is not the "
-                                                         "log's") from exc
+            raise TokenError("token_bad_signature", "the token's signature is not the "
+                                                    "log's") from exc
         except jwt.InvalidTokenError as exc:
-            raise TokenError(401, "token_malformed", f"the token is not valid: {exc}") from exc
+            raise TokenError("token_malformed", f"the token is not valid: {exc}") from exc
         return _claims(payload)
 
 
@@ -113,18 +110,18 @@ def _claims(payload: dict[str, Any]) -> TokenClaims:
     scopes, sub, jti = payload.get("scopes"), payload.get("sub"), payload.get("jti")
     if (not isinstance(scopes, list) or not scopes or not all(isinstance(s, str) for s in scopes)
             or not isinstance(sub, str) or not isinstance(jti, str)):
-        raise TokenError(401, "token_malformed", "the token's claims are malformed")
+        raise TokenError("token_malformed", "the token's claims are malformed")
     expires = datetime.fromtimestamp(int(payload["exp"]), UTC)
     if expires - datetime.fromtimestamp(int(payload["iat"]), UTC) > MAX_TTL:
-        raise TokenError(401, "token_malformed", "the token lives longer than allowed")
+        raise TokenError("token_malformed", "the token lives longer than allowed")
     return TokenClaims(jti, sub, tuple(scopes), expires)
 
 
 def bearer(header: str | None) -> str:
     """The token of an `Authorization: Bearer <token>` header, or TokenError."""
     if not header:
-        raise TokenError(401, "token_missing", "this log needs Authorization: Bearer <token>")
+        raise TokenError("token_missing", "this log needs Authorization: Bearer <token>")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise TokenError(401, "token_malformed", "use Authorization: Bearer <token>")
+        raise TokenError("token_malformed", "use Authorization: Bearer <token>")
     return token.strip()

@@ -15,14 +15,17 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from tlog.http.metrics import Metrics
+from tlog.log.edge import EdgeError, load_edge
+from tlog.log.metrics import AppendMetrics
 from tlog.log.proofs import consistency_proof, inclusion_proofs
-from tlog.store.postgres import AppendTx, NewEntry, Storage, StoredCheckpoint, TokenRecord
+from tlog.log.registry import ReplayError, replay
+from tlog.store.postgres import AppendTx, NewEntry, Storage, TokenRecord
+from tlog.store.reader import StoredCheckpoint
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
-from verifier.protocol.entries.release import EntryError, Release
+from verifier.protocol.entries.release import Release
 from verifier.protocol.merkle import ProofError, verify_consistency
 from verifier.protocol.note import NoteSigner
-from verifier.protocol.registry import LogEntry, Refusal, Registry, RegistryEntry, parse_log_leaf
+from verifier.protocol.registry import LogEntry, Refusal, Registry, RegistryEntry
 from verifier.protocol.tiles import TileKey, TreeBuilder
 
 log = logging.getLogger("tlog.sequencer")
@@ -38,11 +41,16 @@ class ConflictError(Exception):
 
 
 class RefusedError(Exception):
-    """The registry or the token list refuses this entry at this point of the log."""
+    """The registry or the token list refuses this entry at this point of the log.
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    `code` says why; the HTTP layer answers with the status of that code
+    (tlog.http.errors.STATUS). `status` is set only for the registry's refusals, whose
+    statuses still come with verifier's Refusal.
+    """
+
+    def __init__(self, code: str, message: str, status: int | None = None) -> None:
         super().__init__(message)
-        self.status, self.code = status, code
+        self.code, self.status = code, status
 
 
 class UnavailableError(Exception):
@@ -83,7 +91,7 @@ class _Plan:
 
 
 class Sequencer:
-    def __init__(self, storage: Storage, signer: NoteSigner, metrics: Metrics,
+    def __init__(self, storage: Storage, signer: NoteSigner, metrics: AppendMetrics,
                  registry: Registry, *,
                  max_batch: int = 512, max_wait: float = 0.005, max_pending: int = 20000) -> None:
         self.storage = storage
@@ -222,36 +230,33 @@ class Sequencer:
         return plan.outcome, latest
 
     async def _load_edge(self, tx: AppendTx, latest: StoredCheckpoint | None) -> TreeBuilder:
-        """The right edge of the latest published tree, checked against its root."""
-        size = latest.size if latest else 0
-        keys = TreeBuilder.edge_keys(size)
-        tiles = await tx.tiles([(level, n) for level, n, _ in keys])
+        """The right edge of the latest published tree, checked against its root.
+
+        Read under the append lock before anything is written: a SelfCheckError here rolls
+        back nothing but the lock, leaves the database as the last batch left it, and stops
+        appends (readyz and submitters see why).
+        """
         try:
-            edge = {level: tiles[(level, n)][:32 * width] for level, n, width in keys}
-        except KeyError as exc:
-            raise SelfCheckError(f"tile {exc} at the right edge of size {size} is missing") from exc
-        builder = TreeBuilder(size, edge)
-        if latest is not None and builder.root() != latest.root:
-            raise SelfCheckError(f"stored tiles give a root for size {size} that differs from "
-                                 "the latest published checkpoint")
-        return builder
+            return await load_edge(tx.tiles, latest.size if latest else 0,
+                                   latest.root if latest else None)
+        except EdgeError as exc:
+            raise SelfCheckError(str(exc)) from exc
 
     async def _synced_registry(self, tx: AppendTx, batch: Sequence[_Pending]) -> Registry:
         """The registry replayed to the end of the log (other processes may have appended).
 
         Publishers change only through registry entries, so the registry is copied (and the
         copy kept only after COMMIT) when registry entries are replayed or submitted; release
-        counters are not carried between batches at all (_plan reads them per batch).
+        counters are not carried between batches at all (_plan reads them per batch). A stored
+        entry that does not replay (tlog.log.registry.ReplayError) stops appends.
         """
         stored = await tx.registry_entries(self.registry_next)
         changing = stored or any(isinstance(p.entry, RegistryEntry) for p in batch)
         registry = copy.deepcopy(self.registry) if changing else self.registry
-        for index, leaf in stored:
-            try:
-                registry.apply(index, parse_log_leaf(leaf))
-            except (EntryError, Refusal) as exc:
-                raise SelfCheckError(
-                    f"stored registry entry {index} does not replay: {exc}") from exc
+        try:
+            replay(registry, stored)
+        except ReplayError as exc:
+            raise SelfCheckError(str(exc)) from exc
         return registry
 
     async def _plan(self, tx: AppendTx, batch: Sequence[_Pending], size: int,
@@ -287,13 +292,13 @@ class Sequencer:
         if pending.token_id is not None:
             record = tokens.get(pending.token_id)
             if record is None:
-                return RefusedError(401, "token_unknown", "the submission token is not on record")
+                return RefusedError("token_unknown", "the submission token is not on record")
             if record.revoked:
-                return RefusedError(401, "token_revoked", "the submission token was revoked")
+                return RefusedError("token_revoked", "the submission token was revoked")
         try:
             registry.apply(index, e)
         except Refusal as exc:
-            return RefusedError(exc.status, exc.code, str(exc))
+            return RefusedError(exc.code, str(exc), exc.status)
         if isinstance(e, Release):
             new.append(NewEntry(index, e.leaf, e.leaf_hash, e.package, e.version,
                                 counter=e.counter))

@@ -71,6 +71,27 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
     return applied
 
 
+async def migrate_database(url: str) -> list[str]:
+    """Connect to the database at `url`, apply what it lacks (`migrate`); the names applied."""
+    conn = await asyncpg.connect(url)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def create_database(admin_url: str, name: str) -> None:
+    """Create the database `name` through `admin_url` (a maintenance database such as
+    `postgres`) unless it exists. For local clusters tlog runs itself (tlog dev, benches)."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            quoted = name.replace('"', '""')
+            await conn.execute(f'CREATE DATABASE "{quoted}"')
+    finally:
+        await conn.close()
+
+
 async def check_version(conn: asyncpg.Connection) -> None:
     """Refuse to serve a database whose schema is not exactly this tlog's."""
     have, want = await current_version(conn), latest_version()

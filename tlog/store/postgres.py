@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import asyncpg
 
+from tlog.store.reader import LogReader, StoredCheckpoint, TokenLedger
 from verifier.protocol.tiles import MAX_ENTRY_SIZE, TILE_WIDTH, TileKey
 
 APPEND_LOCK = 0x746C6F67_0002  # advisory lock id serializing appends ("tlog", 2)
@@ -79,13 +80,6 @@ SQL_REVOKE_TOKEN = (
 
 
 KeyT = TypeVar("KeyT")
-
-
-@dataclass(frozen=True)
-class StoredCheckpoint:
-    size: int
-    root: bytes
-    note: str
 
 
 @dataclass(frozen=True)
@@ -193,7 +187,8 @@ async def _fetch_tiles(conn: Any, keys: Sequence[TileKey], cache: TileCache,
 
 
 class Storage:
-    """Reads for the API, and `append()` transactions for the sequencer."""
+    """Reads for the API (a LogReader), the token ledger, and `append()` transactions for
+    the sequencer."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -359,6 +354,11 @@ class Storage:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(SQL_LOCK, APPEND_LOCK)
             yield AppendTx(conn, self.tile_cache)
+
+
+if TYPE_CHECKING:  # mypy checks that the PostgreSQL store is what the HTTP layer reads
+    _READER: type[LogReader] = Storage
+    _LEDGER: type[TokenLedger] = Storage
 
 
 class AppendTx:

@@ -4,7 +4,8 @@ By C2SP tlog-tiles, a full tile (256 hashes, or a bundle of 256 entries) never c
 published. `tlog serve --tile-cache DIR` keeps every full tile it has served in
 DIR/<log>/<tile path>, where <log> names the log's key (a new log under the same DIR never
 sees an old log's tiles). A file holds the tile's bytes followed by their SHA-256; it is
-written to a temporary file and renamed into place, so readers see a whole file or none.
+written to a temporary file and renamed into place (verifier.client.files.atomic_write), so
+readers see a whole file or none.
 A file that fails its digest (rot, a copy gone wrong) is deleted and the tile read again
 from the database, which stays the only source of truth: deleting DIR at any time is safe,
 and after restoring the database from a backup, DIR must be deleted.
@@ -19,9 +20,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
-import tempfile
 from pathlib import Path
+
+from verifier.client.files import atomic_write
 
 DIGEST_SIZE = 32
 
@@ -51,20 +52,11 @@ class TileFiles:
 
     def put(self, path: str, data: bytes) -> None:
         """Keep `data` as the tile at C2SP `path` (only ever called for full tiles)."""
-        file = self.dir / path
         try:
-            file.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data + hashlib.sha256(data).digest())
-                # Durability: a crash before this rename leaves a stray .tmp- file that no
-                # path names; after it, a whole file. No fsync: a file lost or torn by a
-                # power cut fails its digest or is missing, and the database answers.
-                os.replace(tmp, file)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            # Durability: a crash before the rename inside leaves a stray dot-file that no
+            # path names; after it, a whole file. Not durable (no fsync): a file lost or torn
+            # by a power cut fails its digest or is missing, and the database answers.
+            atomic_write(self.dir / path, data + hashlib.sha256(data).digest(), durable=False)
         except OSError as exc:
             log.warning("couldn't keep %s in the tile cache: %s", path, exc)
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
-import tempfile
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from verifier.client.fetch import DirectoryFetcher, Fetcher, NotFound
+from verifier.client.files import atomic_write
 from verifier.client.http import HttpFetcher
 from verifier.errors import TransportError, UsageError, VerificationFailed
 from verifier.protocol.checkpoint import Checkpoint
@@ -94,12 +93,8 @@ class LogClient:
     def _store(self, path: str, data: bytes) -> None:
         if self.cache_dir is None:
             return
-        target = self.cache_dir / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
+        # Not durable: every use of a cached tile is checked, a lost one is fetched again.
+        atomic_write(self.cache_dir / path, data, durable=False)
 
     def drop_cache(self) -> bool:
         """Delete the disk cache if this client read from it; True if it did.

@@ -1,7 +1,8 @@
 """A verifier's state directory: the trusted checkpoint, JSON state files, evidence.
 
-Every write is atomic (temporary file, fsync, rename, fsync of the directory), so a crash
-leaves either the old or the new file, never a torn one. A lock file keeps two runs on
+Every write is atomic and durable (verifier.client.files.atomic_write: temporary file, fsync,
+rename, fsync of the directory), so a crash leaves either the old or the new file, never a
+torn one. A lock file keeps two runs on
 one directory from interleaving.
 """
 
@@ -9,15 +10,15 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from verifier.client.files import atomic_write
+from verifier.client.keys import read_vkey
 from verifier.errors import UsageError
-from verifier.protocol.note import NoteError, Verifier, parse_vkey
+from verifier.protocol.note import Verifier
 from verifier.protocol.state import Trusted
 from verifier.protocol.trust import LogTrust
 
@@ -28,31 +29,7 @@ MAX_STATE_FILE = 64 << 20
 
 def load_vkey(path: str, what: str = "log key") -> Verifier:
     """A verifier key the user pinned, from a file; UsageError if unreadable or malformed."""
-    try:
-        return parse_vkey(Path(path).read_text(encoding="utf-8").strip())
-    except OSError as exc:
-        raise UsageError(f"couldn't read the {what} {path}: {exc.strerror or exc}") from exc
-    except (NoteError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path} is not a verifier key (name+id+key): {exc}") from exc
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    return read_vkey(path, f"the {what}")
 
 
 class StateDir:
@@ -92,7 +69,7 @@ class StateDir:
                              "is this state directory for another log?") from exc
 
     def save_trusted(self, trusted: Trusted) -> None:
-        write_atomic(self.path / CHECKPOINT_FILE, trusted.note.encode("utf-8"))
+        atomic_write(self.path / CHECKPOINT_FILE, trusted.note.encode("utf-8"), durable=True)
 
     def read_json(self, name: str, default: Any) -> Any:
         path = self.path / name
@@ -110,7 +87,8 @@ class StateDir:
             raise UsageError(f"{path} is not valid JSON: {exc}") from exc
 
     def write_json(self, name: str, value: Any) -> None:
-        write_atomic(self.path / name, json.dumps(value, indent=1, sort_keys=True).encode())
+        atomic_write(self.path / name, json.dumps(value, indent=1, sort_keys=True).encode(),
+                     durable=True)
 
     def save_evidence(self, reason: str, files: dict[str, str | bytes]) -> Path:
         """Keep evidence in DIR/evidence/<time>-<reason>/; return that directory."""
@@ -122,5 +100,6 @@ class StateDir:
             n += 1
             target = base.with_name(f"{base.name}.{n}")
         for name, content in files.items():
-            write_atomic(target / name, content.encode() if isinstance(content, str) else content)
+            atomic_write(target / name, content.encode() if isinstance(content, str) else content,
+                         durable=True)
         return target

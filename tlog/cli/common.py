@@ -1,0 +1,53 @@
+"""What several `tlog` commands share: making a key pair, serving an app until a signal.
+
+Kept apart from tlog.cli.main so that `tlog dev` (tlog.cli.dev) and the command table in
+main both use them without importing each other.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import sys
+from pathlib import Path
+
+import asyncpg
+from aiohttp import web
+
+from tlog.store import migrate
+from verifier.errors import EXIT_FAILED, EXIT_OK, EXIT_TRANSPORT
+from verifier.protocol.note import generate_key
+
+
+def write_keypair(name: str, key_path: Path, vkey_path: Path) -> str:
+    """Create a new Ed25519 key pair; never overwrite an existing private key."""
+    signer = generate_key(name)
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(signer.text() + "\n")
+    vkey = signer.verifier().text()
+    vkey_path.write_text(vkey + "\n", encoding="utf-8")
+    return vkey
+
+
+def run_app(app: web.Application, host: str, port: int, banner: str | None = None,
+            ssl_context: ssl.SSLContext | None = None) -> int:
+    """Serve until SIGINT/SIGTERM; `banner` is printed once the port is listening.
+
+    The exit status: EXIT_OK after a signal, EXIT_FAILED when the stored log fails its
+    startup check or its schema is not this tlog's, EXIT_TRANSPORT when the port or the
+    database cannot be reached.
+    """
+    from tlog.log.startup import StartupError
+
+    try:
+        web.run_app(app, host=host, port=port, access_log=None, ssl_context=ssl_context,
+                    print=lambda s: print(banner or s, flush=True))
+    except (StartupError, migrate.SchemaError) as exc:
+        print(f"tlog: refusing to serve: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"tlog: couldn't start: {exc}", file=sys.stderr)
+        return EXIT_TRANSPORT
+    return EXIT_OK

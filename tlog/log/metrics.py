@@ -1,0 +1,31 @@
+"""The append path's metrics: batch sizes and times, failed batches, the tree size.
+
+They live here, below tlog.http, because the sequencer records them and the log layer never
+imports the HTTP layer. The HTTP app creates them on its own registry (tlog.http.metrics)
+and serves them at /metrics with its request metrics.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+LATENCIES = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class AppendMetrics:
+    """What the sequencer records, registered on `registry`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.batch_size = Histogram(
+            "tlog_append_batch_size", "Submissions per append batch", buckets=BATCH_SIZES,
+            registry=registry)
+        self.batch_seconds = Histogram(
+            "tlog_append_batch_seconds", "Time to append one batch, lock to commit and proofs",
+            buckets=LATENCIES, registry=registry)
+        self.append_failures = Counter(
+            "tlog_append_failures", "Append batches that failed and were not committed",
+            registry=registry)
+        self.tree_size = Gauge(
+            "tlog_tree_size", "Size of the latest checkpoint this process published or saw",
+            registry=registry)

@@ -1,0 +1,111 @@
+"""Opening the log for `tlog serve`: the startup self-check, the registry replay, the
+size-0 checkpoint, and the running sequencer.
+
+Nothing is served from a database whose latest checkpoint does not verify with the log's
+key, whose entry count disagrees with it, or whose right edge (tiles and leaves) does not
+reproduce its root: serving it would spread a broken tree (StartupError).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from tlog.config import Config
+from tlog.log.edge import EdgeError, edge_builder, read_edge
+from tlog.log.metrics import AppendMetrics
+from tlog.log.registry import ReplayError, replay_registry
+from tlog.log.sequencer import Sequencer
+from tlog.store import migrate
+from tlog.store.postgres import Storage
+from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from verifier.protocol.merkle import EMPTY_ROOT
+from verifier.protocol.note import NoteSigner, Verifier
+from verifier.protocol.tiles import TILE_WIDTH, split_hashes
+
+
+class StartupError(RuntimeError):
+    """The stored log fails its self-check; serving it would spread a broken tree."""
+
+
+async def self_check(storage: Storage, verifier: Verifier) -> int:
+    """Verify the latest stored checkpoint and recompute the right edge; return its size.
+
+    Refuses (StartupError) when the checkpoint does not verify with our key, when
+    entries exist beyond or short of it, or when the stored tiles and leaves at the
+    right edge do not reproduce its root.
+    """
+    latest = await storage.latest_checkpoint()
+    if latest is None:
+        if await storage.entry_count():
+            raise StartupError("entries are stored but no checkpoint is: refusing to serve")
+        return 0
+    try:
+        cp = open_checkpoint(latest.note, verifier)
+    except ValueError as exc:
+        raise StartupError(f"the latest stored checkpoint (size {latest.size}) does not verify "
+                           f"with the key for {verifier.name}: {exc}; is this the right key "
+                           "and database?") from exc
+    if (cp.size, cp.root) != (latest.size, latest.root):
+        raise StartupError("the latest checkpoint's columns disagree with its signed note")
+    count = await storage.entry_count()
+    if count != cp.size:
+        raise StartupError(f"{count} entries are stored but the latest checkpoint has {cp.size}")
+    await _check_edge(storage, cp)
+    return cp.size
+
+
+async def _check_edge(storage: Storage, cp: Checkpoint) -> None:
+    """The edge tiles reproduce the root, and the leaves of the last partial tile are the
+    stored entries' (the sequencer trusts the edge tiles; only startup reads the leaves)."""
+    try:
+        edge = await read_edge(storage.tiles, cp.size)
+        edge_builder(cp.size, edge, cp.root)
+    except EdgeError as exc:
+        raise StartupError(str(exc)) from exc
+    if 0 in edge:
+        lo = cp.size - cp.size % TILE_WIDTH
+        if await storage.leaf_hash_range(lo, cp.size) != split_hashes(edge[0]):
+            raise StartupError(f"stored leaves {lo}..{cp.size - 1} do not match their tile")
+
+
+async def publish_empty(storage: Storage, signer: NoteSigner) -> None:
+    """Publish the size-0 checkpoint once, so clients always find a checkpoint.
+
+    One append transaction under the append lock: another process may have published it
+    (or more) first. Recovery sees either no checkpoint (this runs again at the next start)
+    or the size-0 one.
+    """
+    async with storage.append() as tx:
+        if await tx.latest_checkpoint() is None:
+            note = sign_checkpoint(Checkpoint(signer.name, 0, EMPTY_ROOT), signer)
+            open_checkpoint(note, signer.verifier())
+            await tx.put_checkpoint(0, EMPTY_ROOT, note)
+
+
+@asynccontextmanager
+async def running_log(config: Config, metrics: AppendMetrics
+                      ) -> AsyncIterator[tuple[Storage, Sequencer]]:
+    """The checked, open log of `config` and its running sequencer, stopped and closed on
+    exit. Raises StartupError (or migrate.SchemaError) for a log that must not be served."""
+    storage = await Storage.connect(config.database_url)
+    try:
+        async with storage.pool.acquire() as conn:
+            await migrate.check_version(conn)
+        size = await self_check(storage, config.signer.verifier())
+        try:
+            registry = await replay_registry(storage, config.admin_keys,
+                                             config.policy == "registered", size)
+        except ReplayError as exc:
+            raise StartupError(str(exc)) from exc
+        seq = Sequencer(storage, config.signer, metrics, registry,
+                        max_batch=config.max_batch, max_wait=config.max_wait)
+        seq.registry_next = size
+        if size == 0:
+            await publish_empty(storage, config.signer)
+        metrics.tree_size.set(size)
+        seq.start()
+        yield storage, seq
+        await seq.stop()
+    finally:
+        await storage.close()

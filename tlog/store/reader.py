@@ -1,0 +1,94 @@
+"""What the HTTP layer needs from storage: the LogReader seam, and the token ledger.
+
+The handlers read the log through a LogReader and nothing else; writes to the log go through
+the sequencer (tlog.log.sequencer), never through a reader. The PostgreSQL store
+(tlog.store.postgres.Storage) is one; a read replica or a static mirror of the tiles only
+needs another. Every answer is of published data: a reader never shows an entry, a tile or
+a checkpoint that a later read could take back.
+
+The admin API's other dependency, the record of issued and revoked submission tokens (the
+audit trail the append transaction checks tokens against), is the TokenLedger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from verifier.protocol.tiles import TILE_WIDTH, TileKey
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """A checkpoint the log published: its size, root hash and signed note text."""
+
+    size: int
+    root: bytes
+    note: str
+
+
+class LogReader(Protocol):
+    """The reads of the HTTP API. Indices and sizes are never negative."""
+
+    async def latest_checkpoint(self) -> StoredCheckpoint | None:
+        """The largest published checkpoint; None before the first one."""
+        ...
+
+    async def published_at_least(self, size: int) -> bool:
+        """Whether a tree of at least `size` leaves is published (cheap when it was seen)."""
+        ...
+
+    async def checkpoint_at(self, size: int) -> StoredCheckpoint | None:
+        """The checkpoint the log published for a tree of exactly `size` leaves, if any."""
+        ...
+
+    async def tile(self, level: int, n: int) -> bytes | None:
+        """Hash tile (level, n) as stored, full or the widest partial; None if there is none."""
+        ...
+
+    async def tiles(self, keys: Sequence[TileKey]) -> dict[TileKey, bytes]:
+        """The hash tiles of `keys` that are stored, in one read (for proofs)."""
+        ...
+
+    async def entry(self, index: int) -> bytes | None:
+        """The leaf bytes of entry `index`; None if it is not stored."""
+        ...
+
+    async def entry_bundle(self, n: int, width: int = TILE_WIDTH) -> bytes | None:
+        """Entry bundle n of `width` entries (C2SP format); None if one of them is not
+        stored. The caller checks they are published first."""
+        ...
+
+    async def by_package(self, package: str, version: str | None, after: int,
+                         limit: int) -> list[tuple[int, bytes]]:
+        """(index, leaf) of releases of `package` (and `version`) after index `after`, in
+        log order, at most `limit`."""
+        ...
+
+    async def registry_page(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """(index, leaf) of registry entries after index `after`, in log order, at most
+        `limit`."""
+        ...
+
+    async def index_of(self, leaf_hash: bytes) -> int | None:
+        """The index of the entry with this leaf hash; None if there is none."""
+        ...
+
+    async def ping(self) -> None:
+        """Return if storage answers now; raise otherwise (for /readyz)."""
+        ...
+
+
+class TokenLedger(Protocol):
+    """The record of submission tokens: every issued one, and who revoked which."""
+
+    async def insert_token(self, jti: str, publisher: str, scopes: Sequence[str],
+                           expires_at: datetime, issued_by: str) -> None:
+        """Record an issued token before it is handed out."""
+        ...
+
+    async def revoke_token(self, jti: str, revoked_by: str) -> bool:
+        """Revoke a token; False if it is unknown or already revoked."""
+        ...
