@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tlog.cli.remote import EXIT_FAIL, EXIT_OK, EXIT_USAGE, RemoteError, call, expect, read_secret
-from verifier.client.checks import hash_file
+from verifier.client.artifacts import hash_file
 from verifier.errors import UsageError
 from verifier.protocol.entries.release import EntryError, sign_entry, validate_entry
 from verifier.protocol.note import NoteError, Verifier, parse_private_key, parse_vkey

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from verifier.client import audit, monitor
-from verifier.client.checks import check_release, hash_file, parse_time
+from verifier.client.artifacts import hash_file
 from verifier.client.log import LogClient
 from verifier.client.statedir import StateDir, load_vkey
 from verifier.client.tracking import advance
@@ -26,11 +26,13 @@ from verifier.errors import (
     VerificationFailed,
     VerifyError,
 )
+from verifier.protocol.entries.install import check_release
 from verifier.protocol.entries.release import EntryError, Release, parse_leaf
 from verifier.protocol.merkle import ProofError, verify_inclusion
 from verifier.protocol.note import Verifier, b64encode
 from verifier.protocol.receipt import VerifiedReceipt, verify_receipt
 from verifier.protocol.registry import Refusal, Registry, parse_log_leaf
+from verifier.protocol.rfc3339 import parse_time
 from verifier.protocol.state import Trusted
 from verifier.protocol.tiles import TILE_WIDTH
 

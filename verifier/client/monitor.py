@@ -97,7 +97,6 @@ from typing import Any, NamedTuple, TextIO, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from verifier.client.checks import parse_time
 from verifier.client.log import LogClient
 from verifier.client.scan import Checked, Fetched, check_leaves, default_workers, map_bundles
 from verifier.client.statedir import StateDir, load_vkey
@@ -122,6 +121,7 @@ from verifier.protocol.merkle import (
 from verifier.protocol.note import Verifier, b64encode
 from verifier.protocol.receipt import format_tlog_proof
 from verifier.protocol.registry import Refusal, Registry, validate_registry_entry
+from verifier.protocol.rfc3339 import parse_time
 from verifier.protocol.state import Trusted
 from verifier.protocol.tiles import hash_up
 

@@ -50,6 +50,7 @@ from verifier.protocol.note import (
     b64encode,
     parse_vkey,
 )
+from verifier.protocol.rfc3339 import TimeFormatError, parse_time
 
 __all__ = [
     "KIND",
@@ -353,13 +354,13 @@ def _check_artifacts(artifacts: list[dict[str, Any]]) -> None:
 
 def _parse_time(where: str, text: str) -> datetime:
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as e:
+        return parse_time(text)
+    except TimeFormatError as e:
         raise EntryError(INVALID_ENTRY, f"{where}: {text!r} is not a valid time") from e
 
 
 def _check_install_window(window: dict[str, Any]) -> None:
-    """RFC 3339 UTC times, with not_before <= not_after."""
+    """RFC 3339 UTC times, with not_before <= not_after (the schema checked their form)."""
     not_before = _parse_time("install_window.not_before", window["not_before"])
     not_after = _parse_time("install_window.not_after", window["not_after"])
     if not_before > not_after:
