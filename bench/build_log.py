@@ -47,7 +47,8 @@ from tlog.cli.pgcluster import Cluster
 from tlog.store import migrate
 from tlog.store.postgres import NewEntry, Storage, StoredCheckpoint
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
-from verifier.protocol.entries.release import parse_leaf, sign_entry
+from verifier.protocol.entries.release import parse_leaf
+from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.merkle import EMPTY_ROOT, leaf_hash
 from verifier.protocol.note import Signer, Verifier, generate_key, parse_private_key
 from verifier.protocol.tiles import TreeBuilder

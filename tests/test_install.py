@@ -12,8 +12,10 @@ import pytest
 from tests.test_entry import fields
 from verifier.client.artifacts import hash_file
 from verifier.errors import UsageError, VerificationFailed
+from verifier.protocol.entries.errors import EntryError
 from verifier.protocol.entries.install import FileDigest, check_release, window_problem
-from verifier.protocol.entries.release import EntryError, Release, sign_entry, validate_entry
+from verifier.protocol.entries.release import Release, validate_entry
+from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import generate_key
 from verifier.protocol.rfc3339 import TimeFormatError, parse_time
 

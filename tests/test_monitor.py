@@ -46,7 +46,8 @@ from verifier.client import monitor
 from verifier.client.monitor import Edge, MonitorDB, Watcher, version_key
 from verifier.client.scan import Checked
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
-from verifier.protocol.entries.release import sign_entry, validate_entry
+from verifier.protocol.entries.release import validate_entry
+from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.merkle import leaf_hash, root_of, verify_inclusion
 from verifier.protocol.note import Signer, generate_key
 from verifier.protocol.receipt import parse_tlog_proof
@@ -627,9 +628,7 @@ def test_usage_errors_exit_2(vkey: Path, tmp_path: Path,
 
 
 def _registry(kind: str, publisher: str, signer: Signer, **fields: Any) -> dict[str, Any]:
-    from verifier.protocol.registry import sign_registry_entry
-
-    return sign_registry_entry({"kind": kind, "publisher": publisher, **fields}, signer)
+    return sign_entry({"kind": kind, "publisher": publisher, **fields}, signer)
 
 
 def test_key_and_ownership_changes_of_watched_packages_are_alerted() -> None:

@@ -31,9 +31,12 @@ from tlog.http import handlers
 from tlog.http.app import create_app
 from tlog.http.handlers import CLIENT_BUCKETS, IN_FLIGHT, PUBLISHER_BUCKETS, SEQUENCER
 from tlog.http.tokens import TokenAuthority
-from verifier.protocol.entries import release as entry_module
+from verifier.protocol.entries.errors import ENTRY_CODES
+from verifier.protocol.entries.release import KIND as RELEASE_KIND
+from verifier.protocol.entries.release import validate_entry
+from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import Signer, generate_key
-from verifier.protocol.registry import KEYS_KIND, PUBLISHER_KIND, REVOKE_KIND, sign_registry_entry
+from verifier.protocol.registry import KEYS_KIND, PUBLISHER_KIND, REVOKE_KIND
 
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
@@ -128,7 +131,7 @@ def test_log_entry_schemas_name_every_kind_the_log_accepts() -> None:
     schemas = load_spec()["components"]["schemas"]
     kinds = {schemas[ref.rsplit("/", 1)[1]]["properties"]["kind"]["const"]
              for ref in schemas["LogEntry"]["discriminator"]["mapping"].values()}
-    assert kinds == {entry_module.KIND, PUBLISHER_KIND, KEYS_KIND, REVOKE_KIND}
+    assert kinds == {RELEASE_KIND, PUBLISHER_KIND, KEYS_KIND, REVOKE_KIND}
     for name in ("LogEntry", "RegistryEntry"):
         mapping = schemas[name]["discriminator"]["mapping"]
         assert sorted(mapping.values()) == sorted(s["$ref"] for s in schemas[name]["oneOf"])
@@ -140,10 +143,7 @@ def emitted_errors() -> set[tuple[int, str]]:
     pairs = {(int(status), code) for status, code in
              re.findall(ERROR_CLASSES + r'\(\s*(\d+),\s*"(\w+)"', sources)}
     pairs |= {(status, code) for status, code in app_module.HTTP_CODES.items()}
-    pairs |= {(handlers.ENTRY_STATUS.get(code, 422), code)
-              for code in (entry_module.INVALID_JSON, entry_module.INVALID_ENTRY,
-                           entry_module.BAD_KEY, entry_module.BAD_SIGNATURE,
-                           entry_module.ENTRY_TOO_LARGE)}
+    pairs |= {(handlers.ENTRY_STATUS.get(code, 422), code) for code in ENTRY_CODES}
     return pairs
 
 
@@ -295,16 +295,16 @@ async def raw_post(client: Client, path: str, authorization: bytes,
 
 def registration(publisher: str, patterns: list[str], keys: list[Signer],
                  signer: Signer = ADMIN_KEY) -> dict[str, Any]:
-    return sign_registry_entry({"kind": PUBLISHER_KIND, "publisher": publisher,
-                                "packages": patterns,
-                                "keys": [k.verifier().text() for k in keys]}, signer)
+    return sign_entry({"kind": PUBLISHER_KIND, "publisher": publisher,
+                       "packages": patterns,
+                       "keys": [k.verifier().text() for k in keys]}, signer)
 
 
 def rotation(publisher: str, add: list[Signer], remove: list[Signer],
              signer: Signer) -> dict[str, Any]:
-    return sign_registry_entry({"kind": KEYS_KIND, "publisher": publisher,
-                                "add": [k.verifier().text() for k in add],
-                                "remove": [k.verifier().text() for k in remove]}, signer)
+    return sign_entry({"kind": KEYS_KIND, "publisher": publisher,
+                       "add": [k.verifier().text() for k in add],
+                       "remove": [k.verifier().text() for k in remove]}, signer)
 
 
 def revocation(publisher: str, keys: list[Signer] | None, signer: Signer) -> dict[str, Any]:
@@ -312,7 +312,7 @@ def revocation(publisher: str, keys: list[Signer] | None, signer: Signer) -> dic
                               "reason": "key leaked in CI logs"}
     if keys is not None:
         fields["keys"] = [k.verifier().text() for k in keys]
-    return sign_registry_entry(fields, signer)
+    return sign_entry(fields, signer)
 
 
 async def test_answers_match_the_documented_statuses_bodies_and_headers(
@@ -340,7 +340,7 @@ async def test_answers_match_the_documented_statuses_bodies_and_headers(
     await spec.check(await client.get("/v1/entries?package=a&x=1"), "/v1/entries")
     for path in ["/v1/entries/0", "/v1/entries/7", "/v1/entries/07"]:
         await spec.check(await client.get(path), "/v1/entries/{index}")
-    leaf = entry_module.validate_entry(entry).leaf_hash.hex()
+    leaf = validate_entry(entry).leaf_hash.hex()
     for query in [f"leaf_hash={leaf}", f"leaf_hash={leaf}&tree_size=1", f"leaf_hash={leaf}&x=1",
                   "leaf_hash=" + "0" * 64, f"leaf_hash={leaf}&tree_size=0"]:
         await spec.check(await client.get("/v1/proof/inclusion?" + query), "/v1/proof/inclusion")
@@ -379,7 +379,7 @@ async def test_an_open_log_takes_registry_entries_and_ignores_tokens(
         await call.post("/v1/entries", 422, "invalid_entry",
                         json={**make_release(publisher, "com.acme.app", "2.0"), "kind": kind})
     logged = await call.get("/v1/entries/{index}", 200, path="/v1/entries/0")
-    assert logged["entry"]["kind"] == entry_module.KIND
+    assert logged["entry"]["kind"] == RELEASE_KIND
     for template, path in [("/v1/admin/entries", "/v1/admin/entries"),
                            ("/v1/admin/tokens", "/v1/admin/tokens"),
                            ("/v1/admin/tokens/{jti}/revoke", "/v1/admin/tokens/abc/revoke")]:

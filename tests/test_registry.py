@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 
 from tests.support import make_release
-from verifier.protocol.entries.release import EntryError, validate_entry
+from verifier.protocol.entries.errors import EntryError
+from verifier.protocol.entries.release import validate_entry
+from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import Signer, generate_key
 from verifier.protocol.registry import (
     KEYS_KIND,
@@ -16,7 +18,6 @@ from verifier.protocol.registry import (
     Refusal,
     Registry,
     parse_log_leaf,
-    sign_registry_entry,
     validate_log_entry,
     validate_registry_entry,
 )
@@ -30,13 +31,13 @@ OTHER = generate_key("other")
 
 def registration(publisher: Signer, patterns: list[str], keys: list[Signer],
                  signer: Signer = ADMIN) -> Any:
-    return validate_registry_entry(sign_registry_entry(
+    return validate_registry_entry(sign_entry(
         {"kind": PUBLISHER_KIND, "publisher": publisher.name, "packages": patterns,
          "keys": [k.verifier().text() for k in keys]}, signer))
 
 
 def rotation(publisher: str, add: list[Signer], remove: list[Signer], signer: Signer) -> Any:
-    return validate_registry_entry(sign_registry_entry(
+    return validate_registry_entry(sign_entry(
         {"kind": KEYS_KIND, "publisher": publisher, "add": [k.verifier().text() for k in add],
          "remove": [k.verifier().text() for k in remove]}, signer))
 
@@ -46,7 +47,7 @@ def revocation(publisher: str, keys: list[Signer] | None, signer: Signer) -> Any
                               "reason": "key leaked in CI logs"}
     if keys is not None:
         fields["keys"] = [k.verifier().text() for k in keys]
-    return validate_registry_entry(sign_registry_entry(fields, signer))
+    return validate_registry_entry(sign_entry(fields, signer))
 
 
 def release(signer: Signer, package: str, version: str, counter: int | None = None) -> Any:
@@ -111,7 +112,7 @@ def test_rotation_signed_by_a_key_that_is_not_the_publishers_is_refused(
 
 
 def test_forged_admin_signature_is_rejected() -> None:
-    entry = sign_registry_entry(
+    entry = sign_entry(
         {"kind": PUBLISHER_KIND, "publisher": "acme", "packages": ["com.*"],
          "keys": [ACME.verifier().text()]}, ADMIN)
     entry["packages"] = ["org.*"]  # changed after signing
@@ -181,8 +182,9 @@ def test_every_kind_parses_back_from_its_leaf() -> None:
 
 def test_registry_signature_is_domain_separated_from_releases() -> None:
     """A signature over a registry entry can never pass as a release signature."""
-    entry = sign_registry_entry({"kind": KEYS_KIND, "publisher": "acme",
-                                 "add": [ACME2.verifier().text()], "remove": []}, ACME)
+    entry = sign_entry({"kind": KEYS_KIND, "publisher": "acme",
+                        "add": [ACME2.verifier().text()], "remove": []}, ACME)
     forged = dict(entry, kind="release/v1")
     with pytest.raises(EntryError):
         validate_log_entry(forged)
+

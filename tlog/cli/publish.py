@@ -11,7 +11,9 @@ from typing import Any
 from tlog.cli.remote import EXIT_FAIL, EXIT_OK, EXIT_USAGE, RemoteError, call, expect, read_secret
 from verifier.client.artifacts import hash_file
 from verifier.errors import UsageError
-from verifier.protocol.entries.release import EntryError, sign_entry, validate_entry
+from verifier.protocol.entries.errors import EntryError
+from verifier.protocol.entries.release import validate_entry
+from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import NoteError, Verifier, parse_private_key, parse_vkey
 from verifier.protocol.receipt import make_receipt, verify_receipt
 

@@ -22,9 +22,10 @@ from tlog.cli.remote import (
     expect,
     read_secret,
 )
-from verifier.protocol.entries.release import EntryError
+from verifier.protocol.entries.errors import EntryError
+from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import NoteError, Signer, parse_private_key, parse_vkey
-from verifier.protocol.registry import KEYS_KIND, PUBLISHER_KIND, REVOKE_KIND, sign_registry_entry
+from verifier.protocol.registry import KEYS_KIND, PUBLISHER_KIND, REVOKE_KIND
 from verifier.protocol.registry import validate_registry_entry as check_entry
 
 
@@ -75,7 +76,7 @@ def _vkeys(paths: list[str] | None) -> list[str]:
 
 
 def _submit_registry(args: argparse.Namespace, fields: dict[str, Any]) -> int:
-    entry = sign_registry_entry(fields, _signer(args.signer))
+    entry = sign_entry(fields, _signer(args.signer))
     check_entry(entry)  # refuse locally what the log would refuse
     token = args.token or read_secret(args.token_file, "TLOG_TOKEN", "token file")
     if token:

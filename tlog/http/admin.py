@@ -25,7 +25,7 @@ from tlog.http.handlers import (
     submit,
 )
 from tlog.http.tokens import DEFAULT_TTL, parse_ttl
-from verifier.protocol.entries.release import parse_json
+from verifier.protocol.entries.strict_json import parse_json
 from verifier.protocol.registry import PUBLISHER_NAME, RegistryEntry
 
 audit_log = logging.getLogger("tlog.audit")

@@ -38,7 +38,7 @@ from tlog.store.postgres import Storage
 from tlog.store.tilecache import TileFiles
 from tlog.store.tilecache import namespace as tile_namespace
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
-from verifier.protocol.entries.release import EntryError
+from verifier.protocol.entries.errors import EntryError
 from verifier.protocol.merkle import EMPTY_ROOT
 from verifier.protocol.note import Verifier
 from verifier.protocol.registry import Refusal, Registry, parse_log_leaf

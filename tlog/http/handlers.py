@@ -20,13 +20,9 @@ from tlog.log.proofs import consistency_proof, inclusion_proof
 from tlog.log.sequencer import ConflictError, Receipt, Sequencer, UnavailableError
 from tlog.store.postgres import Storage
 from tlog.store.tilecache import TileFiles
-from verifier.protocol.entries.release import (
-    PACKAGE_NAME,
-    VERSION_TEXT,
-    EntryError,
-    Release,
-    parse_json,
-)
+from verifier.protocol.entries.errors import EntryError
+from verifier.protocol.entries.release import PACKAGE_NAME, VERSION_TEXT, Release
+from verifier.protocol.entries.strict_json import parse_json
 from verifier.protocol.merkle import leaf_hash
 from verifier.protocol.registry import (
     PUBLISHER_KIND,

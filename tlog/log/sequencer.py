@@ -19,7 +19,8 @@ from tlog.http.metrics import Metrics
 from tlog.log.proofs import consistency_proof, inclusion_proofs
 from tlog.store.postgres import AppendTx, NewEntry, Storage, StoredCheckpoint, TokenRecord
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
-from verifier.protocol.entries.release import EntryError, Release
+from verifier.protocol.entries.errors import EntryError
+from verifier.protocol.entries.release import Release
 from verifier.protocol.merkle import ProofError, verify_consistency
 from verifier.protocol.note import NoteSigner
 from verifier.protocol.registry import LogEntry, Refusal, Registry, RegistryEntry, parse_log_leaf

@@ -26,8 +26,9 @@ from verifier.errors import (
     VerificationFailed,
     VerifyError,
 )
+from verifier.protocol.entries.errors import EntryError
 from verifier.protocol.entries.install import check_release
-from verifier.protocol.entries.release import EntryError, Release, parse_leaf
+from verifier.protocol.entries.release import Release, parse_leaf
 from verifier.protocol.merkle import ProofError, verify_inclusion
 from verifier.protocol.note import Verifier, b64encode
 from verifier.protocol.receipt import VerifiedReceipt, verify_receipt

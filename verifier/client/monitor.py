@@ -108,7 +108,8 @@ from verifier.errors import (
     UsageError,
     VerificationFailed,
 )
-from verifier.protocol.entries.release import KIND, EntryError
+from verifier.protocol.entries.errors import EntryError
+from verifier.protocol.entries.release import KIND
 from verifier.protocol.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,

@@ -9,10 +9,11 @@ Three entry kinds sit beside release/v1 (schemas in schema/):
 - ``revoke/v1``: revokes keys of a publisher (admin or a valid publisher key), or the whole
   publisher (admin only), with a reason. A revoked key never becomes valid again.
 
-Every kind is signed like a release: Ed25519 over ``b"tlog/<kind>\\n" || JCS(entry without
-"signature")``. Which keys may sign which packages at index i is the replay of the entries
-before i (``Registry.apply`` in log order); the log, monitors and clients all run the same
-code, so they reach the same answer. Nothing here does I/O.
+Every kind is signed like a release (entries/signing.py): Ed25519 over
+``b"tlog/<kind>\\n" || JCS(entry without "signature")``. Which keys may sign which packages
+at index i is the replay of the entries before i (``Registry.apply`` in log order); the log,
+monitors and clients all run the same code, so they reach the same answer. Nothing here
+does I/O.
 """
 
 from __future__ import annotations
@@ -23,25 +24,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from verifier.protocol.entries.errors import INVALID_ENTRY, EntryError
+from verifier.protocol.entries.fast import fast_check_signed, fast_tree
+from verifier.protocol.entries.release import KIND as RELEASE_KIND
 from verifier.protocol.entries.release import (
-    INVALID_ENTRY,
-    EntryError,
     Release,
-    Signed,
-    check_signed,
-    fast_check_signed,
     fast_release,
-    fast_tree,
-    parse_json,
-    parse_key,
     parse_leaf_exact,
-    signed_message,
     validate_entry,
 )
-from verifier.protocol.entries.release import (
-    KIND as RELEASE_KIND,
-)
-from verifier.protocol.note import Signer, Verifier, b64encode
+from verifier.protocol.entries.signing import Signed, check_signed, parse_key
+from verifier.protocol.entries.strict_json import parse_json
+from verifier.protocol.note import Verifier
 
 PUBLISHER_KIND = "publisher/v1"
 KEYS_KIND = "keys/v1"
@@ -142,9 +136,9 @@ def validate_log_entry(obj: Any) -> LogEntry:
 def parse_log_leaf(leaf: bytes) -> LogEntry:
     """Leaf bytes of any kind, which must be the entry's own JCS encoding.
 
-    Tries verifier.entry's fast path first (see "fast path for stored leaves" there), which
-    only ever accepts; anything it cannot prove valid goes to parse_log_leaf_exact, which
-    makes every decision and writes every message.
+    Tries the fast path first (verifier/protocol/entries/fast.py), which only ever accepts;
+    anything it cannot prove valid goes to parse_log_leaf_exact, which makes every decision
+    and writes every message.
     """
     obj = fast_tree(leaf)
     if obj is not None:
@@ -174,14 +168,6 @@ def parse_log_leaf_exact(leaf: bytes) -> LogEntry:
             raise EntryError(INVALID_ENTRY, "leaf is not the RFC 8785 (JCS) encoding of its entry")
         return entry
     return parse_leaf_exact(leaf)
-
-
-def sign_registry_entry(fields: Mapping[str, Any], signer: Signer) -> dict[str, Any]:
-    """A copy of `fields` with "key" and "signature" set by `signer` (not validated)."""
-    entry = copy.deepcopy({n: v for n, v in fields.items() if n not in ("key", "signature")})
-    entry["key"] = signer.verifier().text()
-    entry["signature"] = b64encode(signer.sign(signed_message(entry)))
-    return entry
 
 
 # -- the replay ------------------------------------------------------------------------------
