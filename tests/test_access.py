@@ -37,9 +37,9 @@ from tlog.http.app import create_app
 from tlog.http.handlers import IN_FLIGHT
 from tlog.http.tokens import TokenAuthority
 from tlog.store.postgres import APPEND_LOCK
+from verifier.protocol.entries.registry_kinds import KEYS_KIND, PUBLISHER_KIND, REVOKE_KIND
 from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import Signer, generate_key
-from verifier.protocol.registry import KEYS_KIND, PUBLISHER_KIND, REVOKE_KIND
 
 Client = TestClient[web.Request, web.Application]
 

@@ -879,7 +879,7 @@ async def test_registry_listing_pages_through_registry_entries_only(
         aiohttp_client: Any, database_url: str, log_signer: Signer, publisher: Signer) -> None:
     from tlog.config import Config
     from tlog.http.app import create_app
-    from verifier.protocol.registry import PUBLISHER_KIND
+    from verifier.protocol.entries.registry_kinds import PUBLISHER_KIND
 
     admin = generate_key("admin")
     client = await aiohttp_client(create_app(Config(

@@ -23,19 +23,18 @@ from hypothesis import strategies as st
 from tests.test_entry import SHA, fields
 from verifier.protocol.entries.errors import EntryError
 from verifier.protocol.entries.fast import encode, fast_check_signed, fast_message, fast_tree
+from verifier.protocol.entries.kinds import (
+    KINDS,
+    REGISTRY_KINDS,
+    parse_log_leaf,
+    parse_log_leaf_exact,
+)
+from verifier.protocol.entries.registry_kinds import KEYS_KIND, PUBLISHER_KIND, REVOKE_KIND
 from verifier.protocol.entries.release import fast_release, parse_leaf, parse_leaf_exact
 from verifier.protocol.entries.schema import load_schema
 from verifier.protocol.entries.signing import MAX_ENTRY_SIZE, sign_entry, signed_message
 from verifier.protocol.entries.strict_json import MAX_DEPTH, parse_json
 from verifier.protocol.note import Signer, generate_key
-from verifier.protocol.registry import (
-    KEYS_KIND,
-    PUBLISHER_KIND,
-    REVOKE_KIND,
-    SCHEMAS,
-    parse_log_leaf,
-    parse_log_leaf_exact,
-)
 
 ALICE = generate_key("example.com/alice")
 BOB = generate_key("example.com/bob")
@@ -65,8 +64,8 @@ def same_decisions(leaf: bytes) -> Outcome:
         if release is not None:
             assert exact == ("ok", release)
         kind = obj.get("kind")
-        if isinstance(kind, str) and kind in SCHEMAS:
-            signed = fast_check_signed(copy.deepcopy(obj), leaf, SCHEMAS[kind])
+        if kind in REGISTRY_KINDS:
+            signed = fast_check_signed(copy.deepcopy(obj), leaf, KINDS[kind].schema)
             if signed is not None and log_exact[0] == "ok":
                 assert log_exact[1].signed == signed
     return log_exact
@@ -77,8 +76,8 @@ def fast_accepts(leaf: bytes) -> bool:
     if obj is None:
         return False
     kind = obj.get("kind")
-    if isinstance(kind, str) and kind in SCHEMAS:
-        return fast_check_signed(obj, leaf, SCHEMAS[kind]) is not None
+    if kind in REGISTRY_KINDS:
+        return fast_check_signed(obj, leaf, KINDS[kind].schema) is not None
     return fast_release(obj, leaf) is not None
 
 
@@ -531,7 +530,7 @@ def _closed_depth(schema: Any, root: Any, where: str) -> int:
     return 0
 
 
-@pytest.mark.parametrize("name", ["release-v1.schema.json", *SCHEMAS.values()])
+@pytest.mark.parametrize("name", [row.schema for row in KINDS.values()])
 def test_schemas_bound_depth_and_integers_outside_metadata(name: str) -> None:
     """The fast path checks depth and integer range in release/v1's metadata only (step 2 in
     verifier/protocol/entries/fast.py): every other member must be closed, shallow and

@@ -160,7 +160,7 @@ def leaf(entry: dict[str, Any]) -> bytes:
 
 
 def checked(index: int, entry: dict[str, Any]) -> Checked:
-    from verifier.protocol.registry import validate_log_entry
+    from verifier.protocol.entries.kinds import validate_log_entry
 
     validated = validate_log_entry(entry)
     return Checked(index, validated.leaf_hash, validated.entry, None)

@@ -32,11 +32,12 @@ from tlog.http.app import create_app
 from tlog.http.handlers import CLIENT_BUCKETS, IN_FLIGHT, PUBLISHER_BUCKETS, SEQUENCER
 from tlog.http.tokens import TokenAuthority
 from verifier.protocol.entries.errors import ENTRY_CODES
+from verifier.protocol.entries.kinds import KINDS
+from verifier.protocol.entries.registry_kinds import KEYS_KIND, PUBLISHER_KIND, REVOKE_KIND
 from verifier.protocol.entries.release import KIND as RELEASE_KIND
 from verifier.protocol.entries.release import validate_entry
 from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import Signer, generate_key
-from verifier.protocol.registry import KEYS_KIND, PUBLISHER_KIND, REVOKE_KIND
 
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
@@ -131,7 +132,7 @@ def test_log_entry_schemas_name_every_kind_the_log_accepts() -> None:
     schemas = load_spec()["components"]["schemas"]
     kinds = {schemas[ref.rsplit("/", 1)[1]]["properties"]["kind"]["const"]
              for ref in schemas["LogEntry"]["discriminator"]["mapping"].values()}
-    assert kinds == {RELEASE_KIND, PUBLISHER_KIND, KEYS_KIND, REVOKE_KIND}
+    assert kinds == set(KINDS) == {RELEASE_KIND, PUBLISHER_KIND, KEYS_KIND, REVOKE_KIND}
     for name in ("LogEntry", "RegistryEntry"):
         mapping = schemas[name]["discriminator"]["mapping"]
         assert sorted(mapping.values()) == sorted(s["$ref"] for s in schemas[name]["oneOf"])

@@ -8,19 +8,16 @@ import pytest
 
 from tests.support import make_release
 from verifier.protocol.entries.errors import EntryError
-from verifier.protocol.entries.release import validate_entry
-from verifier.protocol.entries.signing import sign_entry
-from verifier.protocol.note import Signer, generate_key
-from verifier.protocol.registry import (
-    KEYS_KIND,
-    PUBLISHER_KIND,
-    REVOKE_KIND,
-    Refusal,
-    Registry,
+from verifier.protocol.entries.kinds import (
     parse_log_leaf,
     validate_log_entry,
     validate_registry_entry,
 )
+from verifier.protocol.entries.registry_kinds import KEYS_KIND, PUBLISHER_KIND, REVOKE_KIND
+from verifier.protocol.entries.release import validate_entry
+from verifier.protocol.entries.signing import sign_entry
+from verifier.protocol.note import Signer, generate_key
+from verifier.protocol.registry import Refusal, Registry
 
 ADMIN = generate_key("log-admin")
 ACME = generate_key("acme")

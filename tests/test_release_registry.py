@@ -9,9 +9,9 @@ import pytest
 
 from tests.support import make_release, start_server, submit_all, write_key
 from verifier.cli import main as cli
+from verifier.protocol.entries.registry_kinds import PUBLISHER_KIND, REVOKE_KIND
 from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import Signer, generate_key
-from verifier.protocol.registry import PUBLISHER_KIND, REVOKE_KIND
 
 
 def test_release_signed_by_a_key_the_registry_never_granted_fails_the_client_check(

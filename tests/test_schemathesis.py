@@ -45,10 +45,10 @@ from schemathesis.checks import (
 from tests.conftest import REPO, _create_database
 from tests.support import Server, make_release, start_server, submit_all, write_key
 from tlog.cli.pgcluster import Cluster
+from verifier.protocol.entries.registry_kinds import PUBLISHER_KIND
 from verifier.protocol.entries.release import KIND as RELEASE_KIND
 from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import Signer, generate_key
-from verifier.protocol.registry import PUBLISHER_KIND
 
 SPEC = REPO / "schema" / "openapi.yaml"
 MAX_EXAMPLES = 30

@@ -23,10 +23,10 @@ from tlog.cli.remote import (
     read_secret,
 )
 from verifier.protocol.entries.errors import EntryError
+from verifier.protocol.entries.kinds import validate_registry_entry as check_entry
+from verifier.protocol.entries.registry_kinds import KEYS_KIND, PUBLISHER_KIND, REVOKE_KIND
 from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import NoteError, Signer, parse_private_key, parse_vkey
-from verifier.protocol.registry import KEYS_KIND, PUBLISHER_KIND, REVOKE_KIND
-from verifier.protocol.registry import validate_registry_entry as check_entry
 
 
 def _admin_secret(args: argparse.Namespace) -> str:

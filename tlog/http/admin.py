@@ -25,8 +25,8 @@ from tlog.http.handlers import (
     submit,
 )
 from tlog.http.tokens import DEFAULT_TTL, parse_ttl
+from verifier.protocol.entries.registry_kinds import PUBLISHER_NAME, RegistryEntry
 from verifier.protocol.entries.strict_json import parse_json
-from verifier.protocol.registry import PUBLISHER_NAME, RegistryEntry
 
 audit_log = logging.getLogger("tlog.audit")
 _JTI = re.compile(r"[A-Za-z0-9_-]{1,64}")

@@ -39,9 +39,10 @@ from tlog.store.tilecache import TileFiles
 from tlog.store.tilecache import namespace as tile_namespace
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from verifier.protocol.entries.errors import EntryError
+from verifier.protocol.entries.kinds import parse_log_leaf
 from verifier.protocol.merkle import EMPTY_ROOT
 from verifier.protocol.note import Verifier
-from verifier.protocol.registry import Refusal, Registry, parse_log_leaf
+from verifier.protocol.registry import Refusal, Registry
 from verifier.protocol.tiles import TILE_WIDTH, TreeBuilder, split_hashes
 
 log = logging.getLogger("tlog")

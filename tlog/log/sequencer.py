@@ -20,10 +20,12 @@ from tlog.log.proofs import consistency_proof, inclusion_proofs
 from tlog.store.postgres import AppendTx, NewEntry, Storage, StoredCheckpoint, TokenRecord
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from verifier.protocol.entries.errors import EntryError
+from verifier.protocol.entries.kinds import LogEntry, parse_log_leaf
+from verifier.protocol.entries.registry_kinds import RegistryEntry
 from verifier.protocol.entries.release import Release
 from verifier.protocol.merkle import ProofError, verify_consistency
 from verifier.protocol.note import NoteSigner
-from verifier.protocol.registry import LogEntry, Refusal, Registry, RegistryEntry, parse_log_leaf
+from verifier.protocol.registry import Refusal, Registry
 from verifier.protocol.tiles import TileKey, TreeBuilder
 
 log = logging.getLogger("tlog.sequencer")

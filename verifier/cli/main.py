@@ -28,11 +28,12 @@ from verifier.errors import (
 )
 from verifier.protocol.entries.errors import EntryError
 from verifier.protocol.entries.install import check_release
+from verifier.protocol.entries.kinds import parse_log_leaf
 from verifier.protocol.entries.release import Release, parse_leaf
 from verifier.protocol.merkle import ProofError, verify_inclusion
 from verifier.protocol.note import Verifier, b64encode
 from verifier.protocol.receipt import VerifiedReceipt, verify_receipt
-from verifier.protocol.registry import Refusal, Registry, parse_log_leaf
+from verifier.protocol.registry import Refusal, Registry
 from verifier.protocol.rfc3339 import parse_time
 from verifier.protocol.state import Trusted
 from verifier.protocol.tiles import TILE_WIDTH

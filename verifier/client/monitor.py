@@ -109,6 +109,7 @@ from verifier.errors import (
     VerificationFailed,
 )
 from verifier.protocol.entries.errors import EntryError
+from verifier.protocol.entries.kinds import validate_registry_entry
 from verifier.protocol.entries.release import KIND
 from verifier.protocol.merkle import (
     EMPTY_ROOT,
@@ -121,7 +122,7 @@ from verifier.protocol.merkle import (
 )
 from verifier.protocol.note import Verifier, b64encode
 from verifier.protocol.receipt import format_tlog_proof
-from verifier.protocol.registry import Refusal, Registry, validate_registry_entry
+from verifier.protocol.registry import Refusal, Registry
 from verifier.protocol.rfc3339 import parse_time
 from verifier.protocol.state import Trusted
 from verifier.protocol.tiles import hash_up

@@ -1,176 +1,32 @@
 """Who may publish what: the publisher registry as a pure replay of logged entries.
 
-Three entry kinds sit beside release/v1 (schemas in schema/):
-
-- ``publisher/v1``: registers a publisher, or replaces its package patterns and keys; signed
-  by an admin key of the log operator.
-- ``keys/v1``: adds and/or removes keys of a publisher; signed by a currently valid key of
-  that publisher, or by an admin key (recovery after a compromise).
-- ``revoke/v1``: revokes keys of a publisher (admin or a valid publisher key), or the whole
-  publisher (admin only), with a reason. A revoked key never becomes valid again.
-
-Every kind is signed like a release (entries/signing.py): Ed25519 over
-``b"tlog/<kind>\\n" || JCS(entry without "signature")``. Which keys may sign which packages
-at index i is the replay of the entries before i (``Registry.apply`` in log order); the log,
-monitors and clients all run the same code, so they reach the same answer. Nothing here
-does I/O.
+The registry kinds (publisher/v1, keys/v1, revoke/v1: verifier.protocol.entries.
+registry_kinds) register publishers, rotate and revoke their keys. Which keys may sign which
+packages at index i is the replay of the entries before i (``Registry.apply`` in log order);
+the log, monitors and clients all run the same code, so they reach the same answer. Nothing
+here does I/O.
 """
 
 from __future__ import annotations
 
-import copy
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from verifier.protocol.entries.errors import INVALID_ENTRY, EntryError
-from verifier.protocol.entries.fast import fast_check_signed, fast_tree
-from verifier.protocol.entries.release import KIND as RELEASE_KIND
-from verifier.protocol.entries.release import (
-    Release,
-    fast_release,
-    parse_leaf_exact,
-    validate_entry,
+from verifier.protocol.entries.kinds import LogEntry
+from verifier.protocol.entries.registry_kinds import (
+    KEYS_KIND,
+    PUBLISHER_KIND,
+    REVOKE_KIND,
+    RegistryEntry,
 )
-from verifier.protocol.entries.signing import Signed, check_signed, parse_key
-from verifier.protocol.entries.strict_json import parse_json
+from verifier.protocol.entries.release import Release
 from verifier.protocol.note import Verifier
-
-PUBLISHER_KIND = "publisher/v1"
-KEYS_KIND = "keys/v1"
-REVOKE_KIND = "revoke/v1"
-SCHEMAS = {PUBLISHER_KIND: "publisher-v1.schema.json", KEYS_KIND: "keys-v1.schema.json",
-           REVOKE_KIND: "revoke-v1.schema.json"}
-KINDS = (RELEASE_KIND, *SCHEMAS)
-# As in the schemas: a package pattern is a package name or a prefix ending in '*'; a
-# publisher name is a key name (printable ASCII, no space or '+').
-PACKAGE_PATTERN = re.compile(r"[A-Za-z0-9._+/@-]{1,200}\*?")
-PUBLISHER_NAME = re.compile(r"[!-*,-~]{1,200}")
 
 
 def pattern_matches(pattern: str, package: str) -> bool:
     """Whether a package pattern ("com.acme.*" or an exact name) covers `package`."""
     return package.startswith(pattern[:-1]) if pattern.endswith("*") else package == pattern
-
-
-@dataclass(frozen=True)
-class RegistryEntry:
-    """A validated publisher/v1, keys/v1 or revoke/v1 entry."""
-
-    signed: Signed
-    publisher: str
-
-    @property
-    def kind(self) -> str:
-        return self.signed.kind
-
-    @property
-    def entry(self) -> dict[str, Any]:
-        return self.signed.entry
-
-    @property
-    def leaf(self) -> bytes:
-        return self.signed.leaf
-
-    @property
-    def leaf_hash(self) -> bytes:
-        return self.signed.leaf_hash
-
-    @property
-    def key(self) -> Verifier:
-        return self.signed.key
-
-
-LogEntry = Release | RegistryEntry
-
-
-def _named_keys(entry: Mapping[str, Any], member: str, publisher: str) -> list[str]:
-    """The vkeys in `member`, each parsed and named after the publisher, as their text."""
-    texts = list(entry.get(member, []))
-    for i, text in enumerate(texts):
-        key = parse_key(text)
-        if key.name != publisher:
-            raise EntryError(INVALID_ENTRY, f"{member}[{i}]: key is named {key.name!r}, "
-                                            f"not after the publisher {publisher!r}")
-        texts[i] = key.text()
-    return texts
-
-
-def _check_registry_semantics(entry: Mapping[str, Any]) -> None:
-    publisher = entry["publisher"]
-    kind = entry["kind"]
-    if kind == PUBLISHER_KIND:
-        _named_keys(entry, "keys", publisher)
-    elif kind == KEYS_KIND:
-        add, remove = _named_keys(entry, "add", publisher), _named_keys(entry, "remove", publisher)
-        if not add and not remove:
-            raise EntryError(INVALID_ENTRY, "keys/v1: add or remove at least one key")
-        if set(add) & set(remove):
-            raise EntryError(INVALID_ENTRY, "keys/v1: a key is both added and removed")
-    else:
-        _named_keys(entry, "keys", publisher)
-
-
-def _registry_kind(obj: Any) -> str | None:
-    kind = obj.get("kind") if isinstance(obj, dict) else None
-    return kind if isinstance(kind, str) and kind in SCHEMAS else None
-
-
-def validate_registry_entry(obj: Any) -> RegistryEntry:
-    """Schema, signature and key naming of a registry entry (not who may sign it)."""
-    if _registry_kind(obj) is None:
-        raise EntryError(INVALID_ENTRY, f"kind: must be one of {', '.join(SCHEMAS)}")
-    signed = check_signed(copy.deepcopy(obj), SCHEMAS[obj["kind"]])
-    _check_registry_semantics(signed.entry)
-    return RegistryEntry(signed, signed.entry["publisher"])
-
-
-def validate_log_entry(obj: Any) -> LogEntry:
-    """Any entry kind the log accepts: release/v1 or a registry entry."""
-    if _registry_kind(obj) is not None:
-        return validate_registry_entry(obj)
-    return validate_entry(obj)
-
-
-def parse_log_leaf(leaf: bytes) -> LogEntry:
-    """Leaf bytes of any kind, which must be the entry's own JCS encoding.
-
-    Tries the fast path first (verifier/protocol/entries/fast.py), which only ever accepts;
-    anything it cannot prove valid goes to parse_log_leaf_exact, which makes every decision
-    and writes every message.
-    """
-    obj = fast_tree(leaf)
-    if obj is not None:
-        kind = obj.get("kind")
-        if isinstance(kind, str) and kind in SCHEMAS:
-            signed = fast_check_signed(obj, leaf, SCHEMAS[kind])
-            if signed is not None:
-                try:
-                    _check_registry_semantics(obj)
-                except EntryError:
-                    pass  # refused: let the exact path say so, in its order
-                else:
-                    return RegistryEntry(signed, obj["publisher"])
-        else:
-            release = fast_release(obj, leaf)
-            if release is not None:
-                return release
-    return parse_log_leaf_exact(leaf)
-
-
-def parse_log_leaf_exact(leaf: bytes) -> LogEntry:
-    """parse_log_leaf without the fast path: the reference for its decisions and messages."""
-    obj = parse_json(leaf)
-    if _registry_kind(obj) is not None:
-        entry = validate_registry_entry(obj)
-        if entry.leaf != bytes(leaf):
-            raise EntryError(INVALID_ENTRY, "leaf is not the RFC 8785 (JCS) encoding of its entry")
-        return entry
-    return parse_leaf_exact(leaf)
-
-
-# -- the replay ------------------------------------------------------------------------------
 
 
 class Refusal(Exception):

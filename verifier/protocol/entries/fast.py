@@ -4,7 +4,7 @@ An auditor re-validates millions of leaves that are nearly all valid, small and 
 ASCII, integers, no floats. For those, the exact path spends most of its time on work whose
 outcome is known in advance: an object_pairs_hook in Python, two tree walks, and two more
 json.dumps (leaf and signed message). The functions here prove, more cheaply, that the exact
-path would accept a leaf, and let each kind build the identical entry. They
+path would accept a leaf, and let each kind (kinds.KINDS) build the identical entry. They
 never refuse anything: whatever they cannot prove, including every invalid leaf, goes to the
 exact path, so the accepted set and every error code and message stay the same.
 

@@ -18,7 +18,8 @@ Beyond the schema: integers are ints (not 5.0, not bools) below 2**53, artifact 
 unique, and an install window's not_before is not after its not_after (RFC 3339 times).
 Refusals raise EntryError (errors.py). parse_leaf first tries the fast path (fast.py), which
 only ever accepts; parse_leaf_exact makes every refusal and writes every message. Entries of
-any kind go through verifier/protocol/registry.py. Nothing here does I/O.
+any kind go through kinds.py, whose table holds this module's functions. Nothing here does
+I/O.
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ class Release:
     counter: int | None
     key: Verifier
     publisher: str
+
+    @property
+    def kind(self) -> str:
+        """The entry's kind, as every logged entry has one (kinds.KINDS)."""
+        return KIND
 
 
 # -- checks the schema cannot express ------------------------------------------------------

@@ -143,7 +143,7 @@ def sign_entry(fields: Mapping[str, Any], signer: Signer) -> dict[str, Any]:
     """A copy of ``fields`` (an entry of any kind) with "key" set to the signer's vkey and
     "signature" set.
 
-    Does not validate: pass the result to registry.validate_log_entry to check it.
+    Does not validate: pass the result to kinds.validate_log_entry to check it.
     """
     entry = copy.deepcopy({n: v for n, v in fields.items() if n not in ("key", "signature")})
     entry["key"] = signer.verifier().text()
