@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from tests.support import make_release
 from verifier.protocol.entries.errors import EntryError
 from verifier.protocol.entries.kinds import (
+    KINDS,
     parse_log_leaf,
     validate_log_entry,
     validate_registry_entry,
@@ -17,7 +19,7 @@ from verifier.protocol.entries.registry_kinds import KEYS_KIND, PUBLISHER_KIND, 
 from verifier.protocol.entries.release import validate_entry
 from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import Signer, generate_key
-from verifier.protocol.registry import Refusal, Registry
+from verifier.protocol.registry import REFUSAL_CODES, REPLAYED_KINDS, Refusal, Registry
 
 ADMIN = generate_key("log-admin")
 ACME = generate_key("acme")
@@ -63,6 +65,7 @@ def refused(registry: Registry, entry: Any, code: str) -> None:
     with pytest.raises(Refusal) as info:
         registry.apply(99, entry)
     assert info.value.code == code
+    assert code in REFUSAL_CODES
 
 
 def test_registered_publisher_may_release_its_own_packages(registry: Registry) -> None:
@@ -185,3 +188,28 @@ def test_registry_signature_is_domain_separated_from_releases() -> None:
     with pytest.raises(EntryError):
         validate_log_entry(forged)
 
+
+def test_the_replay_has_a_step_for_every_kind_of_the_table() -> None:
+    assert tuple(KINDS) == REPLAYED_KINDS
+
+
+def test_an_entry_of_a_kind_the_replay_does_not_know_is_refused(registry: Registry) -> None:
+    """No fall-through: a kind without a replay step is refused, and changes nothing."""
+    known = rotation("acme", [ACME2], [], ACME)
+    unknown = dataclasses.replace(known, signed=dataclasses.replace(known.signed,
+                                                                    kind="future/v1"))
+    state = registry.to_json()
+    for check in (registry.authorize, lambda e: registry.apply(2, e)):
+        with pytest.raises(Refusal) as info:
+            check(unknown)
+        assert (info.value.code, str(info.value)) == (
+            "unknown_kind", "future/v1 entries have no place in the registry replay")
+    assert registry.to_json() == state
+
+
+def test_refusals_carry_a_code_and_a_message_but_no_status(registry: Registry) -> None:
+    with pytest.raises(Refusal) as info:
+        registry.apply(2, release(ACME, "org.other.lib", "1"))
+    assert info.value.code == "package_not_owned"
+    assert info.value.message == str(info.value)
+    assert not hasattr(info.value, "status")

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tlog.http.metrics import Metrics
+from tlog.http.refusals import REFUSAL_STATUS
 from tlog.log.proofs import consistency_proof, inclusion_proofs
 from tlog.store.postgres import AppendTx, NewEntry, Storage, StoredCheckpoint, TokenRecord
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
@@ -296,7 +297,7 @@ class Sequencer:
         try:
             registry.apply(index, e)
         except Refusal as exc:
-            return RefusedError(exc.status, exc.code, str(exc))
+            return RefusedError(REFUSAL_STATUS[exc.code], exc.code, str(exc))
         if isinstance(e, Release):
             new.append(NewEntry(index, e.leaf, e.leaf_hash, e.package, e.version,
                                 counter=e.counter))

@@ -3,13 +3,16 @@
 The registry kinds (publisher/v1, keys/v1, revoke/v1: verifier.protocol.entries.
 registry_kinds) register publishers, rotate and revoke their keys. Which keys may sign which
 packages at index i is the replay of the entries before i (``Registry.apply`` in log order);
-the log, monitors and clients all run the same code, so they reach the same answer. Nothing
-here does I/O.
+the log, monitors and clients all run the same code, so they reach the same answer.
+
+An entry the registry does not allow at its point of the log raises :class:`Refusal`, whose
+``code`` is one of REFUSAL_CODES; what a code means to HTTP clients is the service's
+business (tlog.http.refusals). Nothing here does I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +23,29 @@ from verifier.protocol.entries.registry_kinds import (
     REVOKE_KIND,
     RegistryEntry,
 )
+from verifier.protocol.entries.release import KIND as RELEASE_KIND
 from verifier.protocol.entries.release import Release
 from verifier.protocol.note import Verifier
+
+__all__ = ["REFUSAL_CODES", "REPLAYED_KINDS", "Change", "Publisher", "Refusal", "Registry",
+           "pattern_matches"]
+
+PUBLISHER_NOT_REGISTERED = "publisher_not_registered"
+PUBLISHER_REVOKED = "publisher_revoked"
+PACKAGE_NOT_OWNED = "package_not_owned"
+KEY_NOT_VALID = "key_not_valid"
+KEY_REVOKED = "key_revoked"
+UNKNOWN_KEY = "unknown_key"
+NOT_AUTHORIZED = "not_authorized"
+COUNTER_REQUIRED = "counter_required"
+COUNTER_NOT_INCREASING = "counter_not_increasing"
+# An entry of a kind the replay has no step for. Entries are checked into a kind of
+# entries.kinds.KINDS first, and the replay has a step for each (tests/test_registry.py), so
+# only a table changed on one side and not the other could make this happen.
+UNKNOWN_KIND = "unknown_kind"
+REFUSAL_CODES = (PUBLISHER_NOT_REGISTERED, PUBLISHER_REVOKED, PACKAGE_NOT_OWNED, KEY_NOT_VALID,
+                 KEY_REVOKED, UNKNOWN_KEY, NOT_AUTHORIZED, COUNTER_REQUIRED,
+                 COUNTER_NOT_INCREASING, UNKNOWN_KIND)
 
 
 def pattern_matches(pattern: str, package: str) -> bool:
@@ -30,11 +54,12 @@ def pattern_matches(pattern: str, package: str) -> bool:
 
 
 class Refusal(Exception):
-    """An entry the registry does not allow at this point of the log."""
+    """An entry the registry does not allow at this point of the log: a stable ``code``
+    (one of REFUSAL_CODES) and a message for people (str(refusal))."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
-        self.status, self.code = status, code
+        self.code, self.message = code, message
 
 
 @dataclass
@@ -98,65 +123,70 @@ class Registry:
         p = self.publishers.get(publisher)
         return p is not None and not p.revoked and key in p.keys
 
-    # authorization (no state change) ------------------------------------------------------
+    # replay -------------------------------------------------------------------------------
 
     def authorize(self, e: LogEntry) -> None:
         """Raise Refusal unless `e` may be appended at the current end of the replay."""
-        if isinstance(e, Release):
-            self._authorize_release(e)
-        elif e.kind == PUBLISHER_KIND:
-            self._require_admin(e)
-            old = self.publishers.get(e.publisher)
-            if old is not None and set(e.entry["keys"]) & old.revoked_keys:
-                raise Refusal(409, "key_revoked", "a revoked key cannot be registered again")
-        else:
-            self._authorize_change(e)
+        _step(e).authorize(self, e)
+
+    def apply(self, index: int, e: LogEntry) -> list[Change]:
+        """Authorize `e` at `index` and fold it into the state; return what changed."""
+        step = _step(e)
+        step.authorize(self, e)
+        return step.fold(self, index, e)
+
+    # authorization (no state change) ------------------------------------------------------
 
     def _authorize_release(self, r: Release) -> None:
         if not self.enforce:
             return
         p = self.publishers.get(r.publisher)
         if p is None:
-            raise Refusal(403, "publisher_not_registered",
+            raise Refusal(PUBLISHER_NOT_REGISTERED,
                           f"publisher {r.publisher!r} is not registered with this log")
         if p.revoked:
-            raise Refusal(403, "publisher_revoked", f"publisher {r.publisher!r} is revoked")
+            raise Refusal(PUBLISHER_REVOKED, f"publisher {r.publisher!r} is revoked")
         if not p.owns(r.package):
-            raise Refusal(403, "package_not_owned",
+            raise Refusal(PACKAGE_NOT_OWNED,
                           f"publisher {r.publisher!r} does not own package {r.package!r}")
         if r.key.text() not in p.keys:
             state = "was revoked" if r.key.text() in p.revoked_keys else "is not a current key"
-            raise Refusal(403, "key_not_valid",
-                          f"the signing key {state} of publisher {r.publisher!r}")
+            raise Refusal(KEY_NOT_VALID, f"the signing key {state} of publisher {r.publisher!r}")
         self._authorize_counter(r)
 
     def _authorize_counter(self, r: Release) -> None:
         last = self.max_counter.get(r.package)
         if r.counter is None:
             if last is not None:
-                raise Refusal(422, "counter_required",
+                raise Refusal(COUNTER_REQUIRED,
                               f"package {r.package!r} uses release counters; give one > {last}")
         elif last is not None and r.counter <= last:
-            raise Refusal(409, "counter_not_increasing",
+            raise Refusal(COUNTER_NOT_INCREASING,
                           f"counter {r.counter} is not greater than {last}, the highest "
                           f"counter of {r.package!r} so far")
+
+    def _authorize_registration(self, e: RegistryEntry) -> None:
+        self._require_admin(e)
+        old = self.publishers.get(e.publisher)
+        if old is not None and set(e.entry["keys"]) & old.revoked_keys:
+            raise Refusal(KEY_REVOKED, "a revoked key cannot be registered again")
 
     def _is_admin(self, key: str) -> bool:
         return self.admins is None or key in self.admins
 
     def _require_admin(self, e: RegistryEntry) -> None:
         if not self._is_admin(e.key.text()):
-            raise Refusal(403, "not_authorized", f"{e.kind} must be signed by an admin key")
+            raise Refusal(NOT_AUTHORIZED, f"{e.kind} must be signed by an admin key")
 
     def _authorize_change(self, e: RegistryEntry) -> None:
         p = self.publishers.get(e.publisher)
         if p is None or p.revoked:
-            raise Refusal(403, "publisher_not_registered",
+            raise Refusal(PUBLISHER_NOT_REGISTERED,
                           f"publisher {e.publisher!r} is not registered or is revoked")
         signer = e.key.text()
         whole_publisher = e.kind == REVOKE_KIND and "keys" not in e.entry
         if not self._is_admin(signer) and (whole_publisher or signer not in p.keys):
-            raise Refusal(403, "not_authorized",
+            raise Refusal(NOT_AUTHORIZED,
                           f"{e.kind} for {e.publisher!r} must be signed by an admin key"
                           + ("" if whole_publisher else " or a current key of the publisher"))
         self._check_key_lists(e, p)
@@ -166,26 +196,18 @@ class Registry:
                                                 if e.kind == REVOKE_KIND else [])
         unknown = [k for k in removing if k not in p.keys]
         if unknown:
-            raise Refusal(409, "unknown_key", f"{len(unknown)} key(s) to remove or revoke are "
-                                              f"not current keys of {e.publisher!r}")
+            raise Refusal(UNKNOWN_KEY, f"{len(unknown)} key(s) to remove or revoke are "
+                                       f"not current keys of {e.publisher!r}")
         dead = [k for k in e.entry.get("add", []) if k in p.revoked_keys]
         if dead:
-            raise Refusal(409, "key_revoked", "a revoked key cannot be added again")
+            raise Refusal(KEY_REVOKED, "a revoked key cannot be added again")
 
-    # replay -------------------------------------------------------------------------------
+    # state changes (after authorization) --------------------------------------------------
 
-    def apply(self, index: int, e: LogEntry) -> list[Change]:
-        """Authorize `e` at `index` and fold it into the state; return what changed."""
-        self.authorize(e)
-        if isinstance(e, Release):
-            if e.counter is not None:
-                self.max_counter[e.package] = max(e.counter, self.max_counter.get(e.package, 0))
-            return []
-        if e.kind == PUBLISHER_KIND:
-            return self._register(index, e)
-        if e.kind == KEYS_KIND:
-            return self._rotate(index, e)
-        return self._revoke(index, e)
+    def _count(self, index: int, r: Release) -> list[Change]:
+        if r.counter is not None:
+            self.max_counter[r.package] = max(r.counter, self.max_counter.get(r.package, 0))
+        return []
 
     def _register(self, index: int, e: RegistryEntry) -> list[Change]:
         name, patterns, keys = e.publisher, list(e.entry["packages"]), set(e.entry["keys"])
@@ -236,3 +258,29 @@ class Registry:
                          bool(p["revoked"]))
             for n, p in data.get("publishers", {}).items()}
         self.max_counter = {k: int(v) for k, v in data.get("max_counter", {}).items()}
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What the replay does with an entry of one kind: check it may come next, then fold it
+    into the state. Each takes the entry class of its kind (entries.kinds.KINDS)."""
+
+    authorize: Callable[[Registry, Any], None]
+    fold: Callable[[Registry, int, Any], list[Change]]
+
+
+_STEPS: Mapping[str, _Step] = {
+    RELEASE_KIND: _Step(Registry._authorize_release, Registry._count),
+    PUBLISHER_KIND: _Step(Registry._authorize_registration, Registry._register),
+    KEYS_KIND: _Step(Registry._authorize_change, Registry._rotate),
+    REVOKE_KIND: _Step(Registry._authorize_change, Registry._revoke),
+}
+REPLAYED_KINDS = tuple(_STEPS)
+
+
+def _step(e: LogEntry) -> _Step:
+    """The replay step of `e`'s kind; an unknown kind is refused, never guessed at."""
+    step = _STEPS.get(e.kind)
+    if step is None:
+        raise Refusal(UNKNOWN_KIND, f"{e.kind} entries have no place in the registry replay")
+    return step
