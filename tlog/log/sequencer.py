@@ -21,8 +21,7 @@ from tlog.log.proofs import consistency_proof, inclusion_proofs
 from tlog.store.postgres import AppendTx, NewEntry, Storage, StoredCheckpoint, TokenRecord
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from verifier.protocol.entries.errors import EntryError
-from verifier.protocol.entries.kinds import LogEntry, parse_log_leaf
-from verifier.protocol.entries.registry_kinds import RegistryEntry
+from verifier.protocol.entries.kinds import REGISTRY_KINDS, LogEntry, parse_log_leaf
 from verifier.protocol.entries.release import Release
 from verifier.protocol.merkle import ProofError, verify_consistency
 from verifier.protocol.note import NoteSigner
@@ -248,7 +247,7 @@ class Sequencer:
         counters are not carried between batches at all (_plan reads them per batch).
         """
         stored = await tx.registry_entries(self.registry_next)
-        changing = stored or any(isinstance(p.entry, RegistryEntry) for p in batch)
+        changing = stored or any(p.entry.kind in REGISTRY_KINDS for p in batch)
         registry = copy.deepcopy(self.registry) if changing else self.registry
         for index, leaf in stored:
             try:

@@ -28,8 +28,8 @@ from verifier.errors import (
 )
 from verifier.protocol.entries.errors import EntryError
 from verifier.protocol.entries.install import check_release
-from verifier.protocol.entries.kinds import parse_log_leaf
-from verifier.protocol.entries.release import Release, parse_leaf
+from verifier.protocol.entries.kinds import REGISTRY_KINDS, parse_log_leaf
+from verifier.protocol.entries.release import parse_leaf
 from verifier.protocol.merkle import ProofError, verify_inclusion
 from verifier.protocol.note import Verifier, b64encode
 from verifier.protocol.receipt import VerifiedReceipt, verify_receipt
@@ -137,7 +137,7 @@ def check_key_valid_at(client: LogClient, trusted: Trusted, admins: Sequence[Ver
         except EntryError as exc:
             raise VerificationFailed(f"registry entry {index} does not verify: {exc}") from exc
         prove_entry(client, trusted, index, entry.leaf_hash)
-        if isinstance(entry, Release):
+        if entry.kind not in REGISTRY_KINDS:
             raise VerificationFailed(f"the log lists entry {index} as a registry entry; it is "
                                      "a release")
         try:

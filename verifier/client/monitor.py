@@ -109,7 +109,7 @@ from verifier.errors import (
     VerificationFailed,
 )
 from verifier.protocol.entries.errors import EntryError
-from verifier.protocol.entries.kinds import validate_registry_entry
+from verifier.protocol.entries.kinds import REGISTRY_KINDS, validate_registry_entry
 from verifier.protocol.entries.release import KIND
 from verifier.protocol.merkle import (
     EMPTY_ROOT,
@@ -274,7 +274,7 @@ def summarize(checked: Checked, leaf: bytes | None = None) -> Seen:
     if entry is None:
         return Seen(checked.index, checked.leaf_hash, checked.error or "invalid entry", leaf,
                     "", "", "", None, None, "", "", None)
-    if entry.get("kind") != KIND:
+    if entry.get("kind") in REGISTRY_KINDS:
         return Seen(checked.index, checked.leaf_hash, None, None, str(entry.get("kind")),
                     "", "", None, None, str(entry.get("key", "")), "", None, "", entry)
     window = entry.get("install_window")
@@ -389,7 +389,7 @@ class Watcher:
         if seen.error is not None:
             return [self.alert(INVALID_ENTRY, f"entry {seen.entry_index} fails validation: "
                                f"{seen.error}", seen.entry_index, leaf_hash=seen.leaf_hash.hex())]
-        if seen.kind != KIND:
+        if seen.kind in REGISTRY_KINDS:
             return [*self._registry_events(seen)]
         problems = self._learn(seen, now)
         unauthorized = self.registry.release_problem(seen.key.split("+", 1)[0], seen.package,
@@ -532,7 +532,7 @@ class Watcher:
         """
         names = []
         for s in seen:
-            if s.kind != KIND or s.error is not None:
+            if s.kind in REGISTRY_KINDS or s.error is not None:
                 continue
             pkg = self.packages.get(s.package)
             vk = s.version_key
