@@ -52,7 +52,8 @@ from tlog.store.reader import StoredCheckpoint
 from verifier.client.files import atomic_write
 from verifier.client.keys import read_private_key
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
-from verifier.protocol.entries.release import parse_leaf, sign_entry
+from verifier.protocol.entries.release import parse_leaf
+from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.merkle import leaf_hash
 from verifier.protocol.note import Signer, Verifier, generate_key, parse_private_key
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from verifier.protocol.entries.release import sign_entry
+from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import Signer
 
 

@@ -37,8 +37,9 @@ from tlog.http.app import create_app
 from tlog.http.handlers import IN_FLIGHT
 from tlog.http.tokens import TokenAuthority
 from tlog.store.postgres import APPEND_LOCK
+from verifier.protocol.entries.registry_kinds import KEYS_KIND, PUBLISHER_KIND, REVOKE_KIND
+from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import Signer, generate_key
-from verifier.protocol.registry import KEYS_KIND, PUBLISHER_KIND, REVOKE_KIND, sign_registry_entry
 
 Client = TestClient[web.Request, web.Application]
 
@@ -88,7 +89,7 @@ class Log:
         return await self.request("POST", path, json=body, headers=all_headers)
 
     async def admin_entry(self, fields: dict[str, Any], signer: Signer = ADMIN) -> ClientResponse:
-        return await self.admin("/v1/admin/entries", sign_registry_entry(fields, signer))
+        return await self.admin("/v1/admin/entries", sign_entry(fields, signer))
 
     async def register(self, publisher: str, patterns: list[str], keys: list[Signer]) -> None:
         resp = await self.admin_entry(registration(publisher, patterns, keys))
@@ -236,7 +237,7 @@ async def test_release_signed_by_removed_key_is_refused_after_removal_but_accept
 
     # The publisher removes ACME2 itself (signed by a current key, submitted with its token);
     # the operator revokes ACME3 after a compromise.
-    removal = sign_registry_entry(rotation("acme", [], [ACME2]), ACME)
+    removal = sign_entry(rotation("acme", [], [ACME2]), ACME)
     await expect(await log.submit(removal, token), 201)
     await expect(await log.admin_entry(revocation("acme", [ACME3])), 201)
 
@@ -246,7 +247,7 @@ async def test_release_signed_by_removed_key_is_refused_after_removal_but_accept
                           403, "key_not_valid")
     assert "revoked" in error["message"]
     # A revoked key cannot be brought back, by the publisher or by a re-registration.
-    comeback = sign_registry_entry(rotation("acme", [ACME3], []), ACME)
+    comeback = sign_entry(rotation("acme", [ACME3], []), ACME)
     await refused(log, log.submit(comeback, token), 409, "key_revoked")
     await refused(log, log.admin_entry(registration("acme", ["com.acme.*"], [ACME, ACME3])),
                   409, "key_revoked")
@@ -287,14 +288,14 @@ async def test_rotation_signed_by_a_key_not_the_publishers_is_refused(log: Log) 
     token = await log.token("acme", ["com.acme.*"])
     takeover = rotation("acme", [EVIL], [ACME])
     for signer in (EVIL, OTHER, FAKE_ADMIN):
-        entry = sign_registry_entry(takeover, signer)
+        entry = sign_entry(takeover, signer)
         await refused(log, log.submit(entry, token), 403, "not_authorized")
         # The admin credential carries the entry; it does not make its signature an admin's.
         await refused(log, log.admin("/v1/admin/entries", entry), 403, "not_authorized")
     # Revoking acme's key, or acme itself, needs acme's key or an admin key.
-    await refused(log, log.submit(sign_registry_entry(revocation("acme", [ACME]), OTHER),
+    await refused(log, log.submit(sign_entry(revocation("acme", [ACME]), OTHER),
                                   token), 403, "not_authorized")
-    await refused(log, log.submit(sign_registry_entry(revocation("acme", None), ACME), token),
+    await refused(log, log.submit(sign_entry(revocation("acme", None), ACME), token),
                   403, "not_authorized")
     await refused(log, log.publish(EVIL, "com.acme.app", "6.6.6", token), 403, "key_not_valid")
     await expect(await log.publish(ACME, "com.acme.app", "1.0", token), 201)
@@ -307,7 +308,7 @@ async def test_forged_admin_signature_is_refused(log: Log) -> None:
     await refused(log, log.admin_entry(registration("acme", ["com.*"], [ACME]), ACME),
                   403, "not_authorized")
     # A genuine admin signature over different content does not verify.
-    genuine = sign_registry_entry(registration("mallory", ["org.mallory.*"], [MALLORY]), ADMIN)
+    genuine = sign_entry(registration("mallory", ["org.mallory.*"], [MALLORY]), ADMIN)
     tampered = {**genuine, "packages": ["com.acme.*"]}
     await refused(log, log.admin("/v1/admin/entries", tampered), 422, "bad_signature")
     # Registrations never go through the publishers' endpoint, whatever their signature.
@@ -348,7 +349,7 @@ async def test_token_for_another_publisher_is_refused(log: Log) -> None:
     other_token = await log.token("other", ["com.acme.*", "org.other.*"])
     await refused(log, log.publish(ACME, "com.acme.app", "1.0", other_token),
                   403, "token_wrong_publisher")
-    removal = sign_registry_entry(rotation("acme", [], [ACME]), ACME)
+    removal = sign_entry(rotation("acme", [], [ACME]), ACME)
     await refused(log, log.submit(removal, other_token), 403, "token_wrong_publisher")
 
 
@@ -430,9 +431,9 @@ async def test_token_for_another_log_is_refused(log: Log) -> None:
 
 async def test_missing_token_is_refused_in_registered_mode(log: Log) -> None:
     await refused(log, log.publish(ACME, "com.acme.app", "1.0", None), 401, "token_missing")
-    removal = sign_registry_entry(rotation("acme", [], [ACME]), ACME)
+    removal = sign_entry(rotation("acme", [], [ACME]), ACME)
     await refused(log, log.submit(removal, None), 401, "token_missing")
-    registration_entry = sign_registry_entry(registration("mallory", ["x"], [MALLORY]), ADMIN)
+    registration_entry = sign_entry(registration("mallory", ["x"], [MALLORY]), ADMIN)
     await refused(log, log.submit(registration_entry, None), 403, "admin_only")
 
 
@@ -442,7 +443,7 @@ async def test_missing_token_is_refused_in_registered_mode(log: Log) -> None:
 ADMIN_CALLS: list[tuple[str, Any]] = [
     ("/v1/admin/tokens", {"publisher": "acme", "scopes": ["*"], "ttl": "24h"}),
     ("/v1/admin/entries",
-     sign_registry_entry(registration("mallory", ["com.*"], [MALLORY]), ADMIN)),
+     sign_entry(registration("mallory", ["com.*"], [MALLORY]), ADMIN)),
     ("/v1/admin/tokens/some-token-id/revoke", {}),
 ]
 
@@ -745,7 +746,7 @@ async def test_missing_client_certificate_is_refused_when_mtls_is_on(
 
     # Writes and admin calls without a client certificate.
     release = make_release(ACME, "com.acme.app", "1.0")
-    register = sign_registry_entry(registration("acme", ["com.acme.*"], [ACME]), ADMIN)
+    register = sign_entry(registration("acme", ["com.acme.*"], [ACME]), ADMIN)
     token_request = {"publisher": "acme", "scopes": ["com.acme.*"]}
     for path, body in (("/v1/entries", release), ("/v1/admin/entries", register),
                        ("/v1/admin/tokens", token_request)):

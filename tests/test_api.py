@@ -24,7 +24,9 @@ from tests.support import make_release
 from tlog.http.handlers import SEQUENCER
 from tlog.log.sequencer import Sequencer
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint
-from verifier.protocol.entries.release import EntryError, sign_entry, validate_entry
+from verifier.protocol.entries.errors import EntryError
+from verifier.protocol.entries.release import validate_entry
+from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.merkle import leaf_hash, root_of, verify_consistency, verify_inclusion
 from verifier.protocol.note import Signer, b64encode, generate_key
 from verifier.protocol.receipt import make_receipt, verify_receipt
@@ -878,14 +880,14 @@ async def test_registry_listing_pages_through_registry_entries_only(
         aiohttp_client: Any, database_url: str, log_signer: Signer, publisher: Signer) -> None:
     from tlog.config import Config
     from tlog.http.app import create_app
-    from verifier.protocol.registry import PUBLISHER_KIND, sign_registry_entry
+    from verifier.protocol.entries.registry_kinds import PUBLISHER_KIND
 
     admin = generate_key("admin")
     client = await aiohttp_client(create_app(Config(
         database_url=database_url, signer=log_signer, host="127.0.0.1", port=0, policy="open",
         admin_keys=(admin.verifier(),), max_wait=0.002)))
     await seed(client, publisher)
-    registrations = [sign_registry_entry(
+    registrations = [sign_entry(
         {"kind": PUBLISHER_KIND, "publisher": f"pub{i}", "packages": [f"com.p{i}.*"],
          "keys": [generate_key(f"pub{i}").verifier().text()]}, admin) for i in range(3)]
     indices = []

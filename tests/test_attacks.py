@@ -32,7 +32,8 @@ from tests.support import free_port, make_release, release_fields
 from verifier.cli.main import build_parser, main
 from verifier.client.log import MAX_BUNDLE_BYTES, MAX_JSON_BYTES, LogClient
 from verifier.errors import EXIT_FAILED, EXIT_OK, EXIT_TRANSPORT, TransportError, VerifyError
-from verifier.protocol.entries.release import sign_entry, validate_entry
+from verifier.protocol.entries.release import validate_entry
+from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import MAX_NOTE_SIZE, Signer, generate_key
 from verifier.protocol.trust import KeyTrust
 

@@ -1,4 +1,4 @@
-"""Tests for verifier/entry.py: strict JSON and the release/v1 entry."""
+"""Tests for verifier/protocol/entries: strict JSON, JCS, signing and the release/v1 entry."""
 
 from __future__ import annotations
 
@@ -14,16 +14,11 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from verifier.protocol.entries.release import (
-    MAX_DEPTH,
-    MAX_ENTRY_SIZE,
-    EntryError,
-    parse_json,
-    parse_leaf,
-    sign_entry,
-    signed_message,
-    validate_entry,
-)
+from verifier.protocol.entries.errors import EntryError
+from verifier.protocol.entries.release import SCHEMA_RESOURCE, parse_leaf, validate_entry
+from verifier.protocol.entries.schema import fast_validator, validator
+from verifier.protocol.entries.signing import MAX_ENTRY_SIZE, sign_entry, signed_message
+from verifier.protocol.entries.strict_json import MAX_DEPTH, canonical, parse_json
 from verifier.protocol.note import generate_key
 
 ALICE = generate_key("example.com/alice")
@@ -478,16 +473,14 @@ _json_values = st.recursive(
        value=_json_values)
 def test_fast_and_reference_schema_validators_agree(member: str, value: Any) -> None:
     """The compiled validator must never accept what the reference jsonschema refuses."""
-    from verifier.protocol.entries.release import _fast_validator, _validator
-
     entry = sign_entry(fields(), generate_key("differential"))
     entry[member] = value
     try:
-        _fast_validator()(entry)
+        fast_validator(SCHEMA_RESOURCE)(entry)
         fast_ok = True
     except Exception:
         fast_ok = False
-    assert fast_ok == _validator().is_valid(entry)
+    assert fast_ok == validator(SCHEMA_RESOURCE).is_valid(entry)
 
 
 _jcs_values = st.recursive(
@@ -503,19 +496,15 @@ _jcs_values = st.recursive(
 @given(value=st.dictionaries(st.text(max_size=4), _jcs_values, max_size=5))
 def test_fast_canonical_encoding_is_byte_identical_to_rfc8785(value: dict[str, Any]) -> None:
     """The json.dumps fast path must never produce bytes other than RFC 8785's."""
-    from verifier.protocol.entries.release import _canonical
-
     try:
         expected = bytes(rfc8785.dumps(value))
     except (ValueError, TypeError):
         with pytest.raises(EntryError):
-            _canonical(value)
+            canonical(value)
         return
-    assert _canonical(value) == expected
+    assert canonical(value) == expected
 
 
 def test_lone_surrogate_is_refused_on_the_fast_canonical_path() -> None:
-    from verifier.protocol.entries.release import _canonical
-
     with pytest.raises(EntryError):
-        _canonical({"a": "\ud800", "b": 1})
+        canonical({"a": "\ud800", "b": 1})

@@ -1,4 +1,4 @@
-"""Differential tests of the leaf fast path (verifier/entry.py, "fast path for stored leaves").
+"""Differential tests of the leaf fast path (verifier/protocol/entries/fast.py).
 
 parse_leaf and parse_log_leaf try a fast path that only ever accepts and defer everything
 else to parse_leaf_exact / parse_log_leaf_exact. These tests check, over generated valid and
@@ -21,30 +21,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_entry import SHA, fields
-from verifier.protocol.entries.release import (
-    MAX_DEPTH,
-    MAX_ENTRY_SIZE,
-    EntryError,
-    _fast_message,
-    fast_check_signed,
-    fast_release,
-    fast_tree,
-    parse_json,
-    parse_leaf,
-    parse_leaf_exact,
-    sign_entry,
-    signed_message,
-)
-from verifier.protocol.note import Signer, generate_key
-from verifier.protocol.registry import (
-    KEYS_KIND,
-    PUBLISHER_KIND,
-    REVOKE_KIND,
-    SCHEMAS,
+from verifier.protocol.entries.errors import EntryError
+from verifier.protocol.entries.fast import encode, fast_check_signed, fast_message, fast_tree
+from verifier.protocol.entries.kinds import (
+    KINDS,
+    REGISTRY_KINDS,
     parse_log_leaf,
     parse_log_leaf_exact,
-    sign_registry_entry,
 )
+from verifier.protocol.entries.registry_kinds import KEYS_KIND, PUBLISHER_KIND, REVOKE_KIND
+from verifier.protocol.entries.release import fast_release, parse_leaf, parse_leaf_exact
+from verifier.protocol.entries.schema import load_schema
+from verifier.protocol.entries.signing import MAX_ENTRY_SIZE, sign_entry, signed_message
+from verifier.protocol.entries.strict_json import MAX_DEPTH, parse_json
+from verifier.protocol.note import Signer, generate_key
 
 ALICE = generate_key("example.com/alice")
 BOB = generate_key("example.com/bob")
@@ -74,8 +64,8 @@ def same_decisions(leaf: bytes) -> Outcome:
         if release is not None:
             assert exact == ("ok", release)
         kind = obj.get("kind")
-        if isinstance(kind, str) and kind in SCHEMAS:
-            signed = fast_check_signed(copy.deepcopy(obj), leaf, SCHEMAS[kind])
+        if kind in REGISTRY_KINDS:
+            signed = fast_check_signed(copy.deepcopy(obj), leaf, KINDS[kind].schema)
             if signed is not None and log_exact[0] == "ok":
                 assert log_exact[1].signed == signed
     return log_exact
@@ -86,8 +76,8 @@ def fast_accepts(leaf: bytes) -> bool:
     if obj is None:
         return False
     kind = obj.get("kind")
-    if isinstance(kind, str) and kind in SCHEMAS:
-        return fast_check_signed(obj, leaf, SCHEMAS[kind]) is not None
+    if kind in REGISTRY_KINDS:
+        return fast_check_signed(obj, leaf, KINDS[kind].schema) is not None
     return fast_release(obj, leaf) is not None
 
 
@@ -119,12 +109,10 @@ def jcs(entry: dict[str, Any]) -> bytes:
                           sort_keys=True).encode("utf-8", "surrogatepass")
 
 
-def signed_or_not(entry_fields: dict[str, Any], signer: Signer,
-                  sign: Callable[[dict[str, Any], Signer], dict[str, Any]] = sign_entry,
-                  ) -> dict[str, Any]:
+def signed_or_not(entry_fields: dict[str, Any], signer: Signer) -> dict[str, Any]:
     """The signed entry, or for fields JCS cannot encode one with a dummy signature."""
     try:
-        return sign(entry_fields, signer)
+        return sign_entry(entry_fields, signer)
     except EntryError:
         entry = copy.deepcopy(entry_fields)
         entry["key"] = signer.verifier().text()
@@ -321,14 +309,14 @@ def test_semantic_refusals_get_the_exact_paths_answer() -> None:
 def registry_leaves() -> list[bytes]:
     keys = [ALICE.verifier().text()]
     return [
-        jcs(sign_registry_entry({"kind": PUBLISHER_KIND, "publisher": ALICE.name,
-                                 "packages": ["example.com/*"], "keys": keys}, ADMIN)),
-        jcs(sign_registry_entry({"kind": KEYS_KIND, "publisher": ALICE.name, "add": keys,
-                                 "remove": []}, ALICE)),
-        jcs(sign_registry_entry({"kind": REVOKE_KIND, "publisher": ALICE.name,
-                                 "reason": "leaked", "keys": keys}, ADMIN)),
-        jcs(sign_registry_entry({"kind": REVOKE_KIND, "publisher": ALICE.name,
-                                 "reason": "gone"}, ADMIN)),
+        jcs(sign_entry({"kind": PUBLISHER_KIND, "publisher": ALICE.name,
+                        "packages": ["example.com/*"], "keys": keys}, ADMIN)),
+        jcs(sign_entry({"kind": KEYS_KIND, "publisher": ALICE.name, "add": keys,
+                        "remove": []}, ALICE)),
+        jcs(sign_entry({"kind": REVOKE_KIND, "publisher": ALICE.name,
+                        "reason": "leaked", "keys": keys}, ADMIN)),
+        jcs(sign_entry({"kind": REVOKE_KIND, "publisher": ALICE.name,
+                        "reason": "gone"}, ADMIN)),
     ]
 
 
@@ -352,7 +340,7 @@ def test_registry_refusals_get_the_exact_paths_answer() -> None:
         {"kind": REVOKE_KIND, "publisher": ALICE.name, "reason": "x", "metadata": {}},
     ]
     for f in cases:
-        result = check(jcs(sign_registry_entry(f, ADMIN)))
+        result = check(jcs(sign_entry(f, ADMIN)))
         assert result[0] == "error"
     for leaf in registry_leaves():
         assert check(leaf.replace(b'{"', b'{ "', 1))[0] == "error"
@@ -454,7 +442,7 @@ _registry_entries = st.one_of(
 @given(data=st.data(), entry_fields=_registry_entries)
 def test_fast_and_exact_paths_agree_on_generated_registry_leaves(
         data: st.DataObject, entry_fields: dict[str, Any]) -> None:
-    entry = signed_or_not(entry_fields, ADMIN, sign_registry_entry)
+    entry = signed_or_not(entry_fields, ADMIN)
     leaf = jcs(entry)
     check(data.draw(_mutations(leaf, entry)))
 
@@ -480,7 +468,7 @@ def test_signed_message_cut_from_the_leaf_equals_signed_message(
     obj = dict(sorted(obj.items()))  # as fast_tree returns it: leaf (sorted) order
     text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
     leaf = text.encode("utf-8")
-    assert _fast_message(obj, leaf, obj["signature"]) == signed_message(obj)
+    assert fast_message(obj, leaf, obj["signature"]) == signed_message(obj)
 
 
 def test_real_samples_agree() -> None:
@@ -512,7 +500,7 @@ def test_signed_message_cut_with_the_signature_repeated_in_metadata() -> None:
         leaf = json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
         obj = json.loads(leaf)
         assert leaf.count(b',"signature":"' + entry["signature"].encode()) == 2
-        assert _fast_message(obj, leaf, obj["signature"]) == signed_message(obj)
+        assert fast_message(obj, leaf, obj["signature"]) == signed_message(obj)
 
 
 def _closed_depth(schema: Any, root: Any, where: str) -> int:
@@ -542,13 +530,12 @@ def _closed_depth(schema: Any, root: Any, where: str) -> int:
     return 0
 
 
-@pytest.mark.parametrize("name", ["release-v1.schema.json", *SCHEMAS.values()])
+@pytest.mark.parametrize("name", [row.schema for row in KINDS.values()])
 def test_schemas_bound_depth_and_integers_outside_metadata(name: str) -> None:
     """The fast path checks depth and integer range in release/v1's metadata only (step 2 in
-    verifier/entry.py): every other member must be closed, shallow and bounded."""
-    from verifier.protocol.entries.release import _schema
-
-    schema = copy.deepcopy(_schema(name))
+    verifier/protocol/entries/fast.py): every other member must be closed, shallow and
+    bounded."""
+    schema = copy.deepcopy(load_schema(name))
     if name == "release-v1.schema.json":  # the one free-form member, checked by the fast path
         assert schema["properties"].pop("metadata")["type"] == "object"
     assert _closed_depth(schema, schema, "entry") <= 3 < MAX_DEPTH
@@ -557,7 +544,5 @@ def test_schemas_bound_depth_and_integers_outside_metadata(name: str) -> None:
 @settings(max_examples=300, deadline=None)
 @given(value=st.dictionaries(_names, _json, max_size=4) | st.lists(_json, max_size=3))
 def test_prebuilt_encoder_writes_what_json_dumps_writes(value: Any) -> None:
-    from verifier.protocol.entries.release import _encode
-
-    assert _encode(value) == json.dumps(value, ensure_ascii=False, separators=(",", ":"),
+    assert encode(value) == json.dumps(value, ensure_ascii=False, separators=(",", ":"),
                                         sort_keys=True)

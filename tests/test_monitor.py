@@ -57,7 +57,8 @@ from verifier.client.monitor.summary import (
 from verifier.client.monitor.watch import Watcher
 from verifier.client.scan import Checked
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
-from verifier.protocol.entries.release import sign_entry, validate_entry
+from verifier.protocol.entries.release import validate_entry
+from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.merkle import RightEdge, leaf_hash, verify_inclusion
 from verifier.protocol.note import Signer, generate_key
 from verifier.protocol.receipt import parse_tlog_proof
@@ -170,7 +171,7 @@ def leaf(entry: dict[str, Any]) -> bytes:
 
 
 def checked(index: int, entry: dict[str, Any]) -> Checked:
-    from verifier.protocol.registry import validate_log_entry
+    from verifier.protocol.entries.kinds import validate_log_entry
 
     validated = validate_log_entry(entry)
     return Checked(index, validated.leaf_hash, validated.entry, None)
@@ -647,9 +648,7 @@ def test_usage_errors_exit_2(vkey: Path, tmp_path: Path,
 
 
 def _registry(kind: str, publisher: str, signer: Signer, **fields: Any) -> dict[str, Any]:
-    from verifier.protocol.registry import sign_registry_entry
-
-    return sign_registry_entry({"kind": kind, "publisher": publisher, **fields}, signer)
+    return sign_entry({"kind": kind, "publisher": publisher, **fields}, signer)
 
 
 def test_key_and_ownership_changes_of_watched_packages_are_alerted() -> None:

@@ -11,7 +11,9 @@ import pytest
 import rfc8785
 
 from verifier.protocol.checkpoint import Checkpoint, CheckpointError, sign_checkpoint
-from verifier.protocol.entries.release import EntryError, parse_json, sign_entry
+from verifier.protocol.entries.errors import EntryError
+from verifier.protocol.entries.signing import sign_entry
+from verifier.protocol.entries.strict_json import parse_json
 from verifier.protocol.merkle import ProofError
 from verifier.protocol.note import NoteError, generate_key, sign_note
 from verifier.protocol.receipt import (

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
 from tests.support import make_release
-from verifier.protocol.entries.release import EntryError, validate_entry
-from verifier.protocol.note import Signer, generate_key
-from verifier.protocol.registry import (
-    KEYS_KIND,
-    PUBLISHER_KIND,
-    REVOKE_KIND,
-    Refusal,
-    Registry,
+from verifier.protocol.entries.errors import EntryError
+from verifier.protocol.entries.kinds import (
+    KINDS,
     parse_log_leaf,
-    sign_registry_entry,
     validate_log_entry,
     validate_registry_entry,
 )
+from verifier.protocol.entries.registry_kinds import KEYS_KIND, PUBLISHER_KIND, REVOKE_KIND
+from verifier.protocol.entries.release import validate_entry
+from verifier.protocol.entries.signing import sign_entry
+from verifier.protocol.note import Signer, generate_key
+from verifier.protocol.registry import REFUSAL_CODES, REPLAYED_KINDS, Refusal, Registry
 
 ADMIN = generate_key("log-admin")
 ACME = generate_key("acme")
@@ -30,13 +30,13 @@ OTHER = generate_key("other")
 
 def registration(publisher: Signer, patterns: list[str], keys: list[Signer],
                  signer: Signer = ADMIN) -> Any:
-    return validate_registry_entry(sign_registry_entry(
+    return validate_registry_entry(sign_entry(
         {"kind": PUBLISHER_KIND, "publisher": publisher.name, "packages": patterns,
          "keys": [k.verifier().text() for k in keys]}, signer))
 
 
 def rotation(publisher: str, add: list[Signer], remove: list[Signer], signer: Signer) -> Any:
-    return validate_registry_entry(sign_registry_entry(
+    return validate_registry_entry(sign_entry(
         {"kind": KEYS_KIND, "publisher": publisher, "add": [k.verifier().text() for k in add],
          "remove": [k.verifier().text() for k in remove]}, signer))
 
@@ -46,7 +46,7 @@ def revocation(publisher: str, keys: list[Signer] | None, signer: Signer) -> Any
                               "reason": "key leaked in CI logs"}
     if keys is not None:
         fields["keys"] = [k.verifier().text() for k in keys]
-    return validate_registry_entry(sign_registry_entry(fields, signer))
+    return validate_registry_entry(sign_entry(fields, signer))
 
 
 def release(signer: Signer, package: str, version: str, counter: int | None = None) -> Any:
@@ -65,6 +65,7 @@ def refused(registry: Registry, entry: Any, code: str) -> None:
     with pytest.raises(Refusal) as info:
         registry.apply(99, entry)
     assert info.value.code == code
+    assert code in REFUSAL_CODES
 
 
 def test_registered_publisher_may_release_its_own_packages(registry: Registry) -> None:
@@ -111,7 +112,7 @@ def test_rotation_signed_by_a_key_that_is_not_the_publishers_is_refused(
 
 
 def test_forged_admin_signature_is_rejected() -> None:
-    entry = sign_registry_entry(
+    entry = sign_entry(
         {"kind": PUBLISHER_KIND, "publisher": "acme", "packages": ["com.*"],
          "keys": [ACME.verifier().text()]}, ADMIN)
     entry["packages"] = ["org.*"]  # changed after signing
@@ -181,8 +182,34 @@ def test_every_kind_parses_back_from_its_leaf() -> None:
 
 def test_registry_signature_is_domain_separated_from_releases() -> None:
     """A signature over a registry entry can never pass as a release signature."""
-    entry = sign_registry_entry({"kind": KEYS_KIND, "publisher": "acme",
-                                 "add": [ACME2.verifier().text()], "remove": []}, ACME)
+    entry = sign_entry({"kind": KEYS_KIND, "publisher": "acme",
+                        "add": [ACME2.verifier().text()], "remove": []}, ACME)
     forged = dict(entry, kind="release/v1")
     with pytest.raises(EntryError):
         validate_log_entry(forged)
+
+
+def test_the_replay_has_a_step_for_every_kind_of_the_table() -> None:
+    assert tuple(KINDS) == REPLAYED_KINDS
+
+
+def test_an_entry_of_a_kind_the_replay_does_not_know_is_refused(registry: Registry) -> None:
+    """No fall-through: a kind without a replay step is refused, and changes nothing."""
+    known = rotation("acme", [ACME2], [], ACME)
+    unknown = dataclasses.replace(known, signed=dataclasses.replace(known.signed,
+                                                                    kind="future/v1"))
+    state = registry.to_json()
+    for check in (registry.authorize, lambda e: registry.apply(2, e)):
+        with pytest.raises(Refusal) as info:
+            check(unknown)
+        assert (info.value.code, str(info.value)) == (
+            "unknown_kind", "future/v1 entries have no place in the registry replay")
+    assert registry.to_json() == state
+
+
+def test_refusals_carry_a_code_and_a_message_but_no_status(registry: Registry) -> None:
+    with pytest.raises(Refusal) as info:
+        registry.apply(2, release(ACME, "org.other.lib", "1"))
+    assert info.value.code == "package_not_owned"
+    assert info.value.message == str(info.value)
+    assert not hasattr(info.value, "status")

@@ -10,14 +10,15 @@ from pathlib import Path
 import pytest
 
 from tests.support import Server, make_release, start_server, submit_all, write_key
-from verifier.client.checks import hash_file
+from verifier.client.artifacts import hash_file
 from verifier.client.log import LogClient
 from verifier.client.release import verify_receipt_file, verify_release
 from verifier.client.statedir import StateDir
 from verifier.errors import UsageError, VerificationFailed
+from verifier.protocol.entries.registry_kinds import PUBLISHER_KIND
+from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import Signer, generate_key
 from verifier.protocol.receipt import make_receipt
-from verifier.protocol.registry import PUBLISHER_KIND, sign_registry_entry
 from verifier.protocol.trust import KeyTrust
 
 PACKAGE = "com.acme.app"
@@ -37,7 +38,7 @@ def server(database_url: str, log_signer: Signer, tmp_path: Path) -> Server:
 def log_entries(server: Server) -> list[dict[str, object]]:
     """Log a registration and two releases, one at a time (the order is the point)."""
     entries = [
-        sign_registry_entry({"kind": PUBLISHER_KIND, "publisher": "acme",
+        sign_entry({"kind": PUBLISHER_KIND, "publisher": "acme",
                              "packages": ["com.acme.*"], "keys": [ACME.verifier().text()]}, ADMIN),
         make_release(ACME, PACKAGE, "1.0", payload=b"app 1.0"),
         make_release(STRAY, PACKAGE, "1.1"),

@@ -9,8 +9,9 @@ import pytest
 
 from tests.support import make_release, start_server, submit_all, write_key
 from verifier.cli import main as cli
+from verifier.protocol.entries.registry_kinds import PUBLISHER_KIND, REVOKE_KIND
+from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import Signer, generate_key
-from verifier.protocol.registry import PUBLISHER_KIND, REVOKE_KIND, sign_registry_entry
 
 
 def test_release_signed_by_a_key_the_registry_never_granted_fails_the_client_check(
@@ -26,12 +27,12 @@ def test_release_signed_by_a_key_the_registry_never_granted_fails_the_client_che
     server = start_server(database_url, key, tmp_path,
                           extra=("--policy", "open", "--admin-key", str(admin_vkey)))
     entries = [
-        sign_registry_entry({"kind": PUBLISHER_KIND, "publisher": "acme",
-                             "packages": ["com.acme.*"], "keys": [acme.verifier().text()]}, admin),
+        sign_entry({"kind": PUBLISHER_KIND, "publisher": "acme",
+                    "packages": ["com.acme.*"], "keys": [acme.verifier().text()]}, admin),
         make_release(acme, "com.acme.app", "1.0"),
         make_release(stray, "com.acme.app", "1.1"),
-        sign_registry_entry({"kind": REVOKE_KIND, "publisher": "acme",
-                             "keys": [acme.verifier().text()], "reason": "leaked"}, admin),
+        sign_entry({"kind": REVOKE_KIND, "publisher": "acme",
+                    "keys": [acme.verifier().text()], "reason": "leaked"}, admin),
         make_release(acme, "com.acme.app", "1.2"),
     ]
     try:

@@ -45,10 +45,10 @@ from schemathesis.checks import (
 from tests.conftest import REPO, _create_database
 from tests.support import Server, make_release, start_server, submit_all, write_key
 from tlog.cli.pgcluster import Cluster
+from verifier.protocol.entries.registry_kinds import PUBLISHER_KIND
 from verifier.protocol.entries.release import KIND as RELEASE_KIND
-from verifier.protocol.entries.release import sign_entry
+from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import Signer, generate_key
-from verifier.protocol.registry import PUBLISHER_KIND, sign_registry_entry
 
 SPEC = REPO / "schema" / "openapi.yaml"
 MAX_EXAMPLES = 30
@@ -190,7 +190,7 @@ def registered_log(pg_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
         "--admin-token-file", str(secret)))
     admin = f"Bearer {ADMIN_SECRET}"
     try:
-        _post(server.url + "/v1/admin/entries", sign_registry_entry(
+        _post(server.url + "/v1/admin/entries", sign_entry(
             {"kind": PUBLISHER_KIND, "publisher": "acme", "packages": [OWNED_PREFIX + "*"],
              "keys": [acme.verifier().text()]}, admin_key), admin)
         token = _post(server.url + "/v1/admin/tokens",

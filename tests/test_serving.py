@@ -25,8 +25,16 @@ from tests.support import make_release
 from tlog.config import Config
 from tlog.http.app import create_app
 from tlog.http.handlers import VKEY
-from tlog.store.postgres import BUNDLE_READAHEAD, FULL_TILE_BYTES, Storage
+from tlog.store.postgres import (
+    BUNDLE_READAHEAD,
+    FULL_TILE_BYTES,
+    REGISTRY_KIND,
+    SQL_REGISTRY_ENTRIES,
+    SQL_REGISTRY_PAGE,
+    Storage,
+)
 from tlog.store.tilecache import namespace as tile_namespace
+from verifier.protocol.entries.kinds import KINDS, REGISTRY_KINDS
 from verifier.protocol.entries.release import validate_entry
 from verifier.protocol.note import Signer
 from verifier.protocol.tiles import TILE_WIDTH, decode_bundle, encode_bundle
@@ -271,6 +279,32 @@ async def test_published_tile_missing_from_storage_is_500(
     await get(client, "/tile/0/001.p/1", 500)  # the tile after a cached one: read ahead
     await get(client, "/tile/0/001.p/2", 404)
     await get(client, "/tile/1/000.p/1")
+
+
+# -- the registry listing ---------------------------------------------------------------------
+
+
+async def test_registry_queries_return_the_registry_kinds_on_their_partial_index(
+        storage: Storage, database_url: str) -> None:
+    """Rows of every kind of the table: the registry queries keep exactly the registry kinds,
+    in log order, and PostgreSQL plans them on the partial index entries_registry (migration
+    0002) exactly as it plans that index's own predicate, kind <> 'release/v1'."""
+    kinds = [*KINDS, *reversed(KINDS)]
+    await insert_entries(database_url, [f"leaf {i}".encode() for i in range(len(kinds))])
+    for index, kind in enumerate(kinds):
+        await sql(database_url, "UPDATE entries SET kind = $2 WHERE idx = $1", index, kind)
+    want = [(i, f"leaf {i}".encode()) for i, k in enumerate(kinds) if k in REGISTRY_KINDS]
+    assert await storage.registry_entries(0) == want
+    assert await storage.registry_entries(want[1][0]) == want[1:]
+    assert await storage.registry_page(want[0][0], 2) == want[1:3]
+    async with storage.pool.acquire() as conn, conn.transaction():
+        await conn.execute("ANALYZE entries")
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        for query, args in ((SQL_REGISTRY_ENTRIES, (0,)), (SQL_REGISTRY_PAGE, (0, 10))):
+            plan = [r[0] for r in await conn.fetch("EXPLAIN " + query, *args)]
+            assert "entries_registry" in "\n".join(plan), plan
+            as_indexed = query.replace(REGISTRY_KIND, "kind <> 'release/v1'")
+            assert plan == [r[0] for r in await conn.fetch("EXPLAIN " + as_indexed, *args)]
 
 
 # -- the disk cache of full tiles (tlog serve --tile-cache) ----------------------------------

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from tlog.cli.remote import RemoteError, call, expect, read_secret
-from verifier.client.checks import hash_file
+from verifier.client.artifacts import hash_file
 from verifier.client.keys import read_private_key, read_vkey
 from verifier.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
-from verifier.protocol.entries.release import EntryError, sign_entry, validate_entry
+from verifier.protocol.entries.errors import EntryError
+from verifier.protocol.entries.release import validate_entry
+from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import NoteError, Verifier, parse_vkey
 from verifier.protocol.receipt import make_receipt, verify_receipt
 from verifier.protocol.trust import KeyTrust

@@ -21,10 +21,11 @@ from tlog.cli.remote import (
 )
 from verifier.client.keys import read_private_key, read_vkey
 from verifier.errors import EXIT_OK, EXIT_USAGE, UsageError
-from verifier.protocol.entries.release import EntryError
+from verifier.protocol.entries.errors import EntryError
+from verifier.protocol.entries.kinds import validate_registry_entry as check_entry
+from verifier.protocol.entries.registry_kinds import KEYS_KIND, PUBLISHER_KIND, REVOKE_KIND
+from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import NoteError, Signer
-from verifier.protocol.registry import KEYS_KIND, PUBLISHER_KIND, REVOKE_KIND, sign_registry_entry
-from verifier.protocol.registry import validate_registry_entry as check_entry
 
 
 def _admin_secret(args: argparse.Namespace) -> str:
@@ -74,7 +75,7 @@ def _vkeys(paths: list[str] | None) -> list[str]:
 
 
 def _submit_registry(args: argparse.Namespace, fields: dict[str, Any]) -> int:
-    entry = sign_registry_entry(fields, _signer(args.signer))
+    entry = sign_entry(fields, _signer(args.signer))
     check_entry(entry)  # refuse locally what the log would refuse
     token = args.token or read_secret(args.token_file, "TLOG_TOKEN", "token file")
     if token:

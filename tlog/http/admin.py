@@ -25,8 +25,9 @@ from tlog.http.handlers import (
     submit,
 )
 from tlog.http.tokens import DEFAULT_TTL, parse_ttl
-from verifier.protocol.entries.release import parse_json
-from verifier.protocol.registry import PUBLISHER_NAME, RegistryEntry
+from verifier.protocol.entries.kinds import REGISTRY_KINDS
+from verifier.protocol.entries.registry_kinds import PUBLISHER_NAME
+from verifier.protocol.entries.strict_json import parse_json
 
 audit_log = logging.getLogger("tlog.audit")
 _JTI = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -45,7 +46,7 @@ async def post_registry_entry(request: web.Request) -> web.Response:
     """Log a registry entry (publisher/v1, keys/v1, revoke/v1) on behalf of the operator."""
     who = _admin_identity(request)
     entry = parse_entry(await read_json_body(request))
-    if not isinstance(entry, RegistryEntry):
+    if entry.kind not in REGISTRY_KINDS:
         raise ApiError("not_registry_entry",
                        "the admin API logs publisher/v1, keys/v1 and revoke/v1 entries; "
                        "releases go to POST /v1/entries")

@@ -99,7 +99,7 @@ async def _respond(request: web.Request, handler: Handler) -> web.StreamResponse
     except ApiError as exc:
         return exc.response()
     except RefusedError as exc:
-        return ApiError(exc.code, str(exc), status=exc.status).response()
+        return ApiError(exc.code, str(exc)).response()
     except UnavailableError as exc:
         return ApiError("unavailable", str(exc)).response()
     except web.HTTPException as exc:

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from verifier.protocol.entries.release import EntryError
+from verifier.protocol.entries.errors import EntryError
 
 STATUS: dict[str, int] = {
     # The request is malformed.
@@ -68,9 +68,19 @@ STATUS: dict[str, int] = {
     "unavailable": 503,
     "not_ready": 503,
     "internal": 500,
-    # Registry refusals (verifier.protocol.registry.Refusal: not_authorized, package_not_owned,
-    # key_revoked, ...) join the table here once their statuses move out of verifier; until
-    # then each Refusal carries its own status (RefusedError.status, see ApiError).
+    # The registry replay's refusals (verifier.protocol.registry.Refusal.code): 403 for who
+    # may sign what, 409 for a conflict with the log's state, 422 for what the entry lacks.
+    # (Its unknown_kind has none: every entry is checked into a kind of the KINDS table before
+    # the replay sees it, and the replay has a step for each, so it would be a bug: a 500.)
+    "publisher_not_registered": 403,
+    "publisher_revoked": 403,
+    "package_not_owned": 403,
+    "key_not_valid": 403,
+    "not_authorized": 403,
+    "key_revoked": 409,
+    "unknown_key": 409,
+    "counter_not_increasing": 409,
+    "counter_required": 422,
 }
 
 # aiohttp's own HTTP errors (no such route, wrong method, body too large...) by status. Any
@@ -91,7 +101,7 @@ class ApiError(Exception):
     """A refusal with a stable error code, its HTTP status, and a message for people.
 
     The status is STATUS[code]. `status` is only for what the table cannot fix: HTTP_ERROR
-    (aiohttp's status) and the registry's refusals (their status comes with the Refusal).
+    (aiohttp's status) and an entry error of a code the table does not know.
     `retry_after` seconds become a Retry-After header (a 503 always has one, at least 1 s);
     `close` says the connection cannot be reused after this answer; `extra` members join
     the error object (e.g. the index of a conflicting entry).

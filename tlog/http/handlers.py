@@ -21,20 +21,12 @@ from tlog.log.proofs import consistency_proof, inclusion_proof
 from tlog.log.sequencer import ConflictError, Receipt, Sequencer, UnavailableError
 from tlog.store.reader import LogReader, TokenLedger
 from tlog.store.tilecache import TileFiles
-from verifier.protocol.entries.release import (
-    PACKAGE_NAME,
-    VERSION_TEXT,
-    EntryError,
-    Release,
-    parse_json,
-)
+from verifier.protocol.entries.errors import EntryError
+from verifier.protocol.entries.kinds import LogEntry, validate_log_entry
+from verifier.protocol.entries.registry_kinds import PUBLISHER_KIND, RegistryEntry
+from verifier.protocol.entries.release import PACKAGE_NAME, VERSION_TEXT, Release
+from verifier.protocol.entries.strict_json import parse_json
 from verifier.protocol.merkle import leaf_hash
-from verifier.protocol.registry import (
-    PUBLISHER_KIND,
-    LogEntry,
-    RegistryEntry,
-    validate_log_entry,
-)
 from verifier.protocol.tiles import TILE_HEIGHT, TILE_WIDTH, parse_tile_path, tile_path, tile_width
 
 IMMUTABLE = "public, max-age=31536000, immutable"

@@ -18,8 +18,9 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tlog.http.errors import ApiError
+from verifier.protocol.entries.registry_kinds import PACKAGE_PATTERN
 from verifier.protocol.note import Signer
-from verifier.protocol.registry import PACKAGE_PATTERN, pattern_matches
+from verifier.protocol.registry import pattern_matches
 
 ALGORITHM = "EdDSA"
 MAX_TTL = timedelta(hours=24)

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from verifier.protocol.entries.release import EntryError
+from verifier.protocol.entries.errors import EntryError
+from verifier.protocol.entries.kinds import parse_log_leaf
 from verifier.protocol.note import Verifier
-from verifier.protocol.registry import Refusal, Registry, parse_log_leaf
+from verifier.protocol.registry import Refusal, Registry
 
 
 class ReplayError(Exception):

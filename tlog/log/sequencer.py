@@ -22,10 +22,11 @@ from tlog.log.registry import ReplayError, replay
 from tlog.store.postgres import AppendTx, NewEntry, Storage, TokenRecord
 from tlog.store.reader import StoredCheckpoint
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from verifier.protocol.entries.kinds import REGISTRY_KINDS, LogEntry
 from verifier.protocol.entries.release import Release
 from verifier.protocol.merkle import ProofError, verify_consistency
 from verifier.protocol.note import NoteSigner
-from verifier.protocol.registry import LogEntry, Refusal, Registry, RegistryEntry
+from verifier.protocol.registry import Refusal, Registry
 from verifier.protocol.tiles import TileKey, TreeBuilder
 
 log = logging.getLogger("tlog.sequencer")
@@ -44,13 +45,12 @@ class RefusedError(Exception):
     """The registry or the token list refuses this entry at this point of the log.
 
     `code` says why; the HTTP layer answers with the status of that code
-    (tlog.http.errors.STATUS). `status` is set only for the registry's refusals, whose
-    statuses still come with verifier's Refusal.
+    (tlog.http.errors.STATUS).
     """
 
-    def __init__(self, code: str, message: str, status: int | None = None) -> None:
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
-        self.code, self.status = code, status
+        self.code = code
 
 
 class UnavailableError(Exception):
@@ -251,7 +251,7 @@ class Sequencer:
         entry that does not replay (tlog.log.registry.ReplayError) stops appends.
         """
         stored = await tx.registry_entries(self.registry_next)
-        changing = stored or any(isinstance(p.entry, RegistryEntry) for p in batch)
+        changing = stored or any(p.entry.kind in REGISTRY_KINDS for p in batch)
         registry = copy.deepcopy(self.registry) if changing else self.registry
         try:
             replay(registry, stored)
@@ -298,7 +298,7 @@ class Sequencer:
         try:
             registry.apply(index, e)
         except Refusal as exc:
-            return RefusedError(exc.code, str(exc), exc.status)
+            return RefusedError(exc.code, str(exc))
         if isinstance(e, Release):
             new.append(NewEntry(index, e.leaf, e.leaf_hash, e.package, e.version,
                                 counter=e.counter))

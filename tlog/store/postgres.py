@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import asyncpg
 
 from tlog.store.reader import LogReader, StoredCheckpoint, TokenLedger
+from verifier.protocol.entries.kinds import KINDS
 from verifier.protocol.tiles import MAX_ENTRY_SIZE, TILE_WIDTH, TileKey
 
 APPEND_LOCK = 0x746C6F67_0002  # advisory lock id serializing appends ("tlog", 2)
@@ -62,11 +63,15 @@ SQL_PUT_TILE = (
     "INSERT INTO tiles (level, idx, data) VALUES ($1, $2, $3) "
     "ON CONFLICT (level, idx) DO UPDATE SET data = EXCLUDED.data")
 SQL_PUT_CHECKPOINT = "INSERT INTO checkpoints (tree_size, root, note) VALUES ($1, $2, $3)"
+# Registry entries (the registry kinds of KINDS), written as "none of the other kinds": with
+# release/v1 the only other kind, that is "kind <> 'release/v1'", the predicate of the partial
+# index entries_registry (migration 0002), on which PostgreSQL plans these queries.
+REGISTRY_KIND = "kind NOT IN ({})".format(", ".join(
+    "'" + name.replace("'", "''") + "'" for name, row in KINDS.items() if not row.registry))
 SQL_REGISTRY_PAGE = (
-    "SELECT idx, leaf FROM entries WHERE kind <> 'release/v1' AND idx > $1 "
-    "ORDER BY idx LIMIT $2")
+    f"SELECT idx, leaf FROM entries WHERE {REGISTRY_KIND} AND idx > $1 ORDER BY idx LIMIT $2")
 SQL_REGISTRY_ENTRIES = (
-    "SELECT idx, leaf FROM entries WHERE kind <> 'release/v1' AND idx >= $1 ORDER BY idx")
+    f"SELECT idx, leaf FROM entries WHERE {REGISTRY_KIND} AND idx >= $1 ORDER BY idx")
 SQL_MAX_COUNTERS = (
     "SELECT package, max(counter) AS max FROM entries "
     "WHERE package = ANY($1::text[]) AND counter IS NOT NULL GROUP BY package")
@@ -331,7 +336,7 @@ class Storage:
         return await _fetch_tiles(self.pool, keys, self.tile_cache, populate=True)
 
     async def registry_entries(self, start: int = 0) -> list[tuple[int, bytes]]:
-        """Registry entries (every kind but release/v1) from index `start`, in log order."""
+        """Registry entries (of the registry kinds) from index `start`, in log order."""
         return await _registry_entries(self.pool, start)
 
     async def registry_page(self, after: int, limit: int) -> list[tuple[int, bytes]]:

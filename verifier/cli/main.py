@@ -16,7 +16,7 @@ from pathlib import Path
 
 from verifier.cli import audit, monitor
 from verifier.cli.common import add_common, client_for, trust_for
-from verifier.client.checks import hash_file, parse_time
+from verifier.client.artifacts import hash_file
 from verifier.client.release import (
     VerifiedRelease,
     check_install,
@@ -27,6 +27,7 @@ from verifier.client.release import (
 from verifier.client.statedir import StateDir, load_vkey
 from verifier.errors import EXIT_OK, EXIT_USAGE, VerifyError
 from verifier.protocol.note import b64encode
+from verifier.protocol.rfc3339 import parse_time
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:

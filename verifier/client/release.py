@@ -22,16 +22,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from verifier.client.checks import FileDigest, check_release
 from verifier.client.log import LogClient
 from verifier.client.statedir import StateDir
 from verifier.client.tracking import advance
 from verifier.errors import UsageError, VerificationFailed
-from verifier.protocol.entries.release import EntryError, Release, parse_leaf
+from verifier.protocol.entries.errors import EntryError
+from verifier.protocol.entries.install import FileDigest, check_release
+from verifier.protocol.entries.kinds import REGISTRY_KINDS, parse_log_leaf
+from verifier.protocol.entries.release import Release, parse_leaf
 from verifier.protocol.merkle import ProofError, verify_inclusion
 from verifier.protocol.note import Verifier
 from verifier.protocol.receipt import VerifiedReceipt, verify_receipt
-from verifier.protocol.registry import Refusal, Registry, parse_log_leaf
+from verifier.protocol.registry import Refusal, Registry
 from verifier.protocol.state import Trusted
 from verifier.protocol.tiles import TILE_WIDTH
 from verifier.protocol.trust import LogTrust
@@ -165,7 +167,7 @@ def check_key_valid_at(client: LogClient, proven: ProvenRelease,
         except EntryError as exc:
             raise VerificationFailed(f"registry entry {index} does not verify: {exc}") from exc
         prove_entry(client, trusted, index, entry.leaf_hash)
-        if isinstance(entry, Release):
+        if entry.kind not in REGISTRY_KINDS:
             raise VerificationFailed(f"the log lists entry {index} as a registry entry; it is "
                                      "a release")
         try:

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 from verifier.client.log import LogClient
-from verifier.protocol.entries.release import EntryError
+from verifier.protocol.entries.errors import EntryError
+from verifier.protocol.entries.kinds import parse_log_leaf
 from verifier.protocol.merkle import leaf_hash
-from verifier.protocol.registry import parse_log_leaf
 from verifier.protocol.tiles import TILE_WIDTH
 
 R = TypeVar("R")

@@ -1,58 +1,51 @@
 """Who may publish what: the publisher registry as a pure replay of logged entries.
 
-Three entry kinds sit beside release/v1 (schemas in schema/):
+The registry kinds (publisher/v1, keys/v1, revoke/v1: verifier.protocol.entries.
+registry_kinds) register publishers, rotate and revoke their keys. Which keys may sign which
+packages at index i is the replay of the entries before i (``Registry.apply`` in log order);
+the log, monitors and clients all run the same code, so they reach the same answer.
 
-- ``publisher/v1``: registers a publisher, or replaces its package patterns and keys; signed
-  by an admin key of the log operator.
-- ``keys/v1``: adds and/or removes keys of a publisher; signed by a currently valid key of
-  that publisher, or by an admin key (recovery after a compromise).
-- ``revoke/v1``: revokes keys of a publisher (admin or a valid publisher key), or the whole
-  publisher (admin only), with a reason. A revoked key never becomes valid again.
-
-Every kind is signed like a release: Ed25519 over ``b"tlog/<kind>\\n" || JCS(entry without
-"signature")``. Which keys may sign which packages at index i is the replay of the entries
-before i (``Registry.apply`` in log order); the log, monitors and clients all run the same
-code, so they reach the same answer. Nothing here does I/O.
+An entry the registry does not allow at its point of the log raises :class:`Refusal`, whose
+``code`` is one of REFUSAL_CODES; what a code means to HTTP clients is the service's
+business (tlog.http.refusals). Nothing here does I/O.
 """
 
 from __future__ import annotations
 
-import copy
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from verifier.protocol.entries.release import (
-    INVALID_ENTRY,
-    EntryError,
-    Release,
-    Signed,
-    check_signed,
-    fast_check_signed,
-    fast_release,
-    fast_tree,
-    parse_json,
-    parse_key,
-    parse_leaf_exact,
-    signed_message,
-    validate_entry,
+from verifier.protocol.entries.kinds import LogEntry
+from verifier.protocol.entries.registry_kinds import (
+    KEYS_KIND,
+    PUBLISHER_KIND,
+    REVOKE_KIND,
+    RegistryEntry,
 )
-from verifier.protocol.entries.release import (
-    KIND as RELEASE_KIND,
-)
-from verifier.protocol.note import Signer, Verifier, b64encode
+from verifier.protocol.entries.release import KIND as RELEASE_KIND
+from verifier.protocol.entries.release import Release
+from verifier.protocol.note import Verifier
 
-PUBLISHER_KIND = "publisher/v1"
-KEYS_KIND = "keys/v1"
-REVOKE_KIND = "revoke/v1"
-SCHEMAS = {PUBLISHER_KIND: "publisher-v1.schema.json", KEYS_KIND: "keys-v1.schema.json",
-           REVOKE_KIND: "revoke-v1.schema.json"}
-KINDS = (RELEASE_KIND, *SCHEMAS)
-# As in the schemas: a package pattern is a package name or a prefix ending in '*'; a
-# publisher name is a key name (printable ASCII, no space or '+').
-PACKAGE_PATTERN = re.compile(r"[A-Za-z0-9._+/@-]{1,200}\*?")
-PUBLISHER_NAME = re.compile(r"[!-*,-~]{1,200}")
+__all__ = ["REFUSAL_CODES", "REPLAYED_KINDS", "Change", "Publisher", "Refusal", "Registry",
+           "pattern_matches"]
+
+PUBLISHER_NOT_REGISTERED = "publisher_not_registered"
+PUBLISHER_REVOKED = "publisher_revoked"
+PACKAGE_NOT_OWNED = "package_not_owned"
+KEY_NOT_VALID = "key_not_valid"
+KEY_REVOKED = "key_revoked"
+UNKNOWN_KEY = "unknown_key"
+NOT_AUTHORIZED = "not_authorized"
+COUNTER_REQUIRED = "counter_required"
+COUNTER_NOT_INCREASING = "counter_not_increasing"
+# An entry of a kind the replay has no step for. Entries are checked into a kind of
+# entries.kinds.KINDS first, and the replay has a step for each (tests/test_registry.py), so
+# only a table changed on one side and not the other could make this happen.
+UNKNOWN_KIND = "unknown_kind"
+REFUSAL_CODES = (PUBLISHER_NOT_REGISTERED, PUBLISHER_REVOKED, PACKAGE_NOT_OWNED, KEY_NOT_VALID,
+                 KEY_REVOKED, UNKNOWN_KEY, NOT_AUTHORIZED, COUNTER_REQUIRED,
+                 COUNTER_NOT_INCREASING, UNKNOWN_KIND)
 
 
 def pattern_matches(pattern: str, package: str) -> bool:
@@ -60,139 +53,13 @@ def pattern_matches(pattern: str, package: str) -> bool:
     return package.startswith(pattern[:-1]) if pattern.endswith("*") else package == pattern
 
 
-@dataclass(frozen=True)
-class RegistryEntry:
-    """A validated publisher/v1, keys/v1 or revoke/v1 entry."""
-
-    signed: Signed
-    publisher: str
-
-    @property
-    def kind(self) -> str:
-        return self.signed.kind
-
-    @property
-    def entry(self) -> dict[str, Any]:
-        return self.signed.entry
-
-    @property
-    def leaf(self) -> bytes:
-        return self.signed.leaf
-
-    @property
-    def leaf_hash(self) -> bytes:
-        return self.signed.leaf_hash
-
-    @property
-    def key(self) -> Verifier:
-        return self.signed.key
-
-
-LogEntry = Release | RegistryEntry
-
-
-def _named_keys(entry: Mapping[str, Any], member: str, publisher: str) -> list[str]:
-    """The vkeys in `member`, each parsed and named after the publisher, as their text."""
-    texts = list(entry.get(member, []))
-    for i, text in enumerate(texts):
-        key = parse_key(text)
-        if key.name != publisher:
-            raise EntryError(INVALID_ENTRY, f"{member}[{i}]: key is named {key.name!r}, "
-                                            f"not after the publisher {publisher!r}")
-        texts[i] = key.text()
-    return texts
-
-
-def _check_registry_semantics(entry: Mapping[str, Any]) -> None:
-    publisher = entry["publisher"]
-    kind = entry["kind"]
-    if kind == PUBLISHER_KIND:
-        _named_keys(entry, "keys", publisher)
-    elif kind == KEYS_KIND:
-        add, remove = _named_keys(entry, "add", publisher), _named_keys(entry, "remove", publisher)
-        if not add and not remove:
-            raise EntryError(INVALID_ENTRY, "keys/v1: add or remove at least one key")
-        if set(add) & set(remove):
-            raise EntryError(INVALID_ENTRY, "keys/v1: a key is both added and removed")
-    else:
-        _named_keys(entry, "keys", publisher)
-
-
-def _registry_kind(obj: Any) -> str | None:
-    kind = obj.get("kind") if isinstance(obj, dict) else None
-    return kind if isinstance(kind, str) and kind in SCHEMAS else None
-
-
-def validate_registry_entry(obj: Any) -> RegistryEntry:
-    """Schema, signature and key naming of a registry entry (not who may sign it)."""
-    if _registry_kind(obj) is None:
-        raise EntryError(INVALID_ENTRY, f"kind: must be one of {', '.join(SCHEMAS)}")
-    signed = check_signed(copy.deepcopy(obj), SCHEMAS[obj["kind"]])
-    _check_registry_semantics(signed.entry)
-    return RegistryEntry(signed, signed.entry["publisher"])
-
-
-def validate_log_entry(obj: Any) -> LogEntry:
-    """Any entry kind the log accepts: release/v1 or a registry entry."""
-    if _registry_kind(obj) is not None:
-        return validate_registry_entry(obj)
-    return validate_entry(obj)
-
-
-def parse_log_leaf(leaf: bytes) -> LogEntry:
-    """Leaf bytes of any kind, which must be the entry's own JCS encoding.
-
-    Tries verifier.entry's fast path first (see "fast path for stored leaves" there), which
-    only ever accepts; anything it cannot prove valid goes to parse_log_leaf_exact, which
-    makes every decision and writes every message.
-    """
-    obj = fast_tree(leaf)
-    if obj is not None:
-        kind = obj.get("kind")
-        if isinstance(kind, str) and kind in SCHEMAS:
-            signed = fast_check_signed(obj, leaf, SCHEMAS[kind])
-            if signed is not None:
-                try:
-                    _check_registry_semantics(obj)
-                except EntryError:
-                    pass  # refused: let the exact path say so, in its order
-                else:
-                    return RegistryEntry(signed, obj["publisher"])
-        else:
-            release = fast_release(obj, leaf)
-            if release is not None:
-                return release
-    return parse_log_leaf_exact(leaf)
-
-
-def parse_log_leaf_exact(leaf: bytes) -> LogEntry:
-    """parse_log_leaf without the fast path: the reference for its decisions and messages."""
-    obj = parse_json(leaf)
-    if _registry_kind(obj) is not None:
-        entry = validate_registry_entry(obj)
-        if entry.leaf != bytes(leaf):
-            raise EntryError(INVALID_ENTRY, "leaf is not the RFC 8785 (JCS) encoding of its entry")
-        return entry
-    return parse_leaf_exact(leaf)
-
-
-def sign_registry_entry(fields: Mapping[str, Any], signer: Signer) -> dict[str, Any]:
-    """A copy of `fields` with "key" and "signature" set by `signer` (not validated)."""
-    entry = copy.deepcopy({n: v for n, v in fields.items() if n not in ("key", "signature")})
-    entry["key"] = signer.verifier().text()
-    entry["signature"] = b64encode(signer.sign(signed_message(entry)))
-    return entry
-
-
-# -- the replay ------------------------------------------------------------------------------
-
-
 class Refusal(Exception):
-    """An entry the registry does not allow at this point of the log."""
+    """An entry the registry does not allow at this point of the log: a stable ``code``
+    (one of REFUSAL_CODES) and a message for people (str(refusal))."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
-        self.status, self.code = status, code
+        self.code, self.message = code, message
 
 
 @dataclass
@@ -256,65 +123,70 @@ class Registry:
         p = self.publishers.get(publisher)
         return p is not None and not p.revoked and key in p.keys
 
-    # authorization (no state change) ------------------------------------------------------
+    # replay -------------------------------------------------------------------------------
 
     def authorize(self, e: LogEntry) -> None:
         """Raise Refusal unless `e` may be appended at the current end of the replay."""
-        if isinstance(e, Release):
-            self._authorize_release(e)
-        elif e.kind == PUBLISHER_KIND:
-            self._require_admin(e)
-            old = self.publishers.get(e.publisher)
-            if old is not None and set(e.entry["keys"]) & old.revoked_keys:
-                raise Refusal(409, "key_revoked", "a revoked key cannot be registered again")
-        else:
-            self._authorize_change(e)
+        _step(e).authorize(self, e)
+
+    def apply(self, index: int, e: LogEntry) -> list[Change]:
+        """Authorize `e` at `index` and fold it into the state; return what changed."""
+        step = _step(e)
+        step.authorize(self, e)
+        return step.fold(self, index, e)
+
+    # authorization (no state change) ------------------------------------------------------
 
     def _authorize_release(self, r: Release) -> None:
         if not self.enforce:
             return
         p = self.publishers.get(r.publisher)
         if p is None:
-            raise Refusal(403, "publisher_not_registered",
+            raise Refusal(PUBLISHER_NOT_REGISTERED,
                           f"publisher {r.publisher!r} is not registered with this log")
         if p.revoked:
-            raise Refusal(403, "publisher_revoked", f"publisher {r.publisher!r} is revoked")
+            raise Refusal(PUBLISHER_REVOKED, f"publisher {r.publisher!r} is revoked")
         if not p.owns(r.package):
-            raise Refusal(403, "package_not_owned",
+            raise Refusal(PACKAGE_NOT_OWNED,
                           f"publisher {r.publisher!r} does not own package {r.package!r}")
         if r.key.text() not in p.keys:
             state = "was revoked" if r.key.text() in p.revoked_keys else "is not a current key"
-            raise Refusal(403, "key_not_valid",
-                          f"the signing key {state} of publisher {r.publisher!r}")
+            raise Refusal(KEY_NOT_VALID, f"the signing key {state} of publisher {r.publisher!r}")
         self._authorize_counter(r)
 
     def _authorize_counter(self, r: Release) -> None:
         last = self.max_counter.get(r.package)
         if r.counter is None:
             if last is not None:
-                raise Refusal(422, "counter_required",
+                raise Refusal(COUNTER_REQUIRED,
                               f"package {r.package!r} uses release counters; give one > {last}")
         elif last is not None and r.counter <= last:
-            raise Refusal(409, "counter_not_increasing",
+            raise Refusal(COUNTER_NOT_INCREASING,
                           f"counter {r.counter} is not greater than {last}, the highest "
                           f"counter of {r.package!r} so far")
+
+    def _authorize_registration(self, e: RegistryEntry) -> None:
+        self._require_admin(e)
+        old = self.publishers.get(e.publisher)
+        if old is not None and set(e.entry["keys"]) & old.revoked_keys:
+            raise Refusal(KEY_REVOKED, "a revoked key cannot be registered again")
 
     def _is_admin(self, key: str) -> bool:
         return self.admins is None or key in self.admins
 
     def _require_admin(self, e: RegistryEntry) -> None:
         if not self._is_admin(e.key.text()):
-            raise Refusal(403, "not_authorized", f"{e.kind} must be signed by an admin key")
+            raise Refusal(NOT_AUTHORIZED, f"{e.kind} must be signed by an admin key")
 
     def _authorize_change(self, e: RegistryEntry) -> None:
         p = self.publishers.get(e.publisher)
         if p is None or p.revoked:
-            raise Refusal(403, "publisher_not_registered",
+            raise Refusal(PUBLISHER_NOT_REGISTERED,
                           f"publisher {e.publisher!r} is not registered or is revoked")
         signer = e.key.text()
         whole_publisher = e.kind == REVOKE_KIND and "keys" not in e.entry
         if not self._is_admin(signer) and (whole_publisher or signer not in p.keys):
-            raise Refusal(403, "not_authorized",
+            raise Refusal(NOT_AUTHORIZED,
                           f"{e.kind} for {e.publisher!r} must be signed by an admin key"
                           + ("" if whole_publisher else " or a current key of the publisher"))
         self._check_key_lists(e, p)
@@ -324,26 +196,18 @@ class Registry:
                                                 if e.kind == REVOKE_KIND else [])
         unknown = [k for k in removing if k not in p.keys]
         if unknown:
-            raise Refusal(409, "unknown_key", f"{len(unknown)} key(s) to remove or revoke are "
-                                              f"not current keys of {e.publisher!r}")
+            raise Refusal(UNKNOWN_KEY, f"{len(unknown)} key(s) to remove or revoke are "
+                                       f"not current keys of {e.publisher!r}")
         dead = [k for k in e.entry.get("add", []) if k in p.revoked_keys]
         if dead:
-            raise Refusal(409, "key_revoked", "a revoked key cannot be added again")
+            raise Refusal(KEY_REVOKED, "a revoked key cannot be added again")
 
-    # replay -------------------------------------------------------------------------------
+    # state changes (after authorization) --------------------------------------------------
 
-    def apply(self, index: int, e: LogEntry) -> list[Change]:
-        """Authorize `e` at `index` and fold it into the state; return what changed."""
-        self.authorize(e)
-        if isinstance(e, Release):
-            if e.counter is not None:
-                self.max_counter[e.package] = max(e.counter, self.max_counter.get(e.package, 0))
-            return []
-        if e.kind == PUBLISHER_KIND:
-            return self._register(index, e)
-        if e.kind == KEYS_KIND:
-            return self._rotate(index, e)
-        return self._revoke(index, e)
+    def _count(self, index: int, r: Release) -> list[Change]:
+        if r.counter is not None:
+            self.max_counter[r.package] = max(r.counter, self.max_counter.get(r.package, 0))
+        return []
 
     def _register(self, index: int, e: RegistryEntry) -> list[Change]:
         name, patterns, keys = e.publisher, list(e.entry["packages"]), set(e.entry["keys"])
@@ -394,3 +258,29 @@ class Registry:
                          bool(p["revoked"]))
             for n, p in data.get("publishers", {}).items()}
         self.max_counter = {k: int(v) for k, v in data.get("max_counter", {}).items()}
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What the replay does with an entry of one kind: check it may come next, then fold it
+    into the state. Each takes the entry class of its kind (entries.kinds.KINDS)."""
+
+    authorize: Callable[[Registry, Any], None]
+    fold: Callable[[Registry, int, Any], list[Change]]
+
+
+_STEPS: Mapping[str, _Step] = {
+    RELEASE_KIND: _Step(Registry._authorize_release, Registry._count),
+    PUBLISHER_KIND: _Step(Registry._authorize_registration, Registry._register),
+    KEYS_KIND: _Step(Registry._authorize_change, Registry._rotate),
+    REVOKE_KIND: _Step(Registry._authorize_change, Registry._revoke),
+}
+REPLAYED_KINDS = tuple(_STEPS)
+
+
+def _step(e: LogEntry) -> _Step:
+    """The replay step of `e`'s kind; an unknown kind is refused, never guessed at."""
+    step = _STEPS.get(e.kind)
+    if step is None:
+        raise Refusal(UNKNOWN_KIND, f"{e.kind} entries have no place in the registry replay")
+    return step

@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from verifier.client.scan import Checked, Fetched, check_leaves
+from verifier.protocol.entries.kinds import REGISTRY_KINDS
 from verifier.protocol.entries.release import KIND
 from verifier.protocol.tiles import range_hashes
 
@@ -169,7 +170,7 @@ def summarize(checked: Checked, leaf: bytes | None = None) -> Seen:
     if entry is None:
         return Seen(checked.index, checked.leaf_hash, checked.error or "invalid entry", leaf,
                     "", "", "", None, None, "", "", None)
-    if entry.get("kind") != KIND:
+    if entry.get("kind") in REGISTRY_KINDS:
         return Seen(checked.index, checked.leaf_hash, None, None, str(entry.get("kind")),
                     "", "", None, None, str(entry.get("key", "")), "", None, "", entry)
     window = entry.get("install_window")

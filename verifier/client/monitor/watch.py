@@ -48,7 +48,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from verifier.client.checks import parse_time
 from verifier.client.monitor.summary import (
     Event,
     Seen,
@@ -57,8 +56,10 @@ from verifier.client.monitor.summary import (
     summarize,
 )
 from verifier.client.scan import Checked
-from verifier.protocol.entries.release import KIND, EntryError
-from verifier.protocol.registry import Refusal, Registry, validate_registry_entry
+from verifier.protocol.entries.errors import EntryError
+from verifier.protocol.entries.kinds import REGISTRY_KINDS, validate_registry_entry
+from verifier.protocol.registry import Refusal, Registry
+from verifier.protocol.rfc3339 import parse_time
 
 ALERT = "alert"  # the "type" of an alert event
 VERSION_NOT_GROWING = "version_not_growing"
@@ -154,7 +155,7 @@ class Watcher:
         if seen.error is not None:
             return [self.alert(INVALID_ENTRY, f"entry {seen.entry_index} fails validation: "
                                f"{seen.error}", seen.entry_index, leaf_hash=seen.leaf_hash.hex())]
-        if seen.kind != KIND:
+        if seen.kind in REGISTRY_KINDS:
             return [*self._registry_events(seen)]
         problems = self._learn(seen, now)
         unauthorized = self.registry.release_problem(seen.key.split("+", 1)[0], seen.package,
@@ -297,7 +298,7 @@ class Watcher:
         """
         names = []
         for s in seen:
-            if s.kind != KIND or s.error is not None:
+            if s.kind in REGISTRY_KINDS or s.error is not None:
                 continue
             pkg = self.packages.get(s.package)
             vk = s.version_key

@@ -1,40 +1,36 @@
 """What an update client checks about a logged release before installing it.
 
 The inclusion of the entry is checked elsewhere (receipt or online proof); these are the
-checks of the entry against the client's own world: the files it is about to install, the
-publisher keys it pins, and the install window at the current time.
+checks of a validated release/v1 entry against the client's own world: the files it is
+about to install (hashed by the caller: verifier.client.artifacts), the publisher keys it
+pins, and the install window at a time the caller gives. Failures raise VerificationFailed.
+Nothing here does I/O, not even reading the clock.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 
-from verifier.errors import UsageError, VerificationFailed
+from verifier.errors import VerificationFailed
 from verifier.protocol.entries.release import Release
 from verifier.protocol.note import Verifier
+from verifier.protocol.rfc3339 import parse_time
+
+__all__ = ["FileDigest", "check_artifacts", "check_install_window", "check_publisher",
+           "check_release", "window_problem"]
 
 
 @dataclass(frozen=True)
 class FileDigest:
-    path: Path
+    """A file about to be installed: its path as given (for messages), its file name (to
+    point at the entry's artifact of that name), its SHA-256 (hex) and size."""
+
+    path: str
+    name: str
     sha256: str
     size: int
-
-
-def hash_file(path: Path) -> FileDigest:
-    digest, size = hashlib.sha256(), 0
-    try:
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-                size += len(chunk)
-    except OSError as exc:
-        raise UsageError(f"couldn't read artifact {path}: {exc.strerror or exc}") from exc
-    return FileDigest(path, digest.hexdigest(), size)
 
 
 def check_artifacts(release: Release, files: Sequence[FileDigest]) -> list[str]:
@@ -45,7 +41,7 @@ def check_artifacts(release: Release, files: Sequence[FileDigest]) -> list[str]:
                     if a["sha256"] == f.sha256 and a["size"] == f.size), None)
         if hit is None:
             same_name = next((a for a in release.entry["artifacts"]
-                              if a["name"] == f.path.name), None)
+                              if a["name"] == f.name), None)
             detail = (f"the entry's {same_name['name']} has sha256 {same_name['sha256']}, "
                       f"size {same_name['size']}" if same_name else "no artifact of the entry "
                       "has its sha256 and size")
@@ -60,17 +56,6 @@ def check_publisher(release: Release, pinned: Sequence[Verifier]) -> None:
     if pinned and release.key not in pinned:
         raise VerificationFailed(f"the release is signed by {release.key.text()}, "
                                  "which is not among the pinned publisher keys")
-
-
-def parse_time(text: str) -> datetime:
-    """An RFC 3339 time with a zone (e.g. 2026-11-24T10:00:00Z) as an aware datetime."""
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError as exc:
-        raise UsageError(f"not an RFC 3339 time: {text!r}") from exc
-    if value.tzinfo is None:
-        raise UsageError(f"time {text!r} needs a zone, e.g. {text}Z")
-    return value.astimezone(UTC)
 
 
 def window_problem(release: Release, when: datetime) -> str | None:
