@@ -1,7 +1,7 @@
 #!/bin/sh
 # Make sure SoftHSM2 (a PKCS#11 token in files) is present for the PKCS#11 signing tests.
 # As root on Debian/Ubuntu it installs the `softhsm2` package, failing if that fails;
-# otherwise it says how and carries on (tests/test_hsm.py then skips, saying why).
+# otherwise it says how and carries on (tests/tlog/log/test_hsm.py then skips, saying why).
 set -eu
 for m in /usr/lib/softhsm/libsofthsm2.so /usr/lib/*/softhsm/libsofthsm2.so \
          /usr/local/lib/softhsm/libsofthsm2.so; do

@@ -27,6 +27,7 @@ from verifier.protocol.note import Signer, generate_key
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
+VECTORS = REPO / "tests" / "vectors"
 _db_numbers = itertools.count()
 
 

@@ -27,7 +27,8 @@ from typing import Any
 
 import pytest
 
-from tests.evil_log import CHECKPOINT, ENTRIES, SEARCH, TILE, Abuse, EvilLog, serve_evil_log
+from tests.attacks.evil_log import CHECKPOINT, ENTRIES, SEARCH, TILE, Abuse, EvilLog, serve_evil_log
+from tests.conftest import REPO
 from tests.support import free_port, make_release, release_fields
 from verifier.cli.main import build_parser, main
 from verifier.client.log import MAX_BUNDLE_BYTES, MAX_JSON_BYTES, LogClient
@@ -37,7 +38,6 @@ from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import MAX_NOTE_SIZE, Signer, generate_key
 from verifier.protocol.trust import KeyTrust
 
-REPO = Path(__file__).resolve().parent.parent
 PACKAGE = "com.acme.app"
 OTHER = "org.other.lib"
 ARTIFACT = b"com.acme.app 1.1, the real build\n" * 64

@@ -1,6 +1,6 @@
 """The verifier's transport (`LogClient.fetch` on libcurl): what it sends, kept-alive
 connections per thread and per process, redirects, proxies, status codes, size caps and
-HTTPS certificate checks. Hostile logs are tests/test_attacks.py's business."""
+HTTPS certificate checks. Hostile logs are tests/attacks/test_attacks.py's business."""
 
 from __future__ import annotations
 

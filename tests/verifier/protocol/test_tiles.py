@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.test_merkle import node_table
+from tests.verifier.protocol.test_merkle import node_table
 from verifier.protocol.merkle import EMPTY_ROOT, Node, fold, root_nodes, root_of
 from verifier.protocol.tiles import (
     MAX_ENTRY_SIZE,

@@ -9,13 +9,13 @@ import hashlib
 import itertools
 import json
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import pymerkle
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import VECTORS as VECTOR_DIR
 from verifier.protocol.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
@@ -37,7 +37,7 @@ from verifier.protocol.merkle import (
 )
 from verifier.protocol.tiles import TreeBuilder, range_hashes
 
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "rfc6962_roots.json").read_text())
+ROOT_VECTORS = json.loads((VECTOR_DIR / "rfc6962_roots.json").read_text())
 MAX_EXHAUSTIVE = 130
 
 
@@ -73,10 +73,10 @@ ROOTS = [root_of(LEAVES[:n]) for n in range(MAX_EXHAUSTIVE + 2)]
 
 
 def test_rfc6962_reference_roots_for_every_prefix_size() -> None:
-    leaves = [leaf_hash(bytes.fromhex(x)) for x in VECTORS["leaves"]]
+    leaves = [leaf_hash(bytes.fromhex(x)) for x in ROOT_VECTORS["leaves"]]
     table = node_table(leaves)
-    assert [v["size"] for v in VECTORS["roots"]] == list(range(1, 9))
-    for vector in VECTORS["roots"]:
+    assert [v["size"] for v in ROOT_VECTORS["roots"]] == list(range(1, 9))
+    for vector in ROOT_VECTORS["roots"]:
         size, want = vector["size"], bytes.fromhex(vector["root"])
         assert root_of(leaves[:size]) == want
         assert fold([table[n] for n in root_nodes(size)]) == want

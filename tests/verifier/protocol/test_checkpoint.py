@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import VECTORS
 from verifier.protocol.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -17,7 +17,6 @@ from verifier.protocol.checkpoint import (
 )
 from verifier.protocol.note import NoteError, generate_key, parse_vkey, sign_note
 
-VECTORS = Path(__file__).parent / "vectors"
 GO_VKEY = parse_vkey((VECTORS / "go-log.vkey").read_text().strip())
 
 LOG = generate_key("example.com/log")

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tests.support import make_release
-from tests.test_entry import fields
+from tests.verifier.protocol.test_entry import fields
 from verifier.protocol.entries.errors import EntryError
 from verifier.protocol.entries.kinds import (
     KINDS,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_entry import fields
+from tests.verifier.protocol.test_entry import fields
 from verifier.client.artifacts import hash_file
 from verifier.errors import UsageError, VerificationFailed
 from verifier.protocol.entries.errors import EntryError

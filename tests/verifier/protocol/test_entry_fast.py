@@ -20,7 +20,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.test_entry import SHA, fields
+from tests.verifier.protocol.test_entry import SHA, fields
 from verifier.protocol.entries.errors import EntryError
 from verifier.protocol.entries.fast import encode, fast_check_signed, fast_message, fast_tree
 from verifier.protocol.entries.kinds import (

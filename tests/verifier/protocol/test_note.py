@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import VECTORS
 from verifier.protocol.note import (
     MAX_NOTE_SIZE,
     MAX_SIGNATURES,
@@ -25,7 +25,6 @@ from verifier.protocol.note import (
     sign_note,
 )
 
-VECTORS = Path(__file__).parent / "vectors"
 GO_VKEY = (VECTORS / "go-log.vkey").read_text().strip()
 GO_NOTES = [(VECTORS / name).read_bytes() for name in ("go-checkpoint-1000.note",
                                                        "go-checkpoint-300.note")]
