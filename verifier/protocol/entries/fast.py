@@ -31,7 +31,8 @@ TREE_OK):
    metadata alone (depth limit MAX_DEPTH - 1: metadata sits at depth 2) shows the whole
    tree is within MAX_DEPTH and TREE_OK: no floats, ASCII names, safe integers. Then
    json_problem finds nothing and canonical(obj) is E(obj), which is the leaf.
-   tests/verifier/protocol/test_entry_fast.py walks the schemas and fails if a change breaks this premise.
+   tests/verifier/protocol/test_entry_fast.py walks the schemas and fails if a change breaks
+   this premise.
 3. The schema: the same compiled validator as schema.check_schema.
 4. The kind's own rules (release/v1: integer types, unique artifact names, the install
    window; registry kinds: key naming): counter and sizes passed the schema's "integer"
@@ -41,7 +42,8 @@ TREE_OK):
 5. Key and signature: the same parse_key, b64decode_strict, length check and verify, on
    the same message, cut out of the leaf (fast_message).
 
-The differential tests in tests/verifier/protocol/test_entry_fast.py compare both paths on generated leaves.
+The differential tests in tests/verifier/protocol/test_entry_fast.py compare both paths on
+generated leaves.
 Nothing here does I/O.
 """
 
