@@ -2,8 +2,9 @@
 
 An error answer is {"error": {"code": CODE, "message": TEXT, ...}} with the HTTP status
 STATUS[CODE]; schema/openapi.yaml documents every code under that status
-(tests/tlog/http/test_openapi.py reads this table to check it). Raise ApiError (or AccessError, TokenError: the same with a
-name saying what refused) with a code from the table; the app's middleware answers it.
+(tests/tlog/http/test_openapi.py reads this table to check it). Raise ApiError (or
+AccessError, TokenError: the same with a name saying what refused) with a code from the
+table; the app's middleware answers it.
 """
 
 from __future__ import annotations

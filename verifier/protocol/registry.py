@@ -41,7 +41,8 @@ COUNTER_REQUIRED = "counter_required"
 COUNTER_NOT_INCREASING = "counter_not_increasing"
 # An entry of a kind the replay has no step for. Entries are checked into a kind of
 # entries.kinds.KINDS first, and the replay has a step for each
-# (tests/verifier/protocol/test_registry.py), so only a table changed on one side and not the other could make this happen.
+# (tests/verifier/protocol/test_registry.py), so only a table changed on one side and not
+# the other could make this happen.
 UNKNOWN_KIND = "unknown_kind"
 REFUSAL_CODES = (PUBLISHER_NOT_REGISTERED, PUBLISHER_REVOKED, PACKAGE_NOT_OWNED, KEY_NOT_VALID,
                  KEY_REVOKED, UNKNOWN_KEY, NOT_AUTHORIZED, COUNTER_REQUIRED,
