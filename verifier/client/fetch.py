@@ -59,9 +59,7 @@ class DirectoryFetcher:
             raise NotFound(f"{self.where(path)}: no such file") from exc
         except OSError as exc:
             raise TransportError(f"{self.where(path)}: {exc.strerror or exc}") from exc
-        if len(data) > limit:
-            raise TransportError(f"{self.where(path)}: exceeds the limit of {limit} bytes")
-        return data
+        return _capped(data, limit, self.where(path))
 
     def copy(self) -> DirectoryFetcher:
         return self
@@ -81,9 +79,13 @@ class MemoryFetcher:
             data = self.resources[path]
         except KeyError:
             raise NotFound(f"{self.where(path)}: not found") from None
-        if len(data) > limit:
-            raise TransportError(f"{self.where(path)}: exceeds the limit of {limit} bytes")
-        return data
+        return _capped(data, limit, self.where(path))
 
     def copy(self) -> MemoryFetcher:
         return self
+
+
+def _capped(data: bytes, limit: int, where: str) -> bytes:
+    if len(data) > limit:
+        raise TransportError(f"{where}: exceeds the limit of {limit} bytes")
+    return data
