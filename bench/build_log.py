@@ -3,7 +3,8 @@
 The log lives in a throwaway PostgreSQL cluster under a cache directory (default
 /tmp/tlog-bench-log): N realistic release/v1 entries (default 1,000,000) from several
 publishers over ~1,000 packages with increasing versions and counters, each signed with
-verifier.entry.sign_entry, appended in large batches exactly as the sequencer appends a batch
+verifier.protocol.entries.signing.sign_entry, appended in large batches exactly as the sequencer
+appends a batch
 (TreeBuilder over the leaf hashes, COPY of the entries, upsert of the changed tiles, one signed
 checkpoint per batch, all in one AppendTx) and finally checked by starting `tlog serve` on it,
 whose startup self-check must pass. Entry generation (JSON + Ed25519 signing) runs in worker
@@ -117,7 +118,7 @@ def open_log(cache_dir: Path) -> BenchLog:
 class CachedSigner(Signer):
     """A Signer that derives its Ed25519 key pair once instead of on every signature.
 
-    verifier.note.Signer re-derives the key from the seed in sign() and verifier(), which
+    verifier.protocol.note.Signer re-derives the key from the seed in sign() and verifier(), which
     doubles the cost of signing a million entries; the signatures are the same.
     """
 
@@ -178,7 +179,8 @@ def canonical(entry: dict[str, Any]) -> bytes:
     """JCS (RFC 8785) of an entry with ASCII names, no floats and small integers.
 
     For such trees sorted-key, whitespace-free json.dumps is byte-identical to JCS; sampled
-    leaves are re-checked with verifier.entry.parse_leaf, which refuses non-JCS leaves.
+    leaves are re-checked with verifier.protocol.entries.release.parse_leaf, which refuses non-JCS
+    leaves.
     """
     return json.dumps(entry, ensure_ascii=False, separators=(",", ":"),
                       sort_keys=True).encode("utf-8")

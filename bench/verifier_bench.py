@@ -4,7 +4,7 @@ Uses the log bench/build_log.py keeps in its cache directory (building it first 
 --skip-build), starts its PostgreSQL cluster and one `tlog serve`, then measures in one run:
 
   a. the machine: hashlib SHA-256 (32-, 65- and 400-byte inputs), Ed25519 verify (PyNaCl,
-     and verifier.ed25519 as used for entry signatures) and parse_leaf (full validation of
+     and verifier.protocol.ed25519 as used for entry signatures) and parse_leaf (full validation of
      one entry) per second, on one core and on two processes;
   b. `audit --full` hash-only (full_audit(validate=False) through the Python API, fresh state,
      --workers N and 0): over HTTP, first while `tlog serve --tile-cache` keeps the full
@@ -84,7 +84,8 @@ def _signed_sample() -> tuple[bytes, bytes, bytes]:
 
 def ed25519_rate(seconds: float = 1.0, library: str = "pynacl") -> float:
     """Ed25519 verifications per second on one core: PyNaCl's VerifyKey.verify (key object
-    reused), or verifier.ed25519.verify ("entries": what entry signatures are checked with)."""
+    reused), or verifier.protocol.ed25519.verify ("entries": what entry signatures are checked
+    with)."""
     import nacl.signing
 
     from verifier.protocol import ed25519
@@ -104,7 +105,8 @@ def ed25519_rate(seconds: float = 1.0, library: str = "pynacl") -> float:
 
 
 def parse_leaf_rate(leaves: list[bytes], seconds: float = 1.0) -> float:
-    """verifier.entry.parse_leaf (JSON, schema, JCS, Ed25519) per second on one core."""
+    """verifier.protocol.entries.release.parse_leaf (JSON, schema, JCS, Ed25519) per second on one
+    core."""
     from verifier.protocol.entries.release import parse_leaf
 
     count, started = 0, time.perf_counter()
@@ -128,7 +130,8 @@ def _rate_job(job: tuple[str, Any]) -> float:
 class MachineRates:
     sha256: dict[int, tuple[float, float]]  # input size -> (one core, two processes)
     ed25519: tuple[float, float]  # PyNaCl
-    entry_ed25519: tuple[float, float]  # verifier.ed25519 (ed25519-zebra, libsodium's rules)
+    # verifier.protocol.ed25519 (ed25519-zebra, libsodium's rules)
+    entry_ed25519: tuple[float, float]
     parse_leaf: tuple[float, float]
 
 

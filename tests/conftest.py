@@ -1,6 +1,6 @@
 """Fixtures: one throwaway PostgreSQL cluster per test session, a fresh database per test.
 
-The cluster is tlog's own embedded one (tlog.pgcluster), started in a temporary
+The cluster is tlog's own embedded one (tlog.cli.pgcluster), started in a temporary
 directory and stopped at the end; nothing needs to be running beforehand.
 """
 

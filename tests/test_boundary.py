@@ -41,8 +41,8 @@ PROTOCOL_NAMES = {"leaf_hash", "node_hash", "hash_up", "root_of", "fold", "verif
                   "verify_consistency", "inclusion_nodes", "consistency_nodes", "subtree_nodes",
                   "sign_note", "open_note", "parse_note", "sign_checkpoint", "parse_checkpoint",
                   "open_checkpoint", "encode_bundle", "decode_bundle", "tile_path",
-                  "parse_tile_path", "signed_message", "validate_entry", "proof_from_tiles",
-                  "edge_from_tiles"}
+                  "parse_tile_path", "signed_message", "validate_entry", "inclusion_from_tiles",
+                  "consistency_from_tiles", "range_hashes", "sign_entry", "parse_time"}
 
 
 def sources(package: str) -> list[Path]:

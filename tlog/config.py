@@ -61,7 +61,7 @@ class Config:
     max_batch: int = 512
     max_wait: float = 0.005
     max_body: int = MAX_BODY_BYTES
-    tile_cache: Path | None = None  # where full tiles are kept once served (tlog.tilecache)
+    tile_cache: Path | None = None  # where full tiles are kept once served (tlog.store.tilecache)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -111,7 +111,7 @@ def load_signer(path: str | Path) -> Signer:
 
 def load_pkcs11_signer(vkey_file: str | Path, module: str, token: str, key_label: str,
                        pin_file: str | Path) -> NoteSigner:
-    """The log's signer whose key is in a PKCS#11 token (see tlog.hsm).
+    """The log's signer whose key is in a PKCS#11 token (see tlog.log.hsm).
 
     ``vkey_file`` holds the log's verifier key: its name is the origin, and its public key
     must be the token's key labelled ``key_label``. The PIN file must not be readable by

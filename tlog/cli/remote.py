@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 from typing import Any
 
 from verifier.client import keys
@@ -16,7 +17,8 @@ from verifier.client.http import HttpFetcher, Tls
 from verifier.errors import EXIT_FAILED, EXIT_TRANSPORT, EXIT_USAGE, TransportError, UsageError
 
 MAX_REPLY = 1 << 20
-TIMEOUT = 30
+TIMEOUT = 30  # connecting, and silence from the log
+DEADLINE = 300  # a whole request: the log answers after its batch is durable
 
 
 class RemoteError(Exception):
@@ -35,15 +37,15 @@ def add_connection_options(p: argparse.ArgumentParser) -> None:
 
 
 def tls_files(args: argparse.Namespace) -> Tls:
-    """The TLS files of the connection options, each checked to be readable now: a wrong
-    path is the caller's mistake, not the log's."""
-    for path in (args.ca, args.client_cert, args.client_key):
-        if path:
-            try:
-                with open(path, "rb"):
-                    pass
-            except OSError as exc:
-                raise RemoteError(EXIT_USAGE, f"couldn't load TLS files: {exc}") from exc
+    """The TLS files of the connection options, each loaded once here: a missing or malformed
+    file is the caller's mistake (exit 2), not the log's."""
+    if args.ca or args.client_cert:
+        try:
+            ctx = ssl.create_default_context(cafile=args.ca)
+            if args.client_cert:
+                ctx.load_cert_chain(args.client_cert, args.client_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise RemoteError(EXIT_USAGE, f"couldn't load TLS files: {exc}") from exc
     return Tls(args.ca, args.client_cert, args.client_key)
 
 
@@ -55,7 +57,7 @@ def call(args: argparse.Namespace, method: str, path: str, body: Any = None,
         headers["Authorization"] = f"Bearer {bearer}"
     data = json.dumps(body).encode() if body is not None else None
     try:
-        log = HttpFetcher(args.log, timeout=TIMEOUT, deadline=TIMEOUT, tls=tls_files(args))
+        log = HttpFetcher(args.log, timeout=TIMEOUT, deadline=DEADLINE, tls=tls_files(args))
         status, raw = log.request(method, path, data, headers, MAX_REPLY)
     except UsageError as exc:
         raise RemoteError(EXIT_USAGE, str(exc)) from exc

@@ -1,6 +1,6 @@
 """The admin API: log registry entries, issue and revoke submission tokens.
 
-Every call needs an admin identity (tlog.access.admin_identity). Token issuance and
+Every call needs an admin identity (tlog.http.access.admin_identity). Token issuance and
 revocation are recorded in the `tokens` table with who did it: that table is the audit
 trail, and logged as JSON lines on the `tlog.audit` logger (never the token itself).
 """

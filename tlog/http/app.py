@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from tlog.config import Config
 from tlog.http.access import Buckets, InFlight, client_identity
 from tlog.http.admin import add_admin_routes
-from tlog.http.errors import ERROR_CODE, HTTP_ERROR, HTTP_EXCEPTION_CODES, ApiError
+from tlog.http.errors import ERROR_CODE, HTTP_ERROR, HTTP_EXCEPTION_CODES, STATUS, ApiError
 from tlog.http.handlers import (
     CLIENT_BUCKETS,
     CONFIG,
@@ -99,6 +99,10 @@ async def _respond(request: web.Request, handler: Handler) -> web.StreamResponse
     except ApiError as exc:
         return exc.response()
     except RefusedError as exc:
+        if exc.code not in STATUS:  # a refusal the table does not know is a bug of ours
+            log.error("refusal %s without a status on %s %s", exc.code, request.method,
+                      request.path)
+            return ApiError("internal", "internal error; the operator has the details").response()
         return ApiError(exc.code, str(exc)).response()
     except UnavailableError as exc:
         return ApiError("unavailable", str(exc)).response()

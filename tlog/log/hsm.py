@@ -81,7 +81,7 @@ def _open(module_path: str, token_label: str, pin: str, *, rw: bool) -> pkcs11.S
 
 
 class Pkcs11Signer:
-    """A :class:`verifier.note.NoteSigner` whose Ed25519 key is held in a PKCS#11 token.
+    """A :class:`verifier.protocol.note.NoteSigner` whose Ed25519 key is held in a PKCS#11 token.
 
     The constructor loads ``module_path``, logs in to the token labelled ``token_label``
     with ``pin``, finds the Ed25519 private and public keys labelled ``key_label``, and signs

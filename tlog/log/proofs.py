@@ -7,14 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from verifier.protocol.merkle import fold, root_nodes
 from verifier.protocol.tiles import (
     TileKey,
     TileProof,
     consistency_from_tiles,
     inclusion_from_tiles,
-    nodes_from_tiles,
-    tiles_for_nodes,
 )
 
 TileFetcher = Callable[[Sequence[TileKey]], Awaitable[Mapping[TileKey, bytes]]]
@@ -50,12 +47,3 @@ async def inclusion_proofs(indices: Sequence[int], size: int,
 async def consistency_proof(first: int, second: int, fetch: TileFetcher) -> list[bytes]:
     return await _build(consistency_from_tiles(first, second), fetch)
 
-
-async def tree_root(size: int, fetch: TileFetcher) -> bytes:
-    nodes = root_nodes(size)
-    tiles = await fetch(tiles_for_nodes(nodes))
-    try:
-        hashes = nodes_from_tiles(nodes, tiles)
-    except ValueError as exc:
-        raise MissingTileError(str(exc)) from exc
-    return fold([hashes[n] for n in nodes])

@@ -121,7 +121,7 @@ async def _registry_entries(conn: Any, start: int) -> list[tuple[int, bytes]]:
 
 def _join_bundle(parts: Sequence[bytes]) -> bytes:
     """The bundle of entries already prefixed by SQL_BUNDLE_PARTS: the same bytes as
-    verifier.tiles.encode_bundle, at a fraction of the CPU. Raises ValueError for an entry
+    verifier.protocol.tiles.encode_bundle, at a fraction of the CPU. Raises ValueError for an entry
     over 65535 bytes, as encode_bundle does."""
     # The prefix keeps only the low 16 bits of a length: refuse what it cannot express.
     if parts and max(map(len, parts)) > BUNDLE_PREFIX + MAX_ENTRY_SIZE:

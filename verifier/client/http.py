@@ -191,8 +191,9 @@ class HttpFetcher:
             pycurl.MAXREDIRS: _MAX_REDIRECTS,
             pycurl.PROTOCOLS: http_only,
             pycurl.REDIR_PROTOCOLS: http_only,
-            **_trust_store(),
-            **_tls_options(self.tls),
+            # A CA bundle of the caller's replaces the trust store (CAINFO and CAPATH both).
+            **(_tls_options(self.tls) if self.tls.ca_file else {
+                **_trust_store(), **_tls_options(self.tls)}),
         }
 
     def fetch(self, path: str, limit: int) -> bytes:
@@ -273,6 +274,8 @@ class HttpFetcher:
             handle.setopt(pycurl.HTTPHEADER, ["Accept-Encoding: identity", *extra])
             handle.setopt(pycurl.URL, url)
             handle.setopt(pycurl.CUSTOMREQUEST, method)
+            # A submission is answered where it was sent: a redirect would repeat it elsewhere.
+            handle.setopt(pycurl.FOLLOWLOCATION, 0)
             if body is not None:
                 handle.setopt(pycurl.POSTFIELDS, body)
             handle.setopt(pycurl.WRITEFUNCTION, reply.write)

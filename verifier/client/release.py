@@ -7,7 +7,8 @@ pinned log key and, with a state directory, extend the checkpoint trusted before
 is then stored). With the log operator's pinned admin keys, the registry entries before the
 release are replayed to show the release's key was valid for its package at its index.
 Offline (`verify_receipt_file`): a receipt, the log key and nothing else, no network.
-Either way the entry is then checked against the caller's own world (verifier.client.checks):
+Either way the entry is then checked against the caller's own world
+(verifier.protocol.entries.install):
 the files about to be installed, the pinned publisher keys, the install window.
 
 Errors follow verifier.errors: UsageError (the caller's own inputs), VerificationFailed or

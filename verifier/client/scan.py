@@ -3,8 +3,8 @@
 `map_bundles` runs a function over every entry bundle (and, if asked, its level-0 hash tile)
 in worker processes that fetch what they work on themselves, so entries cross no process
 boundary and this process only gathers small results, in order and with a bounded number in
-flight; `fetched` is its fetching, with a few requests in flight; `check_leaves` is the work
-of validating entries. Audit and monitor are built from these.
+flight; `fetched` is its fetching, with a few requests in flight; the work of checking
+entries is in verifier.protocol.leaves. Audit and monitor are built from these.
 """
 
 from __future__ import annotations
@@ -13,13 +13,10 @@ import os
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import TypeVar
 
 from verifier.client.log import LogClient
-from verifier.protocol.entries.errors import EntryError
-from verifier.protocol.entries.kinds import parse_log_leaf
-from verifier.protocol.merkle import leaf_hash
+from verifier.protocol.leaves import Fetched
 from verifier.protocol.tiles import TILE_WIDTH
 
 R = TypeVar("R")
@@ -28,45 +25,8 @@ BUNDLES_PER_TASK = 4  # bundles one worker task fetches and works on (1,024 entr
 WORKER_PREFETCH = 2  # bundles (and tiles) a worker fetches ahead of the one it works on
 
 
-@dataclass(frozen=True)
-class Checked:
-    """One entry after validation: its entry when valid, the reason when not."""
-
-    index: int
-    leaf_hash: bytes
-    entry: dict[str, Any] | None
-    error: str | None
-
-
-def check_leaves(first_index: int, leaves: list[bytes]) -> list[Checked]:
-    """Validate consecutive leaves of any kind the log accepts (release/v1 and the registry
-    kinds): schema, canonical form, signature. Who may sign registry entries is the replay's
-    question (verifier.registry.Registry), not this one."""
-    out = []
-    for i, leaf in enumerate(leaves):
-        try:
-            entry = parse_log_leaf(leaf)
-            out.append(Checked(first_index + i, entry.leaf_hash, entry.entry, None))
-        except EntryError as exc:
-            out.append(Checked(first_index + i, leaf_hash(leaf), None, f"{exc.code}: {exc}"))
-    return out
-
-
-def hash_leaves(first_index: int, leaves: list[bytes]) -> list[bytes]:
-    return [leaf_hash(leaf) for leaf in leaves]
-
-
 def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-class Fetched(NamedTuple):
-    """One entry bundle's leaves from `first` on, and the log's level-0 tile over them when
-    asked for and the bundle is full (None otherwise)."""
-
-    first: int
-    leaves: list[bytes]
-    tile: bytes | None
 
 
 Work = Callable[[Fetched], R]

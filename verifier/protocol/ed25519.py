@@ -28,7 +28,7 @@ Remaining differences from libsodium, both harmless:
    refused here, whereas libsodium only checks that A is canonical and not of small order
    and so accepts some signatures under such a key. This side is stricter.
 
-Note and checkpoint signatures stay on PyNaCl (verifier/note.py); this module is for the
+Note and checkpoint signatures stay on PyNaCl (verifier/protocol/note.py); this module is for the
 per-entry publisher signatures an auditor checks by the million.
 """
 

@@ -188,7 +188,7 @@ class Signer:
 
 class NoteSigner(Protocol):
     """Anything that signs notes with an Ed25519 key: :class:`Signer` (a seed in memory) or a
-    key held elsewhere, such as an HSM (``tlog.hsm.Pkcs11Signer``).
+    key held elsewhere, such as an HSM (``tlog.log.hsm.Pkcs11Signer``).
 
     ``key_id`` must be :func:`key_id` of ``name`` and the public key; ``sign`` returns the
     64-byte RFC 8032 signature of ``msg``; ``verifier`` returns the matching public key.

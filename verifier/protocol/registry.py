@@ -7,7 +7,7 @@ the log, monitors and clients all run the same code, so they reach the same answ
 
 An entry the registry does not allow at its point of the log raises :class:`Refusal`, whose
 ``code`` is one of REFUSAL_CODES; what a code means to HTTP clients is the service's
-business (tlog.http.refusals). Nothing here does I/O.
+business (tlog.http.errors.STATUS). Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -119,10 +119,6 @@ class Registry:
         if key not in p.keys:
             return f"the signing key is not a current key of {publisher!r}"
         return None
-
-    def key_valid(self, publisher: str, key: str) -> bool:
-        p = self.publishers.get(publisher)
-        return p is not None and not p.revoked and key in p.keys
 
     # replay -------------------------------------------------------------------------------
 

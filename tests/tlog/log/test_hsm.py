@@ -1,4 +1,4 @@
-"""PKCS#11 signing (tlog.hsm) against a real SoftHSM2 token with an Ed25519 key.
+"""PKCS#11 signing (tlog.log.hsm) against a real SoftHSM2 token with an Ed25519 key.
 
 A throwaway token lives in a temporary directory named by a private SOFTHSM2_CONF, so no
 system token is touched. Without SoftHSM2 or python-pkcs11 (`make test` installs both), or
@@ -140,7 +140,7 @@ def test_hsm_signed_checkpoint_opens(signer: Pkcs11Signer) -> None:
 
 def test_hsm_signed_checkpoint_has_the_go_signature_line(softhsm: SoftHsm,
                                                          signer: Pkcs11Signer) -> None:
-    """The signature line decodes, independently of verifier.note, as Go's note package
+    """The signature line decodes, independently of verifier.protocol.note, as Go's note package
     writes it: "— <name> base64(key ID || Ed25519 signature over the body)"."""
     cp = Checkpoint(ORIGIN, 7, bytes(range(32)))
     note = sign_checkpoint(cp, signer)

@@ -87,7 +87,7 @@ async def storage(database_url: str) -> AsyncIterator[Storage]:
 
 
 async def expected_bundle(storage: Storage, n: int, width: int = TILE_WIDTH) -> bytes:
-    """The bundle as verifier.tiles.encode_bundle makes it from the stored rows."""
+    """The bundle as verifier.protocol.tiles.encode_bundle makes it from the stored rows."""
     lo = n * TILE_WIDTH
     rows = await storage.pool.fetch(
         "SELECT leaf FROM entries WHERE idx >= $1 AND idx < $2 ORDER BY idx", lo, lo + width)

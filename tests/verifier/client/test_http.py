@@ -1,4 +1,4 @@
-"""The verifier's transport (`LogClient.fetch` on libcurl): what it sends, kept-alive
+"""The verifier's transport (`HttpFetcher` on libcurl, under `LogClient`): what it sends, kept-alive
 connections per thread and per process, redirects, proxies, status codes, size caps and
 HTTPS certificate checks. Hostile logs are tests/attacks/test_attacks.py's business."""
 

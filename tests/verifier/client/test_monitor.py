@@ -55,10 +55,10 @@ from verifier.client.monitor.summary import (
     version_key,
 )
 from verifier.client.monitor.watch import Watcher
-from verifier.client.scan import Checked
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from verifier.protocol.entries.release import validate_entry
 from verifier.protocol.entries.signing import sign_entry
+from verifier.protocol.leaves import Checked
 from verifier.protocol.merkle import RightEdge, leaf_hash, verify_inclusion
 from verifier.protocol.note import Signer, generate_key
 from verifier.protocol.receipt import parse_tlog_proof
@@ -595,7 +595,7 @@ def test_pure_core_refuses_entries_out_of_order(publisher: Signer) -> None:
 _IMPURE = ("sqlite3", "threading", "signal", "prometheus_client", "argparse", "os", "time", "io",
            "pathlib", "shutil", "tempfile", "socket", "subprocess", "multiprocessing",
            "concurrent", "asyncio", "urllib", "http", "pycurl", "verifier.client.log",
-           "verifier.client.statedir", "verifier.client.tracking", "verifier.client.monitor.db",
+           "verifier.client.scan", "verifier.client.statedir", "verifier.client.tracking", "verifier.client.monitor.db",
            "verifier.client.monitor.metrics", "verifier.client.monitor.run", "verifier.cli")
 
 

@@ -1,4 +1,4 @@
-"""Tests for verifier/checkpoint.py: c2sp.org/tlog-checkpoint."""
+"""Tests for verifier/protocol/checkpoint.py: c2sp.org/tlog-checkpoint."""
 
 from __future__ import annotations
 

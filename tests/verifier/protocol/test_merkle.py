@@ -1,4 +1,5 @@
-"""verifier.merkle: RFC 6962 vectors, every proof of every small tree, and pymerkle as a second
+"""verifier.protocol.merkle: RFC 6962 vectors, every proof of every small tree, and pymerkle as a
+second
 implementation. A proof that verifies when one bit of it is wrong is a forgery waiting to
 happen, so each proof hash is corrupted in turn and must be rejected."""
 

@@ -1,4 +1,4 @@
-"""Tests for verifier/note.py: c2sp.org/signed-note with Ed25519 keys."""
+"""Tests for verifier/protocol/note.py: c2sp.org/signed-note with Ed25519 keys."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for verifier/proof.py: c2sp.org/tlog-proof and receipts."""
+"""Tests for verifier/protocol/receipt.py: c2sp.org/tlog-proof and receipts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""verifier.tiles: C2SP tlog-tiles paths, bundles, and the TreeBuilder that produces the tiles.
+"""verifier.protocol.tiles: C2SP tlog-tiles paths, bundles, and the TreeBuilder that produces the
+tiles.
 
 Clients fetch tiles by path and trust nothing but the checkpoint, so a tile that holds a wrong
 hash, or a path that parses two ways, breaks every proof built from it. TreeBuilder is checked

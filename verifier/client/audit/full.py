@@ -27,10 +27,11 @@ from typing import NoReturn
 from verifier.client.audit.progress import PROGRESS_FILE, progress_json, resume_point
 from verifier.client.audit.tree import FULL_TILE_BYTES, Chunk, TileFeed, Tree
 from verifier.client.log import LogClient
-from verifier.client.scan import Fetched, check_leaves, default_workers, hash_leaves, map_bundles
+from verifier.client.scan import default_workers, map_bundles
 from verifier.client.statedir import StateDir
 from verifier.errors import LogMisbehaviour, VerificationFailed, VerifyError
 from verifier.protocol.checkpoint import Checkpoint
+from verifier.protocol.leaves import Fetched, check_leaves, hash_leaves
 from verifier.protocol.merkle import HASH_SIZE, ProofError, leaf_hash, verify_inclusion
 from verifier.protocol.receipt import format_tlog_proof
 from verifier.protocol.state import Trusted, evidence, evidence_parts

@@ -1,6 +1,6 @@
 """What the monitor keeps of each entry it scans: computed in the worker processes.
 
-scan.map_bundles' workers validate each chunk of consecutive entries (scan.check_leaves) and
+scan.map_bundles' workers validate each chunk of consecutive entries (leaves.check_leaves) and
 reduce it to a `Summary`: one `Seen` per entry, small to send between processes, and the hashes
 that grow the tree's right edge (merkle.RightEdge) by the whole chunk at once. A release's event
 text is encoded in the worker as well, so the main process, which writes an event per entry,
@@ -31,9 +31,9 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from verifier.client.scan import Checked, Fetched, check_leaves
 from verifier.protocol.entries.kinds import REGISTRY_KINDS
 from verifier.protocol.entries.release import KIND
+from verifier.protocol.leaves import Checked, Fetched, check_leaves
 from verifier.protocol.tiles import range_hashes
 
 RELEASE = "release"  # the "type" of a release event
@@ -165,7 +165,7 @@ def release_line(seq: int, seen: Seen) -> str:
 
 
 def summarize(checked: Checked, leaf: bytes | None = None) -> Seen:
-    """The Seen of a scan.Checked; `leaf` is kept only when the entry is invalid."""
+    """The Seen of a leaves.Checked; `leaf` is kept only when the entry is invalid."""
     entry = checked.entry
     if entry is None:
         return Seen(checked.index, checked.leaf_hash, checked.error or "invalid entry", leaf,
@@ -186,7 +186,7 @@ def summarize_fetched(item: Fetched) -> Summary:
 
 
 def summarize_leaves(first_index: int, leaves: list[bytes]) -> Summary:
-    """scan.check_leaves, reduced to a Summary: the per-chunk work of the worker processes."""
+    """leaves.check_leaves, reduced to a Summary: the per-chunk work of the worker processes."""
     checked = check_leaves(first_index, leaves)
     return Summary(first_index, range_hashes(first_index, [c.leaf_hash for c in checked]),
                    [summarize(c, leaves[c.index - first_index] if c.error is not None else None)

@@ -55,9 +55,9 @@ from verifier.client.monitor.summary import (
     release_line,
     summarize,
 )
-from verifier.client.scan import Checked
 from verifier.protocol.entries.errors import EntryError
 from verifier.protocol.entries.kinds import REGISTRY_KINDS, validate_registry_entry
+from verifier.protocol.leaves import Checked
 from verifier.protocol.registry import Refusal, Registry
 from verifier.protocol.rfc3339 import parse_time
 
@@ -71,8 +71,6 @@ RELEASE_NOT_AUTHORIZED = "release_not_authorized"
 REGISTRY_NOT_AUTHORIZED = "registry_entry_not_authorized"
 INSTALL_WINDOW_CLOSED = "install_window_closed"
 CHECKPOINT_INCONSISTENT = "checkpoint_inconsistent"
-ALERT_CODES = (VERSION_NOT_GROWING, COUNTER_NOT_GROWING, SECOND_ARTIFACT_SET, NEW_PUBLISHER_KEY,
-               INVALID_ENTRY, INSTALL_WINDOW_CLOSED, CHECKPOINT_INCONSISTENT)
 
 
 @dataclass
@@ -140,7 +138,7 @@ class Watcher:
         return hit
 
     def observe(self, checked: Checked, now: datetime) -> list[Event]:
-        """The events for the next entry of the log, validated by scan.check_leaves."""
+        """The events for the next entry of the log, validated by leaves.check_leaves."""
         return self.feed(summarize(checked), now)
 
     def feed(self, seen: Seen, now: datetime) -> list[Event]:

@@ -1,0 +1,5 @@
+import sys
+
+from tlog.cli.main import main
+
+sys.exit(main())
