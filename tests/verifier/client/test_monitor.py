@@ -595,8 +595,8 @@ def test_pure_core_refuses_entries_out_of_order(publisher: Signer) -> None:
 _IMPURE = ("sqlite3", "threading", "signal", "prometheus_client", "argparse", "os", "time", "io",
            "pathlib", "shutil", "tempfile", "socket", "subprocess", "multiprocessing",
            "concurrent", "asyncio", "urllib", "http", "pycurl", "verifier.client.log",
-           "verifier.client.scan", "verifier.client.statedir", "verifier.client.tracking", "verifier.client.monitor.db",
-           "verifier.client.monitor.metrics", "verifier.client.monitor.run", "verifier.cli")
+           "verifier.client.scan", "verifier.client.statedir", "verifier.client.tracking",
+           "verifier.client.monitor.db", "verifier.client.monitor.metrics", "verifier.client.monitor.run", "verifier.cli")
 
 
 @pytest.mark.parametrize("name", ["summary.py", "watch.py"])
