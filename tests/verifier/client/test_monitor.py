@@ -596,7 +596,8 @@ _IMPURE = ("sqlite3", "threading", "signal", "prometheus_client", "argparse", "o
            "pathlib", "shutil", "tempfile", "socket", "subprocess", "multiprocessing",
            "concurrent", "asyncio", "urllib", "http", "pycurl", "verifier.client.log",
            "verifier.client.scan", "verifier.client.statedir", "verifier.client.tracking",
-           "verifier.client.monitor.db", "verifier.client.monitor.metrics", "verifier.client.monitor.run", "verifier.cli")
+           "verifier.client.monitor.db", "verifier.client.monitor.metrics",
+           "verifier.client.monitor.run", "verifier.cli")
 
 
 @pytest.mark.parametrize("name", ["summary.py", "watch.py"])
