@@ -66,12 +66,12 @@ SQL_PUT_CHECKPOINT = "INSERT INTO checkpoints (tree_size, root, note) VALUES ($1
 # Registry entries (the registry kinds of KINDS), written as "none of the other kinds": with
 # release/v1 the only other kind, that is "kind <> 'release/v1'", the predicate of the partial
 # index entries_registry (migration 0002), on which PostgreSQL plans these queries.
-REGISTRY_KIND = "kind NOT IN ({})".format(", ".join(
+SQL_IS_REGISTRY = "kind NOT IN ({})".format(", ".join(
     "'" + name.replace("'", "''") + "'" for name, row in KINDS.items() if not row.registry))
 SQL_REGISTRY_PAGE = (
-    f"SELECT idx, leaf FROM entries WHERE {REGISTRY_KIND} AND idx > $1 ORDER BY idx LIMIT $2")
+    f"SELECT idx, leaf FROM entries WHERE {SQL_IS_REGISTRY} AND idx > $1 ORDER BY idx LIMIT $2")
 SQL_REGISTRY_ENTRIES = (
-    f"SELECT idx, leaf FROM entries WHERE {REGISTRY_KIND} AND idx >= $1 ORDER BY idx")
+    f"SELECT idx, leaf FROM entries WHERE {SQL_IS_REGISTRY} AND idx >= $1 ORDER BY idx")
 SQL_MAX_COUNTERS = (
     "SELECT package, max(counter) AS max FROM entries "
     "WHERE package = ANY($1::text[]) AND counter IS NOT NULL GROUP BY package")

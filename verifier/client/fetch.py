@@ -49,7 +49,9 @@ class DirectoryFetcher:
         return str(self.root / path)
 
     def fetch(self, path: str, limit: int) -> bytes:
-        relative = PurePosixPath(path.partition("?")[0])
+        if "?" in path:  # a query is the JSON search API, which a static copy does not have
+            raise NotFound(f"{self.where(path)}: a static copy of a log answers no queries")
+        relative = PurePosixPath(path)
         if relative.is_absolute() or ".." in relative.parts:
             raise TransportError(f"{path!r} is not a path inside {self.root}")
         try:

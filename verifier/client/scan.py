@@ -10,6 +10,7 @@ entries is in verifier.protocol.leaves. Audit and monitor are built from these.
 from __future__ import annotations
 
 import os
+import signal
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -23,6 +24,14 @@ R = TypeVar("R")
 
 BUNDLES_PER_TASK = 4  # bundles one worker task fetches and works on (1,024 entries)
 WORKER_PREFETCH = 2  # bundles (and tiles) a worker fetches ahead of the one it works on
+
+
+def worker_signals() -> None:
+    """In a worker process: ignore SIGINT (a terminal's Ctrl-C reaches the whole process
+    group; the main process decides when to stop, saving its progress) and let SIGTERM
+    terminate as usual (not a handler inherited from the main process)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def default_workers() -> int:

@@ -28,7 +28,7 @@ from tlog.http.handlers import VKEY
 from tlog.store.postgres import (
     BUNDLE_READAHEAD,
     FULL_TILE_BYTES,
-    REGISTRY_KIND,
+    SQL_IS_REGISTRY,
     SQL_REGISTRY_ENTRIES,
     SQL_REGISTRY_PAGE,
     Storage,
@@ -303,7 +303,7 @@ async def test_registry_queries_return_the_registry_kinds_on_their_partial_index
         for query, args in ((SQL_REGISTRY_ENTRIES, (0,)), (SQL_REGISTRY_PAGE, (0, 10))):
             plan = [r[0] for r in await conn.fetch("EXPLAIN " + query, *args)]
             assert "entries_registry" in "\n".join(plan), plan
-            as_indexed = query.replace(REGISTRY_KIND, "kind <> 'release/v1'")
+            as_indexed = query.replace(SQL_IS_REGISTRY, "kind <> 'release/v1'")
             assert plan == [r[0] for r in await conn.fetch("EXPLAIN " + as_indexed, *args)]
 
 

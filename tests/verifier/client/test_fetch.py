@@ -126,3 +126,12 @@ def test_tlog_verify_checks_a_mirror_directory(tmp_path: Path, signer: Signer,
                           timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert f"size {SIZE}" in proc.stdout or str(SIZE) in proc.stdout
+
+
+def test_a_static_copy_answers_no_search(tmp_path: Path, signer: Signer,
+                                         leaves: list[bytes]) -> None:
+    root = write_tree(tmp_path, static_log(signer, leaves))
+    (root / "v1").mkdir()
+    (root / "v1" / "entries").write_text('{"entries": []}')
+    with pytest.raises(TransportError, match="answers no queries"):
+        LogClient(root.as_uri()).search("app")

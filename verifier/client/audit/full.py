@@ -16,7 +16,6 @@ DIR/evidence/.
 from __future__ import annotations
 
 import hmac
-import signal
 import time
 from collections.abc import Callable, Generator, Mapping
 from contextlib import closing
@@ -27,7 +26,7 @@ from typing import NoReturn
 from verifier.client.audit.progress import PROGRESS_FILE, progress_json, resume_point
 from verifier.client.audit.tree import FULL_TILE_BYTES, Chunk, TileFeed, Tree
 from verifier.client.log import LogClient
-from verifier.client.scan import default_workers, map_bundles
+from verifier.client.scan import default_workers, map_bundles, worker_signals
 from verifier.client.statedir import StateDir
 from verifier.errors import LogMisbehaviour, VerificationFailed, VerifyError
 from verifier.protocol.checkpoint import Checkpoint
@@ -283,10 +282,6 @@ def _checked(client: LogClient, size: int, start: int, prefetch: int, workers: i
     bundle with the log's level-0 tile over it."""
     return map_bundles(client, size, start, partial(_check_bundle, validate=validate),
                        workers, with_tiles=True, prefetch=prefetch,
-                       initializer=_worker_signals)
+                       initializer=worker_signals)
 
 
-def _worker_signals() -> None:
-    """In a worker: ignore SIGINT. Ctrl-C reaches the whole process group; this process
-    alone stops the run (saving progress) and lets the workers finish their chunk."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)

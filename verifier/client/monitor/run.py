@@ -53,7 +53,7 @@ from verifier.client.monitor.summary import (
     summarize_fetched,
 )
 from verifier.client.monitor.watch import CHECKPOINT_INCONSISTENT, INVALID_ENTRY, Watcher
-from verifier.client.scan import map_bundles
+from verifier.client.scan import map_bundles, worker_signals
 from verifier.client.statedir import StateDir
 from verifier.client.tracking import advance
 from verifier.errors import EXIT_OK, LogMisbehaviour, TransportError, UsageError, VerificationFailed
@@ -98,13 +98,6 @@ class Stop:
         deadline = time.monotonic() + seconds
         while not self.requested and (left := deadline - time.monotonic()) > 0:
             time.sleep(min(left, 0.1))
-
-
-def worker_signals() -> None:
-    """In a worker process: ignore SIGINT (a terminal's Ctrl-C reaches the whole process
-    group; the main process decides when to stop) and let SIGTERM terminate as usual."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class Monitor:

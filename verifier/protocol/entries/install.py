@@ -18,7 +18,7 @@ from verifier.protocol.entries.release import Release
 from verifier.protocol.note import Verifier
 from verifier.protocol.rfc3339 import parse_time
 
-__all__ = ["FileDigest", "check_artifacts", "check_install_window", "check_publisher",
+__all__ = ["FileDigest", "check_artifacts", "check_installable_at", "check_publisher",
            "check_release", "window_problem"]
 
 
@@ -71,7 +71,7 @@ def window_problem(release: Release, when: datetime) -> str | None:
     return None
 
 
-def check_install_window(release: Release, now: datetime) -> None:
+def check_installable_at(release: Release, now: datetime) -> None:
     problem = window_problem(release, now)
     if problem is not None:
         raise VerificationFailed(f"not installable at {now.isoformat()}: {problem}")
@@ -82,5 +82,5 @@ def check_release(release: Release, files: Sequence[FileDigest], pinned: Sequenc
     """All of the above; returns the names of the matched artifacts."""
     check_publisher(release, pinned)
     matched = check_artifacts(release, files)
-    check_install_window(release, now)
+    check_installable_at(release, now)
     return matched
