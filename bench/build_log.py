@@ -1,14 +1,13 @@
 """Build (or reuse) a large, real tlog log for the verifier benchmark.
 
 The log lives in a throwaway PostgreSQL cluster under a cache directory (default
-/tmp/tlog-bench-log): N realistic release/v1 entries (default 1,000,000) from several
-publishers over ~1,000 packages with increasing versions and counters, each signed with
-verifier.protocol.entries.signing.sign_entry, appended in large batches exactly as the sequencer
-appends a batch
-(TreeBuilder over the leaf hashes, COPY of the entries, upsert of the changed tiles, one signed
-checkpoint per batch, all in one AppendTx) and finally checked by starting `tlog serve` on it,
-whose startup self-check must pass. Entry generation (JSON + Ed25519 signing) runs in worker
-processes on every core while the main process appends.
+/tmp/tlog-bench-log): N realistic release/v1 entries (default 1,000,000) from several publishers over
+~1,000 packages with increasing versions and counters, each signed with
+verifier.protocol.entries.signing.sign_entry, appended in large batches exactly as the
+sequencer appends a batch (TreeBuilder over the leaf hashes, COPY of the entries, upsert of
+the changed tiles, one signed checkpoint per batch, all in one AppendTx) and finally checked
+by starting `tlog serve` on it, whose startup self-check must pass. Entry generation (JSON +
+Ed25519 signing) runs in worker processes on every core while the main process appends.
 
 A second run with the same N finds the marker file and does nothing; a larger N extends the
 log (entry i is a deterministic function of i, so an interrupted build resumes where it left).

@@ -4,8 +4,8 @@ Uses the log bench/build_log.py keeps in its cache directory (building it first 
 --skip-build), starts its PostgreSQL cluster and one `tlog serve`, then measures in one run:
 
   a. the machine: hashlib SHA-256 (32-, 65- and 400-byte inputs), Ed25519 verify (PyNaCl,
-     and verifier.protocol.ed25519 as used for entry signatures) and parse_leaf (full validation of
-     one entry) per second, on one core and on two processes;
+     and verifier.protocol.ed25519 as used for entry signatures) and parse_leaf (full
+     validation of one entry) per second, on one core and on two processes;
   b. `audit --full` hash-only (full_audit(validate=False) through the Python API, fresh state,
      --workers N and 0): over HTTP, first while `tlog serve --tile-cache` keeps the full
      tiles it serves ("cold"), then again with them kept ("warm"); over HTTP while filling
