@@ -1,8 +1,8 @@
 """Build (or reuse) a large, real tlog log for the verifier benchmark.
 
 The log lives in a throwaway PostgreSQL cluster under a cache directory (default
-/tmp/tlog-bench-log): N realistic release/v1 entries (default 1,000,000) from several publishers over
-~1,000 packages with increasing versions and counters, each signed with
+/tmp/tlog-bench-log): N realistic release/v1 entries (default 1,000,000) from several
+publishers over ~1,000 packages with increasing versions and counters, each signed with
 verifier.protocol.entries.signing.sign_entry, appended in large batches exactly as the
 sequencer appends a batch (TreeBuilder over the leaf hashes, COPY of the entries, upsert of
 the changed tiles, one signed checkpoint per batch, all in one AppendTx) and finally checked
