@@ -105,10 +105,15 @@ async def post_token_revoke(request: web.Request) -> web.Response:
     jti = request.match_info["jti"]
     if not _JTI.fullmatch(jti):
         raise ApiError("bad_token_id", "a token id is 1-64 characters of A-Z a-z 0-9 _ -")
-    if not await request.app[TOKEN_LEDGER].revoke_token(jti, who):
-        raise ApiError("not_found", f"no unrevoked token with id {jti}")
-    _audit("token_revoked", by=who, jti=jti)
-    return web.json_response({"jti": jti, "revoked": True})
+    outcome = await request.app[TOKEN_LEDGER].revoke_token(jti, who)
+    if outcome == "unknown":
+        raise ApiError("not_found", f"this log issued no token with id {jti}")
+    # Revoking twice is a retry, not a mistake: the same answer, and nothing to audit (the
+    # table keeps who revoked it first).
+    if outcome == "revoked":
+        _audit("token_revoked", by=who, jti=jti)
+    return web.json_response({"jti": jti, "revoked": True,
+                              "already_revoked": outcome == "already_revoked"})
 
 
 def add_admin_routes(app: web.Application) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import asyncpg
 
-from tlog.store.reader import LogReader, StoredCheckpoint, TokenLedger
+from tlog.store.reader import LogReader, RevokeOutcome, StoredCheckpoint, TokenLedger
 from verifier.protocol.entries.kinds import KINDS
 from verifier.protocol.tiles import MAX_ENTRY_SIZE, TILE_WIDTH, TileKey
 
@@ -79,9 +79,13 @@ SQL_TOKENS = "SELECT jti, publisher, scopes, revoked_at FROM tokens WHERE jti = 
 SQL_INSERT_TOKEN = (
     "INSERT INTO tokens (jti, publisher, scopes, expires_at, issued_by) "
     "VALUES ($1, $2, $3, $4, $5)")
+# One statement, so that the answer and the change come from the same snapshot: `hit` is the
+# row this call revoked, `known` whether the token was issued at all.
 SQL_REVOKE_TOKEN = (
-    "UPDATE tokens SET revoked_at = now(), revoked_by = $2 "
-    "WHERE jti = $1 AND revoked_at IS NULL RETURNING jti")
+    "WITH hit AS (UPDATE tokens SET revoked_at = now(), revoked_by = $2 "
+    "WHERE jti = $1 AND revoked_at IS NULL RETURNING jti) "
+    "SELECT EXISTS (SELECT 1 FROM hit) AS hit, "
+    "EXISTS (SELECT 1 FROM tokens WHERE jti = $1) AS known")
 
 
 KeyT = TypeVar("KeyT")
@@ -349,9 +353,12 @@ class Storage:
         await self.pool.execute(SQL_INSERT_TOKEN, jti, publisher, list(scopes), expires_at,
                                 issued_by)
 
-    async def revoke_token(self, jti: str, revoked_by: str) -> bool:
-        """Revoke a token; False if it is unknown or already revoked."""
-        return await self.pool.fetchval(SQL_REVOKE_TOKEN, jti, revoked_by) is not None
+    async def revoke_token(self, jti: str, revoked_by: str) -> RevokeOutcome:
+        """Revoke a token; an already revoked one keeps its first revocation."""
+        row = await self.pool.fetchrow(SQL_REVOKE_TOKEN, jti, revoked_by)
+        if row["hit"]:
+            return "revoked"
+        return "already_revoked" if row["known"] else "unknown"
 
     @asynccontextmanager
     async def append(self) -> AsyncIterator[AppendTx]:

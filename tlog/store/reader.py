@@ -15,9 +15,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 from verifier.protocol.tiles import TILE_WIDTH, TileKey
+
+# What revoking a token did: revoking one that is already revoked changes nothing and is no
+# error (a retried `tlog token revoke` must not fail); only a token never issued is.
+RevokeOutcome = Literal["revoked", "already_revoked", "unknown"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,6 @@ class TokenLedger(Protocol):
         """Record an issued token before it is handed out."""
         ...
 
-    async def revoke_token(self, jti: str, revoked_by: str) -> bool:
-        """Revoke a token; False if it is unknown or already revoked."""
+    async def revoke_token(self, jti: str, revoked_by: str) -> RevokeOutcome:
+        """Revoke a token; an already revoked one keeps its first revocation."""
         ...

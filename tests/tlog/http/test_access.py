@@ -358,12 +358,40 @@ async def test_revoked_token_is_refused(log: Log) -> None:
     token, jti = info["token"], info["jti"]
     await expect(await log.publish(ACME, "com.acme.app", "1.0", token), 201)
     revoked = await expect(await log.admin(f"/v1/admin/tokens/{jti}/revoke", {}), 200)
-    assert revoked == {"jti": jti, "revoked": True}
+    assert revoked == {"jti": jti, "revoked": True, "already_revoked": False}
     await refused(log, log.publish(ACME, "com.acme.app", "1.1", token), 401, "token_revoked")
-    await refused(log, log.admin(f"/v1/admin/tokens/{jti}/revoke", {}), 404, "not_found")
     row = await token_row(log.database_url, jti)
     assert row is not None and row["revoked_at"] is not None
     assert row["revoked_by"] == "admin-token"
+
+
+async def test_revoking_a_revoked_token_twice_succeeds_quietly(
+        log: Log, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tlog.audit")
+    info = await log.issue("acme", ["com.acme.*"])
+    path = f"/v1/admin/tokens/{info['jti']}/revoke"
+    first = await expect(await log.admin(path, {}), 200)
+    assert first == {"jti": info["jti"], "revoked": True, "already_revoked": False}
+    before = await token_row(log.database_url, info["jti"])
+    assert before is not None and before["revoked_at"] is not None
+
+    # A retry answers 200 and changes nothing: the first revocation's time stays, and the
+    # audit log has one revocation.
+    again = await expect(await log.admin(path, {}), 200)
+    assert again == {"jti": info["jti"], "revoked": True, "already_revoked": True}
+    after = await token_row(log.database_url, info["jti"])
+    assert after is not None
+    assert (after["revoked_at"], after["revoked_by"]) == (before["revoked_at"], "admin-token")
+    events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "tlog.audit"]
+    assert [e["event"] for e in events].count("token_revoked") == 1
+    await refused(log, log.publish(ACME, "com.acme.app", "1.0", info["token"]),
+                  401, "token_revoked")
+
+    # Only a token the log never issued is 404, and it is not recorded.
+    error = await refused(log, log.admin("/v1/admin/tokens/never-issued/revoke", {}),
+                          404, "not_found")
+    assert "never-issued" in error["message"]
+    assert await token_row(log.database_url, "never-issued") is None
 
 
 async def test_token_not_on_record_is_refused(log: Log) -> None:

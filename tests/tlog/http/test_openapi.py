@@ -560,9 +560,10 @@ async def test_a_registered_log_and_its_admin_api_answer_as_documented(
     await call.post(revoke, 404, "not_found", path="/v1/admin/tokens/nope/revoke", headers=admin)
     revoked = await call.post(revoke, 200, path=f"/v1/admin/tokens/{acme_jti}/revoke",
                               headers=admin)
-    assert revoked == {"jti": acme_jti, "revoked": True}
-    await call.post(revoke, 404, "not_found", path=f"/v1/admin/tokens/{acme_jti}/revoke",
-                    headers=admin)
+    assert revoked == {"jti": acme_jti, "revoked": True, "already_revoked": False}
+    again = await call.post(revoke, 200, path=f"/v1/admin/tokens/{acme_jti}/revoke",
+                            headers=admin)
+    assert again == {"jti": acme_jti, "revoked": True, "already_revoked": True}
     await call.post(submit, 401, "token_revoked", headers=acme_token,
                     json=make_release(acme, "com.acme.app", "2.0", counter=7))
 
