@@ -86,6 +86,12 @@ class Change:
     detail: str
 
 
+def _stale_key(p: Publisher, key: str) -> str:
+    """Why `key`, not a current key of `p`, may not sign its releases (key_not_valid)."""
+    state = "was revoked" if key in p.revoked_keys else "is not one of its current keys"
+    return f"the signing key of publisher {p.name!r} {state}"
+
+
 class Registry:
     """The publisher registry and package counters, replayed entry by entry in log order.
 
@@ -117,7 +123,7 @@ class Registry:
         if not p.owns(package):
             return f"publisher {publisher!r} does not own package {package!r}"
         if key not in p.keys:
-            return f"the signing key is not a current key of {publisher!r}"
+            return _stale_key(p, key)
         return None
 
     # replay -------------------------------------------------------------------------------
@@ -147,8 +153,7 @@ class Registry:
             raise Refusal(PACKAGE_NOT_OWNED,
                           f"publisher {r.publisher!r} does not own package {r.package!r}")
         if r.key.text() not in p.keys:
-            state = "was revoked" if r.key.text() in p.revoked_keys else "is not a current key"
-            raise Refusal(KEY_NOT_VALID, f"the signing key {state} of publisher {r.publisher!r}")
+            raise Refusal(KEY_NOT_VALID, _stale_key(p, r.key.text()))
         self._authorize_counter(r)
 
     def _authorize_counter(self, r: Release) -> None:
