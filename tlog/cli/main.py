@@ -15,8 +15,9 @@ import asyncpg
 
 from tlog.cli.common import run_app, write_keypair
 from tlog.cli.pgcluster import ClusterError
+from tlog.cli.proof import LOG_KEY_HELP
 from tlog.cli.registry import add_operator_commands
-from tlog.cli.remote import add_connection_options
+from tlog.cli.remote import add_connection_options, add_token_options
 from tlog.config import (
     DEFAULT_LISTEN,
     PKCS11_OPTIONS,
@@ -237,14 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     pub = sub.add_parser("publish", help="sign a release, log it and save the verified receipt")
     pub.add_argument("--log", required=True, help="the log's base URL")
     pub.add_argument("--key", required=True, help="the publisher's private key file")
-    pub.add_argument("--log-key", help="the log's vkey file to verify the receipt with "
-                     "(default: ask the log, which only proves the log is self-consistent)")
+    pub.add_argument("--log-key", help=LOG_KEY_HELP)
     pub.add_argument("--package", required=True)
     pub.add_argument("--version", required=True)
     pub.add_argument("--counter", type=int, help="release counter; must grow between releases")
     pub.add_argument("--out", help="receipt file (default: FIRST_ARTIFACT.tlog-receipt.json)")
-    pub.add_argument("--token", help="submission token (registered logs; or TLOG_TOKEN)")
-    pub.add_argument("--token-file", help="file holding the submission token")
+    add_token_options(pub, "file holding the submission token (registered logs)")
     add_connection_options(pub)
     pub.add_argument("artifacts", nargs="+", metavar="ARTIFACT")
     pub.set_defaults(func=cmd_publish)

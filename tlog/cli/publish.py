@@ -8,14 +8,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tlog.cli import proof
 from tlog.cli.remote import RemoteError, call, expect, read_secret
 from verifier.client.artifacts import hash_file
-from verifier.client.keys import read_private_key, read_vkey
+from verifier.client.keys import read_private_key
 from verifier.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from verifier.protocol.entries.errors import EntryError
 from verifier.protocol.entries.release import validate_entry
 from verifier.protocol.entries.signing import sign_entry
-from verifier.protocol.note import NoteError, Verifier, parse_vkey
+from verifier.protocol.note import NoteError, Verifier
 from verifier.protocol.receipt import make_receipt, verify_receipt
 from verifier.protocol.trust import KeyTrust
 
@@ -24,15 +25,6 @@ def describe_artifact(path: Path) -> dict[str, Any]:
     """{name, sha256, size} of a file, as the entry's artifacts list it."""
     digest = hash_file(path)
     return {"name": path.name, "sha256": digest.sha256, "size": digest.size}
-
-
-def _log_key(args: argparse.Namespace) -> Verifier:
-    if args.log_key:
-        return read_vkey(args.log_key, "log key")
-    info = expect(*call(args, "GET", "/v1/log"), (200,), "GET /v1/log")
-    print("warning: no --log-key given; verifying against the key the log itself announces",
-          file=sys.stderr)
-    return parse_vkey(str(info.get("vkey")))
 
 
 def _entry(args: argparse.Namespace, artifacts: list[Path]) -> dict[str, Any]:
@@ -48,7 +40,7 @@ def _entry(args: argparse.Namespace, artifacts: list[Path]) -> dict[str, Any]:
 
 
 def _submit(args: argparse.Namespace, entry: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    token = args.token or read_secret(args.token_file, "TLOG_TOKEN", "token file")
+    token = read_secret(args.token_file, "TLOG_TOKEN", "token file")
     status, reply = call(args, "POST", "/v1/entries", entry, bearer=token)
     return status, expect(status, reply, (200, 201), "the log")
 
@@ -72,7 +64,7 @@ def publish(args: argparse.Namespace) -> int:
         for p in artifacts:
             if not p.is_file():
                 raise RemoteError(EXIT_USAGE, f"{p}: not a file")
-        log_key = _log_key(args)
+        log_key = proof.log_key(args, "tlog publish")
         entry = _entry(args, artifacts)
         status, reply = _submit(args, entry)
         receipt = _receipt(entry, reply, log_key)

@@ -12,9 +12,11 @@ import argparse
 import sys
 from typing import Any
 
+from tlog.cli import proof
 from tlog.cli.remote import (
     RemoteError,
     add_connection_options,
+    add_token_options,
     call,
     expect,
     read_secret,
@@ -61,8 +63,9 @@ def token_issue(args: argparse.Namespace) -> int:
 def token_revoke(args: argparse.Namespace) -> int:
     status, reply = call(args, "POST", f"/v1/admin/tokens/{args.jti}/revoke", {},
                          bearer=_admin_secret(args))
-    expect(status, reply, (200,), "token revocation")
-    print(f"revoked token {args.jti}")
+    info = expect(status, reply, (200,), "token revocation")
+    print(f"token {args.jti} was already revoked" if info.get("already_revoked")
+          else f"revoked token {args.jti}")
     return EXIT_OK
 
 
@@ -76,16 +79,19 @@ def _vkeys(paths: list[str] | None) -> list[str]:
 
 def _submit_registry(args: argparse.Namespace, fields: dict[str, Any]) -> int:
     entry = sign_entry(fields, _signer(args.signer))
-    check_entry(entry)  # refuse locally what the log would refuse
-    token = args.token or read_secret(args.token_file, "TLOG_TOKEN", "token file")
+    checked = check_entry(entry)  # refuse locally what the log would refuse
+    log_key = proof.log_key(args, "tlog registry")
+    token = read_secret(args.token_file, "TLOG_TOKEN", "token file")
     if token:
         status, reply = call(args, "POST", "/v1/entries", entry, bearer=token)
     else:
         status, reply = call(args, "POST", "/v1/admin/entries", entry,
                              bearer=_admin_secret(args))
     info = expect(status, reply, (200, 201), f"{fields['kind']} entry")
+    # A registry change decides which keys may publish: "logged" only once proven so.
+    checkpoint = proof.check_inclusion(checked.leaf_hash, info, log_key)
     print(f"logged {fields['kind']} for {fields['publisher']} at index {info['index']} "
-          f"(tree size {info['tree_size']})")
+          f"(tree size {checkpoint.size}); inclusion proof verified")
     return EXIT_OK
 
 
@@ -122,9 +128,9 @@ def _registry_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--signer", required=True, metavar="KEY_FILE",
                    help="private key that signs the entry: the admin key, or (rotate/revoke "
                         "keys) a current key of the publisher")
-    p.add_argument("--token", help="submit as the publisher with this token (else the "
-                                   "admin API is used)")
-    p.add_argument("--token-file", help="file holding the publisher's token")
+    p.add_argument("--log-key", help=proof.LOG_KEY_HELP)
+    add_token_options(p, "file holding the publisher's token: submit as the publisher "
+                         "(else the admin API is used)")
 
 
 def add_operator_commands(sub: Any) -> None:

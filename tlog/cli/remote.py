@@ -36,6 +36,24 @@ def add_connection_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--client-key", metavar="PEM", help="its private key")
 
 
+class _SecretOnCommandLine(argparse.Action):
+    """Refuses `--token VALUE`: argv is readable by every user of the host (`ps`), so a
+    secret there leaks. Kept as an option (not dropped) so that argparse does not take
+    `--token` as an abbreviation of `--token-file` and name the secret in its error."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        parser.error(f"{option_string} would put the token on the command line, where other "
+                     "users see it (ps); use --token-file FILE or the TLOG_TOKEN environment "
+                     "variable")
+
+
+def add_token_options(p: argparse.ArgumentParser, what: str) -> None:
+    """--token-file (what: the help text), and a `--token` that only says to use it."""
+    p.add_argument("--token-file", metavar="FILE", help=f"{what} (or TLOG_TOKEN)")
+    p.add_argument("--token", nargs="?", action=_SecretOnCommandLine, help=argparse.SUPPRESS)
+
+
 def tls_files(args: argparse.Namespace) -> Tls:
     """The TLS files of the connection options, each loaded once here: a missing or malformed
     file is the caller's mistake (exit 2), not the log's."""
@@ -63,10 +81,16 @@ def call(args: argparse.Namespace, method: str, path: str, body: Any = None,
         raise RemoteError(EXIT_USAGE, str(exc)) from exc
     except TransportError as exc:
         raise RemoteError(EXIT_TRANSPORT, str(exc)) from exc
+    url = args.log.rstrip("/") + path
+    if 300 <= status < 400:
+        # Never followed (HttpFetcher.request): a redirect would carry the submission and its
+        # Authorization header to wherever the log points, perhaps another host.
+        raise RemoteError(EXIT_TRANSPORT, f"{url} answered {status}, a redirect, which tlog "
+                                          "does not follow with credentials; give the log's "
+                                          "own URL as --log")
     try:
         return status, json.loads(raw)
     except ValueError as exc:
-        url = args.log.rstrip("/") + path
         raise RemoteError(EXIT_TRANSPORT, f"{url} answered {status} with non-JSON") from exc
 
 
