@@ -61,6 +61,41 @@ def test_a_file_of_the_same_name_but_other_bytes_is_named_in_the_refusal(tmp_pat
     assert "the entry's tool.tar.gz has sha256" in str(info.value)
 
 
+APP, DEBUG = b"app build\n" * 50, b"debug build, logs every secret\n" * 50
+
+
+def two_artifacts() -> Release:
+    """An entry listing app-2.4.1.apk and app-2.4.1-debug.apk: both signed, both logged."""
+    artifacts = [{"name": name, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+                 for name, data in (("app-2.4.1.apk", APP), ("app-2.4.1-debug.apk", DEBUG))]
+    return validate_entry(sign_entry(fields(artifacts=artifacts), ALICE))
+
+
+def test_a_file_named_like_one_artifact_with_the_bytes_of_another_is_refused(
+        tmp_path: Path) -> None:
+    # A mirror serves the debug build under the release build's name: its bytes are in the
+    # entry, but not as the artifact the client asked for.
+    path = tmp_path / "app-2.4.1.apk"
+    path.write_bytes(DEBUG)
+    with pytest.raises(VerificationFailed) as info:
+        check_release(two_artifacts(), [hash_file(path)], [], datetime.now(UTC))
+    assert "its bytes are the entry's app-2.4.1-debug.apk, not its app-2.4.1.apk" in str(
+        info.value)
+    path.write_bytes(APP)
+    assert check_release(two_artifacts(), [hash_file(path)], [], datetime.now(UTC)) == [
+        "app-2.4.1.apk"]
+
+
+def test_a_renamed_file_passes_on_its_bytes_as_the_artifact_it_is(tmp_path: Path) -> None:
+    """Harmless: a file saved under another name (evil.apk) with an artifact's very bytes is
+    that artifact, and the name returned (printed by tlog-verify) says which one."""
+    release_build, debug_build = tmp_path / "evil.apk", tmp_path / "download.bin"
+    release_build.write_bytes(APP)
+    debug_build.write_bytes(DEBUG)
+    assert check_release(two_artifacts(), [hash_file(release_build), hash_file(debug_build)],
+                         [], datetime.now(UTC)) == ["app-2.4.1.apk", "app-2.4.1-debug.apk"]
+
+
 def test_window_problem_says_when_the_window_opens() -> None:
     r = release(install_window=WINDOW)
     assert window_problem(r, datetime(2025, 12, 31, tzinfo=UTC)) == (

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from verifier.errors import VerificationFailed
 from verifier.protocol.entries.release import Release
@@ -34,21 +35,44 @@ class FileDigest:
 
 
 def check_artifacts(release: Release, files: Sequence[FileDigest]) -> list[str]:
-    """Each file must be one of the entry's artifacts (same sha256 and size); return names."""
+    """Each file must be one of the entry's artifacts (same sha256 and size); return the
+    names of the artifacts matched, in the order of the files.
+
+    A file named like one of the entry's artifacts must have that artifact's bytes: with
+    several artifacts, the bytes of another (app-debug.apk's, served as app.apk) would
+    otherwise pass as the artifact the caller means to install. A file named like none of
+    them (a download saved under another name) passes on its bytes alone, which is harmless:
+    same bytes, same artifact, and the name returned says which artifact it is.
+    """
+    artifacts: list[dict[str, Any]] = release.entry["artifacts"]
     matched = []
     for f in files:
-        hit = next((a for a in release.entry["artifacts"]
-                    if a["sha256"] == f.sha256 and a["size"] == f.size), None)
+        named = next((a for a in artifacts if a["name"] == f.name), None)
+        hit = next((a for a in ([named] if named else artifacts) if _same_bytes(a, f)), None)
         if hit is None:
-            same_name = next((a for a in release.entry["artifacts"]
-                              if a["name"] == f.name), None)
-            detail = (f"the entry's {same_name['name']} has sha256 {same_name['sha256']}, "
-                      f"size {same_name['size']}" if same_name else "no artifact of the entry "
-                      "has its sha256 and size")
-            raise VerificationFailed(f"artifact {f.path} (sha256 {f.sha256}, size {f.size}) is "
-                                     f"not in the logged release: {detail}")
+            raise VerificationFailed(_mismatch(f, named, artifacts))
         matched.append(str(hit["name"]))
     return matched
+
+
+def _same_bytes(artifact: dict[str, Any], f: FileDigest) -> bool:
+    return bool(artifact["sha256"] == f.sha256 and artifact["size"] == f.size)
+
+
+def _mismatch(f: FileDigest, named: dict[str, Any] | None,
+              artifacts: list[dict[str, Any]]) -> str:
+    """Why `f` is refused: which artifact its name points at, and whose bytes it has."""
+    other = next((a for a in artifacts if _same_bytes(a, f)), None)
+    if named is not None and other is not None:
+        detail = (f"its bytes are the entry's {other['name']}, not its {named['name']} "
+                  f"(sha256 {named['sha256']}, size {named['size']})")
+    elif named is not None:
+        detail = (f"the entry's {named['name']} has sha256 {named['sha256']}, "
+                  f"size {named['size']}")
+    else:
+        detail = "no artifact of the entry has its sha256 and size"
+    return (f"artifact {f.path} (sha256 {f.sha256}, size {f.size}) is not in the logged "
+            f"release: {detail}")
 
 
 def check_publisher(release: Release, pinned: Sequence[Verifier]) -> None:
