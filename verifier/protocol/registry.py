@@ -88,7 +88,7 @@ class Change:
 
 def _stale_key(p: Publisher, key: str) -> str:
     """Why `key`, not a current key of `p`, may not sign its releases (key_not_valid)."""
-    state = "was revoked" if key in p.revoked_keys else "is not one of its current keys"
+    state = "was revoked" if key in p.revoked_keys else "is not a current key"
     return f"the signing key of publisher {p.name!r} {state}"
 
 

@@ -243,7 +243,7 @@ async def test_release_signed_by_removed_key_is_refused_after_removal_but_accept
 
     error = await refused(log, log.publish(ACME2, "com.acme.app", "2.0", token, counter=3),
                           403, "key_not_valid")
-    assert error["message"] == "the signing key of publisher 'acme' is not one of its current keys"
+    assert error["message"] == "the signing key of publisher 'acme' is not a current key"
     error = await refused(log, log.publish(ACME3, "com.acme.app", "2.0", token, counter=3),
                           403, "key_not_valid")
     assert error["message"] == "the signing key of publisher 'acme' was revoked"
