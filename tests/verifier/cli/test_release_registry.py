@@ -48,6 +48,6 @@ def test_release_signed_by_a_key_the_registry_never_granted_fails_the_client_che
         assert release("1.1") == 1
         assert "not a current key" in capsys.readouterr().err
         assert release("1.2") == 1
-        assert "not a current key" in capsys.readouterr().err
+        assert "the signing key of publisher 'acme' was revoked" in capsys.readouterr().err
     finally:
         server.stop()
