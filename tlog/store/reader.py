@@ -81,6 +81,17 @@ class LogReader(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class TokenRecord:
+    """A submission token as the log recorded it when issuing it, and whether it was revoked."""
+
+    jti: str
+    publisher: str
+    scopes: list[str]
+    revoked: bool
+    expires: datetime
+
+
 class TokenLedger(Protocol):
     """The record of submission tokens: every issued one, and who revoked which."""
 
@@ -91,4 +102,8 @@ class TokenLedger(Protocol):
 
     async def revoke_token(self, jti: str, revoked_by: str) -> bool:
         """Revoke a token; False if it is unknown or already revoked."""
+        ...
+
+    async def token(self, jti: str) -> TokenRecord | None:
+        """The record of a token as issued (and whether it was revoked); None if unknown."""
         ...
