@@ -15,6 +15,7 @@ from verifier.protocol.note import NoteSigner, Signer, Verifier
 DEFAULT_LISTEN = "127.0.0.1:8080"
 POLICIES = ("open", "registered")
 MAX_BODY_BYTES = 128 * 1024  # an entry is at most 65,535 bytes once canonical
+MAX_BODY_TIMEOUT = 300.0  # seconds; a longer deadline would let stalled bodies pile up
 PKCS11_OPTIONS = ("pkcs11_module", "pkcs11_token", "pkcs11_key", "pkcs11_pin_file")
 
 
@@ -34,13 +35,22 @@ class TlsConfig:
 
 @dataclass(frozen=True)
 class Quotas:
-    """Pushback: token buckets per publisher and per client, and a cap on writes in flight."""
+    """Pushback: token buckets per publisher and per client, caps on writes in flight, and
+    a deadline on reading a write's body."""
 
     publisher_rate: float = 100.0  # submissions per second, sustained
     publisher_burst: int = 2000
     client_rate: float = 500.0
     client_burst: int = 5000
     max_in_flight: int = 5000      # write requests being processed at once (503 beyond)
+    # One client's writes at once, body reads included (429 beyond): a tenth of the global
+    # cap, so that one address stalling its bodies cannot hold every slot.
+    max_in_flight_per_client: int = 500
+    # Body bytes of the writes being processed (503 beyond). Each holds its body and the
+    # entry parsed from it (measured: about 3x the entry's bytes), so this bounds their
+    # memory to a small multiple of it, where 5,000 maximal bodies would hold gigabytes.
+    max_in_flight_bytes: int = 32 * 1024 * 1024
+    body_timeout: float = 10.0     # seconds to receive a write's whole body (408 beyond)
 
 
 @dataclass(frozen=True)
@@ -187,14 +197,24 @@ def _tile_cache(access: dict[str, Any]) -> Path | None:
     return Path(given) if given else None
 
 
+QUOTA_OPTIONS = ("publisher_rate", "publisher_burst", "client_rate", "client_burst",
+                 "max_in_flight", "max_in_flight_per_client", "max_in_flight_bytes",
+                 "body_timeout")
+
+
 def _quotas(access: dict[str, Any]) -> Quotas:
-    given = {name: access[name] for name in ("publisher_rate", "publisher_burst", "client_rate",
-                                             "client_burst", "max_in_flight")
-             if access.get(name) is not None}
+    given = {name: access[name] for name in QUOTA_OPTIONS if access.get(name) is not None}
     quotas = Quotas(**given)
     if min(quotas.publisher_rate, quotas.client_rate) <= 0 or min(
-            quotas.publisher_burst, quotas.client_burst, quotas.max_in_flight) < 1:
-        raise ConfigError("quota rates must be > 0 and bursts and --max-in-flight >= 1")
+            quotas.publisher_burst, quotas.client_burst, quotas.max_in_flight,
+            quotas.max_in_flight_per_client) < 1:
+        raise ConfigError("quota rates must be > 0, and bursts, --max-in-flight and "
+                          "--max-in-flight-per-client >= 1")
+    if quotas.max_in_flight_bytes < MAX_BODY_BYTES:
+        raise ConfigError(f"--max-in-flight-bytes must be at least the largest body "
+                          f"({MAX_BODY_BYTES})")
+    if not 0 < quotas.body_timeout <= MAX_BODY_TIMEOUT:
+        raise ConfigError(f"--body-timeout must be > 0 and at most {MAX_BODY_TIMEOUT:.0f} s")
     return quotas
 
 

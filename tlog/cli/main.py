@@ -21,6 +21,7 @@ from tlog.cli.remote import add_connection_options, add_token_options
 from tlog.config import (
     DEFAULT_LISTEN,
     PKCS11_OPTIONS,
+    QUOTA_OPTIONS,
     Config,
     ConfigError,
     from_options,
@@ -158,8 +159,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 ACCESS_OPTIONS = ("policy", "admin_key", "token_key", "admin_token_file", "tls_cert", "tls_key",
-                  "client_ca", "admin_cn", "publisher_rate", "publisher_burst", "client_rate",
-                  "client_burst", "max_in_flight", "tile_cache")
+                  "client_ca", "admin_cn", *QUOTA_OPTIONS, "tile_cache")
 
 
 def add_access_options(s: argparse.ArgumentParser) -> None:
@@ -185,6 +185,12 @@ def add_access_options(s: argparse.ArgumentParser) -> None:
     q.add_argument("--client-rate", type=float, help="write requests/s per client (500)")
     q.add_argument("--client-burst", type=int, help="burst per client (5000)")
     q.add_argument("--max-in-flight", type=int, help="writes processed at once (5000)")
+    q.add_argument("--max-in-flight-per-client", type=int,
+                   help="one client's writes at once, body reads included (500)")
+    q.add_argument("--max-in-flight-bytes", type=int,
+                   help="body bytes of the writes processed at once (33554432)")
+    q.add_argument("--body-timeout", type=float,
+                   help="seconds to receive a write's whole body (10)")
     c = s.add_argument_group("caching")
     c.add_argument("--tile-cache", metavar="DIR",
                    help="keep every full tile and entry bundle served in DIR (or "

@@ -3,12 +3,15 @@
 Admin calls are authenticated by an admin token (compared in constant time) or by a TLS
 client certificate whose common name is an admin name. With a client CA configured, every
 write needs a verified client certificate; reads stay public. Quotas are token buckets per
-client and per publisher, plus a cap on writes in flight.
+client and per publisher, a cap on each client's writes in flight (body reads included),
+and a cap on the writes being processed and the body bytes they hold, taken only once a
+body is read: a client that stalls its body holds its own slots, nobody else's.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 import time
 from collections import OrderedDict
@@ -87,25 +90,56 @@ class Buckets:
         tokens = min(float(self.burst), tokens + (now - last) * self.rate)
         if tokens < 1.0:
             self._state[key] = (tokens, now)
-            wait = (1.0 - tokens) / self.rate
+            # Whole seconds, rounded up: the body says what the Retry-After header says.
+            wait = max(1, math.ceil((1.0 - tokens) / self.rate))
             raise AccessError("rate_limited", f"too many submissions for {what}; "
-                              f"retry in {wait:.1f} s", retry_after=wait)
+                              f"retry in {wait} s", retry_after=wait)
         self._state[key] = (tokens - 1.0, now)
         while len(self._state) > MAX_TRACKED:
             self._state.popitem(last=False)
 
 
 class InFlight:
-    """A cap on write requests being processed at once (beyond it: 503, retry shortly)."""
+    """The writes being processed at once and the body bytes they hold (beyond either cap:
+    503, retry shortly). A write enters once its body is read, weighing the body's size:
+    what it holds until answered is that body and the entry parsed from it."""
+
+    def __init__(self, limit: int, max_bytes: int) -> None:
+        self.limit, self.max_bytes = limit, max_bytes
+        self.current = 0
+        self.bytes = 0
+
+    def enter(self, size: int) -> None:
+        if self.current >= self.limit or self.bytes + size > self.max_bytes:
+            raise AccessError("overloaded", "the log is busy; retry shortly", retry_after=1)
+        self.current += 1
+        self.bytes += size
+
+    def leave(self, size: int) -> None:
+        self.current -= 1
+        self.bytes -= size
+
+
+class ClientInFlight:
+    """A cap on one client's write requests at once, from their first byte (a stalled body
+    included) to their answer; beyond it: 429. Memory: one counter per client with a write
+    in progress, so at most one per open request."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.current = 0
+        self._count: dict[str, int] = {}
 
-    def enter(self) -> None:
-        if self.current >= self.limit:
-            raise AccessError("overloaded", "the log is busy; retry shortly", retry_after=1)
-        self.current += 1
+    def enter(self, key: str) -> None:
+        count = self._count.get(key, 0)
+        if count >= self.limit:
+            raise AccessError("rate_limited", f"more than {self.limit} write requests of this "
+                              "client in progress; retry in 1 s", retry_after=1)
+        self._count[key] = count + 1
 
-    def leave(self) -> None:
-        self.current -= 1
+    def leave(self, key: str) -> None:
+        count = self._count.pop(key) - 1
+        if count > 0:
+            self._count[key] = count
+
+    def current(self, key: str) -> int:
+        return self._count.get(key, 0)

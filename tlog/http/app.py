@@ -17,11 +17,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from tlog.config import Config
-from tlog.http.access import Buckets, InFlight, client_identity
+from tlog.http.access import Buckets, ClientInFlight, InFlight, client_identity
 from tlog.http.admin import add_admin_routes
 from tlog.http.errors import ERROR_CODE, HTTP_ERROR, HTTP_EXCEPTION_CODES, STATUS, ApiError
 from tlog.http.handlers import (
     CLIENT_BUCKETS,
+    CLIENT_IN_FLIGHT,
     CONFIG,
     IN_FLIGHT,
     PUBLISHER_BUCKETS,
@@ -32,6 +33,7 @@ from tlog.http.handlers import (
     TOKENS,
     VKEY,
     add_routes,
+    release_write_slot,
 )
 from tlog.http.metrics import Metrics
 from tlog.http.tokens import TokenAuthority
@@ -80,16 +82,19 @@ def _request_id(request: web.Request) -> str:
 
 
 async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Writes pass the per-client quota and the in-flight cap before the handler runs."""
+    """Writes pass the client's rate and in-flight caps before the handler runs; the global
+    write cap is taken once the body is read (handlers.read_json_body) and given back here."""
     if request.method != "POST":
         return await handler(request)
-    request.app[CLIENT_BUCKETS].take(client_identity(request), "this client")
-    in_flight = request.app[IN_FLIGHT]
-    in_flight.enter()
+    client = client_identity(request)
+    request.app[CLIENT_BUCKETS].take(client, "this client")
+    per_client = request.app[CLIENT_IN_FLIGHT]
+    per_client.enter(client)
     try:
         return await handler(request)
     finally:
-        in_flight.leave()
+        per_client.leave(client)
+        release_write_slot(request)
 
 
 async def _respond(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -169,7 +174,8 @@ def create_app(config: Config) -> web.Application:
     q = config.quotas
     app[PUBLISHER_BUCKETS] = Buckets(q.publisher_rate, q.publisher_burst)
     app[CLIENT_BUCKETS] = Buckets(q.client_rate, q.client_burst)
-    app[IN_FLIGHT] = InFlight(q.max_in_flight)
+    app[IN_FLIGHT] = InFlight(q.max_in_flight, q.max_in_flight_bytes)
+    app[CLIENT_IN_FLIGHT] = ClientInFlight(q.max_in_flight_per_client)
     add_routes(app)
     add_admin_routes(app)
     app.router.add_get("/metrics", get_metrics)

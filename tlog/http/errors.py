@@ -35,6 +35,7 @@ STATUS: dict[str, int] = {
     "no_checkpoint": 404,
     # HTTP itself (aiohttp raises these too: HTTP_EXCEPTION_CODES).
     "method_not_allowed": 405,
+    "body_timeout": 408,
     "body_too_large": 413,
     "unsupported_media_type": 415,
     # Entries: the codes of verifier's EntryError (an entry code not listed here: 422).
@@ -61,6 +62,7 @@ STATUS: dict[str, int] = {
     "token_bad_signature": 401,
     "token_unknown": 401,
     "token_revoked": 401,
+    "token_mismatch": 401,
     "token_wrong_publisher": 403,
     "token_out_of_scope": 403,
     # Pushback and trouble.

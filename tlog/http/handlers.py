@@ -7,6 +7,7 @@ JSON API under /v1 (schema/openapi.yaml). Every error body is
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
@@ -14,9 +15,9 @@ from typing import Any
 from aiohttp import web
 
 from tlog.config import Config
-from tlog.http.access import Buckets, InFlight, require_client_cert
+from tlog.http.access import Buckets, ClientInFlight, InFlight, require_client_cert
 from tlog.http.errors import ApiError, entry_error
-from tlog.http.tokens import TokenAuthority, TokenError, bearer
+from tlog.http.tokens import TokenAuthority, TokenClaims, TokenError, bearer
 from tlog.log.proofs import consistency_proof, inclusion_proof
 from tlog.log.sequencer import ConflictError, Receipt, Sequencer, UnavailableError
 from tlog.store.reader import LogReader, TokenLedger
@@ -47,6 +48,8 @@ TOKENS: web.AppKey[TokenAuthority] = web.AppKey("tokens", TokenAuthority)
 PUBLISHER_BUCKETS: web.AppKey[Buckets] = web.AppKey("publisher_buckets", Buckets)
 CLIENT_BUCKETS: web.AppKey[Buckets] = web.AppKey("client_buckets", Buckets)
 IN_FLIGHT: web.AppKey[InFlight] = web.AppKey("in_flight", InFlight)
+CLIENT_IN_FLIGHT: web.AppKey[ClientInFlight] = web.AppKey("client_in_flight", ClientInFlight)
+HELD_BYTES: web.RequestKey[int] = web.RequestKey("held_bytes", int)  # this request's IN_FLIGHT
 TILE_FILES: web.AppKey[TileFiles] = web.AppKey("tile_files", TileFiles)
 
 
@@ -198,17 +201,41 @@ def page_response(rows: list[tuple[int, bytes]], limit: int) -> web.Response:
 
 
 async def read_json_body(request: web.Request) -> bytes:
-    """The raw body of a JSON request: UTF-8 application/json within the size limit."""
+    """The raw body of a JSON request: UTF-8 application/json within the size limit, received
+    within the body deadline; then the request holds a slot of the write cap (IN_FLIGHT)."""
     charset = (request.charset or "utf-8").lower()
     if request.content_type != "application/json" or charset not in ("utf-8", "utf8"):
         raise ApiError("unsupported_media_type",
                        "send the entry as Content-Type: application/json (UTF-8)")
+    deadline = request.app[CONFIG].quotas.body_timeout
     try:
-        return await request.read()
+        async with asyncio.timeout(deadline):
+            body = await request.read()
+    except TimeoutError as exc:
+        # Part of the body may still be on its way: the connection cannot carry another request.
+        raise ApiError("body_timeout", f"the request body did not arrive within {deadline:g} s",
+                       close=True) from exc
     except web.RequestPayloadError as exc:  # e.g. a Content-Encoding that does not decode
         # aiohttp drops the connection after this; say so, or clients reuse a dead socket.
         raise ApiError("bad_request", "the request body could not be read (bad "
                        "Content-Encoding or transfer encoding)", close=True) from exc
+    hold_write_slot(request, len(body))
+    return body
+
+
+def hold_write_slot(request: web.Request, size: int) -> None:
+    """Count this request against the write cap now that it has a body to process; taken
+    only here, so a client stalling its body holds no slot. The middleware gives it back."""
+    if HELD_BYTES not in request:
+        request.app[IN_FLIGHT].enter(size)
+        request[HELD_BYTES] = size
+
+
+def release_write_slot(request: web.Request) -> None:
+    size = request.get(HELD_BYTES)
+    if size is not None:
+        del request[HELD_BYTES]
+        request.app[IN_FLIGHT].leave(size)
 
 
 def parse_entry(body: bytes) -> LogEntry:
@@ -229,11 +256,12 @@ async def post_entry(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     require_client_cert(request, config)
     entry = parse_entry(await read_json_body(request))
-    token_id = authorize_submission(request, entry) if config.policy == "registered" else None
+    token_id = (await authorize_submission(request, entry)
+                if config.policy == "registered" else None)
     return await submit(request, entry, token_id)
 
 
-def authorize_submission(request: web.Request, entry: LogEntry) -> str:
+async def authorize_submission(request: web.Request, entry: LogEntry) -> str:
     """In a registered log: a valid token of the entry's publisher covering its package."""
     if isinstance(entry, RegistryEntry) and entry.kind == PUBLISHER_KIND:
         raise ApiError("admin_only", "publisher registration goes through the admin API "
@@ -246,8 +274,27 @@ def authorize_submission(request: web.Request, entry: LogEntry) -> str:
     if isinstance(entry, Release) and not claims.covers(entry.package):
         raise TokenError("token_out_of_scope",
                          f"the token does not cover package {entry.package!r}")
+    # Only a token the log stands behind may spend its publisher's quota: a revoked one
+    # would otherwise keep draining it. (The append transaction checks again: a revocation
+    # may land between here and the batch.)
+    await check_token_record(request, claims)
     request.app[PUBLISHER_BUCKETS].take(publisher, f"publisher {publisher!r}")
     return claims.jti
+
+
+async def check_token_record(request: web.Request, claims: TokenClaims) -> None:
+    """The token is on record, not revoked, and says what the log recorded when issuing it."""
+    record = await request.app[TOKEN_LEDGER].token(claims.jti)
+    if record is None:
+        raise TokenError("token_unknown", "the submission token is not on record")
+    if record.revoked:
+        raise TokenError("token_revoked", "the submission token was revoked")
+    # A token signed with the log's token key that disagrees with its record was not issued
+    # by this log as it stands (a leaked token key, or a record edited since): refuse it.
+    if (record.publisher != claims.publisher or tuple(record.scopes) != claims.scopes
+            or int(record.expires.timestamp()) != int(claims.expires.timestamp())):
+        raise TokenError("token_mismatch", "the token's claims differ from the log's record "
+                                           "of it")
 
 
 async def submit(request: web.Request, entry: LogEntry, token_id: str | None) -> web.Response:

@@ -19,8 +19,8 @@ from tlog.log.edge import EdgeError, load_edge
 from tlog.log.metrics import AppendMetrics
 from tlog.log.proofs import consistency_proof, inclusion_proofs
 from tlog.log.registry import ReplayError, replay
-from tlog.store.postgres import AppendTx, NewEntry, Storage, TokenRecord
-from tlog.store.reader import StoredCheckpoint
+from tlog.store.postgres import AppendTx, NewEntry, Storage
+from tlog.store.reader import StoredCheckpoint, TokenRecord
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from verifier.protocol.entries.kinds import REGISTRY_KINDS, LogEntry
 from verifier.protocol.entries.release import Release
@@ -295,6 +295,9 @@ class Sequencer:
                 return RefusedError("token_unknown", "the submission token is not on record")
             if record.revoked:
                 return RefusedError("token_revoked", "the submission token was revoked")
+            if record.publisher != e.publisher:  # the handler compared claims and record
+                return RefusedError("token_mismatch", "the token's record is for another "
+                                                      "publisher than the entry's")
         try:
             registry.apply(index, e)
         except Refusal as exc:

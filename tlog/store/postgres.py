@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import asyncpg
 
-from tlog.store.reader import LogReader, RevokeOutcome, StoredCheckpoint, TokenLedger
+from tlog.store.reader import (
+    LogReader,
+    RevokeOutcome,
+    StoredCheckpoint,
+    TokenLedger,
+    TokenRecord,
+)
 from verifier.protocol.entries.kinds import KINDS
 from verifier.protocol.tiles import MAX_ENTRY_SIZE, TILE_WIDTH, TileKey
 
@@ -75,7 +81,9 @@ SQL_REGISTRY_ENTRIES = (
 SQL_MAX_COUNTERS = (
     "SELECT package, max(counter) AS max FROM entries "
     "WHERE package = ANY($1::text[]) AND counter IS NOT NULL GROUP BY package")
-SQL_TOKENS = "SELECT jti, publisher, scopes, revoked_at FROM tokens WHERE jti = ANY($1::text[])"
+SQL_TOKENS = (
+    "SELECT jti, publisher, scopes, expires_at, revoked_at FROM tokens "
+    "WHERE jti = ANY($1::text[])")
 SQL_INSERT_TOKEN = (
     "INSERT INTO tokens (jti, publisher, scopes, expires_at, issued_by) "
     "VALUES ($1, $2, $3, $4, $5)")
@@ -110,12 +118,9 @@ class NewEntry:
     counter: int | None = None
 
 
-@dataclass(frozen=True)
-class TokenRecord:
-    jti: str
-    publisher: str
-    scopes: list[str]
-    revoked: bool
+def _token_records(rows: Sequence[Any]) -> dict[str, TokenRecord]:
+    return {r["jti"]: TokenRecord(r["jti"], r["publisher"], list(r["scopes"]),
+                                  r["revoked_at"] is not None, r["expires_at"]) for r in rows}
 
 
 async def _registry_entries(conn: Any, start: int) -> list[tuple[int, bytes]]:
@@ -360,6 +365,10 @@ class Storage:
             return "revoked"
         return "already_revoked" if row["known"] else "unknown"
 
+    async def token(self, jti: str) -> TokenRecord | None:
+        """The record of a token as issued (and whether it was revoked); None if unknown."""
+        return _token_records(await self.pool.fetch(SQL_TOKENS, [jti])).get(jti)
+
     @asynccontextmanager
     async def append(self) -> AsyncIterator[AppendTx]:
         """One append transaction holding the log-wide append lock until commit."""
@@ -408,9 +417,7 @@ class AppendTx:
         return {r["package"]: int(r["max"]) for r in rows}
 
     async def tokens(self, jtis: Sequence[str]) -> dict[str, TokenRecord]:
-        rows = await self._conn.fetch(SQL_TOKENS, list(jtis))
-        return {r["jti"]: TokenRecord(r["jti"], r["publisher"], list(r["scopes"]),
-                                      r["revoked_at"] is not None) for r in rows}
+        return _token_records(await self._conn.fetch(SQL_TOKENS, list(jtis)))
 
     async def put_tiles(self, tiles: dict[TileKey, bytes]) -> None:
         await self._conn.executemany(

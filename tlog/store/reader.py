@@ -85,6 +85,17 @@ class LogReader(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class TokenRecord:
+    """A submission token as the log recorded it when issuing it, and whether it was revoked."""
+
+    jti: str
+    publisher: str
+    scopes: list[str]
+    revoked: bool
+    expires: datetime
+
+
 class TokenLedger(Protocol):
     """The record of submission tokens: every issued one, and who revoked which."""
 
@@ -95,4 +106,8 @@ class TokenLedger(Protocol):
 
     async def revoke_token(self, jti: str, revoked_by: str) -> RevokeOutcome:
         """Revoke a token; an already revoked one keeps its first revocation."""
+        ...
+
+    async def token(self, jti: str) -> TokenRecord | None:
+        """The record of a token as issued (and whether it was revoked); None if unknown."""
         ...
