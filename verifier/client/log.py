@@ -37,7 +37,10 @@ from verifier.protocol.trust import LogTrust
 MAX_TILE_BYTES = 32 * TILE_WIDTH
 MAX_BUNDLE_BYTES = TILE_WIDTH * (2 + MAX_ENTRY_SIZE)
 MAX_JSON_BYTES = 8 << 20
-MAX_SEARCH_RESULTS = 10_000
+# Listings are read to their end: a client that stopped early would miss what comes later
+# (say, a revocation behind the first 10,000 registry entries). This bound only stops a log
+# that lists without end, and fails loudly naming it rather than truncating.
+MAX_SEARCH_RESULTS = 1_000_000
 
 
 class LogClient:
@@ -189,27 +192,39 @@ class LogClient:
         return self._paged_indices("v1/registry", {"limit": "1000"})
 
     def _paged_indices(self, path: str, base: dict[str, str]) -> list[int]:
+        """Every index of a paged listing, in order; TransportError past MAX_SEARCH_RESULTS."""
         indices: list[int] = []
         after: int | None = None
-        while len(indices) < MAX_SEARCH_RESULTS:
+        while True:
             params = dict(base)
             if after is not None:
                 params["after"] = str(after)
-            page = self._json(path + "?" + urllib.parse.urlencode(params))
-            entries = page.get("entries", [])
-            if not isinstance(entries, list):
-                raise VerificationFailed("the log's search answer has no list of entries")
-            raw = [e.get("index") for e in entries if isinstance(e, dict)]
-            found = [i for i in raw if isinstance(i, int) and i >= 0]
-            if len(found) != len(raw):
-                raise VerificationFailed("the log's search answer has malformed indices")
+            found, next_after = self._page(path + "?" + urllib.parse.urlencode(params))
+            if after is not None and any(i <= after for i in found):
+                raise VerificationFailed(f"the log's listing {path} goes backwards after "
+                                         f"index {after}")
             indices.extend(found)
-            after = page.get("next_after")
-            if after is None or not found:
+            if len(indices) > MAX_SEARCH_RESULTS:
+                raise TransportError(f"the log's listing {path} has more than "
+                                     f"{MAX_SEARCH_RESULTS} entries, this client's limit")
+            if next_after is None or not found:
                 return indices
-            if not isinstance(after, int):
-                raise VerificationFailed("the log's search answer has a malformed next_after")
-        return indices
+            after = next_after
+
+    def _page(self, path: str) -> tuple[list[int], int | None]:
+        """One page of a listing: its indices and its next_after."""
+        page = self._json(path)
+        entries = page.get("entries", [])
+        if not isinstance(entries, list):
+            raise VerificationFailed("the log's search answer has no list of entries")
+        raw = [e.get("index") for e in entries if isinstance(e, dict)]
+        found = [i for i in raw if isinstance(i, int) and i >= 0]
+        if len(found) != len(raw):
+            raise VerificationFailed("the log's search answer has malformed indices")
+        after = page.get("next_after")
+        if after is not None and not isinstance(after, int):
+            raise VerificationFailed("the log's search answer has a malformed next_after")
+        return found, after
 
     def _json(self, path: str) -> dict[str, Any]:
         try:
