@@ -36,6 +36,7 @@ from verifier.errors import EXIT_FAILED, EXIT_OK, EXIT_TRANSPORT, TransportError
 from verifier.protocol.entries.release import validate_entry
 from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import MAX_NOTE_SIZE, Signer, generate_key
+from verifier.protocol.tiles import tile_path
 from verifier.protocol.trust import KeyTrust
 
 PACKAGE = "com.acme.app"
@@ -261,18 +262,42 @@ def test_tile_corrupted_once_does_not_poison_the_cache(world: World, proof: str)
     state = world.tmp / "state"
     world.log.tree.append_leaves(filler("more", 300))
     if proof == "inclusion":
+        corrupted = 0
         world.log.corrupt_tile(0, 0, 32 * (INDEX + 1))
         assert_refused(world.release(state=state), why="not proven")
     else:
+        corrupted = 1
         assert_verified(world.release(state=state))
         world.log.tree.append_leaves(filler("later", 300))
         world.log.corrupt_tile(0, 1, 32 * 49)
         assert_refused(world.release(state=state), why="inconsistent")
-    assert (state / "tiles").is_dir()
+    assert not (state / "tiles" / tile_path(0, corrupted)).exists()
 
     world.log.heal()
 
     assert_verified(world.release(state=state))
+
+
+PROXY_ERROR_PAGE = b"<html><body><h1>502 Bad Gateway</h1></body></html>\n"
+
+
+@pytest.mark.parametrize("proof", ["inclusion", "consistency"])
+def test_one_wrong_length_tile_answer_does_not_poison_the_cache(world: World, proof: str) -> None:
+    # A proxy's error page, with status 200, in place of every tile, for one run.
+    state = world.tmp / "state"
+    world.log.tree.append_leaves(filler("more", 300))
+    if proof == "consistency":
+        assert_verified(world.release(state=state))
+        world.log.tree.append_leaves(filler("later", 300))
+    world.log.serve_body(TILE, PROXY_ERROR_PAGE)
+    assert_refused(world.release(state=state), why="bytes, not")
+    cached = [p for p in (state / "tiles").rglob("*") if p.is_file() and "entries" not in p.parts]
+    assert all(p.stat().st_size == 32 * 256 for p in cached), cached
+
+    world.log.heal()
+
+    assert_verified(world.release(state=state))
+    assert_verified(world.release(state=state))  # and again, from the cache
 
 
 # -- tiles, entry bundles and search answers that do not match the signed root ------------------

@@ -152,6 +152,7 @@ def prove_entry(client: LogClient, trusted: Trusted, index: int, leaf_hash: byte
     except ProofError as exc:
         raise VerificationFailed(f"entry {index} is not proven in the checkpoint of size "
                                  f"{trusted.size}: {exc}") from exc
+    client.keep_verified()  # the tiles (and bundle) of a proof that verified: cache them
 
 
 def check_key_valid_at(client: LogClient, proven: ProvenRelease,
