@@ -32,10 +32,18 @@ from tests.conftest import REPO
 from tests.support import free_port, make_release, release_fields
 from verifier.cli.main import build_parser, main
 from verifier.client.log import MAX_BUNDLE_BYTES, MAX_JSON_BYTES, LogClient
-from verifier.errors import EXIT_FAILED, EXIT_OK, EXIT_TRANSPORT, TransportError, VerifyError
+from verifier.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_TRANSPORT,
+    EXIT_USAGE,
+    TransportError,
+    VerifyError,
+)
 from verifier.protocol.entries.release import validate_entry
 from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import MAX_NOTE_SIZE, Signer, generate_key
+from verifier.protocol.tiles import tile_path
 from verifier.protocol.trust import KeyTrust
 
 PACKAGE = "com.acme.app"
@@ -261,18 +269,42 @@ def test_tile_corrupted_once_does_not_poison_the_cache(world: World, proof: str)
     state = world.tmp / "state"
     world.log.tree.append_leaves(filler("more", 300))
     if proof == "inclusion":
+        corrupted = 0
         world.log.corrupt_tile(0, 0, 32 * (INDEX + 1))
         assert_refused(world.release(state=state), why="not proven")
     else:
+        corrupted = 1
         assert_verified(world.release(state=state))
         world.log.tree.append_leaves(filler("later", 300))
         world.log.corrupt_tile(0, 1, 32 * 49)
         assert_refused(world.release(state=state), why="inconsistent")
-    assert (state / "tiles").is_dir()
+    assert not (state / "tiles" / tile_path(0, corrupted)).exists()
 
     world.log.heal()
 
     assert_verified(world.release(state=state))
+
+
+PROXY_ERROR_PAGE = b"<html><body><h1>502 Bad Gateway</h1></body></html>\n"
+
+
+@pytest.mark.parametrize("proof", ["inclusion", "consistency"])
+def test_one_wrong_length_tile_answer_does_not_poison_the_cache(world: World, proof: str) -> None:
+    # A proxy's error page, with status 200, in place of every tile, for one run.
+    state = world.tmp / "state"
+    world.log.tree.append_leaves(filler("more", 300))
+    if proof == "consistency":
+        assert_verified(world.release(state=state))
+        world.log.tree.append_leaves(filler("later", 300))
+    world.log.serve_body(TILE, PROXY_ERROR_PAGE)
+    assert_refused(world.release(state=state), why="bytes, not")
+    cached = [p for p in (state / "tiles").rglob("*") if p.is_file() and "entries" not in p.parts]
+    assert all(p.stat().st_size == 32 * 256 for p in cached), cached
+
+    world.log.heal()
+
+    assert_verified(world.release(state=state))
+    assert_verified(world.release(state=state))  # and again, from the cache
 
 
 # -- tiles, entry bundles and search answers that do not match the signed root ------------------
@@ -372,13 +404,54 @@ def test_release_by_unpinned_publisher_is_refused(world: World) -> None:
     other = world.tmp / "other.vkey"
     other.write_text(generate_key("someone-else").verifier().text() + "\n")
     run = tlog_verify(*world.online("release", "--package", PACKAGE, "--version", "1.1",
-                                    "--publisher", other))
+                                    "--publisher", other, "--no-artifact"))
     assert_refused(run, why="not among the pinned publisher keys")
     assert_refused(world.bundle(world.receipt_file(), publisher=other),
                    why="not among the pinned publisher keys")
 
 
 # -- receipts and artifacts changed on the way -----------------------------------------------------
+
+
+# -- an updater's stumbles: a forgotten flag never reads as "OK" ---------------------------------
+
+
+def assert_usage_error(run: Run, why: str) -> None:
+    """Exit 2 with "usage error" (not "FAIL", which blames what was checked), and no OK."""
+    assert run.code == EXIT_USAGE, f"exit {run.code}\nstdout:\n{run.out}\nstderr:\n{run.err}"
+    assert "OK" not in run.out and "FAIL" not in run.err, (run.out, run.err)
+    assert "usage error" in run.err and why in run.err, run.err
+
+
+def test_updater_that_forgets_the_artifact_is_refused_not_told_ok(world: World) -> None:
+    receipt = world.receipt_file()
+    assert_usage_error(tlog_verify("bundle", receipt, "--key", world.log.vkey_path),
+                       why="--artifact FILE, or --no-artifact")
+    assert_usage_error(tlog_verify(*world.online("release", "--package", PACKAGE,
+                                                 "--version", "1.1")),
+                       why="--artifact FILE, or --no-artifact")
+    assert world.log.count(CHECKPOINT) == 0  # refused before asking the log anything
+    both = ("--artifact", world.artifact, "--no-artifact")
+    assert_usage_error(world.bundle(receipt, "--no-artifact"), why="exclude each other")
+    assert_usage_error(tlog_verify(*world.online("release", "--package", PACKAGE, "--version",
+                                                 "1.1", *both)), why="exclude each other")
+
+
+def test_no_artifact_checks_only_that_the_release_is_logged(world: World) -> None:
+    run = tlog_verify("bundle", world.receipt_file(), "--key", world.log.vkey_path,
+                      "--no-artifact")
+    assert_verified(run)
+    assert "OK artifact" not in run.out
+    assert_verified(tlog_verify(*world.online("release", "--package", PACKAGE, "--version",
+                                              "1.1", "--no-artifact")))
+
+
+def test_usage_errors_say_usage_error_and_failures_say_fail(world: World) -> None:
+    missing = world.tmp / "no-such.vkey"
+    assert_usage_error(tlog_verify(*world.bundle_args(world.receipt_file(), publisher=missing)),
+                       why="no-such.vkey")
+    assert_refused(world.bundle(world.receipt_file(), artifact=world.log.vkey_path),
+                   why="artifact")
 
 
 def test_artifact_changed_by_one_byte_fails_bundle(world: World) -> None:
@@ -520,7 +593,7 @@ def test_endless_response_is_cut_off(world: World, log_signer: Signer, resource:
 def test_hanging_log_times_out(world: World, resource: str) -> None:
     world.log.misbehave(resource, Abuse.HANG)
     run = tlog_verify(*world.online("release", "--package", PACKAGE, "--version", "1.1",
-                                    timeout=0.2, retries=1), within=6.0)
+                                    "--no-artifact", timeout=0.2, retries=1), within=6.0)
     assert_refused(run, EXIT_TRANSPORT, why="timed out")
     assert world.log.count(resource) == 2
     # Two attempts of at most ~1.2 s each (libcurl notices silence in whole seconds), the

@@ -25,7 +25,7 @@ from verifier.client.release import (
     verify_receipt_file,
 )
 from verifier.client.statedir import StateDir, load_vkey
-from verifier.errors import EXIT_OK, EXIT_USAGE, VerifyError
+from verifier.errors import EXIT_OK, EXIT_USAGE, UsageError, VerifyError
 from verifier.protocol.note import b64encode
 from verifier.protocol.rfc3339 import parse_time
 
@@ -40,11 +40,23 @@ def _now(args: argparse.Namespace) -> datetime:
     return parse_time(args.now) if args.now else datetime.now(UTC)
 
 
+def _artifacts(args: argparse.Namespace) -> list[Path]:
+    """The files to check. An updater that forgot --artifact must not be told "OK" about a
+    release whose files nobody looked at: checking inclusion only takes --no-artifact."""
+    if args.artifact and args.no_artifact:
+        raise UsageError("--artifact and --no-artifact exclude each other")
+    if not args.artifact and not args.no_artifact:
+        raise UsageError("give the file(s) to check with --artifact FILE, or --no-artifact to "
+                         "check only that the release is logged")
+    return [Path(a) for a in args.artifact]
+
+
 def cmd_bundle(args: argparse.Namespace) -> int:
     """Offline: receipt + pinned keys + files -> verified, or not. No network at all."""
+    paths = _artifacts(args)
     trust = trust_for(args)
     pinned = [load_vkey(p, "publisher key") for p in args.publisher]
-    files = [hash_file(Path(a)) for a in args.artifact]
+    files = [hash_file(a) for a in paths]
     now = _now(args)
     _report(verify_receipt_file(args.receipt, trust, files, pinned, now))
     return EXIT_OK
@@ -60,9 +72,10 @@ def _report(v: VerifiedRelease) -> None:
 
 def cmd_release(args: argparse.Namespace) -> int:
     """Online: find the release in the log, prove its inclusion, check it like a receipt."""
+    paths = _artifacts(args)
     trust = trust_for(args)
     pinned = [load_vkey(p, "publisher key") for p in args.publisher]
-    files = [hash_file(Path(a)) for a in args.artifact]
+    files = [hash_file(a) for a in paths]
     now = _now(args)
     state = StateDir(Path(args.state)) if args.state else None
     # The steps of verify_release, not the one call: the admin key files are read only once
@@ -111,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _release_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--artifact", action="append", default=[], metavar="FILE",
-                   help="a file to check against the entry's artifacts (repeatable)")
+                   help="a file to check against the entry's artifacts (repeatable; this "
+                        "or --no-artifact is required)")
+    p.add_argument("--no-artifact", action="store_true",
+                   help="check no file: only that the release is logged (and signed by a "
+                        "pinned publisher key)")
     p.add_argument("--publisher", action="append", default=[], metavar="VKEY_FILE",
                    help="a pinned publisher key; the entry must be signed by one (repeatable)")
     p.add_argument("--now", help="RFC 3339 time for the install window (default: now)")
@@ -122,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
+    except UsageError as exc:
+        # The caller's own mistake: nothing was verified, but nothing failed to verify either.
+        print(f"tlog-verify: usage error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except VerifyError as exc:
         print(f"tlog-verify: FAIL: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -1,9 +1,10 @@
 """A careful client for a C2SP tlog-tiles log, over any `Fetcher` (HTTP, a directory).
 
 Everything the log sends is capped in size (and, over HTTP, in time), and full tiles and entry
-bundles (immutable by C2SP tlog-tiles) are cached on disk. Nothing returned here is trusted by
-itself: tiles become proofs that are checked against a checkpoint verified with a key the
-caller pinned.
+bundles (immutable by C2SP tlog-tiles) are cached on disk, but only once a proof built from
+them verified (keep_verified): one bad answer must not fail every later run. Nothing returned
+here is trusted by itself: tiles become proofs that are checked against a checkpoint verified
+with a key the caller pinned.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from verifier.client.files import atomic_write
 from verifier.client.http import HttpFetcher
 from verifier.errors import TransportError, UsageError, VerificationFailed
 from verifier.protocol.checkpoint import Checkpoint
+from verifier.protocol.merkle import leaf_hash
 from verifier.protocol.note import MAX_NOTE_SIZE
 from verifier.protocol.tiles import (
     ENTRIES_LEVEL,
@@ -37,7 +39,14 @@ from verifier.protocol.trust import LogTrust
 MAX_TILE_BYTES = 32 * TILE_WIDTH
 MAX_BUNDLE_BYTES = TILE_WIDTH * (2 + MAX_ENTRY_SIZE)
 MAX_JSON_BYTES = 8 << 20
-MAX_SEARCH_RESULTS = 10_000
+BUNDLE_PREFIX = tile_path(ENTRIES_LEVEL, 0).rsplit("/", 1)[0] + "/"
+# Bytes of full tiles and bundles held in memory until a proof using them verified: a release
+# check or a consistency proof needs a few dozen tiles; beyond this, they are not cached.
+MAX_PENDING_BYTES = 32 << 20
+# Listings are read to their end: a client that stopped early would miss what comes later
+# (say, a revocation behind the first 10,000 registry entries). This bound only stops a log
+# that lists without end, and fails loudly naming it rather than truncating.
+MAX_SEARCH_RESULTS = 1_000_000
 
 
 class LogClient:
@@ -45,7 +54,8 @@ class LogClient:
 
     `source` is a Fetcher, an http(s) URL (the settings are HttpFetcher's) or a file: URL of
     a directory holding a static copy of the log. Full tiles and entry bundles are cached
-    under `cache_dir` (immutable by C2SP tlog-tiles; checked at every use all the same).
+    under `cache_dir` once the caller's proof from them verified (keep_verified; immutable by
+    C2SP tlog-tiles, and checked at every use all the same).
     """
 
     def __init__(self, source: str | Fetcher, *, cache_dir: Path | None = None,
@@ -55,12 +65,14 @@ class LogClient:
             source, timeout=timeout, deadline=deadline, retries=retries, backoff=backoff)
         self.cache_dir = cache_dir
         self._cache_used = False
+        self._pending: dict[str, bytes] = {}  # fetched, checked in shape, not yet proven
 
     def copy(self) -> LogClient:
         """A client for the same log with the same settings (and class) but connections of
         its own: a forked worker process must not share its parent's sockets."""
         twin = copy.copy(self)
         twin._cache_used = False
+        twin._pending = {}
         twin.fetcher = self.fetcher.copy()
         return twin
 
@@ -90,19 +102,50 @@ class LogClient:
         except OSError:
             return None
 
-    def _store(self, path: str, data: bytes) -> None:
+    def _hold(self, path: str, data: bytes) -> None:
+        """Keep a full tile or bundle that passed its structural check until a proof using
+        it verified (keep_verified); only then may it enter the disk cache."""
         if self.cache_dir is None:
             return
-        # Not durable: every use of a cached tile is checked, a lost one is fetched again.
-        atomic_write(self.cache_dir / path, data, durable=False)
+        if sum(map(len, self._pending.values())) + len(data) <= MAX_PENDING_BYTES:
+            self._pending[path] = data
+        # Else not cached at all: a tile missing from the cache is simply fetched again.
+
+    def keep_verified(self) -> None:
+        """Write what was fetched since the last call to the disk cache: for a caller whose
+        proof from those tiles and bundles just verified against a signed root."""
+        pending, self._pending = self._pending, {}
+        if self.cache_dir is None:
+            return
+        for path, data in pending.items():
+            if path.startswith(BUNDLE_PREFIX) and not self._bundle_matches_tile(path, data,
+                                                                              pending):
+                continue  # an entry not proven: a later run fetches the bundle again
+            # Not durable: every use of a cached tile is checked, a lost one is fetched again.
+            atomic_write(self.cache_dir / path, data, durable=False)
+
+    def _bundle_matches_tile(self, path: str, data: bytes, pending: dict[str, bytes]) -> bool:
+        """Whether every entry of a full bundle hashes to its leaf hash in the level-0 tile
+        of the same number, itself used by a verified proof (held with it, or cached).
+
+        A proof verifies one entry of a bundle; this check vouches for the other 255.
+        """
+        tile_name = "tile/0/" + path[len(BUNDLE_PREFIX):]
+        tile = pending.get(tile_name) or self._cached(tile_name)
+        if tile is None:
+            return False
+        entries = decode_bundle(data, TILE_WIDTH)
+        return b"".join(leaf_hash(e) for e in entries) == tile
 
     def drop_cache(self) -> bool:
-        """Delete the disk cache if this client read from it; True if it did.
+        """Forget what awaits keep_verified, and delete the disk cache if this client read
+        from it; True if it did.
 
-        For a check that failed with cached tiles or bundles: they were cached when fetched,
-        before any check, so one bad response would otherwise fail every later run. Checking
+        For a check that failed with cached tiles or bundles: only verified ones are cached,
+        but the hashes a proof does not use are checked only by later proofs, so checking
         once more with fresh copies tells a bad cache from a log that misbehaves now.
         """
+        self._pending = {}
         if not self._cache_used or self.cache_dir is None:
             return False
         shutil.rmtree(self.cache_dir, ignore_errors=True)
@@ -114,6 +157,7 @@ class LogClient:
 
         Returns (data, width of what was fetched). Full tiles come from the disk cache when
         present: they are immutable, and every use of them is checked against a signed root.
+        Nothing is cached here: the caller checks the bytes' structure, then calls _hold.
         """
         full = tile_path(level, n)
         cached = self._cached(full)
@@ -121,15 +165,11 @@ class LogClient:
             self._cache_used = True
             return cached, TILE_WIDTH
         try:
-            data = self.fetch(tile_path(level, n, width), limit)
-            fetched = width
+            return self.fetch(tile_path(level, n, width), limit), width
         except NotFound:
             if width == TILE_WIDTH:
                 raise
-            data, fetched = self.fetch(full, limit), TILE_WIDTH
-        if fetched == TILE_WIDTH:
-            self._store(full, data)
-        return data, fetched
+            return self.fetch(full, limit), TILE_WIDTH
 
     def hash_tile(self, level: int, n: int, size: int) -> bytes:
         """Hash tile (level, n) as of a tree of `size` leaves: exactly its hashes at that size."""
@@ -140,6 +180,8 @@ class LogClient:
         if len(data) != 32 * fetched:
             raise VerificationFailed(f"the log's tile {tile_path(level, n, fetched)} has "
                                      f"{len(data)} bytes, not {32 * fetched}")
+        if fetched == TILE_WIDTH:
+            self._hold(tile_path(level, n), data)
         return data[:32 * width]
 
     def entry_bundle(self, n: int, size: int) -> list[bytes]:
@@ -149,10 +191,13 @@ class LogClient:
             raise UsageError(f"entry bundle {n} does not exist in a tree of size {size}")
         data, fetched = self._tile_data(ENTRIES_LEVEL, n, width, MAX_BUNDLE_BYTES)
         try:
-            return decode_bundle(data, fetched)[:width]
+            entries = decode_bundle(data, fetched)
         except ValueError as exc:
             raise VerificationFailed(
                 f"the log's entry bundle {tile_path(ENTRIES_LEVEL, n, fetched)}: {exc}") from exc
+        if fetched == TILE_WIDTH:
+            self._hold(tile_path(ENTRIES_LEVEL, n), data)
+        return entries[:width]
 
     def entry(self, index: int, size: int) -> bytes:
         """The bytes of entry `index` as served in its entry bundle (not yet proven)."""
@@ -189,27 +234,39 @@ class LogClient:
         return self._paged_indices("v1/registry", {"limit": "1000"})
 
     def _paged_indices(self, path: str, base: dict[str, str]) -> list[int]:
+        """Every index of a paged listing, in order; TransportError past MAX_SEARCH_RESULTS."""
         indices: list[int] = []
         after: int | None = None
-        while len(indices) < MAX_SEARCH_RESULTS:
+        while True:
             params = dict(base)
             if after is not None:
                 params["after"] = str(after)
-            page = self._json(path + "?" + urllib.parse.urlencode(params))
-            entries = page.get("entries", [])
-            if not isinstance(entries, list):
-                raise VerificationFailed("the log's search answer has no list of entries")
-            raw = [e.get("index") for e in entries if isinstance(e, dict)]
-            found = [i for i in raw if isinstance(i, int) and i >= 0]
-            if len(found) != len(raw):
-                raise VerificationFailed("the log's search answer has malformed indices")
+            found, next_after = self._page(path + "?" + urllib.parse.urlencode(params))
+            if after is not None and any(i <= after for i in found):
+                raise VerificationFailed(f"the log's listing {path} goes backwards after "
+                                         f"index {after}")
             indices.extend(found)
-            after = page.get("next_after")
-            if after is None or not found:
+            if len(indices) > MAX_SEARCH_RESULTS:
+                raise TransportError(f"the log's listing {path} has more than "
+                                     f"{MAX_SEARCH_RESULTS} entries, this client's limit")
+            if next_after is None or not found:
                 return indices
-            if not isinstance(after, int):
-                raise VerificationFailed("the log's search answer has a malformed next_after")
-        return indices
+            after = next_after
+
+    def _page(self, path: str) -> tuple[list[int], int | None]:
+        """One page of a listing: its indices and its next_after."""
+        page = self._json(path)
+        entries = page.get("entries", [])
+        if not isinstance(entries, list):
+            raise VerificationFailed("the log's search answer has no list of entries")
+        raw = [e.get("index") for e in entries if isinstance(e, dict)]
+        found = [i for i in raw if isinstance(i, int) and i >= 0]
+        if len(found) != len(raw):
+            raise VerificationFailed("the log's search answer has malformed indices")
+        after = page.get("next_after")
+        if after is not None and not isinstance(after, int):
+            raise VerificationFailed("the log's search answer has a malformed next_after")
+        return found, after
 
     def _json(self, path: str) -> dict[str, Any]:
         try:

@@ -152,6 +152,7 @@ def prove_entry(client: LogClient, trusted: Trusted, index: int, leaf_hash: byte
     except ProofError as exc:
         raise VerificationFailed(f"entry {index} is not proven in the checkpoint of size "
                                  f"{trusted.size}: {exc}") from exc
+    client.keep_verified()  # the tiles (and bundle) of a proof that verified: cache them
 
 
 def check_key_valid_at(client: LogClient, proven: ProvenRelease,
@@ -177,9 +178,6 @@ def check_key_valid_at(client: LogClient, proven: ProvenRelease,
             raise VerificationFailed(f"the log accepted registry entry {index}, which the "
                                      f"pinned admin keys do not allow: {exc}") from exc
     r = verified.release
-    if r.publisher not in registry.publishers:
-        raise VerificationFailed(f"publisher {r.publisher!r} is not registered in the log "
-                                 f"before entry {verified.index}")
     problem = registry.release_problem(r.publisher, r.package, r.key.text())
     if problem is not None:
         raise VerificationFailed(f"at entry {verified.index}, {problem}")

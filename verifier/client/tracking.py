@@ -18,6 +18,7 @@ def _check_extends(client: LogClient, old: Trusted, new: Trusted) -> None:
         if not (proof and client.drop_cache()):
             raise
         check_update(old, new, client.consistency_proof(old.size, new.size))
+    client.keep_verified()  # the tiles of a proof that verified: now they may be cached
 
 
 def prove_extends(client: LogClient, old: Trusted, new: Trusted,

@@ -28,7 +28,7 @@ from verifier.protocol.entries.release import Release
 from verifier.protocol.note import Verifier
 
 __all__ = ["REFUSAL_CODES", "REPLAYED_KINDS", "Change", "Publisher", "Refusal", "Registry",
-           "pattern_matches"]
+           "pattern_matches", "patterns_overlap"]
 
 PUBLISHER_NOT_REGISTERED = "publisher_not_registered"
 PUBLISHER_REVOKED = "publisher_revoked"
@@ -52,6 +52,19 @@ REFUSAL_CODES = (PUBLISHER_NOT_REGISTERED, PUBLISHER_REVOKED, PACKAGE_NOT_OWNED,
 def pattern_matches(pattern: str, package: str) -> bool:
     """Whether a package pattern ("com.acme.*" or an exact name) covers `package`."""
     return package.startswith(pattern[:-1]) if pattern.endswith("*") else package == pattern
+
+
+def patterns_overlap(a: str, b: str) -> bool:
+    """Whether some package name matches both patterns (each a name or a prefix ending in
+    '*'): "com.*" and "c*" both overlap "com.acme.*", though neither reads like it as text."""
+    a_prefix, b_prefix = a.endswith("*"), b.endswith("*")
+    if a_prefix and b_prefix:
+        return a.startswith(b[:-1]) or b.startswith(a[:-1])
+    if a_prefix:
+        return pattern_matches(a, b)
+    if b_prefix:
+        return pattern_matches(b, a)
+    return a == b
 
 
 class Refusal(Exception):
@@ -113,10 +126,21 @@ class Registry:
                       if not p.revoked and p.owns(package))
 
     def release_problem(self, publisher: str, package: str, key: str) -> str | None:
-        """Why a registered publisher's release breaks the registry (None if it does not, or
-        if the publisher is not registered: an open log accepts those)."""
+        """Why the registry does not authorize this release, or None: the one rule of
+        monitors and clients (`tlog-verify release --admin-key`) alike.
+
+        A registered publisher must be live, own the package and sign with a current key. An
+        unregistered one may not release a package some publisher owns; with pinned admin
+        keys (which make the registry authoritative), it may release nothing at all.
+        """
         p = self.publishers.get(publisher)
         if p is None:
+            owners = self.owners(package)
+            if owners:
+                return (f"publisher {publisher!r} is not registered, and package {package!r} "
+                        f"belongs to {', '.join(repr(o) for o in owners)}")
+            if self.admins is not None:
+                return f"publisher {publisher!r} is not registered"
             return None
         if p.revoked:
             return f"publisher {publisher!r} is revoked"

@@ -773,3 +773,44 @@ def test_fast_paths_report_what_the_plain_checks_report(
         assert {name: json.loads(text) for name, text in rows} == {
             name: json.loads(json.dumps(p.to_json())) for name, p in plain.packages.items()}
     assert got == expected
+
+
+# -- what a run says on stderr when stdout stays empty --------------------------------------
+
+
+def run_err(capsys: pytest.CaptureFixture[str], url: str, vkey: Path, state: Path,
+            *extra: str) -> tuple[int, list[str], str]:
+    code = cli.main(["monitor", "--log", url, "--key", str(vkey), "--state", str(state),
+                     "--workers", "0", "--retries", "0", *extra])
+    captured = capsys.readouterr()
+    return code, captured.out.splitlines(), captured.err
+
+
+def test_a_run_with_nothing_new_says_so_on_stderr(
+        static_log: StaticLog, vkey: Path, tmp_path: Path, publisher: Signer,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    static_log.publish([leaf(make_release(publisher, f"pkg{i}", "1.0")) for i in range(3)])
+    state = tmp_path / "state"
+    code, out, err = run_err(capsys, static_log.url, vkey, state)
+    assert (code, len(out)) == (0, 3) and "no new entries" not in err
+    code, out, err = run_err(capsys, static_log.url, vkey, state)
+    assert (code, out) == (0, [])
+    assert "no new entries (the log has 3 entries)" in err
+    static_log.publish([leaf(make_release(publisher, f"pkg{i}", "1.0")) for i in range(5)])
+    code, out, err = run_err(capsys, static_log.url, vkey, state, "--package", "com.*")
+    assert (code, out) == (0, [])
+    assert "2 new entries scanned, none to report (the log has 5 entries)" in err
+
+
+def test_a_new_package_glob_on_an_existing_state_says_it_applies_to_new_entries_only(
+        static_log: StaticLog, vkey: Path, tmp_path: Path, publisher: Signer,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    static_log.publish([leaf(make_release(publisher, f"pkg{i}", "1.0")) for i in range(3)])
+    state = tmp_path / "state"
+    assert run_err(capsys, static_log.url, vkey, state, "--package", "pkg0")[0] == 0
+    code, out, err = run_err(capsys, static_log.url, vkey, state, "--package", "pkg1")
+    assert (code, out) == (0, [])  # pkg1's entry was scanned before: not reported now
+    assert "--package changed from pkg0 to pkg1" in err
+    assert "the new globs apply from entry 3 on" in err
+    code, out, err = run_err(capsys, static_log.url, vkey, state, "--package", "pkg1")
+    assert "--package changed" not in err

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.support import make_release
 from verifier.protocol.entries.errors import EntryError
@@ -19,7 +22,14 @@ from verifier.protocol.entries.registry_kinds import KEYS_KIND, PUBLISHER_KIND, 
 from verifier.protocol.entries.release import validate_entry
 from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import Signer, generate_key
-from verifier.protocol.registry import REFUSAL_CODES, REPLAYED_KINDS, Refusal, Registry
+from verifier.protocol.registry import (
+    REFUSAL_CODES,
+    REPLAYED_KINDS,
+    Refusal,
+    Registry,
+    pattern_matches,
+    patterns_overlap,
+)
 
 ADMIN = generate_key("log-admin")
 ACME = generate_key("acme")
@@ -213,3 +223,35 @@ def test_refusals_carry_a_code_and_a_message_but_no_status(registry: Registry) -
     assert info.value.code == "package_not_owned"
     assert info.value.message == str(info.value)
     assert not hasattr(info.value, "status")
+
+
+# -- overlapping package patterns ------------------------------------------------------------
+
+ALPHABET = "ab."
+small_pattern = st.builds(lambda body, star: body + ("*" if star else ""),
+                          st.text(ALPHABET, min_size=1, max_size=3), st.booleans())
+
+
+def brute_overlap(a: str, b: str) -> bool:
+    """Some name over the alphabet, up to one character longer than either pattern, matches
+    both: enough, since a prefix pattern matches the prefix itself."""
+    longest = max(len(a), len(b)) + 1
+    names = ("".join(t) for n in range(1, longest + 1)
+             for t in itertools.product(ALPHABET, repeat=n))
+    return any(pattern_matches(a, name) and pattern_matches(b, name) for name in names)
+
+
+@settings(max_examples=400, deadline=None)
+@given(small_pattern, small_pattern)
+def test_patterns_overlap_agrees_with_brute_force(a: str, b: str) -> None:
+    assert patterns_overlap(a, b) == brute_overlap(a, b) == patterns_overlap(b, a)
+
+
+@pytest.mark.parametrize("grant", ["com.*", "c*", "com.acme.*", "com.acme.app", "com.acme.a*"])
+def test_broader_grant_than_the_watched_pattern_overlaps(grant: str) -> None:
+    assert patterns_overlap("com.acme.*", grant)
+
+
+@pytest.mark.parametrize("grant", ["org.*", "com.acmf*", "com.acme", "d*"])
+def test_disjoint_grant_does_not_overlap(grant: str) -> None:
+    assert not patterns_overlap("com.acme.*", grant)

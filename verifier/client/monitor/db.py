@@ -55,6 +55,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     lines     TEXT NOT NULL        -- their JSON lines, seq first_seq, first_seq + 1, ...
 );
 """
+# Added later, apart from _SCHEMA (which stays as first released): the --package globs of the
+# last run, so a run with other globs can say that they apply to new entries only.
+_SCHEMA_WATCHED = """
+CREATE TABLE IF NOT EXISTS watched (
+    onerow   INTEGER PRIMARY KEY CHECK (onerow = 1),
+    patterns TEXT NOT NULL         -- JSON list of the --package globs of the last run
+);
+"""
 
 
 @dataclass
@@ -90,6 +98,7 @@ class MonitorDB:
             # with zeros (a build default of some SQLite packages), which doubled its cost.
             self.conn.execute("PRAGMA secure_delete=OFF")
             self.conn.executescript(_SCHEMA)
+            self.conn.executescript(_SCHEMA_WATCHED)
             self.conn.execute("INSERT OR IGNORE INTO position VALUES (1, ?, NULL, 0, 1, '[]')",
                               (DB_FORMAT,))
         except sqlite3.Error as exc:
@@ -118,6 +127,13 @@ class MonitorDB:
                           packages, outbox, json.loads(row[0]) if row else {})
         except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"{self.path} is not a usable monitor state: {exc}") from exc
+
+    def swap_watched(self, patterns: Sequence[str]) -> list[str] | None:
+        """Store the run's --package globs; return the previous run's (None on the first)."""
+        with self._transaction() as c:
+            row = c.execute("SELECT patterns FROM watched").fetchone()
+            c.execute("INSERT OR REPLACE INTO watched VALUES (1, ?)", (json.dumps(list(patterns)),))
+        return None if row is None else [str(p) for p in json.loads(row[0])]
 
     def lookup_versions(self, names: Sequence[str]) -> dict[str, tuple[str, int]]:
         """Stored (digest, first index) of those of `names` seen before."""

@@ -117,6 +117,20 @@ class Monitor:
                                next_seq=loaded.next_seq, packages=loaded.packages,
                                registry=registry)
         self._unprinted = loaded.outbox
+        self._printed = 0
+        self._note_changed_globs(db.swap_watched(patterns), list(patterns), loaded.next_index)
+
+    @staticmethod
+    def _note_changed_globs(before: list[str] | None, now: list[str], next_index: int) -> None:
+        """Say so when the --package globs differ from the last run's: entries scanned before
+        are not scanned again, so the new globs apply from entry `next_index` on."""
+        if before is None or sorted(before) == sorted(now) or next_index == 0:
+            return
+        print(f"tlog-verify monitor: --package changed from {_globs(before)} to {_globs(now)}; "
+              f"entries 0..{next_index - 1} were scanned before and are not reported again: "
+              "the new globs apply from entry "
+              f"{next_index} on (a new --state directory scans the whole log)",
+              file=sys.stderr, flush=True)
 
     def run(self, follow: bool, interval: float) -> int:
         """Print what a previous run left unprinted, then scan once or until stopped."""
@@ -145,8 +159,15 @@ class Monitor:
             raise
         self._check_origin(trusted)
         self.metrics.tree_size.set(trusted.size)
+        start, printed = self.watcher.next_index, self._printed
         self._scan(trusted)
         self.metrics.last_success.set(time.time())
+        if self._printed == printed:  # silence would read like a monitor that did nothing
+            scanned = self.watcher.next_index - start
+            what = (f"{scanned} new entries scanned, none to report" if scanned
+                    else "no new entries")
+            print(f"tlog-verify monitor: {what} (the log has {trusted.size} entries)",
+                  file=sys.stderr, flush=True)
 
     def _check_origin(self, trusted: Trusted) -> None:
         origin = trusted.checkpoint.origin
@@ -242,6 +263,7 @@ class Monitor:
     def _print(self, lines: Sequence[str]) -> None:
         if not lines:
             return
+        self._printed += len(lines)
         self.out.write(lines_text(lines))
         self.out.flush()
         _sync_if_file(self.out)
@@ -273,6 +295,10 @@ def _encode_alert(event: Event, evidence: dict[int, Path]) -> str:
     if event["alert"] == INVALID_ENTRY:
         event["evidence"] = str(evidence[event["index"]])
     return encode(event)
+
+
+def _globs(patterns: Sequence[str]) -> str:
+    return " ".join(patterns) if patterns else "(all packages)"
 
 
 def _groups(results: Iterable[Summary], size: int) -> Iterator[list[Summary]]:

@@ -27,6 +27,18 @@ events (summary.release_line) and
   - `install_window_closed`: the entry's install window had already closed when the monitor
     observed the entry (not_after, observed_at). A backfill observes old entries now, so it
     flags every past entry whose window has closed since.
+  - `release_not_authorized`: the publisher registry does not authorize the release
+    (registry.Registry.release_problem, the rule `tlog-verify release --admin-key` applies):
+    a registered publisher's revoked, foreign or unknown key, or an unregistered publisher
+    releasing a package some publisher owns (with --admin-key: any package) (key).
+  - publisher_registered, ownership_changed, key_added, key_removed, key_revoked,
+    publisher_revoked (registry.Change; publisher, detail, signer) for registry entries whose
+    package patterns overlap a watched glob (registry.patterns_overlap: a grant of "com.*"
+    concerns a watch on "com.acme.*"), and `registry_entry_not_authorized` for one the
+    registry refuses.
+  - `lookalike_publisher`: a newly registered publisher's name reads like a registered one
+    (lookalike.skeleton: "acrne-bot" for "acme-bot") or mixes scripts (publisher,
+    lookalikes).
   - `invalid_entry`: the entry fails validation (leaf_hash; evidence: a directory holding
     the entry's bytes and a tlog-proof of its inclusion in the checkpoint). Exit status 1.
   - `checkpoint_inconsistent`: the log's new checkpoint does not extend the stored one, or the
@@ -57,8 +69,10 @@ from verifier.client.monitor.summary import (
 )
 from verifier.protocol.entries.errors import EntryError
 from verifier.protocol.entries.kinds import REGISTRY_KINDS, validate_registry_entry
+from verifier.protocol.entries.registry_kinds import PACKAGE_PATTERN
 from verifier.protocol.leaves import Checked
-from verifier.protocol.registry import Refusal, Registry
+from verifier.protocol.lookalike import confusable_with, mixes_scripts
+from verifier.protocol.registry import Change, Refusal, Registry, patterns_overlap
 from verifier.protocol.rfc3339 import parse_time
 
 ALERT = "alert"  # the "type" of an alert event
@@ -71,6 +85,7 @@ RELEASE_NOT_AUTHORIZED = "release_not_authorized"
 REGISTRY_NOT_AUTHORIZED = "registry_entry_not_authorized"
 INSTALL_WINDOW_CLOSED = "install_window_closed"
 CHECKPOINT_INCONSISTENT = "checkpoint_inconsistent"
+LOOKALIKE_PUBLISHER = "lookalike_publisher"
 
 
 @dataclass
@@ -190,19 +205,35 @@ class Watcher:
                                leaf_hash=seen.leaf_hash.hex())]
         self.registry_changed = True
         owned = self.registry.publishers[publisher].patterns
-        if not self._registry_relevant(publisher, [*owned, *entry.entry.get("packages", ())]):
+        alike = self._lookalikes(publisher, changes)
+        relevant = [*owned, *entry.entry.get("packages", ()),
+                    *(p for a in alike for p in self.registry.publishers[a].patterns)]
+        if not self._registry_relevant(publisher, relevant):
             return []
-        return [self.alert(c.kind, f"{publisher}: {c.kind.replace('_', ' ')}: {c.detail}",
-                           c.index, publisher=publisher, detail=c.detail,
-                           signer=entry.key.text(), leaf_hash=seen.leaf_hash.hex())
-                for c in changes]
+        events = [self.alert(c.kind, f"{publisher}: {c.kind.replace('_', ' ')}: {c.detail}",
+                             c.index, publisher=publisher, detail=c.detail,
+                             signer=entry.key.text(), leaf_hash=seen.leaf_hash.hex())
+                  for c in changes]
+        if alike or mixes_scripts(publisher):
+            why = (f"reads like {', '.join(map(repr, alike))}" if alike
+                   else "mixes letters of several scripts")
+            events.append(self.alert(LOOKALIKE_PUBLISHER, f"new publisher {publisher!r} {why}",
+                                     seen.entry_index, publisher=publisher, lookalikes=alike,
+                                     leaf_hash=seen.leaf_hash.hex()))
+        return events
+
+    def _lookalikes(self, publisher: str, changes: Sequence[Change]) -> list[str]:
+        """For a newly registered publisher: the registered names that read like its own."""
+        if not any(c.kind == "publisher_registered" for c in changes):
+            return []
+        return confusable_with(publisher, self.registry.publishers)
 
     def _registry_relevant(self, publisher: str, patterns: Iterable[str]) -> bool:
-        """Registry changes concern watched packages when a publisher pattern meets a glob."""
+        """Registry changes concern watched packages when some package name matches both a
+        publisher pattern and a glob: a grant of "com.*" concerns a watch on "com.acme.*"."""
         if not self.patterns:
             return True
-        return any(self.matches(p.rstrip("*")) or fnmatch.fnmatchcase(p, g)
-                   for p in patterns for g in self.patterns)
+        return any(_glob_overlaps(g, p) for p in patterns for g in self.patterns)
 
     def alert(self, code: str, message: str, index: int | None, **extra: Any) -> Event:
         """A new alert event (taking the next seq)."""
@@ -330,6 +361,18 @@ def _unremarkable(pkg: PackageState, seen: Seen) -> bool:
     return (seen.key in pkg.keys and seen.not_after is None and vk is not None
             and pkg.version_key is not None and vk > pkg.version_key
             and (counter is None or pkg.counter is None or counter > pkg.counter))
+
+
+def _glob_overlaps(glob: str, pattern: str) -> bool:
+    """Whether a --package glob and a registry package pattern may match a common name.
+
+    A glob shaped like a package pattern (a name, or a prefix then '*') is one, and
+    registry.patterns_overlap decides. Any other glob ('?', '[...]', an inner '*') is taken to
+    overlap every pattern: an alert too many rather than a grant unseen.
+    """
+    if PACKAGE_PATTERN.fullmatch(glob) is None:
+        return True
+    return patterns_overlap(glob, pattern)
 
 
 def _check_window(seen: Seen, now: datetime) -> Problem | None:
