@@ -291,6 +291,15 @@ class Storage:
     async def entry_count(self) -> int:
         return int(await self.pool.fetchval(SQL_COUNT_ENTRIES))
 
+    async def checkpoint_and_count(self) -> tuple[StoredCheckpoint | None, int]:
+        """The latest checkpoint and the entry count from one snapshot: read apart, an
+        append committing in between makes them disagree on a log that is fine."""
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                                  readonly=True):
+            latest = _checkpoint(await conn.fetchrow(SQL_LATEST_CHECKPOINT))
+            count = int(await conn.fetchval(SQL_COUNT_ENTRIES))
+        return latest, count
+
     async def index_of(self, leaf_hash: bytes) -> int | None:
         idx = await self.pool.fetchval(SQL_INDEX_OF, leaf_hash)
         return None if idx is None else int(idx)
