@@ -365,7 +365,9 @@ class Storage:
     @asynccontextmanager
     async def append(self) -> AsyncIterator[AppendTx]:
         """One append transaction holding the log-wide append lock until commit."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        # READ COMMITTED whatever the database's default: under the lock each batch must
+        # see the batch committed just before it, which a snapshot taken at BEGIN may not.
+        async with self.pool.acquire() as conn, conn.transaction(isolation="read_committed"):
             await conn.execute(SQL_LOCK, APPEND_LOCK)
             yield AppendTx(conn, self.tile_cache)
 
