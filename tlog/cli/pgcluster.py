@@ -7,7 +7,7 @@ server command goes through `runuser -u postgres --` on a directory owned by
 several clusters never fight over a TCP port.
 
 The cluster is private to the account that runs its server: a superuser of it can run
-programs as that account (COPY ... TO PROGRAM), so no other local user may get in. The
+programs as that account (a copy to a program), so no other local user may get in. The
 home and the socket directory are 0700 (root, which runs the server as `postgres`, passes
 anyway), and every connection needs the superuser's random password (scram-sha-256),
 kept in home/password (0600); `url()` carries it.
@@ -19,11 +19,14 @@ import glob
 import os
 import pwd
 import secrets
+import shlex
 import shutil
 import subprocess
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+
+from tlog.store.migrate import set_password_sql
 
 SERVER_USER = "postgres"
 PORT = 5432  # only names the socket file; no TCP listener is opened
@@ -89,7 +92,7 @@ class Cluster:
         the superuser's password (keep it as secret as the password file)."""
         password = urllib.parse.quote(self.password(), safe="")
         return (f"postgresql://{SERVER_USER}:{password}@/{database}"
-                f"?host={self.socket_dir}&port={PORT}")
+                f"?host={urllib.parse.quote(str(self.socket_dir))}&port={PORT}")
 
     def is_initialised(self) -> bool:
         return (self.data_dir / "PG_VERSION").is_file()
@@ -114,7 +117,8 @@ class Cluster:
         if not self.password_file.is_file():
             self._secure_trust_cluster()
         # No TCP listener, and a socket only its owner may open (its directory is 0700 too).
-        opts = (f"-p {PORT} -k {self.socket_dir} -c listen_addresses='' "
+        # pg_ctl hands -o to a shell: quote the directory (a home may hold a space).
+        opts = (f"-p {PORT} -k {shlex.quote(str(self.socket_dir))} -c listen_addresses='' "
                 "-c unix_socket_permissions=0700 "
                 f"-c max_connections=200 -c fsync={'on' if fsync else 'off'}")
         self._run_as_server(
@@ -154,7 +158,7 @@ class Cluster:
         """A cluster made by an older tlog trusted every local user: give its superuser a
         password and demand it, before the server starts again (single-user mode)."""
         self._write_password()
-        sql = f"ALTER ROLE {SERVER_USER} PASSWORD '{self.password()}';\n"
+        sql = set_password_sql(SERVER_USER, self.password())
         proc = subprocess.run(
             self._as_server([str(find_bindir() / "postgres"), "--single", "-D",
                              str(self.data_dir), "postgres"]),
