@@ -179,7 +179,7 @@ def from_options(database_url: str | None, key: str | None, listen: str | None,
         token_signer=load_signer(access["token_key"]) if access.get("token_key") else None,
         admin_secret=(read_secret_file(access["admin_token_file"], "admin token file")
                       if access.get("admin_token_file") else None),
-        tls=_tls(access), quotas=_quotas(access), tile_cache=_tile_cache(access))
+        tls=_tls(access), quotas=quotas_from_options(access), tile_cache=_tile_cache(access))
 
 
 def _tile_cache(access: dict[str, Any]) -> Path | None:
@@ -187,7 +187,8 @@ def _tile_cache(access: dict[str, Any]) -> Path | None:
     return Path(given) if given else None
 
 
-def _quotas(access: dict[str, Any]) -> Quotas:
+def quotas_from_options(access: dict[str, Any]) -> Quotas:
+    """The quotas of the options `access` gives (--publisher-rate ...); defaults for the rest."""
     given = {name: access[name] for name in ("publisher_rate", "publisher_burst", "client_rate",
                                              "client_burst", "max_in_flight")
              if access.get(name) is not None}
