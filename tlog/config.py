@@ -189,7 +189,7 @@ def from_options(database_url: str | None, key: str | None, listen: str | None,
         token_signer=load_signer(access["token_key"]) if access.get("token_key") else None,
         admin_secret=(read_secret_file(access["admin_token_file"], "admin token file")
                       if access.get("admin_token_file") else None),
-        tls=_tls(access), quotas=_quotas(access), tile_cache=_tile_cache(access))
+        tls=_tls(access), quotas=quotas_from_options(access), tile_cache=_tile_cache(access))
 
 
 def _tile_cache(access: dict[str, Any]) -> Path | None:
@@ -202,7 +202,8 @@ QUOTA_OPTIONS = ("publisher_rate", "publisher_burst", "client_rate", "client_bur
                  "body_timeout")
 
 
-def _quotas(access: dict[str, Any]) -> Quotas:
+def quotas_from_options(access: dict[str, Any]) -> Quotas:
+    """The quotas of the options `access` gives (--publisher-rate ...); defaults for the rest."""
     given = {name: access[name] for name in QUOTA_OPTIONS if access.get(name) is not None}
     quotas = Quotas(**given)
     if min(quotas.publisher_rate, quotas.client_rate) <= 0 or min(

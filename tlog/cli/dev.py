@@ -5,15 +5,38 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shlex
+import uuid
 from pathlib import Path
 
 from tlog.cli.common import run_app, write_keypair
-from tlog.cli.pgcluster import Cluster
-from tlog.config import Config, load_signer, load_vkey, parse_listen, read_secret_file
+from tlog.cli.pgcluster import Cluster, unreachable_parent
+from tlog.config import Config, Quotas, load_signer, load_vkey, parse_listen, read_secret_file
 from tlog.store import migrate
 
 DEV_ORIGIN = "localhost/tlog-dev"
 DEV_DATABASE = "tlog"
+# Where root's dev clusters go when `postgres` cannot reach the dev home (a 0700 /root, a
+# fresh mktemp -d): root-owned and searchable, one directory per dev home.
+ROOT_CLUSTERS = Path("/var/lib/tlog-dev")
+DEMO_PUBLISHER = "my-publisher"
+DEMO_PACKAGE = "demo"
+DEFAULT_QUOTAS = Quotas()
+
+
+def cluster_home(home: Path) -> Path:
+    """Where the cluster of the dev home `home` lives: home/postgres, unless root runs
+    tlog and the `postgres` user could not reach that; then under ROOT_CLUSTERS. A
+    cluster already made in either place stays there."""
+    own = home / "postgres"
+    if os.geteuid() != 0 or Cluster(own).is_initialised():
+        return own
+    # A short name derived from the path: the socket path must stay under 108 bytes.
+    elsewhere = ROOT_CLUSTERS / uuid.uuid5(uuid.NAMESPACE_URL, home.as_uri()).hex[:16]
+    if Cluster(elsewhere).is_initialised() or unreachable_parent(own) is not None:
+        ROOT_CLUSTERS.mkdir(mode=0o755, parents=True, exist_ok=True)
+        return elsewhere
+    return own
 
 
 def _ensure_key(home: Path, stem: str, name: str, what: str) -> Path:
@@ -24,17 +47,24 @@ def _ensure_key(home: Path, stem: str, name: str, what: str) -> Path:
     return key
 
 
+def _write_private(path: Path, text: str) -> None:
+    """`text` in `path`, mode 0600 even when the file was there before."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
 def _ensure_admin_token(home: Path) -> Path:
     path = home / "admin-token"
     if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32) + "\n")
+        _write_private(path, secrets.token_urlsafe(32) + "\n")
         print(f"created admin API secret {path}")
     return path
 
 
-def dev_config(home: Path, url: str, host: str, port: int, policy: str) -> Config:
+def dev_config(home: Path, url: str, host: str, port: int, policy: str,
+               quotas: Quotas = DEFAULT_QUOTAS) -> Config:
     """The log key, admin key, token key and admin secret under `home`, made when absent."""
     signer = load_signer(_ensure_key(home, "log", DEV_ORIGIN, "log key"))
     admin = _ensure_key(home, "admin", "tlog-dev-admin", "registry admin key")
@@ -42,41 +72,84 @@ def dev_config(home: Path, url: str, host: str, port: int, policy: str) -> Confi
     secret = read_secret_file(_ensure_admin_token(home), "admin token file")
     return Config(database_url=url, signer=signer, host=host, port=port, policy=policy,
                   admin_keys=(load_vkey(admin.with_suffix(".vkey")),), token_signer=token_key,
-                  admin_secret=secret, tile_cache=home / "tile-cache")
+                  admin_secret=secret, tile_cache=home / "tile-cache", quotas=quotas)
 
 
-def _banner(vkey: str, host: str, port: int, home: Path, policy: str) -> str:
-    url = f"http://{host}:{port}"
+def _publish_recipe(url: str, home: Path, policy: str) -> list[str]:
+    """Commands that publish FILE to this dev log, as printed (and run by the tests)."""
+    q = {name: shlex.quote(str(home / name)) for name in (
+        "keys", "log.vkey", "admin.key", "admin-token")}
+    keys = home / "keys"
+    key, vkey = (shlex.quote(str(keys / f"{DEMO_PUBLISHER}.{ext}")) for ext in ("key", "vkey"))
+    publish = [f"tlog publish --log {url} --log-key {q['log.vkey']} \\", f"    --key {key} \\",
+               f"    --package {DEMO_PACKAGE} --version 1.0 FILE"]
+    steps = [f"tlog keygen --name {DEMO_PUBLISHER} --out {q['keys']} && \\"]
+    if policy == "registered":
+        token = shlex.quote(str(keys / f"{DEMO_PUBLISHER}.token"))
+        steps += [
+            f"tlog registry register --log {url} --admin-token-file {q['admin-token']} \\",
+            f"    --signer {q['admin.key']} --publisher {DEMO_PUBLISHER} \\",
+            f"    --package {DEMO_PACKAGE} --publisher-key {vkey} && \\",
+            f"(umask 077 && tlog token issue --log {url} --admin-token-file {q['admin-token']} \\",
+            f"    --publisher {DEMO_PUBLISHER} --scope {DEMO_PACKAGE} --ttl 1h > {token}) && \\",
+        ]
+        publish[1] = publish[1].replace(" \\", f" --token-file {token} \\")
+    return steps + publish
+
+
+def _join_recipe(home: Path, policy: str) -> str:
+    """A second `tlog serve` on this dev log's database (the URL file holds the password)."""
+    q = {name: shlex.quote(str(home / name)) for name in (
+        "database-url", "log.key", "admin.vkey", "token.key", "admin-token")}
+    access = (f" --admin-key {q['admin.vkey']} --token-key {q['token.key']} "
+              f"--admin-token-file {q['admin-token']}" if policy == "registered" else "")
+    return (f"TLOG_DATABASE_URL=\"$(cat {q['database-url']})\" tlog serve --key {q['log.key']} "
+            f"--policy {policy}{access} --listen 127.0.0.1:PORT")
+
+
+def _redacted(url: str, password: str) -> str:
+    return url.replace(password, "***") if password else url
+
+
+def _banner(config: Config, home: Path, cluster: Cluster) -> str:
+    url = f"http://{config.host}:{config.port}"
+    db_file = shlex.quote(str(home / "database-url"))
+    recipe = _publish_recipe(url, home, config.policy)
     return "\n".join([
-        f"tlog dev: serving {url} (policy {policy}; state in {home})",
-        f"  log key (vkey): {vkey}",
+        f"tlog dev: serving {url} (policy {config.policy}; state in {home})",
+        f"  log key (vkey): {config.signer.verifier().text()}",
         f"  checkpoint:     curl -s {url}/checkpoint",
         f"  log info:       curl -s {url}/v1/log",
-        f"  publish:        tlog keygen --name my-publisher --out {home}/keys && \\",
-        f"                  tlog publish --log {url} --log-key {home}/log.vkey \\",
-        f"                      --key {home}/keys/my-publisher.key \\",
-        "                      --package demo --version 1.0 FILE",
+        f"  publish:        {recipe[0]}",
+        *(f"                  {line}" for line in recipe[1:]),
+        f"  database:       {_redacted(config.database_url, cluster.password())}",
+        f"                  (PostgreSQL in {cluster.home}; the URL with its password is in "
+        f"{db_file})",
+        f"  psql:           psql \"$(cat {db_file})\"",
+        f"  second server:  {_join_recipe(home, config.policy)}",
         "  stop:           Ctrl-C (PostgreSQL is stopped cleanly)",
     ])
 
 
-def run_dev(home: Path, listen: str, policy: str = "open") -> int:
+def run_dev(home: Path, listen: str, policy: str = "open",
+            quotas: Quotas = DEFAULT_QUOTAS) -> int:
     """Start (or reuse) the cluster, make keys, migrate, serve; always stop PostgreSQL."""
     from tlog.http.app import create_app
 
     home = home.absolute()
     host, port = parse_listen(listen)
-    cluster = Cluster(home / "postgres")
+    cluster = Cluster(cluster_home(home))
+    home.mkdir(parents=True, exist_ok=True)
     print(f"tlog dev: starting PostgreSQL in {cluster.home} ...", flush=True)
     cluster.ensure_running()
     try:
         asyncio.run(migrate.create_database(cluster.url("postgres"), DEV_DATABASE))
         url = cluster.url(DEV_DATABASE)
         asyncio.run(migrate.migrate_database(url))
-        config = dev_config(home, url, host, port, policy)
+        _write_private(home / "database-url", url + "\n")
+        config = dev_config(home, url, host, port, policy, quotas)
         app = create_app(config)
-        banner = _banner(config.signer.verifier().text(), host, port, home, policy)
-        return run_app(app, host, port, banner)
+        return run_app(app, host, port, _banner(config, home, cluster))
     finally:
         print("tlog dev: stopping PostgreSQL", flush=True)
         cluster.stop()

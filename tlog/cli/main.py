@@ -25,6 +25,7 @@ from tlog.config import (
     Config,
     ConfigError,
     from_options,
+    quotas_from_options,
     read_secret_file,
 )
 from tlog.store import migrate as migrations
@@ -152,7 +153,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from tlog.cli.dev import run_dev
 
     try:
-        return run_dev(Path(args.home), args.listen, args.policy)
+        quotas = quotas_from_options({name: getattr(args, name) for name in QUOTA_OPTIONS})
+        return run_dev(Path(args.home), args.listen, args.policy, quotas)
     except (ClusterError, ConfigError) as exc:
         print(f"tlog dev: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -179,6 +181,16 @@ def add_access_options(s: argparse.ArgumentParser) -> None:
                    help="require client certificates from this CA for writes and admin calls")
     t.add_argument("--admin-cn", action="append", metavar="NAME",
                    help="client-certificate common name that acts as admin (default tlog-admin)")
+    add_quota_options(s)
+    c = s.add_argument_group("caching")
+    c.add_argument("--tile-cache", metavar="DIR",
+                   help="keep every full tile and entry bundle served in DIR (or "
+                        "TLOG_TILE_CACHE), so serving it again needs no database query; "
+                        "delete DIR after restoring the database from a backup")
+
+
+def add_quota_options(s: argparse.ArgumentParser) -> None:
+    """The quotas of `tlog serve`; `tlog dev` takes them too (bulk loading needs more)."""
     q = s.add_argument_group("quotas")
     q.add_argument("--publisher-rate", type=float, help="submissions/s per publisher (100)")
     q.add_argument("--publisher-burst", type=int, help="burst per publisher (2000)")
@@ -191,11 +203,6 @@ def add_access_options(s: argparse.ArgumentParser) -> None:
                    help="body bytes of the writes processed at once (33554432)")
     q.add_argument("--body-timeout", type=float,
                    help="seconds to receive a write's whole body (10)")
-    c = s.add_argument_group("caching")
-    c.add_argument("--tile-cache", metavar="DIR",
-                   help="keep every full tile and entry bundle served in DIR (or "
-                        "TLOG_TILE_CACHE), so serving it again needs no database query; "
-                        "delete DIR after restoring the database from a backup")
 
 
 def add_pkcs11_options(s: argparse.ArgumentParser, keygen: bool = False) -> None:
@@ -262,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--policy", choices=["open", "registered"], default="open",
                    help="open (default here: any signed release) or registered (admin key, "
                         "token key and admin secret are created under --home)")
+    add_quota_options(d)
     d.set_defaults(func=cmd_dev)
     return p
 

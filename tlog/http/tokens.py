@@ -121,7 +121,9 @@ def _claims(payload: dict[str, Any]) -> TokenClaims:
 def bearer(header: str | None) -> str:
     """The token of an `Authorization: Bearer <token>` header, or TokenError."""
     if not header:
-        raise TokenError("token_missing", "this log needs Authorization: Bearer <token>")
+        # Most people meet this through the CLI: name its option before the header.
+        raise TokenError("token_missing", "this log needs a submission token: use --token-file "
+                         "with tlog publish (HTTP: Authorization: Bearer <token>)")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise TokenError("token_malformed", "use Authorization: Bearer <token>")

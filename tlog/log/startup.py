@@ -35,9 +35,9 @@ async def self_check(storage: Storage, verifier: Verifier) -> int:
     entries exist beyond or short of it, or when the stored tiles and leaves at the
     right edge do not reproduce its root.
     """
-    latest = await storage.latest_checkpoint()
+    latest, count = await storage.checkpoint_and_count()  # one snapshot: appends may run
     if latest is None:
-        if await storage.entry_count():
+        if count:
             raise StartupError("entries are stored but no checkpoint is: refusing to serve")
         return 0
     try:
@@ -48,7 +48,6 @@ async def self_check(storage: Storage, verifier: Verifier) -> int:
                            "and database?") from exc
     if (cp.size, cp.root) != (latest.size, latest.root):
         raise StartupError("the latest checkpoint's columns disagree with its signed note")
-    count = await storage.entry_count()
     if count != cp.size:
         raise StartupError(f"{count} entries are stored but the latest checkpoint has {cp.size}")
     await _check_edge(storage, cp)

@@ -16,6 +16,14 @@ MIGRATION_LOCK = 0x746C6F67_0001  # advisory lock id for migrations ("tlog", 1)
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
+def set_password_sql(role: str, password: str) -> str:
+    """The statement that gives `role` a password, for a server in single-user mode (no
+    parameters there); the embedded cluster's random passwords need no quoting."""
+    if not (role + password).replace("-", "").replace("_", "").isalnum():
+        raise ValueError("role and password must be letters, digits, '-' or '_'")
+    return f"ALTER ROLE {role} PASSWORD '{password}';\n"
+
+
 class SchemaError(RuntimeError):
     """The database schema is missing, too old or too new for this tlog."""
 

@@ -300,6 +300,15 @@ class Storage:
     async def entry_count(self) -> int:
         return int(await self.pool.fetchval(SQL_COUNT_ENTRIES))
 
+    async def checkpoint_and_count(self) -> tuple[StoredCheckpoint | None, int]:
+        """The latest checkpoint and the entry count from one snapshot: read apart, an
+        append committing in between makes them disagree on a log that is fine."""
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                                  readonly=True):
+            latest = _checkpoint(await conn.fetchrow(SQL_LATEST_CHECKPOINT))
+            count = int(await conn.fetchval(SQL_COUNT_ENTRIES))
+        return latest, count
+
     async def index_of(self, leaf_hash: bytes) -> int | None:
         idx = await self.pool.fetchval(SQL_INDEX_OF, leaf_hash)
         return None if idx is None else int(idx)
@@ -372,7 +381,9 @@ class Storage:
     @asynccontextmanager
     async def append(self) -> AsyncIterator[AppendTx]:
         """One append transaction holding the log-wide append lock until commit."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        # READ COMMITTED whatever the database's default: under the lock each batch must
+        # see the batch committed just before it, which a snapshot taken at BEGIN may not.
+        async with self.pool.acquire() as conn, conn.transaction(isolation="read_committed"):
             await conn.execute(SQL_LOCK, APPEND_LOCK)
             yield AppendTx(conn, self.tile_cache)
 

@@ -10,10 +10,13 @@ import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry
 
 from tests.support import make_release
+from tlog.config import Config
 from tlog.log.edge import EdgeError, load_edge, read_edge
-from tlog.log.startup import StartupError, self_check
+from tlog.log.metrics import AppendMetrics
+from tlog.log.startup import StartupError, running_log, self_check
 from tlog.store import migrate
 from tlog.store.postgres import Storage
 from verifier.protocol.merkle import leaf_hash
@@ -110,6 +113,36 @@ async def test_startup_refuses_entries_beyond_the_checkpoint(client: Client, dat
     await run_sql(database_url, "DELETE FROM checkpoints WHERE tree_size = 5")
     with pytest.raises(StartupError, match="5 entries are stored"):
         await check(database_url, log_signer)
+
+
+async def test_a_second_server_starts_while_the_first_appends(
+        client: Client, database_url: str, log_signer: Signer) -> None:
+    """The self-check reads the latest checkpoint and the entry count in one snapshot: read
+    apart, a batch committing in between made a sound log look broken and startup fail."""
+    pub = generate_key("busy-bot")
+    stop = asyncio.Event()
+
+    async def append_continuously() -> int:
+        n = 0
+        while not stop.is_set():
+            batch = [make_release(pub, "busy", f"{n}.{i}") for i in range(8)]
+            assert {status for status, _ in await post_all(client, batch)} == {201}
+            n += 1
+        return n
+
+    appender = asyncio.create_task(append_continuously())
+    config = Config(database_url=database_url, signer=log_signer, policy="open",
+                    host="127.0.0.1", port=0)
+    started = 0
+    try:
+        for _ in range(40):  # before the fix, a few starts were enough to hit the window
+            async with running_log(config, AppendMetrics(CollectorRegistry())):
+                started += 1
+    finally:
+        stop.set()
+        batches = await appender
+    assert started == 40 and batches > 0
+    assert await check(database_url, log_signer) == 8 * batches
 
 
 async def test_serving_an_unmigrated_database_is_refused(pg_cluster: Any) -> None:
