@@ -15,6 +15,8 @@ from verifier.protocol.note import NoteSigner, Signer, Verifier
 DEFAULT_LISTEN = "127.0.0.1:8080"
 POLICIES = ("open", "registered")
 MAX_BODY_BYTES = 128 * 1024  # an entry is at most 65,535 bytes once canonical
+MAX_PAGE_BYTES = 4 * 1024 * 1024  # a page of entries (GET /v1/entries, /v1/registry)
+MIN_PAGE_BYTES = 1024
 PKCS11_OPTIONS = ("pkcs11_module", "pkcs11_token", "pkcs11_key", "pkcs11_pin_file")
 
 
@@ -34,13 +36,18 @@ class TlsConfig:
 
 @dataclass(frozen=True)
 class Quotas:
-    """Pushback: token buckets per publisher and per client, and a cap on writes in flight."""
+    """Pushback: token buckets per publisher and per client (one for writes, one for reads),
+    and a cap on writes in flight."""
 
     publisher_rate: float = 100.0  # submissions per second, sustained
     publisher_burst: int = 2000
     client_rate: float = 500.0
     client_burst: int = 5000
     max_in_flight: int = 5000      # write requests being processed at once (503 beyond)
+    # Reads, apart from writes: a request costs 1, a page of entries 1 more per 64 KiB of
+    # answer. Generous, as an auditor or a mirror fetches every tile as fast as it can.
+    read_rate: float = 2000.0
+    read_burst: int = 20000
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class Config:
     max_wait: float = 0.005
     max_body: int = MAX_BODY_BYTES
     tile_cache: Path | None = None  # where full tiles are kept once served (tlog.store.tilecache)
+    max_page_bytes: int = MAX_PAGE_BYTES  # entries of one page, as answered
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -70,6 +78,8 @@ class Config:
             raise ConfigError("policy 'registered' needs --admin-key (the operator's registry "
                               "key) and --token-key (signs submission tokens); "
                               "or run with --policy open")
+        if self.max_page_bytes < MIN_PAGE_BYTES:
+            raise ConfigError(f"--max-page-bytes must be at least {MIN_PAGE_BYTES}")
 
     @property
     def origin(self) -> str:
@@ -179,7 +189,8 @@ def from_options(database_url: str | None, key: str | None, listen: str | None,
         token_signer=load_signer(access["token_key"]) if access.get("token_key") else None,
         admin_secret=(read_secret_file(access["admin_token_file"], "admin token file")
                       if access.get("admin_token_file") else None),
-        tls=_tls(access), quotas=_quotas(access), tile_cache=_tile_cache(access))
+        tls=_tls(access), quotas=_quotas(access), tile_cache=_tile_cache(access),
+        max_page_bytes=access.get("max_page_bytes") or MAX_PAGE_BYTES)
 
 
 def _tile_cache(access: dict[str, Any]) -> Path | None:
@@ -189,11 +200,13 @@ def _tile_cache(access: dict[str, Any]) -> Path | None:
 
 def _quotas(access: dict[str, Any]) -> Quotas:
     given = {name: access[name] for name in ("publisher_rate", "publisher_burst", "client_rate",
-                                             "client_burst", "max_in_flight")
+                                             "client_burst", "max_in_flight", "read_rate",
+                                             "read_burst")
              if access.get(name) is not None}
     quotas = Quotas(**given)
-    if min(quotas.publisher_rate, quotas.client_rate) <= 0 or min(
-            quotas.publisher_burst, quotas.client_burst, quotas.max_in_flight) < 1:
+    if min(quotas.publisher_rate, quotas.client_rate, quotas.read_rate) <= 0 or min(
+            quotas.publisher_burst, quotas.client_burst, quotas.read_burst,
+            quotas.max_in_flight) < 1:
         raise ConfigError("quota rates must be > 0 and bursts and --max-in-flight >= 1")
     return quotas
 

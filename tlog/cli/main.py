@@ -158,7 +158,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 ACCESS_OPTIONS = ("policy", "admin_key", "token_key", "admin_token_file", "tls_cert", "tls_key",
                   "client_ca", "admin_cn", "publisher_rate", "publisher_burst", "client_rate",
-                  "client_burst", "max_in_flight", "tile_cache")
+                  "client_burst", "max_in_flight", "read_rate", "read_burst", "max_page_bytes",
+                  "tile_cache")
 
 
 def add_access_options(s: argparse.ArgumentParser) -> None:
@@ -184,6 +185,13 @@ def add_access_options(s: argparse.ArgumentParser) -> None:
     q.add_argument("--client-rate", type=float, help="write requests/s per client (500)")
     q.add_argument("--client-burst", type=int, help="burst per client (5000)")
     q.add_argument("--max-in-flight", type=int, help="writes processed at once (5000)")
+    q.add_argument("--read-rate", type=float,
+                   help="read requests/s per client (2000); a page of entries costs one more "
+                        "per 64 KiB")
+    q.add_argument("--read-burst", type=int, help="read burst per client (20000)")
+    q.add_argument("--max-page-bytes", type=int,
+                   help="bytes of entries in one page of GET /v1/entries or /v1/registry "
+                        "(4194304, at least 1024); the page ends earlier, with next_after")
     c = s.add_argument_group("caching")
     c.add_argument("--tile-cache", metavar="DIR",
                    help="keep every full tile and entry bundle served in DIR (or "
