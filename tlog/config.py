@@ -16,6 +16,8 @@ DEFAULT_LISTEN = "127.0.0.1:8080"
 POLICIES = ("open", "registered")
 MAX_BODY_BYTES = 128 * 1024  # an entry is at most 65,535 bytes once canonical
 MAX_BODY_TIMEOUT = 300.0  # seconds; a longer deadline would let stalled bodies pile up
+MAX_PAGE_BYTES = 4 * 1024 * 1024  # a page of entries (GET /v1/entries, /v1/registry)
+MIN_PAGE_BYTES = 1024
 PKCS11_OPTIONS = ("pkcs11_module", "pkcs11_token", "pkcs11_key", "pkcs11_pin_file")
 
 
@@ -35,8 +37,8 @@ class TlsConfig:
 
 @dataclass(frozen=True)
 class Quotas:
-    """Pushback: token buckets per publisher and per client, caps on writes in flight, and
-    a deadline on reading a write's body."""
+    """Pushback: token buckets per publisher and per client (one for writes, one for reads),
+    caps on writes in flight, and a deadline on reading a write's body."""
 
     publisher_rate: float = 100.0  # submissions per second, sustained
     publisher_burst: int = 2000
@@ -51,6 +53,10 @@ class Quotas:
     # memory to a small multiple of it, where 5,000 maximal bodies would hold gigabytes.
     max_in_flight_bytes: int = 32 * 1024 * 1024
     body_timeout: float = 10.0     # seconds to receive a write's whole body (408 beyond)
+    # Reads, apart from writes: a request costs 1, a page of entries 1 more per 64 KiB of
+    # answer. Generous, as an auditor or a mirror fetches every tile as fast as it can.
+    read_rate: float = 2000.0
+    read_burst: int = 20000
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class Config:
     max_wait: float = 0.005
     max_body: int = MAX_BODY_BYTES
     tile_cache: Path | None = None  # where full tiles are kept once served (tlog.store.tilecache)
+    max_page_bytes: int = MAX_PAGE_BYTES  # entries of one page, as answered
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -80,6 +87,8 @@ class Config:
             raise ConfigError("policy 'registered' needs --admin-key (the operator's registry "
                               "key) and --token-key (signs submission tokens); "
                               "or run with --policy open")
+        if self.max_page_bytes < MIN_PAGE_BYTES:
+            raise ConfigError(f"--max-page-bytes must be at least {MIN_PAGE_BYTES}")
 
     @property
     def origin(self) -> str:
@@ -189,7 +198,8 @@ def from_options(database_url: str | None, key: str | None, listen: str | None,
         token_signer=load_signer(access["token_key"]) if access.get("token_key") else None,
         admin_secret=(read_secret_file(access["admin_token_file"], "admin token file")
                       if access.get("admin_token_file") else None),
-        tls=_tls(access), quotas=quotas_from_options(access), tile_cache=_tile_cache(access))
+        tls=_tls(access), quotas=quotas_from_options(access), tile_cache=_tile_cache(access),
+        max_page_bytes=access.get("max_page_bytes") or MAX_PAGE_BYTES)
 
 
 def _tile_cache(access: dict[str, Any]) -> Path | None:
@@ -199,15 +209,15 @@ def _tile_cache(access: dict[str, Any]) -> Path | None:
 
 QUOTA_OPTIONS = ("publisher_rate", "publisher_burst", "client_rate", "client_burst",
                  "max_in_flight", "max_in_flight_per_client", "max_in_flight_bytes",
-                 "body_timeout")
+                 "body_timeout", "read_rate", "read_burst")
 
 
 def quotas_from_options(access: dict[str, Any]) -> Quotas:
     """The quotas of the options `access` gives (--publisher-rate ...); defaults for the rest."""
     given = {name: access[name] for name in QUOTA_OPTIONS if access.get(name) is not None}
     quotas = Quotas(**given)
-    if min(quotas.publisher_rate, quotas.client_rate) <= 0 or min(
-            quotas.publisher_burst, quotas.client_burst, quotas.max_in_flight,
+    if min(quotas.publisher_rate, quotas.client_rate, quotas.read_rate) <= 0 or min(
+            quotas.publisher_burst, quotas.client_burst, quotas.read_burst, quotas.max_in_flight,
             quotas.max_in_flight_per_client) < 1:
         raise ConfigError("quota rates must be > 0, and bursts, --max-in-flight and "
                           "--max-in-flight-per-client >= 1")

@@ -161,7 +161,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 ACCESS_OPTIONS = ("policy", "admin_key", "token_key", "admin_token_file", "tls_cert", "tls_key",
-                  "client_ca", "admin_cn", *QUOTA_OPTIONS, "tile_cache")
+                  "client_ca", "admin_cn", *QUOTA_OPTIONS, "max_page_bytes", "tile_cache")
 
 
 def add_access_options(s: argparse.ArgumentParser) -> None:
@@ -203,6 +203,13 @@ def add_quota_options(s: argparse.ArgumentParser) -> None:
                    help="body bytes of the writes processed at once (33554432)")
     q.add_argument("--body-timeout", type=float,
                    help="seconds to receive a write's whole body (10)")
+    q.add_argument("--read-rate", type=float,
+                   help="read requests/s per client (2000); a page of entries costs one more "
+                        "per 64 KiB")
+    q.add_argument("--read-burst", type=int, help="read burst per client (20000)")
+    q.add_argument("--max-page-bytes", type=int,
+                   help="bytes of entries in one page of GET /v1/entries or /v1/registry "
+                        "(4194304, at least 1024); the page ends earlier, with next_after")
 
 
 def add_pkcs11_options(s: argparse.ArgumentParser, keygen: bool = False) -> None:

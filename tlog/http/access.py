@@ -5,7 +5,8 @@ client certificate whose common name is an admin name. With a client CA configur
 write needs a verified client certificate; reads stay public. Quotas are token buckets per
 client and per publisher, a cap on each client's writes in flight (body reads included),
 and a cap on the writes being processed and the body bytes they hold, taken only once a
-body is read: a client that stalls its body holds its own slots, nobody else's.
+body is read: a client that stalls its body holds its own slots, nobody else's. Reads have
+buckets of their own per client, which pages of entries drain by their size.
 """
 
 from __future__ import annotations
@@ -83,18 +84,30 @@ class Buckets:
         self.rate, self.burst = rate, burst
         self._state: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
-    def take(self, key: str, what: str) -> None:
+    def take(self, key: str, what: str, doing: str = "submissions") -> None:
         """Spend one token for `key`, or raise AccessError 429 with the wait in Retry-After."""
-        now = time.monotonic()
-        tokens, last = self._state.pop(key, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        tokens, now = self._refilled(key)
         if tokens < 1.0:
             self._state[key] = (tokens, now)
             # Whole seconds, rounded up: the body says what the Retry-After header says.
             wait = max(1, math.ceil((1.0 - tokens) / self.rate))
-            raise AccessError("rate_limited", f"too many submissions for {what}; "
+            raise AccessError("rate_limited", f"too many {doing} for {what}; "
                               f"retry in {wait} s", retry_after=wait)
-        self._state[key] = (tokens - 1.0, now)
+        self._store(key, tokens - 1.0, now)
+
+    def charge(self, key: str, cost: float) -> None:
+        """Spend `cost` more tokens for `key` after the fact (what an answer turned out to
+        cost); a bucket may go below zero, and then refuses until it has refilled."""
+        tokens, now = self._refilled(key)
+        self._store(key, max(tokens - cost, -float(self.burst)), now)
+
+    def _refilled(self, key: str) -> tuple[float, float]:
+        now = time.monotonic()
+        tokens, last = self._state.pop(key, (float(self.burst), now))
+        return min(float(self.burst), tokens + (now - last) * self.rate), now
+
+    def _store(self, key: str, tokens: float, now: float) -> None:
+        self._state[key] = (tokens, now)
         while len(self._state) > MAX_TRACKED:
             self._state.popitem(last=False)
 

@@ -6,12 +6,14 @@ replay, sequencer) and hands the handlers its reads (a LogReader) and its sequen
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
@@ -25,7 +27,10 @@ from tlog.http.handlers import (
     CLIENT_IN_FLIGHT,
     CONFIG,
     IN_FLIGHT,
+    PAGE_SLOTS,
+    PAGE_THREADS,
     PUBLISHER_BUCKETS,
+    READ_BUCKETS,
     READER,
     SEQUENCER,
     TILE_FILES,
@@ -46,6 +51,9 @@ log = logging.getLogger("tlog")
 access_log = logging.getLogger("tlog.access")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+# Pages of entries built at once, each in a thread: with 4 MiB pages, what they hold at most
+# (the rows, the answer) stays in the tens of MB; further page requests wait their turn.
+PAGES_AT_ONCE = 2
 
 
 class RequestMetrics:
@@ -83,8 +91,10 @@ def _request_id(request: web.Request) -> str:
 
 async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Writes pass the client's rate and in-flight caps before the handler runs; the global
-    write cap is taken once the body is read (handlers.read_json_body) and given back here."""
+    write cap is taken once the body is read (handlers.read_json_body) and given back here.
+    Reads pass a per-client quota of their own, so neither starves the other."""
     if request.method != "POST":
+        request.app[READ_BUCKETS].take(client_identity(request), "this client", "reads")
         return await handler(request)
     client = client_identity(request)
     request.app[CLIENT_BUCKETS].take(client, "this client")
@@ -176,14 +186,20 @@ def create_app(config: Config) -> web.Application:
     app[CLIENT_BUCKETS] = Buckets(q.client_rate, q.client_burst)
     app[IN_FLIGHT] = InFlight(q.max_in_flight, q.max_in_flight_bytes)
     app[CLIENT_IN_FLIGHT] = ClientInFlight(q.max_in_flight_per_client)
+    app[READ_BUCKETS] = Buckets(q.read_rate, q.read_burst)
+    app[PAGE_SLOTS] = asyncio.Semaphore(PAGES_AT_ONCE)
     add_routes(app)
     add_admin_routes(app)
     app.router.add_get("/metrics", get_metrics)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        async with running_log(config, metrics.append) as (storage, seq):
-            app[READER], app[TOKEN_LEDGER], app[SEQUENCER] = storage, storage, seq
-            yield
+        app[PAGE_THREADS] = ThreadPoolExecutor(PAGES_AT_ONCE, thread_name_prefix="tlog-pages")
+        try:
+            async with running_log(config, metrics.append) as (storage, seq):
+                app[READER], app[TOKEN_LEDGER], app[SEQUENCER] = storage, storage, seq
+                yield
+        finally:
+            app[PAGE_THREADS].shutdown(wait=False, cancel_futures=True)
 
     app.cleanup_ctx.append(lifecycle)
     return app

@@ -8,15 +8,17 @@ JSON API under /v1 (schema/openapi.yaml). Every error body is
 from __future__ import annotations
 
 import asyncio
-import json
 import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
 
 from tlog.config import Config
-from tlog.http.access import Buckets, ClientInFlight, InFlight, require_client_cert
+from tlog.http.access import Buckets, ClientInFlight, InFlight, client_identity, require_client_cert
 from tlog.http.errors import ApiError, entry_error
+from tlog.http.pages import build_page, entry_item
 from tlog.http.tokens import TokenAuthority, TokenClaims, TokenError, bearer
 from tlog.log.proofs import consistency_proof, inclusion_proof
 from tlog.log.sequencer import ConflictError, Receipt, Sequencer, UnavailableError
@@ -27,7 +29,6 @@ from verifier.protocol.entries.kinds import LogEntry, validate_log_entry
 from verifier.protocol.entries.registry_kinds import PUBLISHER_KIND, RegistryEntry
 from verifier.protocol.entries.release import PACKAGE_NAME, VERSION_TEXT, Release
 from verifier.protocol.entries.strict_json import parse_json
-from verifier.protocol.merkle import leaf_hash
 from verifier.protocol.tiles import TILE_HEIGHT, TILE_WIDTH, parse_tile_path, tile_path, tile_width
 
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -36,6 +37,8 @@ CHECKPOINT_CACHE = "no-cache"
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 MAX_INT = 2**63 - 1
+PAGE_COST_BYTES = 64 * 1024  # a page costs one more read token per this many bytes
+INLINE_ENTRY = 8 * 1024  # a single entry up to this size is answered on the event loop
 _DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")
 _HEX32 = re.compile(r"[0-9a-f]{64}")
 
@@ -50,6 +53,9 @@ CLIENT_BUCKETS: web.AppKey[Buckets] = web.AppKey("client_buckets", Buckets)
 IN_FLIGHT: web.AppKey[InFlight] = web.AppKey("in_flight", InFlight)
 CLIENT_IN_FLIGHT: web.AppKey[ClientInFlight] = web.AppKey("client_in_flight", ClientInFlight)
 HELD_BYTES: web.RequestKey[int] = web.RequestKey("held_bytes", int)  # this request's IN_FLIGHT
+READ_BUCKETS: web.AppKey[Buckets] = web.AppKey("read_buckets", Buckets)
+PAGE_SLOTS: web.AppKey[asyncio.Semaphore] = web.AppKey("page_slots", asyncio.Semaphore)
+PAGE_THREADS: web.AppKey[ThreadPoolExecutor] = web.AppKey("page_threads", ThreadPoolExecutor)
 TILE_FILES: web.AppKey[TileFiles] = web.AppKey("tile_files", TileFiles)
 
 
@@ -158,30 +164,58 @@ async def _entry_bundle(request: web.Request, n: int, width: int) -> bytes:
     return bundle
 
 
-def _entry_json(index: int, leaf: bytes) -> dict[str, Any]:
-    return {"index": index, "leaf_hash": leaf_hash(leaf).hex(), "entry": json.loads(leaf)}
-
-
 async def get_entry(request: web.Request) -> web.Response:
     index = parse_uint("index", request.match_info["index"])
     leaf = await request.app[READER].entry(index)
     if leaf is None:
         raise ApiError("not_found", f"no entry at index {index}")
-    return web.json_response(_entry_json(index, leaf))
+    if len(leaf) <= INLINE_ENTRY:  # microseconds: a thread hop would cost more
+        body = entry_item(index, leaf)
+    else:
+        body = await _off_loop(request, entry_item, index, leaf)
+    return _json_body(body)
+
+
+def _json_body(body: bytes) -> web.Response:
+    # The header json_response has always sent, charset included.
+    return web.Response(body=body, content_type="application/json", charset="utf-8")
+
+
+async def _off_loop(request: web.Request, work: Callable[..., bytes], *args: Any) -> bytes:
+    """`work(*args)` in a page thread: CPU per byte of entries never runs on the loop."""
+    loop = asyncio.get_running_loop()
+    result: bytes = await loop.run_in_executor(request.app[PAGE_THREADS], work, *args)
+    return result
+
+
+def _shown(text: str) -> str:
+    """A received value for an error message: quoted, at most 100 characters."""
+    return repr(text[:100]) + ("..." if len(text) > 100 else "")
+
+
+def _plus_hint(text: str) -> str:
+    """A + in a query string is a space once decoded: say so when the value has one."""
+    return "; a + must be sent percent-encoded as %2B (a bare + means a space)" \
+        if " " in text else ""
 
 
 async def list_entries(request: web.Request) -> web.Response:
     q = query(request, {"package", "version", "after", "limit"})
     package = q.get("package")
     if package is None or not PACKAGE_NAME.fullmatch(package):
+        got = "none was given" if package is None else f"got {_shown(package)}"
         raise ApiError("bad_package",
-                       "package is required: 1-200 characters from A-Z a-z 0-9 . _ - + / @")
+                       "package is required: 1-200 characters from A-Z a-z 0-9 . _ - + / @; "
+                       f"{got}{_plus_hint(package or '')}")
     version = q.get("version")
     if version is not None and not VERSION_TEXT.fullmatch(version):
-        raise ApiError("bad_version", "version must be 1-100 printable ASCII, no spaces")
+        raise ApiError("bad_version", "version must be 1-100 printable ASCII, no spaces; "
+                       f"got {_shown(version)}{_plus_hint(version)}")
     after, limit = page_params(q)
-    rows = await request.app[READER].by_package(package, version, after, limit)
-    return page_response(rows, limit)
+    max_bytes = request.app[CONFIG].max_page_bytes
+    async with request.app[PAGE_SLOTS]:
+        rows = await request.app[READER].by_package(package, version, after, limit, max_bytes)
+        return await page_response(request, rows, limit)
 
 
 def page_params(q: dict[str, str]) -> tuple[int, int]:
@@ -193,11 +227,12 @@ def page_params(q: dict[str, str]) -> tuple[int, int]:
     return after, limit
 
 
-def page_response(rows: list[tuple[int, bytes]], limit: int) -> web.Response:
-    return web.json_response({
-        "entries": [_entry_json(i, leaf) for i, leaf in rows],
-        "next_after": rows[-1][0] if len(rows) == limit else None,
-    })
+async def page_response(request: web.Request, rows: list[tuple[int, bytes]],
+                        limit: int) -> web.Response:
+    """A page built off the loop; its size is charged to the client's read quota."""
+    body = await _off_loop(request, build_page, rows, limit, request.app[CONFIG].max_page_bytes)
+    request.app[READ_BUCKETS].charge(client_identity(request), len(body) // PAGE_COST_BYTES)
+    return _json_body(body)
 
 
 async def read_json_body(request: web.Request) -> bytes:
@@ -249,7 +284,10 @@ async def list_registry(request: web.Request) -> web.Response:
     """The registry entries (publisher/v1, keys/v1, revoke/v1) in log order, paged: what a
     client replays to know which keys were valid for which packages at an index."""
     after, limit = page_params(query(request, {"after", "limit"}))
-    return page_response(await request.app[READER].registry_page(after, limit), limit)
+    max_bytes = request.app[CONFIG].max_page_bytes
+    async with request.app[PAGE_SLOTS]:
+        rows = await request.app[READER].registry_page(after, limit, max_bytes)
+        return await page_response(request, rows, limit)
 
 
 async def post_entry(request: web.Request) -> web.Response:

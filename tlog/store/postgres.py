@@ -35,6 +35,20 @@ BUNDLE_CACHE_SIZE = 64  # full entry bundles kept in memory (~120 KiB each, immu
 BUNDLE_READAHEAD = 8  # full entry bundles read at once by a sequential reader
 BUNDLE_PREFIX = 2  # bytes of the length before each entry of a bundle
 
+
+def _page_sql(where: str, limit: str, max_bytes: str) -> str:
+    """Entries matching `where`, in log order, at most `limit`, and only those whose stored
+    bytes before them stay under `max_bytes`: the one crossing it is the last. octet_length
+    reads a TOASTed leaf's size from its pointer, so the rows left out are never read."""
+    return (
+        "SELECT idx, leaf FROM (SELECT idx, leaf, "
+        "sum(octet_length(leaf)) OVER (ORDER BY idx) - octet_length(leaf) AS before "
+        f"FROM entries WHERE {where} ORDER BY idx LIMIT {limit}) AS page "
+        f"WHERE before < {max_bytes} ORDER BY idx")
+
+
+SQL_BY_PACKAGE = _page_sql("package = $1 AND idx > $2", "$3", "$4")
+SQL_BY_PACKAGE_VERSION = _page_sql("package = $1 AND version = $2 AND idx > $3", "$4", "$5")
 SQL_LATEST_CHECKPOINT = (
     "SELECT tree_size, root, note FROM checkpoints ORDER BY tree_size DESC LIMIT 1")
 SQL_CHECKPOINT_AT = "SELECT tree_size, root, note FROM checkpoints WHERE tree_size = $1"
@@ -48,11 +62,6 @@ SQL_BUNDLE_PARTS = (
 SQL_LEAF_HASH_RANGE = "SELECT leaf_hash FROM entries WHERE idx >= $1 AND idx < $2 ORDER BY idx"
 SQL_INDEX_OF = "SELECT idx FROM entries WHERE leaf_hash = $1"
 SQL_COUNT_ENTRIES = "SELECT coalesce(max(idx) + 1, 0) FROM entries"
-SQL_BY_PACKAGE = (
-    "SELECT idx, leaf FROM entries WHERE package = $1 AND idx > $2 ORDER BY idx LIMIT $3")
-SQL_BY_PACKAGE_VERSION = (
-    "SELECT idx, leaf FROM entries WHERE package = $1 AND version = $2 AND idx > $3 "
-    "ORDER BY idx LIMIT $4")
 SQL_TILE = "SELECT data FROM tiles WHERE level = $1 AND idx = $2"
 SQL_TILE_RANGE = "SELECT idx, data FROM tiles WHERE level = $1 AND idx >= $2 AND idx < $3"
 SQL_TILES = (
@@ -74,10 +83,9 @@ SQL_PUT_CHECKPOINT = "INSERT INTO checkpoints (tree_size, root, note) VALUES ($1
 # index entries_registry (migration 0002), on which PostgreSQL plans these queries.
 SQL_IS_REGISTRY = "kind NOT IN ({})".format(", ".join(
     "'" + name.replace("'", "''") + "'" for name, row in KINDS.items() if not row.registry))
-SQL_REGISTRY_PAGE = (
-    f"SELECT idx, leaf FROM entries WHERE {SQL_IS_REGISTRY} AND idx > $1 ORDER BY idx LIMIT $2")
 SQL_REGISTRY_ENTRIES = (
     f"SELECT idx, leaf FROM entries WHERE {SQL_IS_REGISTRY} AND idx >= $1 ORDER BY idx")
+SQL_REGISTRY_PAGE = _page_sql(f"{SQL_IS_REGISTRY} AND idx > $1", "$2", "$3")
 SQL_MAX_COUNTERS = (
     "SELECT package, max(counter) AS max FROM entries "
     "WHERE package = ANY($1::text[]) AND counter IS NOT NULL GROUP BY package")
@@ -314,11 +322,12 @@ class Storage:
         return None if idx is None else int(idx)
 
     async def by_package(self, package: str, version: str | None, after: int,
-                         limit: int) -> list[tuple[int, bytes]]:
+                         limit: int, max_bytes: int) -> list[tuple[int, bytes]]:
         if version is None:
-            rows = await self.pool.fetch(SQL_BY_PACKAGE, package, after, limit)
+            rows = await self.pool.fetch(SQL_BY_PACKAGE, package, after, limit, max_bytes)
         else:
-            rows = await self.pool.fetch(SQL_BY_PACKAGE_VERSION, package, version, after, limit)
+            rows = await self.pool.fetch(SQL_BY_PACKAGE_VERSION, package, version, after, limit,
+                                         max_bytes)
         return [(int(r["idx"]), bytes(r["leaf"])) for r in rows]
 
     async def tile(self, level: int, n: int) -> bytes | None:
@@ -357,8 +366,9 @@ class Storage:
         """Registry entries (of the registry kinds) from index `start`, in log order."""
         return await _registry_entries(self.pool, start)
 
-    async def registry_page(self, after: int, limit: int) -> list[tuple[int, bytes]]:
-        rows = await self.pool.fetch(SQL_REGISTRY_PAGE, after, limit)
+    async def registry_page(self, after: int, limit: int,
+                            max_bytes: int) -> list[tuple[int, bytes]]:
+        rows = await self.pool.fetch(SQL_REGISTRY_PAGE, after, limit, max_bytes)
         return [(int(r["idx"]), bytes(r["leaf"])) for r in rows]
 
     async def insert_token(self, jti: str, publisher: str, scopes: Sequence[str],

@@ -66,14 +66,16 @@ class LogReader(Protocol):
         ...
 
     async def by_package(self, package: str, version: str | None, after: int,
-                         limit: int) -> list[tuple[int, bytes]]:
+                         limit: int, max_bytes: int) -> list[tuple[int, bytes]]:
         """(index, leaf) of releases of `package` (and `version`) after index `after`, in
-        log order, at most `limit`."""
+        log order: at most `limit`, and none after the first whose leaf, with those before
+        it, reaches `max_bytes` (a page's bound; the caller cuts the answer there)."""
         ...
 
-    async def registry_page(self, after: int, limit: int) -> list[tuple[int, bytes]]:
-        """(index, leaf) of registry entries after index `after`, in log order, at most
-        `limit`."""
+    async def registry_page(self, after: int, limit: int,
+                            max_bytes: int) -> list[tuple[int, bytes]]:
+        """(index, leaf) of registry entries after index `after`, in log order, bounded by
+        `limit` and `max_bytes` as by_package is."""
         ...
 
     async def index_of(self, leaf_hash: bytes) -> int | None:

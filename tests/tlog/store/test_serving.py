@@ -296,11 +296,11 @@ async def test_registry_queries_return_the_registry_kinds_on_their_partial_index
     want = [(i, f"leaf {i}".encode()) for i, k in enumerate(kinds) if k in REGISTRY_KINDS]
     assert await storage.registry_entries(0) == want
     assert await storage.registry_entries(want[1][0]) == want[1:]
-    assert await storage.registry_page(want[0][0], 2) == want[1:3]
+    assert await storage.registry_page(want[0][0], 2, 1 << 20) == want[1:3]
     async with storage.pool.acquire() as conn, conn.transaction():
         await conn.execute("ANALYZE entries")
         await conn.execute("SET LOCAL enable_seqscan = off")
-        for query, args in ((SQL_REGISTRY_ENTRIES, (0,)), (SQL_REGISTRY_PAGE, (0, 10))):
+        for query, args in ((SQL_REGISTRY_ENTRIES, (0,)), (SQL_REGISTRY_PAGE, (0, 10, 1 << 20))):
             plan = [r[0] for r in await conn.fetch("EXPLAIN " + query, *args)]
             assert "entries_registry" in "\n".join(plan), plan
             as_indexed = query.replace(SQL_IS_REGISTRY, "kind <> 'release/v1'")
