@@ -87,7 +87,8 @@ def _publish_recipe(url: str, home: Path, policy: str) -> list[str]:
     if policy == "registered":
         token = shlex.quote(str(keys / f"{DEMO_PUBLISHER}.token"))
         steps += [
-            f"tlog registry register --log {url} --admin-token-file {q['admin-token']} \\",
+            f"tlog registry register --log {url} --log-key {q['log.vkey']} \\",
+            f"    --admin-token-file {q['admin-token']} \\",
             f"    --signer {q['admin.key']} --publisher {DEMO_PUBLISHER} \\",
             f"    --package {DEMO_PACKAGE} --publisher-key {vkey} && \\",
             f"(umask 077 && tlog token issue --log {url} --admin-token-file {q['admin-token']} \\",

@@ -140,6 +140,7 @@ def test_dev_registered_prints_a_publish_recipe_that_works(searchable_dir: Path)
         done = _run(rest.replace("FILE", str(artifact)), searchable_dir)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "logged demo 1.0" in done.stdout
+        assert "warning" not in done.stderr  # every step pins the log key
         assert _size(dev) == 2  # the registration, then the release
 
 
