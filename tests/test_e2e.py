@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -27,18 +28,24 @@ async def stored_leaf_hashes(database_url: str) -> list[bytes]:
         await conn.close()
 
 
+def submit_to_two_servers(database_url: str, key: Path, tmp_path: Path,
+                          entries: list[dict[str, Any]]) -> list[Any]:
+    """Every entry submitted concurrently, spread over two `tlog serve` on one database."""
+    servers = [start_server(database_url, key, tmp_path) for _ in range(2)]
+    try:
+        return asyncio.run(submit_all([s.url for s in servers], entries))
+    finally:
+        for s in servers:
+            s.stop()
+
+
 def test_two_servers_on_one_database_build_one_tree(database_url: str, log_signer: Signer,
                                                      tmp_path: Path) -> None:
     """2,000 concurrent submissions over two processes: one dense tree, every receipt proves."""
     key = write_key(tmp_path / "log.key", log_signer)
     publisher = generate_key("concurrency-bot")
     entries = [make_release(publisher, f"pkg{i % 50}", f"1.{i}") for i in range(2000)]
-    servers = [start_server(database_url, key, tmp_path) for _ in range(2)]
-    try:
-        results = asyncio.run(submit_all([s.url for s in servers], entries))
-    finally:
-        for s in servers:
-            s.stop()
+    results = submit_to_two_servers(database_url, key, tmp_path, entries)
     assert [r.status for r in results] == [201] * 2000, results[0].body
     assert sorted(r.body["index"] for r in results) == list(range(2000))
     for r in results:
@@ -72,12 +79,7 @@ def test_two_servers_append_under_a_stricter_default_isolation_without_503s(
     key = write_key(tmp_path / "log.key", log_signer)
     publisher = generate_key("isolation-bot")
     entries = [make_release(publisher, f"pkg{i % 20}", f"2.{i}") for i in range(600)]
-    servers = [start_server(database_url, key, tmp_path) for _ in range(2)]
-    try:
-        results = asyncio.run(submit_all([s.url for s in servers], entries))
-    finally:
-        for s in servers:
-            s.stop()
+    results = submit_to_two_servers(database_url, key, tmp_path, entries)
     refused = [r for r in results if r.status != 201]
     assert not refused, f"{len(refused)} refused, e.g. {refused[0].status} {refused[0].body}"
     assert sorted(r.body["index"] for r in results) == list(range(600))
