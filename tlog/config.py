@@ -199,7 +199,7 @@ def from_options(database_url: str | None, key: str | None, listen: str | None,
         admin_secret=(read_secret_file(access["admin_token_file"], "admin token file")
                       if access.get("admin_token_file") else None),
         tls=_tls(access), quotas=quotas_from_options(access), tile_cache=_tile_cache(access),
-        max_page_bytes=access.get("max_page_bytes") or MAX_PAGE_BYTES)
+        max_page_bytes=_given(access.get("max_page_bytes"), MAX_PAGE_BYTES))
 
 
 def _tile_cache(access: dict[str, Any]) -> Path | None:
@@ -210,6 +210,11 @@ def _tile_cache(access: dict[str, Any]) -> Path | None:
 QUOTA_OPTIONS = ("publisher_rate", "publisher_burst", "client_rate", "client_burst",
                  "max_in_flight", "max_in_flight_per_client", "max_in_flight_bytes",
                  "body_timeout", "read_rate", "read_burst")
+
+
+def _given(value: int | None, default: int) -> int:
+    """An option's value when given (0 included, for the range check to refuse)."""
+    return default if value is None else value
 
 
 def quotas_from_options(access: dict[str, Any]) -> Quotas:

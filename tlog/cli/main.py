@@ -17,7 +17,12 @@ from tlog.cli.common import run_app, write_keypair
 from tlog.cli.pgcluster import ClusterError
 from tlog.cli.proof import LOG_KEY_HELP
 from tlog.cli.registry import add_operator_commands
-from tlog.cli.remote import add_connection_options, add_token_options
+from tlog.cli.remote import (
+    StrictParser,
+    add_connection_options,
+    add_token_options,
+    refuse_secret_option,
+)
 from tlog.config import (
     DEFAULT_LISTEN,
     PKCS11_OPTIONS,
@@ -174,6 +179,7 @@ def add_access_options(s: argparse.ArgumentParser) -> None:
     g.add_argument("--token-key", metavar="FILE", help="private key that signs submission tokens")
     g.add_argument("--admin-token-file", metavar="FILE",
                    help="file holding the admin API secret (mode 0600)")
+    refuse_secret_option(s, "--admin-token", "--admin-token-file FILE")
     t = s.add_argument_group("TLS")
     t.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
     t.add_argument("--tls-key", metavar="PEM", help="the certificate's private key (mode 0600)")
@@ -189,8 +195,9 @@ def add_access_options(s: argparse.ArgumentParser) -> None:
                         "delete DIR after restoring the database from a backup")
 
 
-def add_quota_options(s: argparse.ArgumentParser) -> None:
-    """The quotas of `tlog serve`; `tlog dev` takes them too (bulk loading needs more)."""
+def add_quota_options(s: argparse.ArgumentParser, pages: bool = True) -> None:
+    """The quotas of `tlog serve`; `tlog dev` takes them too (bulk loading needs more), all
+    but the page bound (`pages`)."""
     q = s.add_argument_group("quotas")
     q.add_argument("--publisher-rate", type=float, help="submissions/s per publisher (100)")
     q.add_argument("--publisher-burst", type=int, help="burst per publisher (2000)")
@@ -207,6 +214,8 @@ def add_quota_options(s: argparse.ArgumentParser) -> None:
                    help="read requests/s per client (2000); a page of entries costs one more "
                         "per 64 KiB")
     q.add_argument("--read-burst", type=int, help="read burst per client (20000)")
+    if not pages:  # tlog dev serves its pages with the default bound
+        return
     q.add_argument("--max-page-bytes", type=int,
                    help="bytes of entries in one page of GET /v1/entries or /v1/registry "
                         "(4194304, at least 1024); the page ends earlier, with next_after")
@@ -231,7 +240,7 @@ def add_pkcs11_options(s: argparse.ArgumentParser, keygen: bool = False) -> None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = StrictParser(
         prog="tlog", description="tlog: an append-only transparency log for software releases")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -276,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--policy", choices=["open", "registered"], default="open",
                    help="open (default here: any signed release) or registered (admin key, "
                         "token key and admin secret are created under --home)")
-    add_quota_options(d)
+    add_quota_options(d, pages=False)
     d.set_defaults(func=cmd_dev)
     return p
 

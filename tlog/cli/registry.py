@@ -20,6 +20,7 @@ from tlog.cli.remote import (
     call,
     expect,
     read_secret,
+    refuse_secret_option,
 )
 from verifier.client.keys import read_private_key, read_vkey
 from verifier.errors import EXIT_OK, EXIT_USAGE, UsageError
@@ -119,6 +120,8 @@ def _common(p: argparse.ArgumentParser, admin: bool = True) -> None:
     if admin:
         p.add_argument("--admin-token-file", help="file holding the admin API secret "
                                                   "(or TLOG_ADMIN_TOKEN)")
+        refuse_secret_option(p, "--admin-token", "--admin-token-file FILE or the "
+                             "TLOG_ADMIN_TOKEN environment variable")
     add_connection_options(p)
 
 

@@ -43,9 +43,24 @@ class _SecretOnCommandLine(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
-        parser.error(f"{option_string} would put the token on the command line, where other "
-                     "users see it (ps); use --token-file FILE or the TLOG_TOKEN environment "
-                     "variable")
+        instead = self.metavar or "--token-file FILE or the TLOG_TOKEN environment variable"
+        parser.error(f"{option_string} would put a secret on the command line, where other "
+                     f"users see it (ps); use {instead}")
+
+
+def refuse_secret_option(p: argparse.ArgumentParser, flag: str, instead: str) -> None:
+    """`flag VALUE` is refused with a usage error that names `instead`, never the value."""
+    p.add_argument(flag, nargs="?", action=_SecretOnCommandLine, metavar=instead,
+                   help=argparse.SUPPRESS)
+
+
+class StrictParser(argparse.ArgumentParser):
+    """No abbreviated options: `--admin-token SECRET` must not be read as an abbreviation of
+    `--admin-token-file` (whose error would then print the secret as a file name)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
 
 def add_token_options(p: argparse.ArgumentParser, what: str) -> None:

@@ -96,10 +96,10 @@ class Buckets:
         self._store(key, tokens - 1.0, now)
 
     def charge(self, key: str, cost: float) -> None:
-        """Spend `cost` more tokens for `key` after the fact (what an answer turned out to
-        cost); a bucket may go below zero, and then refuses until it has refilled."""
+        """Spend `cost` more tokens for `key` (a negative cost refunds); a bucket may go below
+        zero, and then refuses until it has refilled, and never holds more than its burst."""
         tokens, now = self._refilled(key)
-        self._store(key, max(tokens - cost, -float(self.burst)), now)
+        self._store(key, max(min(tokens - cost, float(self.burst)), -float(self.burst)), now)
 
     def _refilled(self, key: str) -> tuple[float, float]:
         now = time.monotonic()
@@ -138,14 +138,14 @@ class ClientInFlight:
     included) to their answer; beyond it: 429. Memory: one counter per client with a write
     in progress, so at most one per open request."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self, limit: int, what: str = "write requests") -> None:
+        self.limit, self.what = limit, what
         self._count: dict[str, int] = {}
 
     def enter(self, key: str) -> None:
         count = self._count.get(key, 0)
         if count >= self.limit:
-            raise AccessError("rate_limited", f"more than {self.limit} write requests of this "
+            raise AccessError("rate_limited", f"more than {self.limit} {self.what} of this "
                               "client in progress; retry in 1 s", retry_after=1)
         self._count[key] = count + 1
 

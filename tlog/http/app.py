@@ -25,10 +25,12 @@ from tlog.http.errors import ERROR_CODE, HTTP_ERROR, HTTP_EXCEPTION_CODES, STATU
 from tlog.http.handlers import (
     CLIENT_BUCKETS,
     CLIENT_IN_FLIGHT,
+    CLIENT_PAGES,
     CONFIG,
     IN_FLIGHT,
     PAGE_SLOTS,
     PAGE_THREADS,
+    PAGES_PER_CLIENT,
     PUBLISHER_BUCKETS,
     READ_BUCKETS,
     READER,
@@ -186,6 +188,7 @@ def create_app(config: Config) -> web.Application:
     app[CLIENT_BUCKETS] = Buckets(q.client_rate, q.client_burst)
     app[IN_FLIGHT] = InFlight(q.max_in_flight, q.max_in_flight_bytes)
     app[CLIENT_IN_FLIGHT] = ClientInFlight(q.max_in_flight_per_client)
+    app[CLIENT_PAGES] = ClientInFlight(PAGES_PER_CLIENT, "pages of entries")
     app[READ_BUCKETS] = Buckets(q.read_rate, q.read_burst)
     app[PAGE_SLOTS] = asyncio.Semaphore(PAGES_AT_ONCE)
     add_routes(app)

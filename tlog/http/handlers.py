@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -38,6 +38,7 @@ MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 MAX_INT = 2**63 - 1
 PAGE_COST_BYTES = 64 * 1024  # a page costs one more read token per this many bytes
+PAGES_PER_CLIENT = 4  # pages of one client in progress at once (429 beyond)
 INLINE_ENTRY = 8 * 1024  # a single entry up to this size is answered on the event loop
 _DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")
 _HEX32 = re.compile(r"[0-9a-f]{64}")
@@ -54,6 +55,7 @@ IN_FLIGHT: web.AppKey[InFlight] = web.AppKey("in_flight", InFlight)
 CLIENT_IN_FLIGHT: web.AppKey[ClientInFlight] = web.AppKey("client_in_flight", ClientInFlight)
 HELD_BYTES: web.RequestKey[int] = web.RequestKey("held_bytes", int)  # this request's IN_FLIGHT
 READ_BUCKETS: web.AppKey[Buckets] = web.AppKey("read_buckets", Buckets)
+CLIENT_PAGES: web.AppKey[ClientInFlight] = web.AppKey("client_pages", ClientInFlight)
 PAGE_SLOTS: web.AppKey[asyncio.Semaphore] = web.AppKey("page_slots", asyncio.Semaphore)
 PAGE_THREADS: web.AppKey[ThreadPoolExecutor] = web.AppKey("page_threads", ThreadPoolExecutor)
 TILE_FILES: web.AppKey[TileFiles] = web.AppKey("tile_files", TileFiles)
@@ -122,6 +124,9 @@ async def get_tile(request: web.Request) -> web.Response:
     if body is None:
         if level < 0:
             body = await _entry_bundle(request, n, width)
+            # A bundle may be megabytes: it costs reads by its size, as a page of entries does.
+            request.app[READ_BUCKETS].charge(client_identity(request),
+                                             len(body) // PAGE_COST_BYTES)
         else:
             body = await _hash_tile(request, level, n, width)
         if files is not None:
@@ -212,10 +217,9 @@ async def list_entries(request: web.Request) -> web.Response:
         raise ApiError("bad_version", "version must be 1-100 printable ASCII, no spaces; "
                        f"got {_shown(version)}{_plus_hint(version)}")
     after, limit = page_params(q)
-    max_bytes = request.app[CONFIG].max_page_bytes
-    async with request.app[PAGE_SLOTS]:
-        rows = await request.app[READER].by_package(package, version, after, limit, max_bytes)
-        return await page_response(request, rows, limit)
+    reader = request.app[READER]
+    return await paged(request, lambda max_bytes: reader.by_package(
+        package, version, after, limit, max_bytes), limit)
 
 
 def page_params(q: dict[str, str]) -> tuple[int, int]:
@@ -227,12 +231,26 @@ def page_params(q: dict[str, str]) -> tuple[int, int]:
     return after, limit
 
 
-async def page_response(request: web.Request, rows: list[tuple[int, bytes]],
-                        limit: int) -> web.Response:
-    """A page built off the loop; its size is charged to the client's read quota."""
-    body = await _off_loop(request, build_page, rows, limit, request.app[CONFIG].max_page_bytes)
-    request.app[READ_BUCKETS].charge(client_identity(request), len(body) // PAGE_COST_BYTES)
-    return _json_body(body)
+async def paged(request: web.Request,
+                read: Callable[[int], Awaitable[list[tuple[int, bytes]]]],
+                limit: int) -> web.Response:
+    """A page of entries, `read(max_bytes)` from storage and built off the loop. The largest
+    page's cost is paid before waiting for a page slot (parallel requests cannot outrun the
+    read quota) and the difference refunded once the size is known; a client has at most
+    PAGES_PER_CLIENT pages in progress, so it cannot fill the queue for the slots."""
+    client, max_bytes = client_identity(request), request.app[CONFIG].max_page_bytes
+    buckets, in_progress = request.app[READ_BUCKETS], request.app[CLIENT_PAGES]
+    worst = max_bytes // PAGE_COST_BYTES
+    in_progress.enter(client)
+    try:
+        buckets.charge(client, worst)
+        async with request.app[PAGE_SLOTS]:
+            rows = await read(max_bytes)
+            body = await _off_loop(request, build_page, rows, limit, max_bytes)
+        buckets.charge(client, len(body) // PAGE_COST_BYTES - worst)
+        return _json_body(body)
+    finally:
+        in_progress.leave(client)
 
 
 async def read_json_body(request: web.Request) -> bytes:
@@ -250,6 +268,9 @@ async def read_json_body(request: web.Request) -> bytes:
         # Part of the body may still be on its way: the connection cannot carry another request.
         raise ApiError("body_timeout", f"the request body did not arrive within {deadline:g} s",
                        close=True) from exc
+    except ConnectionResetError as exc:  # the client hung up mid-body: its mistake, not ours
+        raise ApiError("bad_request", "the client closed the connection before the whole "
+                       "body arrived", close=True) from exc
     except web.RequestPayloadError as exc:  # e.g. a Content-Encoding that does not decode
         # aiohttp drops the connection after this; say so, or clients reuse a dead socket.
         raise ApiError("bad_request", "the request body could not be read (bad "
@@ -284,10 +305,9 @@ async def list_registry(request: web.Request) -> web.Response:
     """The registry entries (publisher/v1, keys/v1, revoke/v1) in log order, paged: what a
     client replays to know which keys were valid for which packages at an index."""
     after, limit = page_params(query(request, {"after", "limit"}))
-    max_bytes = request.app[CONFIG].max_page_bytes
-    async with request.app[PAGE_SLOTS]:
-        rows = await request.app[READER].registry_page(after, limit, max_bytes)
-        return await page_response(request, rows, limit)
+    reader = request.app[READER]
+    return await paged(request, lambda max_bytes: reader.registry_page(
+        after, limit, max_bytes), limit)
 
 
 async def post_entry(request: web.Request) -> web.Response:

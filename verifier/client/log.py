@@ -206,7 +206,13 @@ class LogClient:
         return self.entry_bundle(index // TILE_WIDTH, size)[index % TILE_WIDTH]
 
     def _proof(self, proof: TileProof, size: int) -> list[bytes]:
-        tiles = {key: self.hash_tile(key[0], key[1], size) for key in proof.tiles}
+        try:
+            tiles = {key: self.hash_tile(key[0], key[1], size) for key in proof.tiles}
+        except BaseException:
+            # A proof cut short (a transport error, an interrupt) is never checked: nothing
+            # it fetched may wait for a later keep_verified.
+            self._pending = {}
+            raise
         try:
             return proof.finish(tiles)
         except ValueError as exc:

@@ -139,3 +139,22 @@ def test_dev_runs_a_log_on_its_own_postgres_and_stops_it(searchable_dir: Path) -
     assert proc.returncode == 0, out
     assert "stopping PostgreSQL" in out
     assert not Cluster(home / "postgres").is_running()
+
+
+@pytest.mark.parametrize("argv", [
+    ["token", "revoke", "--log", "http://127.0.0.1:1", "--admin-token", "s3cretVALUE", "x"],
+    ["registry", "revoke", "--log", "http://127.0.0.1:1", "--admin-token", "s3cretVALUE",
+     "--signer", "k", "--publisher", "p", "--all"],
+    ["serve", "--admin-token", "s3cretVALUE"],
+    ["token", "revoke", "--log", "http://127.0.0.1:1", "--admin-tok", "s3cretVALUE", "x"],
+])
+def test_an_admin_secret_on_the_command_line_is_refused_not_read_as_a_file(
+        argv: list[str]) -> None:
+    """No abbreviation of --admin-token-file: the secret is never taken for a file name (whose
+    error would print it), and --admin-token itself says where a secret belongs."""
+    proc = tlog(*argv)
+    assert proc.returncode == 2, proc.stderr
+    assert "couldn't read" not in proc.stderr
+    if "--admin-token" in argv:
+        assert "s3cretVALUE" not in proc.stderr
+        assert "--admin-token-file" in proc.stderr

@@ -23,6 +23,7 @@ from tests.support import release_fields
 from tests.tlog.http.test_api import expect_error, log_state, query_path, refused, submit
 from tlog.config import Config, Quotas
 from tlog.http.app import create_app
+from tlog.http.handlers import PAGES_PER_CLIENT
 from verifier.protocol.entries.release import validate_entry
 from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.merkle import leaf_hash
@@ -239,3 +240,23 @@ async def test_a_bare_plus_in_a_package_is_echoed_with_a_hint_to_percent_encode(
     resp = await client.get("/v1/entries?package=afl%2B%2B&version=4.0%2Br1")
     page = await resp.json()
     assert [e["entry"]["package"] for e in page["entries"]] == ["afl++"]
+
+
+async def test_parallel_page_requests_cannot_outrun_the_read_quota(
+        aiohttp_client: Any, database_url: str, log_signer: Signer,
+        publisher: Signer) -> None:
+    """Each page pays for the largest page before it waits for a slot: requests sent together
+    are refused once their worst case is spent, though every page turns out small, and one
+    client never has more than PAGES_PER_CLIENT pages in progress."""
+    quotas = Quotas(read_rate=0.001, read_burst=100)
+    client = await app_client(aiohttp_client, database_url, log_signer, quotas=quotas,
+                              max_page_bytes=1024 * 1024)  # worst case: 16 tokens, and 1
+    await submit(client, sign_entry(release_fields("seed", "0.1"), publisher))
+    replies = await asyncio.gather(*(client.get("/v1/entries", params={"package": "seed"})
+                                     for _ in range(12)))
+    statuses = sorted(r.status for r in replies)
+    assert 200 in statuses and 429 in statuses
+    assert statuses.count(200) <= 100 // 17 + PAGES_PER_CLIENT
+    for reply in replies:
+        if reply.status == 429:
+            assert (await reply.json())["error"]["code"] == "rate_limited"

@@ -814,3 +814,18 @@ def test_a_new_package_glob_on_an_existing_state_says_it_applies_to_new_entries_
     assert "the new globs apply from entry 3 on" in err
     code, out, err = run_err(capsys, static_log.url, vkey, state, "--package", "pkg1")
     assert "--package changed" not in err
+
+
+def test_refused_key_change_of_a_watched_publisher_is_alerted_under_a_package_filter() -> None:
+    """A keys/v1 names no packages: a forged one for a watched publisher is still alerted
+    when only that publisher's packages are watched."""
+    from verifier.protocol.registry import Registry
+
+    admin, acme, thief = generate_key("admin"), generate_key("acme"), generate_key("acme")
+    now = datetime.now(UTC)
+    w = Watcher(["com.acme.*"], registry=Registry([admin.verifier()], enforce=False))
+    w.observe(checked(0, _registry("publisher/v1", "acme", admin, packages=["com.acme.*"],
+                                   keys=[acme.verifier().text()])), now)
+    forged = _registry("keys/v1", "acme", thief, add=[thief.verifier().text()], remove=[])
+    assert [e["alert"] for e in w.observe(checked(1, forged), now)] == [
+        "registry_entry_not_authorized"]

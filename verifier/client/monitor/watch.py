@@ -197,7 +197,11 @@ class Watcher:
         try:
             changes = self.registry.apply(seen.entry_index, entry)
         except Refusal as exc:
-            if not self._registry_relevant(publisher, entry.entry.get("packages", ())):
+            # keys/v1 and revoke/v1 name no packages: their publisher's grants say what a
+            # refused one concerns.
+            known = self.registry.publishers.get(publisher)
+            patterns = [*entry.entry.get("packages", ()), *(known.patterns if known else ())]
+            if not self._registry_relevant(publisher, patterns):
                 return []
             return [self.alert(REGISTRY_NOT_AUTHORIZED, f"{entry.kind} for {publisher!r} at "
                                f"entry {seen.entry_index} breaks the registry ({exc}), yet the "
