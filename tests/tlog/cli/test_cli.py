@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -94,15 +91,6 @@ def _get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=5) as resp:
         body: bytes = resp.read()
         return body
-
-
-@pytest.fixture
-def searchable_dir() -> Iterator[Path]:
-    """A directory the postgres user can reach when the suite runs as root."""
-    d = Path(tempfile.mkdtemp(prefix="tlog-dev-test-"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_dev_runs_a_log_on_its_own_postgres_and_stops_it(searchable_dir: Path) -> None:

@@ -91,15 +91,6 @@ def _recipe(banner: str) -> str:
     return "\n".join(out)
 
 
-@pytest.fixture
-def searchable_dir() -> Iterator[Path]:
-    """A directory the postgres user can reach when the suite runs as root."""
-    d = Path(tempfile.mkdtemp(prefix="tlog-dev-test-"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
 def test_dev_as_root_from_a_home_postgres_cannot_reach_runs_and_says_where(tmp_path: Path
                                                                             ) -> None:
     if os.geteuid() != 0:

@@ -18,6 +18,7 @@ import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -582,32 +583,39 @@ async def test_flood_beyond_publisher_quota_gets_429(make_log: LogFactory) -> No
     await expect(await log.publish(OTHER, "org.other.lib", "1.0", other), 201)
 
 
+@asynccontextmanager
+async def append_lock_held(database_url: str) -> AsyncIterator[None]:
+    """The log's append lock, held by another connection: appends wait until it is left."""
+    blocker = await asyncpg.connect(database_url)
+    try:
+        async with blocker.transaction():
+            await blocker.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
+            yield
+    finally:
+        await blocker.close()
+
+
 async def test_writes_beyond_in_flight_cap_get_503(make_log: LogFactory) -> None:
     log = await make_log(Quotas(max_in_flight=1))
     await log.register("acme", ["com.acme.*"], [ACME])
     token = await log.token("acme", ["com.acme.*"])
     before = await log.state()
     in_flight = log.client.app[IN_FLIGHT]
-    blocker = await asyncpg.connect(log.database_url)
-    try:
-        # Hold the log's append lock: the first write stays in flight until it is released.
-        async with blocker.transaction():
-            await blocker.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
-            first = asyncio.create_task(log.publish(ACME, "com.acme.app", "1.0", token))
-            for _ in range(500):
-                if in_flight.current >= 1:
-                    break
-                await asyncio.sleep(0.01)
-            assert in_flight.current == 1
-            second = await log.publish(ACME, "com.acme.app", "1.1", token)
-            await expect(second, 503, "overloaded")
-            assert int(second.headers["Retry-After"]) >= 1
-            admin = await log.admin("/v1/admin/tokens", {"publisher": "acme", "scopes": ["x"]})
-            await expect(admin, 503, "overloaded")
-            assert await log.state() == before  # reads still answer
-            assert not first.done()
-    finally:
-        await blocker.close()
+    # Hold the log's append lock: the first write stays in flight until it is released.
+    async with append_lock_held(log.database_url):
+        first = asyncio.create_task(log.publish(ACME, "com.acme.app", "1.0", token))
+        for _ in range(500):
+            if in_flight.current >= 1:
+                break
+            await asyncio.sleep(0.01)
+        assert in_flight.current == 1
+        second = await log.publish(ACME, "com.acme.app", "1.1", token)
+        await expect(second, 503, "overloaded")
+        assert int(second.headers["Retry-After"]) >= 1
+        admin = await log.admin("/v1/admin/tokens", {"publisher": "acme", "scopes": ["x"]})
+        await expect(admin, 503, "overloaded")
+        assert await log.state() == before  # reads still answer
+        assert not first.done()
     await expect(await first, 201)
     assert in_flight.current == 0
     await expect(await log.publish(ACME, "com.acme.app", "1.1", token), 201)

@@ -27,6 +27,7 @@ from tests.tlog.http.test_access import (
     TOKEN_KEY,
     Client,
     Log,
+    append_lock_held,
     authority,
     expect,
     refused,
@@ -34,7 +35,6 @@ from tests.tlog.http.test_access import (
 from tlog.config import Config, ConfigError, Quotas, from_options
 from tlog.http.app import create_app
 from tlog.http.handlers import CLIENT_IN_FLIGHT, IN_FLIGHT
-from tlog.store.postgres import APPEND_LOCK
 from verifier.protocol.note import Signer
 
 STALLER = "127.0.0.2"  # another loopback address: the one that stalls, apart from the others
@@ -173,21 +173,16 @@ async def test_in_flight_bytes_bound_refuses_the_next_large_body_with_503(
     bodies = [padded(make_release(ACME, "com.acme.app", f"1.{i}"), big) for i in range(3)]
     before = await log.state()
     in_flight = log.client.app[IN_FLIGHT]
-    blocker = await asyncpg.connect(log.database_url)
-    try:
-        # Hold the log's append lock: the first two writes stay in flight until it is released.
-        async with blocker.transaction():
-            await blocker.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
-            held = [asyncio.create_task(log.request("POST", "/v1/entries", data=body,
-                                                    headers=token)) for body in bodies[:2]]
-            await wait_until(lambda: in_flight.current == 2)
-            assert in_flight.bytes == 2 * big
-            third = await log.request("POST", "/v1/entries", data=bodies[2], headers=token)
-            await expect(third, 503, "overloaded")
-            assert third.headers["Retry-After"] == "1"
-            assert await log.state() == before
-    finally:
-        await blocker.close()
+    # Hold the log's append lock: the first two writes stay in flight until it is released.
+    async with append_lock_held(log.database_url):
+        held = [asyncio.create_task(log.request("POST", "/v1/entries", data=body,
+                                                headers=token)) for body in bodies[:2]]
+        await wait_until(lambda: in_flight.current == 2)
+        assert in_flight.bytes == 2 * big
+        third = await log.request("POST", "/v1/entries", data=bodies[2], headers=token)
+        await expect(third, 503, "overloaded")
+        assert third.headers["Retry-After"] == "1"
+        assert await log.state() == before
     for task in held:
         await expect(await task, 201)
     assert (in_flight.current, in_flight.bytes) == (0, 0)
