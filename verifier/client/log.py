@@ -87,7 +87,7 @@ class LogClient:
         data = self.fetch("checkpoint", MAX_NOTE_SIZE)
         try:
             text = data.decode("utf-8")
-            return trust.open(text), text
+            return trust.latest(text), text
         except ValueError as exc:
             raise VerificationFailed(f"the log's checkpoint does not verify with "
                                      f"{trust.describe()}: {exc}") from exc

@@ -57,6 +57,7 @@ __all__ = [
     "parse_private_key",
     "parse_vkey",
     "sign_note",
+    "split_key_text",
 ]
 
 ED25519 = 0x01
@@ -69,6 +70,10 @@ MAX_SIGNATURES = 100
 """Most signature lines a note may carry; the spec asks verifiers to accept at least 16."""
 MAX_NOTE_SIZE = 1 << 20
 """Largest note, in UTF-8 bytes, that :func:`parse_note` accepts."""
+
+COSIGNATURE_V1 = 0x04
+"""Type byte of Ed25519 cosignature/v1 witness keys (c2sp.org/tlog-cosignature)."""
+_KEY_KINDS = {ED25519: "an Ed25519 note key", COSIGNATURE_V1: "a cosignature/v1 witness key"}
 
 SIGNATURE_PREFIX = "— "
 PRIVATE_KEY_PREFIX = "PRIVATE+KEY+"
@@ -214,8 +219,9 @@ def generate_key(name: str) -> Signer:
     return Signer(name, kid, bytes(signing_key))
 
 
-def _split_key_text(text: str) -> tuple[str, bytes, bytes]:
-    """Split ``<name>+<8 hex>+<base64(0x01 || key)>`` into name, key ID and key bytes."""
+def split_key_text(text: str, key_type: int = ED25519) -> tuple[str, bytes, bytes]:
+    """Split ``<name>+<8 hex>+<base64(type || key)>`` into name, key ID and the 32 key bytes;
+    the type byte must be `key_type` (0x01 for note keys, 0x04 for cosignature keys)."""
     parts = text.split("+", 2)
     if len(parts) != 3:
         raise NoteError("malformed key: want <name>+<key ID>+<base64 key>")
@@ -228,14 +234,18 @@ def _split_key_text(text: str) -> tuple[str, bytes, bytes]:
         key = b64decode_strict(encoded)
     except ValueError as e:
         raise NoteError(f"malformed key: {e}") from e
-    if len(key) != 1 + PUBLIC_KEY_SIZE or key[0] != ED25519:
-        raise NoteError("malformed key: not an Ed25519 key (0x01 followed by 32 bytes)")
+    if len(key) != 1 + PUBLIC_KEY_SIZE or key[0] != key_type:
+        if len(key) == 1 + PUBLIC_KEY_SIZE and key[0] in _KEY_KINDS:
+            raise NoteError(f"malformed key: {_KEY_KINDS[key[0]]} (type 0x{key[0]:02x}), "
+                            f"not {_KEY_KINDS.get(key_type, 'this kind')} (0x{key_type:02x})")
+        raise NoteError(f"malformed key: not an Ed25519 key (0x{key_type:02x} followed by "
+                        "32 bytes)")
     return name, bytes.fromhex(kid_hex), key[1:]
 
 
 def parse_vkey(text: str) -> Verifier:
     """Parse vkey text; the key ID in the text must equal the one computed from the key."""
-    name, kid, public_key = _split_key_text(text)
+    name, kid, public_key = split_key_text(text)
     if not hmac.compare_digest(kid, key_id(name, public_key)):
         raise NoteError(f"key ID {kid.hex()} does not match the key of {name!r}")
     return Verifier(name, kid, public_key)
@@ -245,7 +255,7 @@ def parse_private_key(text: str) -> Signer:
     """Parse ``PRIVATE+KEY+...`` text; the key ID must match the key derived from the seed."""
     if not text.startswith(PRIVATE_KEY_PREFIX):
         raise NoteError(f"malformed private key: must start with {PRIVATE_KEY_PREFIX!r}")
-    name, kid, seed = _split_key_text(text[len(PRIVATE_KEY_PREFIX) :])
+    name, kid, seed = split_key_text(text[len(PRIVATE_KEY_PREFIX) :])
     public_key = bytes(nacl.signing.SigningKey(seed).verify_key)
     if not hmac.compare_digest(kid, key_id(name, public_key)):
         raise NoteError(f"key ID {kid.hex()} does not match the key of {name!r}")

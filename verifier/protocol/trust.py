@@ -3,8 +3,8 @@
 Every verifier entry point that takes a checkpoint from a log takes a `LogTrust` rather than a
 bare key, so the rule for believing a checkpoint lives in one place. Today the rule is one
 pinned Ed25519 key (`KeyTrust`, C2SP tlog-checkpoint "Signatures": the log's signature by the
-key whose name is the origin); a witness policy (C2SP tlog-policy: the log's signature plus a
-quorum of cosignatures) is another `LogTrust`, and nothing that uses one changes.
+key whose name is the origin) or a witness policy (`verifier.protocol.policy.PolicyTrust`,
+C2SP tlog-policy: the log's signature plus a quorum of cosignatures).
 """
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ class LogTrust(Protocol):
         CheckpointError) otherwise."""
         ...
 
+    def latest(self, note: bytes | str) -> Checkpoint:
+        """As open, for a note the log serves as its current view: a trust may also refuse
+        one that is stale (verifier.protocol.policy.PolicyTrust with a freshness limit)."""
+        ...
+
 
 @dataclass(frozen=True)
 class KeyTrust:
@@ -47,3 +52,6 @@ class KeyTrust:
 
     def open(self, note: bytes | str) -> Checkpoint:
         return open_checkpoint(note, self.key)
+
+    def latest(self, note: bytes | str) -> Checkpoint:
+        return self.open(note)
