@@ -272,6 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--version", required=True)
     pub.add_argument("--counter", type=int, help="release counter; must grow between releases")
     pub.add_argument("--out", help="receipt file (default: FIRST_ARTIFACT.tlog-receipt.json)")
+    pub.add_argument("--wait-cosigned", action="store_true",
+                     help="wait until a checkpoint cosigned by the --policy quorum covers the "
+                          "release, and write the receipt with that checkpoint (what clients "
+                          "with --policy require)")
+    pub.add_argument("--policy", metavar="FILE",
+                     help="witness policy (c2sp.org/tlog-policy) for --wait-cosigned; its log "
+                          "line is the log key")
+    pub.add_argument("--wait-timeout", default="5m", metavar="DUR",
+                     help="how long --wait-cosigned waits (default 5m; like 90s, 15m)")
     add_token_options(pub, "file holding the submission token (registered logs)")
     add_connection_options(pub)
     pub.add_argument("artifacts", nargs="+", metavar="ARTIFACT")

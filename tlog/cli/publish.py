@@ -9,14 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from tlog.cli import proof
+from tlog.cli.cosigned import cosigned_receipt
 from tlog.cli.remote import RemoteError, call, expect, read_secret
 from verifier.client.artifacts import hash_file
-from verifier.client.keys import read_private_key
+from verifier.client.keys import read_policy, read_private_key, read_vkey
 from verifier.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
+from verifier.protocol.duration import parse_duration
 from verifier.protocol.entries.errors import EntryError
 from verifier.protocol.entries.release import validate_entry
 from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import NoteError, Verifier
+from verifier.protocol.policy import PolicyError, PolicyTrust
 from verifier.protocol.receipt import make_receipt, verify_receipt
 from verifier.protocol.trust import KeyTrust
 
@@ -58,16 +61,44 @@ def _receipt(entry: dict[str, Any], reply: dict[str, Any], log_key: Verifier) ->
     return receipt
 
 
+def _policy_trust(args: argparse.Namespace) -> PolicyTrust | None:
+    """The policy a --wait-cosigned receipt must satisfy; its log line is the log key."""
+    if not args.wait_cosigned:
+        if args.policy:
+            raise UsageError("--policy is used with --wait-cosigned")
+        return None
+    if not args.policy:
+        raise UsageError("--wait-cosigned needs --policy FILE: the witnesses and quorum the "
+                         "receipt's checkpoint must carry")
+    pinned = read_vkey(args.log_key, "log key") if args.log_key else None
+    try:
+        return PolicyTrust.for_log(read_policy(args.policy), pinned)
+    except PolicyError as exc:
+        raise UsageError(f"--policy {args.policy}: {exc}") from exc
+
+
+def _wait_timeout(args: argparse.Namespace) -> float:
+    try:
+        return float(parse_duration(args.wait_timeout))
+    except ValueError as exc:
+        raise UsageError(f"--wait-timeout: {exc}") from exc
+
+
 def publish(args: argparse.Namespace) -> int:
     artifacts = [Path(a) for a in args.artifacts]
     try:
         for p in artifacts:
             if not p.is_file():
                 raise RemoteError(EXIT_USAGE, f"{p}: not a file")
-        log_key = proof.log_key(args, "tlog publish")
+        trust = _policy_trust(args)
+        timeout = _wait_timeout(args)
+        log_key = trust.log if trust is not None else proof.log_key(args, "tlog publish")
         entry = _entry(args, artifacts)
         status, reply = _submit(args, entry)
-        receipt = _receipt(entry, reply, log_key)
+        receipt, size = _receipt(entry, reply, log_key), int(reply["tree_size"])
+        if trust is not None:
+            receipt, size = cosigned_receipt(args, entry, bytes.fromhex(reply["leaf_hash"]),
+                                             int(reply["index"]), trust, timeout)
     except RemoteError as exc:
         print(f"tlog publish: {exc}", file=sys.stderr)
         return exc.code
@@ -78,6 +109,7 @@ def publish(args: argparse.Namespace) -> int:
         artifacts[0].name + ".tlog-receipt.json")
     out.write_text(json.dumps(receipt, indent=2) + "\n", encoding="utf-8")
     state = "logged" if status == 201 else "already logged:"
+    tree = "cosigned tree size" if trust is not None else "tree size"
     print(f"{state} {args.package} {args.version} at index {reply['index']} "
-          f"(tree size {reply['tree_size']}); receipt verified and written to {out}")
+          f"({tree} {size}); receipt verified and written to {out}")
     return EXIT_OK

@@ -82,6 +82,25 @@ def tls_files(args: argparse.Namespace) -> Tls:
     return Tls(args.ca, args.client_cert, args.client_key)
 
 
+def call_raw(args: argparse.Namespace, method: str, path: str, data: bytes | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """One request to `args.log` + path; returns (status, reply bytes), redirects refused."""
+    try:
+        log = HttpFetcher(args.log, timeout=TIMEOUT, deadline=DEADLINE, tls=tls_files(args))
+        status, raw = log.request(method, path, data, headers or {}, MAX_REPLY)
+    except UsageError as exc:
+        raise RemoteError(EXIT_USAGE, str(exc)) from exc
+    except TransportError as exc:
+        raise RemoteError(EXIT_TRANSPORT, str(exc)) from exc
+    if 300 <= status < 400:
+        # Never followed (HttpFetcher.request): a redirect would carry the submission and its
+        # Authorization header to wherever the log points, perhaps another host.
+        raise RemoteError(EXIT_TRANSPORT, f"{args.log.rstrip('/') + path} answered {status}, "
+                                          "a redirect, which tlog does not follow with "
+                                          "credentials; give the log's own URL as --log")
+    return status, raw
+
+
 def call(args: argparse.Namespace, method: str, path: str, body: Any = None,
          bearer: str | None = None) -> tuple[int, Any]:
     """One JSON request to `args.log` + path; returns (status, parsed JSON reply)."""
@@ -89,20 +108,8 @@ def call(args: argparse.Namespace, method: str, path: str, body: Any = None,
     if bearer:
         headers["Authorization"] = f"Bearer {bearer}"
     data = json.dumps(body).encode() if body is not None else None
-    try:
-        log = HttpFetcher(args.log, timeout=TIMEOUT, deadline=DEADLINE, tls=tls_files(args))
-        status, raw = log.request(method, path, data, headers, MAX_REPLY)
-    except UsageError as exc:
-        raise RemoteError(EXIT_USAGE, str(exc)) from exc
-    except TransportError as exc:
-        raise RemoteError(EXIT_TRANSPORT, str(exc)) from exc
+    status, raw = call_raw(args, method, path, data, headers)
     url = args.log.rstrip("/") + path
-    if 300 <= status < 400:
-        # Never followed (HttpFetcher.request): a redirect would carry the submission and its
-        # Authorization header to wherever the log points, perhaps another host.
-        raise RemoteError(EXIT_TRANSPORT, f"{url} answered {status}, a redirect, which tlog "
-                                          "does not follow with credentials; give the log's "
-                                          "own URL as --log")
     try:
         return status, json.loads(raw)
     except ValueError as exc:

@@ -1,4 +1,4 @@
-"""Reading key and secret files: private keys, verifier keys, tokens and PINs.
+"""Reading key and secret files: private keys, verifier keys, witness policies, tokens and PINs.
 
 One reader for the whole project, so every command words a bad file the same way. Errors
 are KeyFileError, a UsageError (the caller's file is wrong: exit 2); tlog wraps it in its
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from verifier.errors import UsageError
 from verifier.protocol.note import NoteError, Signer, Verifier, parse_private_key, parse_vkey
+from verifier.protocol.policy import Policy, PolicyError, parse_policy
 
 
 class KeyFileError(UsageError):
@@ -55,3 +56,19 @@ def read_vkey(path: str | Path, what: str = "verifier key") -> Verifier:
         raise KeyFileError(f"couldn't read {what} {path}: {exc.strerror or exc}") from exc
     except (NoteError, UnicodeDecodeError) as exc:
         raise KeyFileError(f"{path} is not a verifier key (name+id+key): {exc}") from exc
+
+
+MAX_POLICY_FILE = 1 << 20
+
+
+def read_policy(path: str | Path, what: str = "witness policy") -> Policy:
+    """A witness policy (c2sp.org/tlog-policy) from its file."""
+    try:
+        with Path(path).open("rb") as f:
+            data = f.read(MAX_POLICY_FILE + 1)
+    except OSError as exc:
+        raise KeyFileError(f"couldn't read {what} {path}: {exc.strerror or exc}") from exc
+    try:
+        return parse_policy(data)
+    except PolicyError as exc:
+        raise KeyFileError(f"{what} {path}: {exc}") from exc
