@@ -1,6 +1,8 @@
 """The layout is the contract: the rules of README "Layout", checked on the source tree.
 
-- verifier/ never imports the service (tlog) or server code;
+- verifier/ never imports the service (tlog) or server code, with one exception: the
+  witness (verifier/witness/) is a server run by parties who do not run the log, so it alone
+  may import aiohttp (never tlog, asyncpg or psycopg); only verifier/cli may import it;
 - verifier/protocol/ is pure: no network, disk, process, thread or clock I/O, and nothing from
   verifier/client or verifier/cli;
 - tlog/ takes hashing, signing and proof math from verifier/ and never re-implements them;
@@ -27,6 +29,8 @@ PACKAGES = ("verifier", "tlog")
 MAX_LINES = 500
 # What the client package must not reach for: the service, databases, servers.
 VERIFIER_FORBIDDEN = ("tlog", "asyncpg", "aiohttp", "psycopg")
+# The witness serves HTTP: aiohttp is its server, and it stays the only server in verifier/.
+WITNESS_ALLOWED = ("aiohttp",)
 # What pure protocol code must not reach for: any I/O, and the layers above it.
 PROTOCOL_FORBIDDEN = ("pycurl", "sqlite3", "socket", "urllib", "http", "subprocess", "asyncio",
                       "aiohttp", "asyncpg", "multiprocessing", "threading", "shutil", "tempfile",
@@ -145,9 +149,24 @@ def test_the_walk_finds_the_subpackages() -> None:
         assert expected in names
 
 
+def verifier_forbidden(path: Path) -> tuple[str, ...]:
+    if rel(path).startswith("verifier/witness/"):
+        return tuple(m for m in VERIFIER_FORBIDDEN if m not in WITNESS_ALLOWED)
+    return VERIFIER_FORBIDDEN
+
+
 def test_verifier_never_imports_the_service_or_server_code() -> None:
-    bad = {rel(f): hits(imports(f), VERIFIER_FORBIDDEN) for f in sources("verifier")}
+    bad = {rel(f): hits(imports(f), verifier_forbidden(f)) for f in sources("verifier")}
     assert {k: v for k, v in bad.items() if v} == {}
+
+
+def test_only_the_witness_runs_a_server_and_only_the_cli_runs_the_witness() -> None:
+    assert "aiohttp" in verifier_forbidden(REPO / "verifier" / "client" / "http.py")
+    assert "tlog" in verifier_forbidden(REPO / "verifier" / "witness" / "server.py")
+    assert "aiohttp" not in verifier_forbidden(REPO / "verifier" / "witness" / "server.py")
+    users = {rel(f) for f in sources("verifier") if hits(imports(f), ("verifier.witness",))
+             and not rel(f).startswith("verifier/witness/")}
+    assert users == {"verifier/cli/witness.py"}
 
 
 def test_protocol_is_pure() -> None:
@@ -240,7 +259,8 @@ def test_files_are_replaced_in_one_place() -> None:
 
 def test_key_files_are_read_in_one_place() -> None:
     def reads_a_key_file(call: ast.Call) -> bool:
-        return call_name(call) in ("parse_vkey", "parse_private_key") and any(
+        return call_name(call) in ("parse_vkey", "parse_private_key", "parse_witness_vkey",
+                                   "parse_witness_private_key") and any(
             isinstance(n, ast.Call) and call_name(n) in ("read_text", "read")
             for arg in call.args for n in ast.walk(arg))
 

@@ -14,7 +14,7 @@ from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 
-from verifier.cli import audit, monitor
+from verifier.cli import audit, monitor, witness
 from verifier.cli.common import add_common, client_for, trust_for
 from verifier.client.artifacts import hash_file
 from verifier.client.release import (
@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit.register(sub, add_common)
     monitor.register(sub, add_common)
+    witness.register(sub)
     return p
 
 

@@ -15,19 +15,30 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write(path: Path, data: bytes, *, durable: bool) -> None:
-    """Replace `path` with `data` (creating its directory). A crash before the rename
-    leaves at most a stray dot-file in the directory; the temporary file is removed when
-    the write fails."""
+def atomic_write(path: Path, data: bytes, *, durable: bool, mode: int = 0o600,
+                 overwrite: bool = True) -> None:
+    """Replace `path` with `data` (creating its directory), the new file having `mode`
+    (mkstemp's 0600 unless told otherwise). A crash before the rename leaves at most a stray
+    dot-file in the directory; the temporary file is removed when the write fails.
+
+    Without `overwrite`, the file is linked into place instead of renamed, which fails with
+    FileExistsError if `path` exists: no check-then-write race can replace a file (a key)
+    that appeared meanwhile."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
+            if mode != 0o600:
+                os.fchmod(f.fileno(), mode)
             f.write(data)
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            Path(tmp).unlink()
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

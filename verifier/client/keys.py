@@ -1,4 +1,5 @@
-"""Reading key and secret files: private keys, verifier keys, witness policies, tokens and PINs.
+"""Reading key and secret files: private keys (log, publisher, witness), verifier keys, witness
+policies, tokens and PINs.
 
 One reader for the whole project, so every command words a bad file the same way. Errors
 are KeyFileError, a UsageError (the caller's file is wrong: exit 2); tlog wraps it in its
@@ -13,6 +14,7 @@ import stat
 from pathlib import Path
 
 from verifier.errors import UsageError
+from verifier.protocol.cosignature import CosignatureSigner, parse_witness_private_key
 from verifier.protocol.note import NoteError, Signer, Verifier, parse_private_key, parse_vkey
 from verifier.protocol.policy import Policy, PolicyError, parse_policy
 
@@ -72,3 +74,15 @@ def read_policy(path: str | Path, what: str = "witness policy") -> Policy:
         return parse_policy(data)
     except PolicyError as exc:
         raise KeyFileError(f"{what} {path}: {exc}") from exc
+
+
+def read_witness_key(path: str | Path, what: str = "witness key file") -> CosignatureSigner:
+    """A witness's private key (PRIVATE+KEY+name+id+data, type 0x04) from its file, which
+    no one but its owner may read (read_secret)."""
+    p = Path(path)
+    text = read_secret(p, what)
+    try:
+        return parse_witness_private_key(text)
+    except NoteError as exc:
+        raise KeyFileError(f"{what} {p} does not hold a witness private key "
+                           f"(PRIVATE+KEY+name+id+data of type 0x04): {exc}") from exc
