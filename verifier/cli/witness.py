@@ -74,7 +74,7 @@ def _log_keys(paths: list[str]) -> list[Verifier]:
         try:
             keys.append(read_vkey(path, "log key"))
         except KeyFileError as exc:
-            raise UsageError(f"--log-key {exc} (a log's note key, type 0x01)") from exc
+            raise UsageError(f"--log-key: {exc}") from exc
     return keys
 
 
