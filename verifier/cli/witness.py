@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log_keys = _log_keys(args.log_key)
     try:
         witness = Witness(signer, log_keys, Path(args.state))
-    except OSError as exc:
+    except (OSError, sqlite3.Error) as exc:
         raise UsageError(f"couldn't open the state in {args.state}: {exc}") from exc
     ready = (f"witness {signer.name} {signer.verifier().text()} listening on "
              f"http://{args.listen} for {', '.join(witness.origins())}")
@@ -115,11 +116,14 @@ def cmd_evidence(args: argparse.Namespace) -> int:
     state = Path(args.state)
     if not (state / DB_FILE).is_file():
         raise UsageError(f"no witness state in {state} (no {DB_FILE})")
-    store = WitnessStore(state)
     try:
-        rows = store.evidence(args.limit)
-    finally:
-        store.close()
+        store = WitnessStore(state)
+        try:
+            rows = store.evidence(args.limit)
+        finally:
+            store.close()
+    except sqlite3.Error as exc:
+        raise UsageError(f"couldn't read the witness state in {state}: {exc}") from exc
     if args.json:
         out: list[dict[str, Any]] = [
             {"id": e.id, "time": _time(e.time), "origin": e.origin, "reason": e.reason,

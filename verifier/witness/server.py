@@ -21,6 +21,8 @@ from verifier.protocol.witness import DEFAULT_MAX_BODY, SIZE_CONTENT_TYPE, Refus
 from verifier.witness.service import Witness
 
 TEXT = "text/plain"
+BODY_TIMEOUT = 10.0
+"""Seconds a client has to send its (small) body: a slow sender holds no connection longer."""
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 WITNESS_KEY = web.AppKey("witness", Witness)
 MAX_BODY_KEY = web.AppKey("max_body", int)
@@ -38,20 +40,32 @@ def _refused(refusal: Refusal) -> web.Response:
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes | web.Response:
+    """The body, at most `limit` bytes (413 beyond, before or while it arrives), received
+    within BODY_TIMEOUT seconds; an error answer closes the connection, where the rest of a
+    body may still be on its way."""
     if request.content_length is not None and request.content_length > limit:
-        return _text(413, f"request body over {limit} bytes")
+        return _closing(_text(413, f"request body over {limit} bytes"))
+    body = b""
     try:
-        body = await request.content.read(limit + 1)
-        while len(body) <= limit and not request.content.at_eof():
-            chunk = await request.content.read(limit + 1 - len(body))
-            if not chunk:
-                break
-            body += chunk
-    except (ConnectionError, asyncio.IncompleteReadError, web.HTTPException) as exc:
-        return _text(400, f"could not read the request body: {exc}")
+        async with asyncio.timeout(BODY_TIMEOUT):
+            while len(body) <= limit:
+                chunk = await request.content.read(limit + 1 - len(body))
+                if not chunk:
+                    break
+                body += chunk
+    except TimeoutError:
+        return _closing(_text(408, f"the body did not arrive within {BODY_TIMEOUT:g} s"))
+    except (ConnectionError, web.RequestPayloadError) as exc:
+        # The client hung up mid-body, or its transfer encoding does not decode: its mistake.
+        return _closing(_text(400, f"could not read the request body: {exc}"))
     if len(body) > limit:
-        return _text(413, f"request body over {limit} bytes")
+        return _closing(_text(413, f"request body over {limit} bytes"))
     return body
+
+
+def _closing(resp: web.Response) -> web.Response:
+    resp.force_close()
+    return resp
 
 
 async def add_checkpoint(request: web.Request) -> web.Response:

@@ -11,9 +11,16 @@ import pytest
 
 from tlog.config import ConfigError, load_signer, load_vkey, read_secret_file
 from verifier.client.files import atomic_write
-from verifier.client.keys import KeyFileError, read_private_key, read_secret, read_vkey
+from verifier.client.keys import (
+    KeyFileError,
+    read_private_key,
+    read_secret,
+    read_vkey,
+    read_witness_key,
+)
 from verifier.client.statedir import load_vkey as load_pinned_key
 from verifier.errors import UsageError
+from verifier.protocol.cosignature import generate_witness_key
 from verifier.protocol.note import generate_key
 
 SIGNER = generate_key("example.com/log")
@@ -88,3 +95,28 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_no_temporary_one(tmp_path:
         atomic_write(target, b"new", durable=True)
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["checkpoint"]
+
+
+def test_a_file_written_without_overwrite_never_replaces_one_that_exists(tmp_path: Path) -> None:
+    target = tmp_path / "w.key"
+    atomic_write(target, b"first", durable=True, overwrite=False)
+    with pytest.raises(FileExistsError):
+        atomic_write(target, b"second", durable=True, overwrite=False)
+    assert target.read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["w.key"]  # no stray temporary file
+    atomic_write(tmp_path / "w.vkey", b"public", durable=False, mode=0o644)
+    assert (tmp_path / "w.vkey").stat().st_mode & 0o777 == 0o644
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_witness_key_is_read_only_from_a_private_file_of_the_right_type(
+        tmp_path: Path) -> None:
+    witness = generate_witness_key("witness.example/w1")
+    key = write(tmp_path / "w.key", witness.text(), 0o600)
+    assert read_witness_key(key) == witness
+    key.chmod(0o640)
+    with pytest.raises(KeyFileError, match="readable by others"):
+        read_witness_key(key)
+    note_key = write(tmp_path / "log.key", SIGNER.text(), 0o600)
+    with pytest.raises(KeyFileError, match="witness private key"):
+        read_witness_key(note_key)

@@ -80,6 +80,7 @@ def serve_args(keys: dict[str, Path], tmp_path: Path, *extra: str) -> list[str]:
     ("readable-witness-key", "readable by others"),
     ("missing-log-key", "couldn't read"),
     ("bad-listen", "--listen"),
+    ("state-not-a-database", "couldn't open the state"),
 ])
 def test_bad_key_files_and_options_exit_2_with_a_reason(
         keys: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -93,11 +94,14 @@ def test_bad_key_files_and_options_exit_2_with_a_reason(
         keys["key"].chmod(0o644)
     elif change == "missing-log-key":
         args[args.index(str(keys["log"]))] = str(tmp_path / "nope.vkey")
-    else:
+    elif change == "bad-listen":
         args[args.index("127.0.0.1:1")] = "nowhere"
+    else:
+        (tmp_path / "state").mkdir()
+        (tmp_path / "state" / "witness.db").write_bytes(b"not a database" * 100)
     assert main(args) == 2
     assert message in capsys.readouterr().err
-    assert not (tmp_path / "state").exists()
+    assert not (tmp_path / "state").exists() or change == "state-not-a-database"
 
 
 def test_evidence_of_a_missing_state_is_a_usage_error(tmp_path: Path) -> None:

@@ -252,3 +252,14 @@ def test_evidence_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         assert [e.time for e in store.evidence(2)] == [10, 11]
     finally:
         store.close()
+
+
+async def test_a_slow_body_is_cut_off(http: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("verifier.witness.server.BODY_TIMEOUT", 0.2)
+
+    async def stalling() -> AsyncIterator[bytes]:
+        yield b"old 0\n"
+        await asyncio.sleep(5)
+        yield b"\n"
+    async with http.post("/add-checkpoint", data=stalling()) as resp:
+        assert resp.status == 408
