@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from verifier.client.files import atomic_write
-from verifier.client.keys import read_vkey
+from verifier.client.keys import read_policy, read_vkey
 from verifier.errors import UsageError
 from verifier.protocol.note import Verifier
+from verifier.protocol.policy import Policy
 from verifier.protocol.state import Trusted
 from verifier.protocol.trust import LogTrust
 
@@ -30,6 +31,12 @@ MAX_STATE_FILE = 64 << 20
 def load_vkey(path: str, what: str = "log key") -> Verifier:
     """A verifier key the user pinned, from a file; UsageError if unreadable or malformed."""
     return read_vkey(path, f"the {what}")
+
+
+def load_policy(path: str) -> Policy:
+    """A witness policy the user pinned (--policy), from a file; UsageError (naming the
+    file and line) if unreadable or malformed."""
+    return read_policy(path, "the witness policy")
 
 
 class StateDir:
