@@ -100,8 +100,8 @@ log's checkpoints must carry the quorum of cosignatures, and each policy witness
 is asked for its latest cosigned view of the log: a view the log's checkpoint is not consistent
 with is alerted (witness_view_disagrees); an unreachable witness is a warning on stderr.
 Every event has a "seq" that grows within the state directory; after a crash an event may be
-printed again with the same seq, never lost. Exit: 0 done, 1 invalid entry or log misbehaviour (evidence in
-STATE/evidence/), 2 usage, 3 transport."""
+printed again with the same seq, never lost. Exit: 0 done, 1 invalid entry or log
+misbehaviour (evidence in STATE/evidence/), 2 usage, 3 transport."""
 
 
 def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:

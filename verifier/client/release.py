@@ -191,9 +191,10 @@ def check_cooldown(client: LogClient, trust: LogTrust, proven: ProvenRelease, mi
     if index >= cosigned.size:
         raise VerificationFailed(f"the cosigned checkpoint the log names for entry {index} has "
                                  f"size {cosigned.size}: it does not hold the entry")
-    prove_entry(client, cosigned, index, proven.receipt.release.leaf_hash)
+    # Consistency first: two signed checkpoints that disagree are a fork, kept as evidence.
     older, newer = sorted((cosigned, proven.trusted), key=lambda t: t.size)
     prove_extends(client, older, newer, state)
+    prove_entry(client, cosigned, index, proven.receipt.release.leaf_hash)
     return witnessed
 
 

@@ -128,7 +128,8 @@ def test_vkey_of_other_algorithm_is_rejected() -> None:
     v = ALICE.verifier()
     raw = bytes([0x04]) + v.public_key
     kid = key_id(v.name, v.public_key, 0x04).hex()
-    with pytest.raises(NoteError, match="a cosignature/v1 witness key .type 0x04., not an Ed25519 note key"):
+    with pytest.raises(NoteError,
+                       match=r"a cosignature/v1 witness key .type 0x04., not an Ed25519 note key"):
         parse_vkey(f"{v.name}+{kid}+{base64.b64encode(raw).decode()}")
 
 
