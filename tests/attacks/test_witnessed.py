@@ -350,3 +350,17 @@ def test_policy_usage_errors_exit_2_naming_the_problem(
     # Both given, the key one of the policy's logs: fine, and so is the log's own choice.
     assert world.run(capsys, *base, "--policy", str(two_logs), "--key",
                      str(world.vkey))[0] == EXIT_OK
+
+
+def test_a_state_kept_without_a_policy_is_the_baseline_under_one(
+        world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    """Turning --policy on keeps the rollback protection of the stored checkpoint."""
+    state = world.tmp / "state"
+    world.log.serve(world.log.notes[3])
+    audit = ["audit", "--log", world.log.file_url, "--state", str(state)]
+    assert world.run(capsys, *audit, "--key", str(world.vkey))[0] == EXIT_OK
+    world.log.serve(world.log.cosigned[1])
+    code, _, err = world.run(capsys, *audit, "--policy", str(world.policy))
+    assert code == EXIT_FAILED and "rollback" in err
+    world.log.serve(world.log.cosigned[3])
+    assert world.run(capsys, *audit, "--policy", str(world.policy))[0] == EXIT_OK
