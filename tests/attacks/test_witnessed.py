@@ -22,8 +22,13 @@ import pytest
 from tests.support import make_release
 from tests.witness_support import Endpoints, TiledLog, cosign, policy_text, witnesses
 from verifier.cli import main as cli
-from verifier.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from verifier.client.keys import read_policy
+from verifier.client.log import LogClient
+from verifier.client.release import verify_release
+from verifier.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, VerificationFailed
 from verifier.protocol.note import generate_key
+from verifier.protocol.policy import PolicyTrust
+from verifier.protocol.trust import KeyTrust
 
 LOG = generate_key("example.com/witnessed")
 PUBLISHER = generate_key("acme")
@@ -364,3 +369,13 @@ def test_a_state_kept_without_a_policy_is_the_baseline_under_one(
     assert code == EXIT_FAILED and "rollback" in err
     world.log.serve(world.log.cosigned[3])
     assert world.run(capsys, *audit, "--policy", str(world.policy))[0] == EXIT_OK
+
+
+def test_an_updater_calling_the_library_gets_the_same_cooldown(world: World) -> None:
+    trust = PolicyTrust.for_log(read_policy(world.policy))
+    client = LogClient(world.http.log_url, retries=0)
+    with pytest.raises(VerificationFailed, match="too new"):
+        verify_release(client, trust, PACKAGE, "1.1", min_age=DAY)
+    assert verify_release(client, trust, PACKAGE, "1.0", min_age=DAY).release.version == "1.0"
+    with pytest.raises(UsageError, match="needs a witness policy"):
+        verify_release(client, KeyTrust(LOG.verifier()), PACKAGE, "1.0", min_age=DAY)

@@ -7,6 +7,9 @@ pinned log key and, with a state directory, extend the checkpoint trusted before
 is then stored). With the log operator's pinned admin keys, the registry entries before the
 release are replayed to show the release's key was valid for its package at its index.
 Offline (`verify_receipt_file`): a receipt, the log key and nothing else, no network.
+Under a witness policy (verifier.protocol.policy.PolicyTrust) every checkpoint must carry the
+quorum's cosignatures, and a witnessed cooldown (`min_age`, `check_cooldown` online) asks that
+a quorum-cosigned checkpoint holding the release be old enough.
 Either way the entry is then checked against the caller's own world
 (verifier.protocol.entries.install):
 the files about to be installed, the pinned publisher keys, the install window.
@@ -141,10 +144,14 @@ def _policy(trust: LogTrust) -> PolicyTrust:
 def verify_release(client: LogClient, trust: LogTrust, package: str, version: str, *,
                    state: StateDir | None = None, admins: Sequence[Verifier] = (),
                    files: Sequence[FileDigest] = (), pinned: Sequence[Verifier] = (),
-                   now: datetime | None = None) -> VerifiedRelease:
-    """Online, in one call: `prove_release`, then with `admins` `check_key_valid_at`, then
+                   now: datetime | None = None, min_age: int | None = None) -> VerifiedRelease:
+    """Online, in one call: `prove_release`, then with `min_age` (seconds; `trust` must be
+    a PolicyTrust) `check_cooldown`, then with `admins` `check_key_valid_at`, then
     `check_install`. `state`, if given, must be entered (locked) by the caller."""
     proven = prove_release(client, trust, package, version, state)
+    if min_age is not None:
+        when = datetime.now(UTC) if now is None else now
+        check_cooldown(client, trust, proven, min_age, int(when.timestamp()), state)
     if admins:
         check_key_valid_at(client, proven, admins)
     return check_install(proven.receipt, files, pinned, now)
