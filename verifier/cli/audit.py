@@ -36,7 +36,8 @@ def _workers(text: str) -> int:
 
 
 _DESCRIPTION = """\
-Prove the log only ever grew: its current checkpoint must verify with --key and be proven
+Prove the log only ever grew: its current checkpoint must verify with --key (or under
+--policy: the log's signature and the quorum of witness cosignatures) and be proven
 consistent with the checkpoint the last run stored in --state (and with --trust). The first
 run without --trust trusts the current checkpoint. A rollback, a fork or a failed proof exits
 1 and keeps both signed checkpoints and the proof in DIR/evidence/.

@@ -15,10 +15,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from verifier.cli import audit, monitor, witness
-from verifier.cli.common import add_common, client_for, trust_for
+from verifier.cli.common import add_common, client_for, duration, now_of, trust_for
 from verifier.client.artifacts import hash_file
 from verifier.client.release import (
     VerifiedRelease,
+    check_cooldown,
     check_install,
     check_key_valid_at,
     prove_release,
@@ -27,17 +28,24 @@ from verifier.client.release import (
 from verifier.client.statedir import StateDir, load_vkey
 from verifier.errors import EXIT_OK, EXIT_USAGE, UsageError, VerifyError
 from verifier.protocol.note import b64encode
-from verifier.protocol.rfc3339 import parse_time
+from verifier.protocol.policy import PolicyTrust
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
-    cp, _ = client_for(args).checkpoint(trust_for(args))
+    trust = trust_for(args)
+    cp, note = client_for(args).checkpoint(trust)
     print(f"origin {cp.origin}\nsize {cp.size}\nroot {b64encode(cp.root)} ({cp.root.hex()})")
+    if isinstance(trust, PolicyTrust):
+        w = trust.witnessed(note)
+        for name, ts in sorted(w.times.items()):
+            print(f"cosigned by {name} at {_utc(ts)}")
+        if w.quorum_time is not None and w.fresh_time is not None:
+            print(f"quorum at {_utc(w.quorum_time)}, fresh as of {_utc(w.fresh_time)}")
     return EXIT_OK
 
 
-def _now(args: argparse.Namespace) -> datetime:
-    return parse_time(args.now) if args.now else datetime.now(UTC)
+def _utc(timestamp: int) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _artifacts(args: argparse.Namespace) -> list[Path]:
@@ -55,10 +63,11 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     """Offline: receipt + pinned keys + files -> verified, or not. No network at all."""
     paths = _artifacts(args)
     trust = trust_for(args)
+    min_age = duration(args, "min_age")
     pinned = [load_vkey(p, "publisher key") for p in args.publisher]
     files = [hash_file(a) for a in paths]
-    now = _now(args)
-    _report(verify_receipt_file(args.receipt, trust, files, pinned, now))
+    now = now_of(args)
+    _report(verify_receipt_file(args.receipt, trust, files, pinned, now, min_age=min_age))
     return EXIT_OK
 
 
@@ -74,15 +83,18 @@ def cmd_release(args: argparse.Namespace) -> int:
     """Online: find the release in the log, prove its inclusion, check it like a receipt."""
     paths = _artifacts(args)
     trust = trust_for(args)
+    min_age = duration(args, "min_age")
     pinned = [load_vkey(p, "publisher key") for p in args.publisher]
     files = [hash_file(a) for a in paths]
-    now = _now(args)
+    now = now_of(args)
     state = StateDir(Path(args.state)) if args.state else None
     # The steps of verify_release, not the one call: the admin key files are read only once
     # the log checked out, so which error a run reports stays what it always was.
     with state if state is not None else nullcontext():
         client = client_for(args, state)
         proven = prove_release(client, trust, args.package, args.version, state)
+        if min_age is not None:
+            check_cooldown(client, trust, proven, min_age, int(now.timestamp()), state)
         if args.admin_key:
             admins = [load_vkey(p, "admin key") for p in args.admin_key]
             check_key_valid_at(client, proven, admins)
@@ -132,7 +144,12 @@ def _release_options(p: argparse.ArgumentParser) -> None:
                         "pinned publisher key)")
     p.add_argument("--publisher", action="append", default=[], metavar="VKEY_FILE",
                    help="a pinned publisher key; the entry must be signed by one (repeatable)")
-    p.add_argument("--now", help="RFC 3339 time for the install window (default: now)")
+    p.add_argument("--min-age", metavar="DUR",
+                   help="the witnessed cooldown: accept the release only once a checkpoint "
+                        "holding it was cosigned by the policy's quorum at least DUR (90s, "
+                        "15m, 24h, 7d) before --now; needs --policy")
+    p.add_argument("--now", help="RFC 3339 time for the install window and the witnessed "
+                                 "ages (default: now)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """`tlog-verify monitor`: follow a log, report every release and alert on suspicious ones.
 
-    tlog-verify monitor --log URL --key LOG.vkey --state DIR [--package GLOB]...
+    tlog-verify monitor --log URL (--key LOG.vkey | --policy FILE [--max-age DUR])
+                        --state DIR [--package GLOB]...
                         [--follow [--interval S]] [--workers N] [--metrics-port P]
 
 This module parses and checks the options and wires the client together; what a run does is
@@ -22,12 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from verifier.cli.common import client_for, trust_for
+from verifier.client.http import HttpFetcher
 from verifier.client.monitor.db import DB_FILE, MonitorDB
 from verifier.client.monitor.metrics import Metrics
 from verifier.client.monitor.run import Monitor, Stop
+from verifier.client.monitor.witnesses import WitnessChecker
 from verifier.client.scan import default_workers
 from verifier.client.statedir import StateDir, load_vkey
 from verifier.errors import UsageError
+from verifier.protocol.policy import PolicyTrust
+from verifier.protocol.trust import LogTrust
 
 DEFAULT_INTERVAL = 60.0
 
@@ -70,10 +75,19 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         try:
             admins = [load_vkey(p, "admin key") for p in args.admin_key]
             monitor = Monitor(client, trust, state, db, opts.patterns, opts.workers, sys.stdout,
-                              metrics, stop, admins)
+                              metrics, stop, admins, _witnesses(args, trust))
             return monitor.run(opts.follow, opts.interval)
         finally:
             metrics.close()
+
+
+def _witnesses(args: argparse.Namespace, trust: LogTrust) -> WitnessChecker | None:
+    """Under a policy, its witnesses that have a URL, asked as the log is (--timeout,
+    --retries)."""
+    if not isinstance(trust, PolicyTrust):
+        return None
+    return WitnessChecker(trust, lambda url: HttpFetcher(url, timeout=args.timeout,
+                                                         retries=args.retries))
 
 
 DESCRIPTION = """\
@@ -81,10 +95,13 @@ Scan every entry of the log since the previous run (all of it on the first run),
 new checkpoint consistent with the stored one, and write JSON Lines events to stdout:
 "release" for each release of a watched package and "alert" for a version or counter that
 does not grow, a second artifact set for a version, a new publisher key, an invalid entry, an
-install window already closed when seen, or an inconsistent checkpoint. Every event has a "seq"
-that grows within the state directory; after a crash an event may be printed again with the
-same seq, never lost. Exit: 0 done, 1 invalid entry or log misbehaviour (evidence in
-STATE/evidence/), 2 usage, 3 transport."""
+install window already closed when seen, or an inconsistent checkpoint. With --policy, the
+log's checkpoints must carry the quorum of cosignatures, and each policy witness that has a URL
+is asked for its latest cosigned view of the log: a view the log's checkpoint is not consistent
+with is alerted (witness_view_disagrees); an unreachable witness is a warning on stderr.
+Every event has a "seq" that grows within the state directory; after a crash an event may be
+printed again with the same seq, never lost. Exit: 0 done, 1 invalid entry or log
+misbehaviour (evidence in STATE/evidence/), 2 usage, 3 transport."""
 
 
 def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:

@@ -92,6 +92,18 @@ class LogClient:
             raise VerificationFailed(f"the log's checkpoint does not verify with "
                                      f"{trust.describe()}: {exc}") from exc
 
+    def cosigned_checkpoint(self, covering: int) -> str:
+        """The note (with cosignatures) the log names as its smallest quorum-cosigned
+        checkpoint holding entry `covering` (GET v1/checkpoints/cosigned?covering=N). Not
+        verified here: open it under the policy, and prove what it holds. NotFound when
+        there is none yet (or the log has no witness policy)."""
+        path = f"v1/checkpoints/cosigned?covering={covering}"
+        data = self.fetch(path, MAX_NOTE_SIZE)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise VerificationFailed(f"{self.fetcher.where(path)}: not UTF-8") from exc
+
     # -- tiles and entries -----------------------------------------------------------------
 
     def _cached(self, path: str) -> bytes | None:

@@ -7,6 +7,9 @@ pinned log key and, with a state directory, extend the checkpoint trusted before
 is then stored). With the log operator's pinned admin keys, the registry entries before the
 release are replayed to show the release's key was valid for its package at its index.
 Offline (`verify_receipt_file`): a receipt, the log key and nothing else, no network.
+Under a witness policy (verifier.protocol.policy.PolicyTrust) every checkpoint must carry the
+quorum's cosignatures, and a witnessed cooldown (`min_age`, `check_cooldown` online) asks that
+a quorum-cosigned checkpoint holding the release be old enough.
 Either way the entry is then checked against the caller's own world
 (verifier.protocol.entries.install):
 the files about to be installed, the pinned publisher keys, the install window.
@@ -23,9 +26,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from verifier.client.fetch import NotFound
 from verifier.client.log import LogClient
 from verifier.client.statedir import StateDir
-from verifier.client.tracking import advance
+from verifier.client.tracking import advance, prove_extends
 from verifier.errors import UsageError, VerificationFailed
 from verifier.protocol.entries.errors import EntryError
 from verifier.protocol.entries.install import FileDigest, check_release
@@ -33,7 +37,8 @@ from verifier.protocol.entries.kinds import REGISTRY_KINDS, parse_log_leaf
 from verifier.protocol.entries.release import Release, parse_leaf
 from verifier.protocol.merkle import ProofError, verify_inclusion
 from verifier.protocol.note import Verifier
-from verifier.protocol.receipt import VerifiedReceipt, verify_receipt
+from verifier.protocol.policy import PolicyTrust, Witnessed, check_min_age
+from verifier.protocol.receipt import VerifiedReceipt, parse_tlog_proof, verify_receipt
 from verifier.protocol.registry import Refusal, Registry
 from verifier.protocol.state import Trusted
 from verifier.protocol.tiles import TILE_WIDTH
@@ -43,6 +48,7 @@ __all__ = [
     "MAX_RECEIPT_BYTES",
     "ProvenRelease",
     "VerifiedRelease",
+    "check_cooldown",
     "check_install",
     "check_key_valid_at",
     "prove_entry",
@@ -103,16 +109,33 @@ def read_receipt(path: str | Path) -> object:
 
 
 def verify_receipt_file(path: str | Path, trust: LogTrust, files: Sequence[FileDigest] = (),
-                        pinned: Sequence[Verifier] = (),
-                        now: datetime | None = None) -> VerifiedRelease:
+                        pinned: Sequence[Verifier] = (), now: datetime | None = None, *,
+                        min_age: int | None = None) -> VerifiedRelease:
     """Offline: the receipt at `path` must prove its entry in a checkpoint that satisfies `trust`,
-    and the entry must pass `check_install`. No network at all."""
+    and the entry must pass `check_install`. No network at all.
+
+    Under a policy, the receipt's checkpoint must also be fresh if the trust has a max_age,
+    and with `min_age` its quorum must have cosigned it at least that long before `now`: the
+    witnessed cooldown (a receipt written before the quorum cosigned cannot pass it).
+    """
+    when = datetime.now(UTC) if now is None else now
     receipt = read_receipt(path)
     try:
         verified = verify_receipt(receipt, trust)
+        # verify_receipt checked the shape: the proof is a tlog-proof holding the note.
+        note = parse_tlog_proof(receipt["proof"]).checkpoint  # type: ignore[index]
+        trust.latest(note)  # the freshness limit (--max-age) applies to a receipt too
+        if min_age is not None:
+            check_min_age(_policy(trust).witnessed(note), int(when.timestamp()), min_age)
     except ValueError as exc:
         raise VerificationFailed(f"receipt {path} does not verify: {exc}") from exc
-    return check_install(verified, files, pinned, now)
+    return check_install(verified, files, pinned, when)
+
+
+def _policy(trust: LogTrust) -> PolicyTrust:
+    if not isinstance(trust, PolicyTrust):
+        raise UsageError("a witnessed cooldown (--min-age) needs a witness policy (--policy)")
+    return trust
 
 
 # -- online: the log ---------------------------------------------------------------------------
@@ -121,10 +144,14 @@ def verify_receipt_file(path: str | Path, trust: LogTrust, files: Sequence[FileD
 def verify_release(client: LogClient, trust: LogTrust, package: str, version: str, *,
                    state: StateDir | None = None, admins: Sequence[Verifier] = (),
                    files: Sequence[FileDigest] = (), pinned: Sequence[Verifier] = (),
-                   now: datetime | None = None) -> VerifiedRelease:
-    """Online, in one call: `prove_release`, then with `admins` `check_key_valid_at`, then
+                   now: datetime | None = None, min_age: int | None = None) -> VerifiedRelease:
+    """Online, in one call: `prove_release`, then with `min_age` (seconds; `trust` must be
+    a PolicyTrust) `check_cooldown`, then with `admins` `check_key_valid_at`, then
     `check_install`. `state`, if given, must be entered (locked) by the caller."""
     proven = prove_release(client, trust, package, version, state)
+    if min_age is not None:
+        when = datetime.now(UTC) if now is None else now
+        check_cooldown(client, trust, proven, min_age, int(when.timestamp()), state)
     if admins:
         check_key_valid_at(client, proven, admins)
     return check_install(proven.receipt, files, pinned, now)
@@ -142,6 +169,40 @@ def prove_release(client: LogClient, trust: LogTrust, package: str, version: str
     hints = client.search(package, version)
     trusted = advance(client, trust, state)
     return ProvenRelease(_find_and_prove(client, trusted, hints, package, version), trusted)
+
+
+def check_cooldown(client: LogClient, trust: LogTrust, proven: ProvenRelease, min_age: int,
+                   now: int, state: StateDir | None = None) -> Witnessed:
+    """The witnessed cooldown, online: the log's smallest quorum-cosigned checkpoint holding
+    the release (GET v1/checkpoints/cosigned?covering=INDEX) must verify under the policy,
+    have been cosigned by the quorum at least `min_age` seconds before `now`, hold the entry
+    (inclusion proof) and be consistent with the checkpoint the release was proven in (so it
+    is the same log, not a fork kept for cooling down releases).
+
+    A release no such checkpoint covers yet is refused as too new (VerificationFailed).
+    """
+    policy = _policy(trust)
+    index = proven.receipt.index
+    try:
+        note = client.cosigned_checkpoint(index)
+    except NotFound as exc:
+        raise VerificationFailed(f"too new: the log has no quorum-cosigned checkpoint holding "
+                                 f"entry {index} yet (or runs without a witness policy)") from exc
+    try:
+        witnessed = policy.witnessed(note)
+        check_min_age(witnessed, now, min_age)
+    except ValueError as exc:
+        raise VerificationFailed(f"the cosigned checkpoint the log names for entry {index}: "
+                                 f"{exc}") from exc
+    cosigned = Trusted(witnessed.checkpoint, note)
+    if index >= cosigned.size:
+        raise VerificationFailed(f"the cosigned checkpoint the log names for entry {index} has "
+                                 f"size {cosigned.size}: it does not hold the entry")
+    # Consistency first: two signed checkpoints that disagree are a fork, kept as evidence.
+    older, newer = sorted((cosigned, proven.trusted), key=lambda t: t.size)
+    prove_extends(client, older, newer, state)
+    prove_entry(client, cosigned, index, proven.receipt.release.leaf_hash)
+    return witnessed
 
 
 def prove_entry(client: LogClient, trusted: Trusted, index: int, leaf_hash: bytes) -> None:

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from verifier.client.files import atomic_write
-from verifier.client.keys import read_vkey
+from verifier.client.keys import read_policy, read_vkey
 from verifier.errors import UsageError
+from verifier.protocol.checkpoint import Checkpoint
 from verifier.protocol.note import Verifier
+from verifier.protocol.policy import Policy, PolicyTrust, QuorumError
 from verifier.protocol.state import Trusted
-from verifier.protocol.trust import LogTrust
+from verifier.protocol.trust import KeyTrust, LogTrust
 
 CHECKPOINT_FILE = "checkpoint"
 EVIDENCE_DIR = "evidence"
@@ -30,6 +32,25 @@ MAX_STATE_FILE = 64 << 20
 def load_vkey(path: str, what: str = "log key") -> Verifier:
     """A verifier key the user pinned, from a file; UsageError if unreadable or malformed."""
     return read_vkey(path, f"the {what}")
+
+
+def load_policy(path: str) -> Policy:
+    """A witness policy the user pinned (--policy), from a file; UsageError (naming the
+    file and line) if unreadable or malformed."""
+    return read_policy(path, "the witness policy")
+
+
+def _reopen(trust: LogTrust, note: str) -> Checkpoint:
+    """The stored checkpoint, opened as `trust` requires; with open(), never latest(): it is
+    old by design. One stored by a run without the policy (no quorum of cosignatures) is
+    opened with the policy's log key alone: it is only the baseline the log must extend,
+    and what the log serves now must still carry the quorum."""
+    try:
+        return trust.open(note)
+    except QuorumError:
+        if not isinstance(trust, PolicyTrust):
+            raise
+        return KeyTrust(trust.log).open(note)
 
 
 class StateDir:
@@ -63,7 +84,7 @@ class StateDir:
             return None
         try:
             note = path.read_text(encoding="utf-8")
-            return Trusted(trust.open(note), note)
+            return Trusted(_reopen(trust, note), note)
         except (OSError, ValueError) as exc:
             raise UsageError(f"{path} is not a checkpoint signed by {trust.origin} ({exc}); "
                              "is this state directory for another log?") from exc

@@ -304,9 +304,10 @@ class PolicyTrust:
     @classmethod
     def for_log(cls, policy: Policy, key: Verifier | None = None, now: int | None = None,
                 max_age: int | None = None) -> PolicyTrust:
-        """The trust of the policy's only log, or of `key` when it is one of its logs."""
+        """The trust of the policy's only log, or of `key` when it is one of its logs (or
+        the policy lists none: tlog-policy lets the log be known from other context)."""
         if key is not None:
-            if all(log.key != key for log in policy.logs):
+            if policy.logs and all(log.key != key for log in policy.logs):
                 raise PolicyError(f"the log key {key.name} is not one of the policy's logs")
             return cls(policy, key, now, max_age)
         if len(policy.logs) != 1:

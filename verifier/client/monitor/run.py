@@ -52,7 +52,13 @@ from verifier.client.monitor.summary import (
     lines_text,
     summarize_fetched,
 )
-from verifier.client.monitor.watch import CHECKPOINT_INCONSISTENT, INVALID_ENTRY, Watcher
+from verifier.client.monitor.watch import (
+    CHECKPOINT_INCONSISTENT,
+    INVALID_ENTRY,
+    WITNESS_VIEW_DISAGREES,
+    Watcher,
+)
+from verifier.client.monitor.witnesses import WitnessChecker
 from verifier.client.scan import map_bundles, worker_signals
 from verifier.client.statedir import StateDir
 from verifier.client.tracking import advance
@@ -105,8 +111,10 @@ class Monitor:
 
     def __init__(self, client: LogClient, trust: LogTrust, state: StateDir, db: MonitorDB,
                  patterns: Sequence[str], workers: int, out: TextIO, metrics: Metrics,
-                 stop: Stop, admin_keys: Sequence[Verifier] | None = None) -> None:
+                 stop: Stop, admin_keys: Sequence[Verifier] | None = None,
+                 witnesses: WitnessChecker | None = None) -> None:
         self.client, self.trust, self.state, self.db = client, trust, state, db
+        self.witnesses = witnesses
         self.workers, self.out, self.metrics, self.stop = workers, out, metrics, stop
         loaded = db.load()
         self.origin = loaded.origin
@@ -158,6 +166,8 @@ class Monitor:
             self._report(exc)
             raise
         self._check_origin(trusted)
+        if self.witnesses is not None:
+            self._check_witnesses(trusted)
         self.metrics.tree_size.set(trusted.size)
         start, printed = self.watcher.next_index, self._printed
         self._scan(trusted)
@@ -250,15 +260,34 @@ class Monitor:
             index: format_tlog_proof(index, proof, trusted.note)})
         return self.state.save_evidence(f"invalid entry {index}", files)
 
+    def _check_witnesses(self, trusted: Trusted) -> None:
+        """Alert (witness_view_disagrees, evidence saved) and raise LogMisbehaviour when a
+        witness's cosigned view of the log and the log's checkpoint are not consistent."""
+        assert self.witnesses is not None
+        found = self.witnesses.check(self.client, trusted, _warn)
+        if not found:
+            return
+        events = []
+        for d in found:
+            where = self.state.save_evidence(f"witness {d.witness} disagrees", d.evidence)
+            events.append(self.watcher.alert(WITNESS_VIEW_DISAGREES,
+                                             f"{d.message}; evidence saved in {where}", None,
+                                             witness=d.witness, evidence=str(where)))
+        self._alert_now(events)
+        raise LogMisbehaviour(str(events[0]["message"]), found[0].evidence)
+
     def _report(self, exc: LogMisbehaviour) -> LogMisbehaviour:
         """Commit and print a checkpoint_inconsistent alert for `exc`; return `exc`."""
-        event = self.watcher.alert(CHECKPOINT_INCONSISTENT, str(exc), None)
-        lines = [encode(event)]
+        self._alert_now([self.watcher.alert(CHECKPOINT_INCONSISTENT, str(exc), None)])
+        return exc
+
+    def _alert_now(self, events: Sequence[Event]) -> None:
+        """Commit and print alerts that concern no entry."""
+        lines = [encode(e) for e in events]
         self.db.save_alerts(self.watcher.next_seq, lines)  # durability point 1
-        self.metrics.count([event])
+        self.metrics.count(list(events))
         self._print(lines)  # point 2
         self.db.clear_outbox()  # point 3
-        return exc
 
     def _print(self, lines: Sequence[str]) -> None:
         if not lines:
@@ -267,6 +296,11 @@ class Monitor:
         self.out.write(lines_text(lines))
         self.out.flush()
         _sync_if_file(self.out)
+
+
+def _warn(message: str) -> None:
+    """A witness that could not be asked: said on stderr, not alerted (not the log's fault)."""
+    print(f"tlog-verify monitor: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _sync_if_file(out: TextIO) -> None:

@@ -44,6 +44,9 @@ events (summary.release_line) and
   - `checkpoint_inconsistent`: the log's new checkpoint does not extend the stored one, or the
     entries it serves do not hash to its signed tree; the message names the evidence
     directory (signed checkpoints, proof). Exit status 1.
+  - `witness_view_disagrees`: a policy witness's cosigned checkpoint of the log (its read
+    endpoint) and the log's checkpoint are not consistent: a fork (witness; evidence: the
+    directory holding both signed notes and the failed proof). Exit status 1.
 - Release events are written for packages matching a --package glob (fnmatch, case-sensitive;
   every package when none is given); entry alerts for the same packages; invalid_entry and
   checkpoint_inconsistent always. What the monitor learns does not depend on the globs, so
@@ -86,6 +89,7 @@ REGISTRY_NOT_AUTHORIZED = "registry_entry_not_authorized"
 INSTALL_WINDOW_CLOSED = "install_window_closed"
 CHECKPOINT_INCONSISTENT = "checkpoint_inconsistent"
 LOOKALIKE_PUBLISHER = "lookalike_publisher"
+WITNESS_VIEW_DISAGREES = "witness_view_disagrees"
 
 
 @dataclass
