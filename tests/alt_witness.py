@@ -72,7 +72,7 @@ class WitnessKey:
     @classmethod
     def parse(cls, text: str) -> WitnessKey:
         prefix, _, rest = text.strip().partition("PRIVATE+KEY+")
-        name, kid, data = rest.split("+")
+        name, kid, data = rest.split("+", 2)
         raw = _unb64(data)
         if prefix or raw[0] != ALG_COSIGNATURE_V1 or len(raw) != 33:
             raise ValueError("not a cosignature/v1 private key")
@@ -114,7 +114,7 @@ class LogKey:
 
     @classmethod
     def parse(cls, vkey: str) -> LogKey:
-        name, kid, data = vkey.strip().split("+")
+        name, kid, data = vkey.strip().split("+", 2)
         raw = _unb64(data)
         if raw[0] != ALG_ED25519 or len(raw) != 33:
             raise ValueError("not an Ed25519 note vkey")

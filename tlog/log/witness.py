@@ -170,7 +170,8 @@ class WitnessTask:
             await self._store(view, cp, answer)
             return True
         self.metrics.requests.labels(view.witness.name, "conflict").inc()
-        await self._conflict(view, cp, old, answer)
+        if not await self._conflict(view, cp, old, answer):
+            return False
         if not resync:
             raise WitnessError(f"409 again after resyncing to its size {view.size}")
         return await self._submit(view, cp, resync=False)
@@ -181,9 +182,10 @@ class WitnessTask:
         return self._session
 
     async def _conflict(self, view: WitnessView, cp: StoredCheckpoint, old: int,
-                        answer: Conflict) -> None:
-        """Take the size of a 409, or raise: ForkAlarm when the witness's view of this log
-        is not one this log ever had, WitnessError when the 409 says nothing usable."""
+                        answer: Conflict) -> bool:
+        """Take the size of a 409; True when asking again from it makes sense. Raises
+        ForkAlarm when the witness's view of this log is not one this log ever had, and
+        WitnessError when the 409 says nothing usable."""
         said = answer.size
         if said is None or said == old:  # it took our old size, yet refused
             if old == cp.size:
@@ -196,8 +198,9 @@ class WitnessTask:
         await self.storage.set_witness_size(*view.ident, said)
         view.size = said
         self.metrics.size.labels(view.witness.name).set(said)
-        if said > cp.size:  # another process of this log is ahead of our read
-            raise WitnessError(f"it is at size {said}, beyond the {cp.size} we read")
+        # Beyond our read: another process of this log got it there; our next round will
+        # read that size too. Not a failure of anyone.
+        return said <= cp.size
 
     async def _store(self, view: WitnessView, cp: StoredCheckpoint, answer: Cosigned) -> None:
         """Verify the lines by this witness's key and store its cosignature. Lines of other
