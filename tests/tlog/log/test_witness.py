@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -19,7 +23,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from tests.alt_witness import AltWitness, LogKey, Running, WitnessKey
-from tests.support import free_port, make_release
+from tests.support import free_port, make_release, write_key
+from tlog.cli.main import main as tlog_main
 from tlog.config import Config
 from tlog.http.app import create_app
 from verifier.protocol.note import Signer, generate_key, parse_note
@@ -278,6 +283,79 @@ async def test_two_servers_on_one_database_both_cosign_without_errors(
         await asyncio.sleep(INTERVAL / 2)
     for c in (a, b):
         await wait_published(c, size)
-    bad = [r for r in caplog.records if r.name.startswith("tlog") and r.levelname in
-           ("ERROR", "CRITICAL") or (r.name == "tlog.witness" and r.levelname == "WARNING")]
+    bad = [r for r in caplog.records if r.name.startswith("tlog") and (
+        r.levelname in ("ERROR", "CRITICAL")
+        or (r.name == "tlog.witness" and r.levelname == "WARNING"))]
     assert not bad, [r.getMessage() for r in bad]
+
+
+async def test_witnessed_answers_match_the_openapi_document(
+        log: Client, setup: Setup, publisher: Signer) -> None:
+    from tests.tlog.http.test_openapi import Spec, load_spec
+
+    spec = Spec(load_spec())
+    await spec.check(await log.get("/checkpoint"), "/checkpoint")  # 503 before the first
+    await wait_published(log, await append(log, publisher, "1"))
+    await spec.check(await log.get("/checkpoint"), "/checkpoint")
+    await spec.check(await log.get("/readyz"), "/readyz")
+    for path in ("/v1/checkpoints/1", "/v1/checkpoints/0", "/v1/checkpoints/9"):
+        await spec.check(await log.get(path), "/v1/checkpoints/{size}")
+    for query in ("covering=0", "covering=1", "covering=x", "x=1"):
+        await spec.check(await log.get("/v1/checkpoints/cosigned?" + query),
+                         "/v1/checkpoints/cosigned")
+
+
+def serve_args(key: Path, policy: Path, *extra: str) -> list[str]:
+    return ["serve", "--database-url", "postgresql://nobody@127.0.0.1:1/none", "--listen",
+            "127.0.0.1:1", "--key", str(key), "--policy", "open", "--witness-policy",
+            str(policy), *extra]
+
+
+@pytest.mark.parametrize("case", ["other log", "no url", "malformed", "missing",
+                                  "interval 0", "interval huge", "timeout 0"])
+def test_serve_refuses_a_policy_it_could_never_publish_under(
+        tmp_path: Path, log_signer: Signer, case: str, capsys: pytest.CaptureFixture[str]
+        ) -> None:
+    """Refused at startup (exit 2, a reason) rather than serving a log whose /checkpoint
+    stays 503 forever, or whose cosigned notes no client of the policy accepts."""
+    key = write_key(tmp_path / "log.key", log_signer)
+    w1, w2 = (WitnessKey.generate(f"w{i}.example") for i in (1, 2))
+    log_line = f"log {log_signer.verifier().text()}"
+    text = f"{log_line}\nwitness a {w1.vkey()} http://127.0.0.1:1\n" \
+           f"witness b {w2.vkey()} http://127.0.0.1:2\ngroup g all a b\nquorum g\n"
+    extra: list[str] = []
+    expected = {"other log": "do not include this log's key", "no url": "without a URL",
+                "malformed": "line 1", "missing": "couldn't read",
+                "interval 0": "--witness-interval", "interval huge": "--witness-interval",
+                "timeout 0": "--witness-timeout"}[case]
+    if case == "other log":
+        text = text.replace(log_line, f"log {generate_key('other.log').verifier().text()}")
+    elif case == "no url":
+        text = text.replace(" http://127.0.0.1:2", "")
+    elif case == "malformed":
+        text = "logg x\n" + text
+    elif case == "interval 0":
+        extra = ["--witness-interval", "0"]
+    elif case == "interval huge":
+        extra = ["--witness-interval", "1e9"]
+    elif case == "timeout 0":
+        extra = ["--witness-timeout", "0"]
+    policy = tmp_path / "policy"
+    if case != "missing":
+        policy.write_text(text)
+    assert tlog_main(serve_args(key, policy, *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tlog serve: ") and expected in err, err
+
+
+def test_the_witness_policy_may_come_from_the_environment(
+        tmp_path: Path, log_signer: Signer) -> None:
+    key = write_key(tmp_path / "log.key", log_signer)
+    policy = tmp_path / "policy"
+    policy.write_text(f"log {generate_key('other.log').verifier().text()}\nquorum none\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tlog", "serve", "--database-url",
+         "postgresql://nobody@127.0.0.1:1/none", "--key", str(key), "--policy", "open"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "TLOG_WITNESS_POLICY": str(policy)})
+    assert proc.returncode == 2 and "do not include this log's key" in proc.stderr
