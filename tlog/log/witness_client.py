@@ -58,7 +58,7 @@ async def add_checkpoint(session: aiohttp.ClientSession, url: str, old: int,
         async with session.post(url.rstrip("/") + "/add-checkpoint", data=body,
                                 headers={"Content-Type": "text/plain; charset=utf-8"},
                                 allow_redirects=False) as resp:
-            answer = await resp.content.read(MAX_ANSWER + 1)
+            answer = await _read_capped(resp)
             status, content_type = resp.status, resp.content_type
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise WitnessError(f"unreachable: {type(exc).__name__}: {exc}"[:300]) from exc
@@ -70,6 +70,19 @@ async def add_checkpoint(session: aiohttp.ClientSession, url: str, old: int,
         return Conflict(_size(answer) if content_type == SIZE_TYPE else None)
     shown = answer[:200].decode("utf-8", "replace").strip()
     raise WitnessError(f"HTTP {status}: {shown!r}")
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    """The body, or its first MAX_ANSWER + 1 bytes when longer (read no further)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_ANSWER:
+        chunk = await resp.content.read(MAX_ANSWER + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _signatures(note: str, answer: bytes) -> tuple[Signature, ...]:

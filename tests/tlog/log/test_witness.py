@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
@@ -27,6 +28,8 @@ from tests.support import free_port, make_release, write_key
 from tlog.cli.main import main as tlog_main
 from tlog.config import Config
 from tlog.http.app import create_app
+from tlog.log.witness_client import MAX_ANSWER, Conflict, WitnessError, add_checkpoint
+from verifier.protocol.checkpoint import Checkpoint, sign_checkpoint
 from verifier.protocol.note import Signer, generate_key, parse_note
 from verifier.protocol.policy import Policy, PolicyTrust, parse_policy
 
@@ -359,3 +362,62 @@ def test_the_witness_policy_may_come_from_the_environment(
         capture_output=True, text=True, timeout=60,
         env={**os.environ, "TLOG_WITNESS_POLICY": str(policy)})
     assert proc.returncode == 2 and "do not include this log's key" in proc.stderr
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    ("huge", "more than"), ("garbage", "malformed cosignature lines"),
+    ("no newline", "malformed cosignature lines"), ("500", "HTTP 500"),
+    ("hang", "unreachable"), ("409 bad size", "malformed size")])
+async def test_a_hostile_witness_answer_is_a_witness_error_within_bounds(
+        log_signer: Signer, answer: str, expected: str) -> None:
+    """Whatever a witness sends back (too much, nonsense, nothing in time) is that
+    witness's failure, read no further than MAX_ANSWER bytes and no longer than the
+    timeout: never the log's crash or a stuck task."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        if answer == "hang":
+            await asyncio.sleep(10)
+        if answer == "huge":
+            resp = web.StreamResponse()
+            await resp.prepare(request)
+            for _ in range(64):
+                await resp.write(b"\xe2\x80\x94 " + b"A" * (MAX_ANSWER // 8))
+            return resp
+        body = {"garbage": "hello\n", "no newline": "— w AAAAAAA=", "500": "oops",
+                "409 bad size": "01\n"}[answer]
+        status = 500 if answer == "500" else 409 if answer.startswith("409") else 200
+        return web.Response(status=status, body=body.encode(), headers={
+            "Content-Type": "text/x.tlog.size" if status == 409 else "text/plain"})
+
+    app = web.Application()
+    app.router.add_post("/add-checkpoint", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    note = sign_checkpoint(Checkpoint(log_signer.name, 1, b"\x01" * 32), log_signer)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5)) as http:
+            with pytest.raises(WitnessError, match=expected):
+                await add_checkpoint(http, f"http://127.0.0.1:{port}", 0, [], note)
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_409_without_a_size_is_reported_as_such(log_signer: Signer) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=409, text="different root")
+
+    app = web.Application()
+    app.router.add_post("/w/add-checkpoint", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    note = sign_checkpoint(Checkpoint(log_signer.name, 1, b"\x01" * 32), log_signer)
+    try:
+        async with aiohttp.ClientSession() as http:
+            got = await add_checkpoint(http, f"http://127.0.0.1:{port}/w/", 1, [], note)
+        assert got == Conflict(None)
+    finally:
+        await runner.cleanup()
