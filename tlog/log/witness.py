@@ -152,9 +152,10 @@ class WitnessTask:
             self.metrics.requests.labels(name, "fork").inc()
             log.critical("FORK ALARM from witness %s: %s", name, exc)
         except WitnessError as exc:
+            if view.last_error != str(exc):  # a witness down for hours: one line, not 1800
+                log.warning("witness %s: %s", name, exc)
             view.last_error = str(exc)
             self.metrics.requests.labels(name, "error").inc()
-            log.warning("witness %s: %s", name, exc)
 
     async def _submit(self, view: WitnessView, cp: StoredCheckpoint, resync: bool) -> bool:
         """One add-checkpoint of `cp` from the size `view` last cosigned; True once its
@@ -219,6 +220,8 @@ class WitnessTask:
         await self.storage.add_cosignature(
             cp.size, StoredCosignature(key.name, key.key_id, times[0], mine[0].line()))
         # Committed: the cosignature and the witness's size survive a crash from here on.
+        if view.last_error is not None:
+            log.info("witness %s cosigns again (size %d)", name, cp.size)
         view.size = view.cosigned = cp.size
         view.last_error, view.last_success = None, time.time()
         self.metrics.requests.labels(name, "cosigned").inc()

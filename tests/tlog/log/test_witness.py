@@ -373,10 +373,12 @@ async def test_a_hostile_witness_answer_is_a_witness_error_within_bounds(
     """Whatever a witness sends back (too much, nonsense, nothing in time) is that
     witness's failure, read no further than MAX_ANSWER bytes and no longer than the
     timeout: never the log's crash or a stuck task."""
+    released = asyncio.Event()
+
     async def handler(request: web.Request) -> web.StreamResponse:
         await request.read()
         if answer == "hang":
-            await asyncio.sleep(10)
+            await released.wait()
         if answer == "huge":
             resp = web.StreamResponse()
             await resp.prepare(request)
@@ -401,6 +403,7 @@ async def test_a_hostile_witness_answer_is_a_witness_error_within_bounds(
             with pytest.raises(WitnessError, match=expected):
                 await add_checkpoint(http, f"http://127.0.0.1:{port}", 0, [], note)
     finally:
+        released.set()
         await runner.cleanup()
 
 
