@@ -171,10 +171,11 @@ class WitnessTask:
             await self._store(view, cp, answer)
             return True
         self.metrics.requests.labels(view.witness.name, "conflict").inc()
-        if not await self._conflict(view, cp, old, answer):
+        # A second 409 (not resync) came with yet another size (_conflict refuses the
+        # same one): the witness moved between our two requests, i.e. another process of
+        # this log got it cosigning. Nothing wrong; the next round starts from its size.
+        if not await self._conflict(view, cp, old, answer) or not resync:
             return False
-        if not resync:
-            raise WitnessError(f"409 again after resyncing to its size {view.size}")
         return await self._submit(view, cp, resync=False)
 
     def _client(self) -> aiohttp.ClientSession:
