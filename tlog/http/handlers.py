@@ -420,9 +420,8 @@ async def readyz(request: web.Request) -> web.Response:
         raise ApiError("not_ready", f"database unreachable: {type(exc).__name__}") from exc
     if seq.failed is not None:
         raise ApiError("not_ready", f"appends are stopped: {seq.failed}")
-    witnesses = request.app[WITNESS_STATUS]() if WITNESS_STATUS in request.app else None
     # Witness trouble is reported, never "not ready": the log still appends and serves.
-    extra = witnesses if witnesses is not None else {}
+    extra = request.app[WITNESS_STATUS]() if WITNESS_STATUS in request.app else {}
     return web.json_response({"status": "ready", "origin": seq.signer.name, **extra})
 
 
