@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
+from tests.alt_witness import AltWitness, LogKey, Running, WitnessKey
 from tests.conftest import SHARED
-from tests.support import make_release, start_server, submit_all, write_key
+from tests.support import free_port, make_release, start_server, submit_all, write_key
 from verifier.protocol.checkpoint import open_checkpoint
 from verifier.protocol.merkle import root_of, verify_inclusion
 from verifier.protocol.note import Signer, generate_key
+from verifier.protocol.policy import PolicyTrust, parse_policy
 
 GO_VERIFIER = SHARED / "interop" / "go-verifier" / "run.sh"
 
@@ -114,3 +119,57 @@ def test_go_verifier_accepts_the_log(database_url: str, log_signer: Signer,
             assert "OK" in proc.stdout
     finally:
         server.stop()
+
+
+@pytest.mark.skipif(not GO_VERIFIER.exists(),
+                    reason="the Go verifier (../shared/interop) is not beside this clone")
+def test_go_verifier_accepts_a_log_publishing_per_witness_quorum(
+        database_url: str, log_signer: Signer, tmp_path: Path) -> None:
+    """With a witness policy /checkpoint carries cosignature lines after the log's own:
+    Go's note.Open must ignore them (unknown keys) and still verify the whole log."""
+    key = write_key(tmp_path / "log.key", log_signer)
+    vkey = tmp_path / "log.vkey"
+    vkey.write_text(log_signer.verifier().text() + "\n")
+    log_key = LogKey.parse(log_signer.verifier().text())
+    witnesses = [Running(AltWitness(WitnessKey.generate(f"w{i}.example"),
+                                    {log_key.name: [log_key]}), free_port()) for i in (1, 2)]
+    policy = (f"log {log_signer.verifier().text()}\n"
+              + "".join(f"witness w{i} {w.witness.key.vkey()} {w.url}\n"
+                        for i, w in enumerate(witnesses, 1))
+              + "group g all w1 w2\nquorum g\n")
+    (tmp_path / "policy").write_text(policy)
+    for w in witnesses:
+        w.start_thread()
+    server = start_server(database_url, key, tmp_path, extra=(
+        "--policy", "open", "--witness-policy", str(tmp_path / "policy"),
+        "--witness-interval", "0.2"))
+    try:
+        publisher = generate_key("interop-bot")
+        asyncio.run(submit_all([server.url], [
+            make_release(publisher, "interop", f"0.{i}") for i in range(300)]))
+        note = wait_for_cosigned(server.url, 300)
+        assert PolicyTrust.for_log(parse_policy(policy)).open(note).size == 300
+        proc = subprocess.run([str(GO_VERIFIER), "verify-all", server.url, str(vkey)],
+                              capture_output=True, text=True, timeout=600, check=False)
+        assert proc.returncode == 0, f"verify-all failed:\n{proc.stdout}\n{proc.stderr}"
+        assert "all 300 entries OK" in proc.stdout
+    finally:
+        server.stop()
+        for w in witnesses:
+            w.stop_thread()
+
+
+def wait_for_cosigned(url: str, size: int, timeout: float = 30) -> str:
+    """The /checkpoint note once the witness quorum cosigned `size`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/checkpoint", timeout=5) as resp:
+                note = resp.read().decode()
+            if int(note.split("\n")[1]) >= size:
+                return note
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503:
+                raise
+        time.sleep(0.1)
+    raise AssertionError(f"size {size} was not cosigned within {timeout} s")

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from verifier.client.keys import KeyFileError, read_private_key, read_secret, read_vkey
-from verifier.protocol.note import NoteSigner, Signer, Verifier
+from verifier.protocol.note import MAX_SIGNATURES, NoteSigner, Signer, Verifier
+from verifier.protocol.policy import MAX_POLICY_SIZE, Policy, PolicyError, parse_policy
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 POLICIES = ("open", "registered")
@@ -18,6 +19,8 @@ MAX_BODY_BYTES = 128 * 1024  # an entry is at most 65,535 bytes once canonical
 MAX_BODY_TIMEOUT = 300.0  # seconds; a longer deadline would let stalled bodies pile up
 MAX_PAGE_BYTES = 4 * 1024 * 1024  # a page of entries (GET /v1/entries, /v1/registry)
 MIN_PAGE_BYTES = 1024
+MAX_WITNESS_INTERVAL = 3600.0  # seconds between cosigning rounds, at most
+MAX_WITNESS_TIMEOUT = 300.0  # seconds one witness request may take, at most
 PKCS11_OPTIONS = ("pkcs11_module", "pkcs11_token", "pkcs11_key", "pkcs11_pin_file")
 
 
@@ -79,6 +82,11 @@ class Config:
     max_body: int = MAX_BODY_BYTES
     tile_cache: Path | None = None  # where full tiles are kept once served (tlog.store.tilecache)
     max_page_bytes: int = MAX_PAGE_BYTES  # entries of one page, as answered
+    # With a witness policy, /checkpoint serves only checkpoints its quorum cosigned
+    # (tlog.log.witness asks the witnesses every witness_interval seconds).
+    witness_policy: Policy | None = None
+    witness_interval: float = 2.0
+    witness_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -89,10 +97,69 @@ class Config:
                               "or run with --policy open")
         if self.max_page_bytes < MIN_PAGE_BYTES:
             raise ConfigError(f"--max-page-bytes must be at least {MIN_PAGE_BYTES}")
+        if not 0 < self.witness_interval <= MAX_WITNESS_INTERVAL:
+            raise ConfigError(f"--witness-interval must be > 0 and at most "
+                              f"{MAX_WITNESS_INTERVAL:.0f} s")
+        if not 0 < self.witness_timeout <= MAX_WITNESS_TIMEOUT:
+            raise ConfigError(f"--witness-timeout must be > 0 and at most "
+                              f"{MAX_WITNESS_TIMEOUT:.0f} s")
+        if self.witness_policy is not None:
+            check_witness_policy(self.witness_policy, self.signer.verifier())
 
     @property
     def origin(self) -> str:
         return self.signer.name
+
+
+def quorum_witnesses(policy: Policy, name: str | None = None) -> set[str]:
+    """The names of the witnesses the quorum (or the group `name`) is made of."""
+    name = policy.quorum if name is None else name
+    group = policy.groups.get(name)
+    if group is None:
+        return {name} if name in policy.witnesses else set()
+    return set().union(*(quorum_witnesses(policy, m) for m in group.members))
+
+
+def check_witness_policy(policy: Policy, log_key: Verifier) -> None:
+    """A policy the log can publish under: it names the log's own key, and the log can
+    reach every witness its quorum needs. Anything else would never publish a checkpoint
+    (or publish one no client of the policy accepts)."""
+    if all(log.key != log_key for log in policy.logs):
+        listed = ", ".join(log.key.name for log in policy.logs) or "none"
+        raise ConfigError(f"the witness policy's log lines do not include this log's key "
+                          f"{log_key.text()} (they list: {listed})")
+    no_url = sorted(w for w in quorum_witnesses(policy) if not policy.witnesses[w].url)
+    if no_url:
+        raise ConfigError(f"the witness policy's quorum needs witnesses without a URL to "
+                          f"submit to: {', '.join(no_url)} (write: witness NAME VKEY URL)")
+    if len(policy.witnesses) >= MAX_SIGNATURES:
+        raise ConfigError(f"the witness policy names {len(policy.witnesses)} witnesses; a "
+                          f"cosigned note holds at most {MAX_SIGNATURES - 1} cosignatures")
+
+
+def load_witness_policy(path: str | Path) -> Policy:
+    """Read and parse a witness policy file (c2sp.org/tlog-policy)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_POLICY_SIZE + 1)
+    except OSError as exc:
+        raise ConfigError(f"couldn't read the witness policy {path}: {exc.strerror}") from exc
+    try:
+        return parse_policy(data)
+    except PolicyError as exc:
+        raise ConfigError(f"witness policy {path}: {exc}") from exc
+
+
+def _witness_options(access: dict[str, Any]) -> dict[str, Any]:
+    """The witness policy (--witness-policy or TLOG_WITNESS_POLICY) and its timings."""
+    path = access.get("witness_policy") or os.environ.get("TLOG_WITNESS_POLICY")
+    out: dict[str, Any] = {"witness_policy": load_witness_policy(path) if path else None}
+    for name in ("witness_interval", "witness_timeout"):
+        if access.get(name) is not None:
+            if not path:
+                raise ConfigError(f"--{name.replace('_', '-')} needs --witness-policy")
+            out[name] = access[name]
+    return out
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -199,7 +266,8 @@ def from_options(database_url: str | None, key: str | None, listen: str | None,
         admin_secret=(read_secret_file(access["admin_token_file"], "admin token file")
                       if access.get("admin_token_file") else None),
         tls=_tls(access), quotas=quotas_from_options(access), tile_cache=_tile_cache(access),
-        max_page_bytes=_given(access.get("max_page_bytes"), MAX_PAGE_BYTES))
+        max_page_bytes=_given(access.get("max_page_bytes"), MAX_PAGE_BYTES),
+        **_witness_options(access))
 
 
 def _tile_cache(access: dict[str, Any]) -> Path | None:

@@ -166,7 +166,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 ACCESS_OPTIONS = ("policy", "admin_key", "token_key", "admin_token_file", "tls_cert", "tls_key",
-                  "client_ca", "admin_cn", *QUOTA_OPTIONS, "max_page_bytes", "tile_cache")
+                  "client_ca", "admin_cn", *QUOTA_OPTIONS, "max_page_bytes", "tile_cache",
+                  "witness_policy", "witness_interval", "witness_timeout")
 
 
 def add_access_options(s: argparse.ArgumentParser) -> None:
@@ -193,6 +194,18 @@ def add_access_options(s: argparse.ArgumentParser) -> None:
                    help="keep every full tile and entry bundle served in DIR (or "
                         "TLOG_TILE_CACHE), so serving it again needs no database query; "
                         "delete DIR after restoring the database from a backup")
+    w = s.add_argument_group(
+        "witnesses",
+        "With a witness policy, the log asks the policy's witnesses to cosign its latest "
+        "checkpoint and GET /checkpoint serves the latest one the quorum cosigned (appends "
+        "never wait for witnesses).")
+    w.add_argument("--witness-policy", metavar="FILE",
+                   help="a c2sp.org/tlog-policy file (or TLOG_WITNESS_POLICY) whose log line is "
+                        "this log's key and whose witness lines carry their URLs")
+    w.add_argument("--witness-interval", type=float, metavar="SECONDS",
+                   help="seconds between rounds of cosigning requests (2)")
+    w.add_argument("--witness-timeout", type=float, metavar="SECONDS",
+                   help="seconds a witness has to answer one request (10)")
 
 
 def add_quota_options(s: argparse.ArgumentParser, pages: bool = True) -> None:

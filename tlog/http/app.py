@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from tlog.config import Config
 from tlog.http.access import Buckets, ClientInFlight, InFlight, client_identity
 from tlog.http.admin import add_admin_routes
+from tlog.http.checkpoints import add_checkpoint_routes
 from tlog.http.errors import ERROR_CODE, HTTP_ERROR, HTTP_EXCEPTION_CODES, STATUS, ApiError
 from tlog.http.handlers import (
     CLIENT_BUCKETS,
@@ -39,6 +40,7 @@ from tlog.http.handlers import (
     TOKEN_LEDGER,
     TOKENS,
     VKEY,
+    WITNESS_STATUS,
     add_routes,
     release_write_slot,
 )
@@ -192,14 +194,18 @@ def create_app(config: Config) -> web.Application:
     app[READ_BUCKETS] = Buckets(q.read_rate, q.read_burst)
     app[PAGE_SLOTS] = asyncio.Semaphore(PAGES_AT_ONCE)
     add_routes(app)
+    add_checkpoint_routes(app)
     add_admin_routes(app)
     app.router.add_get("/metrics", get_metrics)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         app[PAGE_THREADS] = ThreadPoolExecutor(PAGES_AT_ONCE, thread_name_prefix="tlog-pages")
         try:
-            async with running_log(config, metrics.append) as (storage, seq):
-                app[READER], app[TOKEN_LEDGER], app[SEQUENCER] = storage, storage, seq
+            async with running_log(config, metrics.append, metrics.witness) as running:
+                app[READER] = app[TOKEN_LEDGER] = running.storage
+                app[SEQUENCER] = running.sequencer
+                if running.witnesses is not None:
+                    app[WITNESS_STATUS] = running.witnesses.status
                 yield
         finally:
             app[PAGE_THREADS].shutdown(wait=False, cancel_futures=True)

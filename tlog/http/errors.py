@@ -33,6 +33,7 @@ STATUS: dict[str, int] = {
     "not_found": 404,
     "not_in_tree": 404,
     "no_checkpoint": 404,
+    "no_witness_policy": 404,
     # HTTP itself (aiohttp raises these too: HTTP_EXCEPTION_CODES).
     "method_not_allowed": 405,
     "body_timeout": 408,

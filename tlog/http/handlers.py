@@ -59,6 +59,8 @@ CLIENT_PAGES: web.AppKey[ClientInFlight] = web.AppKey("client_pages", ClientInFl
 PAGE_SLOTS: web.AppKey[asyncio.Semaphore] = web.AppKey("page_slots", asyncio.Semaphore)
 PAGE_THREADS: web.AppKey[ThreadPoolExecutor] = web.AppKey("page_threads", ThreadPoolExecutor)
 TILE_FILES: web.AppKey[TileFiles] = web.AppKey("tile_files", TileFiles)
+# With a witness policy: the witness task's status for /readyz (tlog.log.witness).
+WITNESS_STATUS: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("witness_status")
 
 
 def parse_uint(name: str, text: str | None, default: int | None = None) -> int:
@@ -98,18 +100,6 @@ def parse_hash(name: str, text: str | None) -> bytes:
 async def latest_size(request: web.Request) -> int:
     latest = await request.app[READER].latest_checkpoint()
     return latest.size if latest else 0
-
-
-async def get_checkpoint(request: web.Request) -> web.Response:
-    latest = await request.app[READER].latest_checkpoint()
-    if latest is None:
-        raise ApiError("not_ready", "the log has not published a checkpoint yet")
-    return _note_response(latest.note, CHECKPOINT_CACHE)
-
-
-def _note_response(note: str, cache: str) -> web.Response:
-    return web.Response(body=note.encode(), content_type="text/plain", charset="utf-8",
-                        headers={"Cache-Control": cache})
 
 
 async def get_tile(request: web.Request) -> web.Response:
@@ -412,14 +402,6 @@ async def get_consistency(request: web.Request) -> web.Response:
                               "hashes": [h.hex() for h in hashes]})
 
 
-async def get_checkpoint_at(request: web.Request) -> web.Response:
-    size = parse_uint("size", request.match_info["size"])
-    stored = await request.app[READER].checkpoint_at(size)
-    if stored is None:
-        raise ApiError("not_found", f"the log published no checkpoint of size {size}")
-    return _note_response(stored.note, IMMUTABLE)
-
-
 async def get_log(request: web.Request) -> web.Response:
     seq = request.app[SEQUENCER]
     return web.json_response({"origin": seq.signer.name, "vkey": request.app[VKEY],
@@ -438,11 +420,12 @@ async def readyz(request: web.Request) -> web.Response:
         raise ApiError("not_ready", f"database unreachable: {type(exc).__name__}") from exc
     if seq.failed is not None:
         raise ApiError("not_ready", f"appends are stopped: {seq.failed}")
-    return web.json_response({"status": "ready", "origin": seq.signer.name})
+    # Witness trouble is reported, never "not ready": the log still appends and serves.
+    extra = request.app[WITNESS_STATUS]() if WITNESS_STATUS in request.app else {}
+    return web.json_response({"status": "ready", "origin": seq.signer.name, **extra})
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/checkpoint", get_checkpoint)
     app.router.add_get("/tile/{rest:.+}", get_tile)
     app.router.add_post("/v1/entries", post_entry)
     app.router.add_get("/v1/entries", list_entries)
@@ -450,7 +433,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/registry", list_registry)
     app.router.add_get("/v1/proof/inclusion", get_inclusion)
     app.router.add_get("/v1/proof/consistency", get_consistency)
-    app.router.add_get("/v1/checkpoints/{size}", get_checkpoint_at)
     app.router.add_get("/v1/log", get_log)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

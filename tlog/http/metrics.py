@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from tlog.log.metrics import LATENCIES, AppendMetrics
+from tlog.log.metrics import LATENCIES, AppendMetrics, WitnessMetrics
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.append = AppendMetrics(self.registry)
+        self.witness = WitnessMetrics(self.registry)
         self.requests = Counter(
             "tlog_http_requests", "HTTP requests by route and status", ["route", "status"],
             registry=self.registry)

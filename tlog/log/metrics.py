@@ -29,3 +29,29 @@ class AppendMetrics:
         self.tree_size = Gauge(
             "tlog_tree_size", "Size of the latest checkpoint this process published or saw",
             registry=registry)
+
+
+class WitnessMetrics:
+    """What the witness task records (tlog.log.witness): its requests by witness and
+    result, each witness's cosigned size and last success, fork alarms, and the size of
+    the latest checkpoint published with a quorum of cosignatures."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "tlog_witness_requests", "add-checkpoint requests to witnesses by result "
+            "(cosigned, conflict, fork, error)", ["witness", "result"], registry=registry)
+        self.size = Gauge(
+            "tlog_witness_size", "The latest tree size each witness cosigned", ["witness"],
+            registry=registry)
+        self.last_success = Gauge(
+            "tlog_witness_last_success_timestamp_seconds",
+            "UNIX time of each witness's last cosignature", ["witness"], registry=registry)
+        self.fork_alarms = Counter(
+            "tlog_witness_fork_alarms", "Witnesses that saw a tree this log never integrated "
+            "(a split view or a leaked log key): look at once", ["witness"], registry=registry)
+        self.published_size = Gauge(
+            "tlog_published_tree_size", "Size of the latest checkpoint published with a "
+            "quorum of cosignatures", registry=registry)
+        self.publish_failures = Counter(
+            "tlog_publish_self_check_failures", "Cosigned notes that failed the log's own "
+            "check under its policy and were not published", registry=registry)

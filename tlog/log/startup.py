@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
 
 from tlog.config import Config
 from tlog.log.edge import EdgeError, edge_builder, read_edge
-from tlog.log.metrics import AppendMetrics
+from tlog.log.metrics import AppendMetrics, WitnessMetrics
 from tlog.log.registry import ReplayError, replay_registry
 from tlog.log.sequencer import Sequencer
+from tlog.log.witness import WitnessTask
 from tlog.store import migrate
 from tlog.store.postgres import Storage
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
@@ -82,11 +86,20 @@ async def publish_empty(storage: Storage, signer: NoteSigner) -> None:
             await tx.put_checkpoint(0, EMPTY_ROOT, note)
 
 
+@dataclass(frozen=True)
+class RunningLog:
+    storage: Storage
+    sequencer: Sequencer
+    witnesses: WitnessTask | None  # with a witness policy only
+
+
 @asynccontextmanager
-async def running_log(config: Config, metrics: AppendMetrics
-                      ) -> AsyncIterator[tuple[Storage, Sequencer]]:
-    """The checked, open log of `config` and its running sequencer, stopped and closed on
-    exit. Raises StartupError (or migrate.SchemaError) for a log that must not be served."""
+async def running_log(config: Config, metrics: AppendMetrics,
+                      witness_metrics: WitnessMetrics | None = None
+                      ) -> AsyncIterator[RunningLog]:
+    """The checked, open log of `config`, its running sequencer and (with a witness policy)
+    its witness task, stopped and closed on exit. Raises StartupError (or
+    migrate.SchemaError) for a log that must not be served."""
     storage = await Storage.connect(config.database_url)
     try:
         async with storage.pool.acquire() as conn:
@@ -103,8 +116,20 @@ async def running_log(config: Config, metrics: AppendMetrics
         if size == 0:
             await publish_empty(storage, config.signer)
         metrics.tree_size.set(size)
+        witnesses = None
+        if config.witness_policy is not None:
+            witnesses = WitnessTask(
+                storage, config.witness_policy, config.signer.verifier(),
+                witness_metrics or WitnessMetrics(CollectorRegistry()),
+                config.witness_interval, config.witness_timeout)
         seq.start()
-        yield storage, seq
-        await seq.stop()
+        try:
+            if witnesses is not None:
+                await witnesses.start()
+            yield RunningLog(storage, seq, witnesses)
+        finally:
+            if witnesses is not None:
+                await witnesses.stop()
+            await seq.stop()
     finally:
         await storage.close()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import asyncpg
 
+from tlog.store.cosigned import CosignedStore
 from tlog.store.reader import (
     LogReader,
     RevokeOutcome,
@@ -208,9 +209,9 @@ async def _fetch_tiles(conn: Any, keys: Sequence[TileKey], cache: TileCache,
     return out
 
 
-class Storage:
-    """Reads for the API (a LogReader), the token ledger, and `append()` transactions for
-    the sequencer."""
+class Storage(CosignedStore):
+    """Reads for the API (a LogReader), the token ledger, witness cosignatures
+    (tlog.store.cosigned), and `append()` transactions for the sequencer."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool

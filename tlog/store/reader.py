@@ -82,6 +82,21 @@ class LogReader(Protocol):
         """The index of the entry with this leaf hash; None if there is none."""
         ...
 
+    async def latest_published(self) -> StoredCheckpoint | None:
+        """The largest checkpoint whose cosignatures met the witness quorum, its note
+        followed by those cosignature lines; None before the first (or with no policy)."""
+        ...
+
+    async def published_covering(self, index: int) -> StoredCheckpoint | None:
+        """The smallest quorum-cosigned checkpoint whose tree holds entry `index` (its
+        size > index), as latest_published gives it; None when there is none yet."""
+        ...
+
+    async def cosignature_lines(self, size: int) -> list[str]:
+        """Every stored valid cosignature line of the checkpoint of `size`, sorted by key
+        name: appended to that checkpoint's note they make a note with all of them."""
+        ...
+
     async def ping(self) -> None:
         """Return if storage answers now; raise otherwise (for /readyz)."""
         ...

@@ -380,6 +380,9 @@ async def test_answers_match_the_documented_statuses_bodies_and_headers(
                          "/v1/proof/consistency")
     for path in ["/v1/checkpoints/1", "/v1/checkpoints/5", "/v1/checkpoints/01"]:
         await spec.check(await client.get(path), "/v1/checkpoints/{size}")
+    for query in ["covering=0", "covering=01", "covering=1&covering=1"]:
+        await spec.check(await client.get("/v1/checkpoints/cosigned?" + query),
+                         "/v1/checkpoints/cosigned")
     for path in ["/tile/0/000.p/1", "/tile/entries/000.p/1", "/tile/0/000", "/tile/0/x000/000"]:
         await spec.check(await client.get(path), "/tile/{tile_path}")
     await spec.check(await client.post("/tile/0/000.p/1"), "/tile/{tile_path}")

@@ -90,7 +90,7 @@ def stored_size(state: Path, log: LiveLog) -> int:
 def rebuild(log: LiveLog, publisher: Signer, entries: int) -> None:
     """The operator wipes the log and starts over under the same key with other entries."""
     log.stop()
-    log.sql("TRUNCATE entries, tiles, checkpoints")
+    log.sql("TRUNCATE entries, tiles, checkpoints, cosignatures, published, witness_state")
     log.start()
     log.append(publisher, "rebuilt", entries)
 

@@ -320,7 +320,8 @@ def test_a_release_whose_install_window_closed_before_it_was_seen_is_alerted(
 async def _wipe(database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute("TRUNCATE entries, tiles, checkpoints")
+        await conn.execute("TRUNCATE entries, tiles, checkpoints, cosignatures, published, "
+                           "witness_state")
     finally:
         await conn.close()
 

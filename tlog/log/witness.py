@@ -1,0 +1,257 @@
+"""The witness task: get the latest integrated checkpoint cosigned, publish it per quorum.
+
+Two stages, as in Tessera. Every append batch commits its log-signed checkpoint
+("integrated"; tlog.log.sequencer) without waiting for anyone. This task, started by
+tlog.log.startup.running_log when a witness policy is configured, runs apart from appends:
+every interval it takes the latest integrated checkpoint, asks each witness of the policy
+that has not cosigned it yet (all at once; c2sp.org/tlog-witness add-checkpoint with a
+consistency proof from the size that witness last cosigned), verifies and stores the
+cosignatures, and once the stored ones satisfy the quorum, publishes the log's note
+followed by them: what /checkpoint serves. Witness trouble never fails an append; it is
+metrics (tlog.log.metrics.WitnessMetrics), log lines and /readyz details.
+
+Durability, and what recovery sees:
+- a cosignature and the witness's new size are committed together (CosignedStore.
+  add_cosignature) before anything relies on them; a crash before that loses only the
+  witness's answer: the next round sends the old size, gets a 409 with the new one,
+  resyncs and asks again;
+- a published row is written only after the cosignatures it holds were committed and the
+  assembled note passed the log's own check under its policy; a crash before it leaves
+  the cosignatures, and the next round (of this or any process) publishes.
+Several processes on one database may run this task at once: every write is idempotent
+(ON CONFLICT), and a witness one process advanced answers the other with a 409, which
+only resyncs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from tlog.log.metrics import WitnessMetrics
+from tlog.log.proofs import consistency_proof
+from tlog.log.witness_client import Conflict, Cosigned, WitnessError, add_checkpoint
+from tlog.store.cosigned import StoredCosignature
+from tlog.store.postgres import Storage
+from tlog.store.reader import StoredCheckpoint
+from verifier.protocol.cosignature import verify_cosignature
+from verifier.protocol.note import NoteError, Verifier, parse_note
+from verifier.protocol.policy import Policy, PolicyTrust, PolicyWitness
+
+log = logging.getLogger("tlog.witness")
+
+
+class ForkAlarm(Exception):
+    """A witness has seen a tree of this log that the log never integrated, or another
+    root at a size it did: a split view or a leaked log key. Not retried."""
+
+
+@dataclass
+class WitnessView:
+    """What this process knows of one witness."""
+
+    witness: PolicyWitness
+    size: int = 0  # the size it last cosigned, as recorded (the `old` we send)
+    cosigned: int | None = None  # the latest size we saw it cosign
+    last_error: str | None = None
+    last_success: float | None = None  # UNIX time of its last cosignature
+    alarm: str | None = None  # a fork alarm: the witness is not asked again until restart
+
+    @property
+    def ident(self) -> tuple[str, bytes]:
+        return self.witness.key.name, self.witness.key.key_id
+
+    def status(self, now: float) -> dict[str, Any]:
+        since = None if self.last_success is None else round(now - self.last_success, 3)
+        return {"cosigned_size": self.cosigned, "last_error": self.last_error,
+                "seconds_since_success": since, "fork_alarm": self.alarm}
+
+
+class WitnessTask:
+    def __init__(self, storage: Storage, policy: Policy, log_key: Verifier,
+                 metrics: WitnessMetrics, interval: float, timeout: float) -> None:
+        self.storage, self.policy, self.metrics = storage, policy, metrics
+        self.trust = PolicyTrust(policy, log_key)
+        self.interval, self.timeout = interval, timeout
+        self.views = [WitnessView(w) for w in policy.witnesses.values() if w.url]
+        self.published_size: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Load what the database knows (each witness's size, the latest published
+        size), then run rounds in the background."""
+        sizes = await self.storage.witness_sizes()
+        for view in self.views:
+            view.size = sizes.get(view.ident, 0)
+            self.metrics.size.labels(view.witness.name).set(view.size)
+        await self._refresh_published()
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            connector=aiohttp.TCPConnector(limit_per_host=2))
+        self._task = asyncio.create_task(self._run(), name="tlog-witnesses")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    def status(self) -> dict[str, Any]:
+        """For /readyz: each witness, the latest published size and the quorum."""
+        now = time.time()
+        return {"witnesses": {v.witness.name: v.status(now) for v in self.views},
+                "published_size": self.published_size,
+                "quorum": self.policy.describe_quorum()}
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.round()
+            except Exception:  # the database may be away for a while: try again later
+                log.exception("witness round failed")
+            await asyncio.sleep(self.interval)
+
+    async def round(self) -> None:
+        """One round: the latest integrated checkpoint to every witness lacking it."""
+        await self._refresh_published()
+        latest = await self.storage.latest_checkpoint()
+        # The empty tree is not sent: there is nothing in it to witness, and a witness
+        # that never saw the log has no root for size 0 to compare with.
+        if latest is None or latest.size == 0:
+            return
+        have = {(c.key_name, c.key_id) for c in await self.storage.cosignatures(latest.size)}
+        await asyncio.gather(*(self._ask(v, latest) for v in self.views
+                               if v.alarm is None and v.ident not in have))
+        for v in self.views:
+            if v.ident in have:
+                v.cosigned = max(v.cosigned or 0, latest.size)
+        await self._maybe_publish(latest)
+
+    async def _refresh_published(self) -> None:
+        published = await self.storage.latest_published()
+        if published is not None:
+            self.published_size = max(self.published_size or 0, published.size)
+            self.metrics.published_size.set(self.published_size)
+
+    async def _ask(self, view: WitnessView, cp: StoredCheckpoint) -> None:
+        """Get `view`'s cosignature of `cp`; its failures are its own (metrics, status)."""
+        name = view.witness.name
+        try:
+            if await self._submit(view, cp, resync=True):
+                await self._maybe_publish(cp)
+        except ForkAlarm as exc:
+            view.alarm = view.last_error = str(exc)
+            self.metrics.fork_alarms.labels(name).inc()
+            self.metrics.requests.labels(name, "fork").inc()
+            log.critical("FORK ALARM from witness %s: %s", name, exc)
+        except WitnessError as exc:
+            if view.last_error != str(exc):  # a witness down for hours: one line, not 1800
+                log.warning("witness %s: %s", name, exc)
+            view.last_error = str(exc)
+            self.metrics.requests.labels(name, "error").inc()
+
+    async def _submit(self, view: WitnessView, cp: StoredCheckpoint, resync: bool) -> bool:
+        """One add-checkpoint of `cp` from the size `view` last cosigned; True once its
+        cosignature is stored. A 409 resyncs the size and, if `resync`, asks once more."""
+        old = view.size
+        if old > cp.size:  # another process of this log got it further: nothing to do
+            return False
+        proof = await consistency_proof(old, cp.size, self.storage.tiles) \
+            if 0 < old < cp.size else []
+        answer = await add_checkpoint(self._client(), view.witness.url or "", old, proof,
+                                      cp.note)
+        if isinstance(answer, Cosigned):
+            await self._store(view, cp, answer)
+            return True
+        self.metrics.requests.labels(view.witness.name, "conflict").inc()
+        # A second 409 (not resync) came with yet another size (_conflict refuses the
+        # same one): the witness moved between our two requests, i.e. another process of
+        # this log got it cosigning. Nothing wrong; the next round starts from its size.
+        if not await self._conflict(view, cp, old, answer) or not resync:
+            return False
+        return await self._submit(view, cp, resync=False)
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("the witness task is not started")
+        return self._session
+
+    async def _conflict(self, view: WitnessView, cp: StoredCheckpoint, old: int,
+                        answer: Conflict) -> bool:
+        """Take the size of a 409; True when asking again from it makes sense. Raises
+        ForkAlarm when the witness's view of this log is not one this log ever had, and
+        WitnessError when the 409 says nothing usable."""
+        said = answer.size
+        if said is None or said == old:  # it took our old size, yet refused
+            if old == cp.size:
+                raise ForkAlarm(f"it holds another root for size {old} than this log's")
+            raise WitnessError(f"409 Conflict without a usable size (we sent old {old})")
+        if said > 0 and await self.storage.checkpoint_at(said) is None:
+            raise ForkAlarm(f"it cosigned size {said}, a tree this log never integrated "
+                            f"(this log is at {cp.size})")
+        # Its truth replaces ours, even when smaller (a witness restored from a backup).
+        await self.storage.set_witness_size(*view.ident, said)
+        view.size = said
+        self.metrics.size.labels(view.witness.name).set(said)
+        # Beyond our read: another process of this log got it there; our next round will
+        # read that size too. Not a failure of anyone.
+        return said <= cp.size
+
+    async def _store(self, view: WitnessView, cp: StoredCheckpoint, answer: Cosigned) -> None:
+        """Verify the lines by this witness's key and store its cosignature. Lines of other
+        keys are ignored; an invalid one by its key fails the witness, storing nothing.
+        A few Ed25519 verifications: microseconds, fine on the event loop."""
+        key, name = view.witness.key, view.witness.name
+        mine = [s for s in answer.signatures if key.matches(s)]
+        if not mine:
+            raise WitnessError(f"no cosignature by its key {key.name}+{key.key_id.hex()} "
+                               f"among the {len(answer.signatures)} lines it returned")
+        body = parse_note(cp.note).text
+        try:
+            times = [verify_cosignature(key, body, s) for s in mine]
+        except NoteError as exc:
+            raise WitnessError(f"it returned an invalid cosignature: {exc}") from exc
+        await self.storage.add_cosignature(
+            cp.size, StoredCosignature(key.name, key.key_id, times[0], mine[0].line()))
+        # Committed: the cosignature and the witness's size survive a crash from here on.
+        if view.last_error is not None:
+            log.info("witness %s cosigns again (size %d)", name, cp.size)
+        view.size = view.cosigned = cp.size
+        view.last_error, view.last_success = None, time.time()
+        self.metrics.requests.labels(name, "cosigned").inc()
+        self.metrics.size.labels(name).set(cp.size)
+        self.metrics.last_success.labels(name).set(view.last_success)
+
+    async def _maybe_publish(self, cp: StoredCheckpoint) -> None:
+        """Publish `cp` with its stored cosignatures once they satisfy the quorum, after
+        checking the assembled note as a client of the policy will."""
+        if self.published_size is not None and cp.size <= self.published_size:
+            return
+        by_key = {(w.key.name, w.key.key_id): w.name for w in self.policy.witnesses.values()}
+        stored = [c for c in await self.storage.cosignatures(cp.size)
+                  if (c.key_name, c.key_id) in by_key]
+        if not self.policy.satisfied({by_key[(c.key_name, c.key_id)] for c in stored}):
+            return
+        note = cp.note + "".join(c.line for c in stored)  # sorted by key name
+        try:
+            witnessed = self.trust.witnessed(note)
+            if witnessed.checkpoint.size != cp.size or witnessed.checkpoint.root != cp.root:
+                raise NoteError("the cosigned note is not of the checkpoint it was built on")
+        except (NoteError, ValueError) as exc:
+            self.metrics.publish_failures.inc()
+            log.error("not publishing size %d: the cosigned note fails the log's own "
+                      "check: %s", cp.size, exc)
+            return
+        await self.storage.publish(cp.size, note)
+        # Committed: /checkpoint serves this note (or a larger one) from now on.
+        self.published_size = max(self.published_size or 0, cp.size)
+        self.metrics.published_size.set(self.published_size)
+        log.info("published size %d with cosignatures of %s", cp.size,
+                 ", ".join(sorted(witnessed.times)) or "no witness")

@@ -1,0 +1,104 @@
+"""PostgreSQL storage of witness cosignatures and of the checkpoints published per quorum.
+
+Tables (schema/migrations/0003_witness.sql): `cosignatures` (valid cosignature lines of
+integrated checkpoints), `witness_state` (the size each witness last cosigned) and
+`published` (checkpoints whose cosignatures met the quorum, with those lines). Several
+`tlog serve` processes may write them at once: every write is idempotent (ON CONFLICT),
+so two processes cosigning or publishing the same size leave one row.
+
+The methods are mixed into tlog.store.postgres.Storage (which owns the pool), so the
+HTTP layer keeps reading through its one LogReader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from tlog.store.reader import StoredCheckpoint
+
+SQL_ADD_COSIGNATURE = (
+    "INSERT INTO cosignatures (tree_size, key_name, key_id, cosigned_at, line) "
+    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING")
+# Sorted by key name (then key ID): the order the cosignature lines follow the log's note.
+SQL_COSIGNATURES = (
+    "SELECT key_name, key_id, cosigned_at, line FROM cosignatures WHERE tree_size = $1 "
+    "ORDER BY key_name, key_id")
+SQL_WITNESS_SIZES = "SELECT key_name, key_id, tree_size FROM witness_state"
+# A cosignature only moves a witness forward: a slower process storing an older one must
+# not take it back. What a witness says in a 409 is its truth, so that one replaces.
+SQL_WITNESS_GREW = (
+    "INSERT INTO witness_state (key_name, key_id, tree_size) VALUES ($1, $2, $3) "
+    "ON CONFLICT (key_name, key_id) DO UPDATE SET "
+    "tree_size = greatest(witness_state.tree_size, EXCLUDED.tree_size), updated_at = now()")
+SQL_WITNESS_SAYS = (
+    "INSERT INTO witness_state (key_name, key_id, tree_size) VALUES ($1, $2, $3) "
+    "ON CONFLICT (key_name, key_id) DO UPDATE SET "
+    "tree_size = EXCLUDED.tree_size, updated_at = now()")
+SQL_PUBLISH = "INSERT INTO published (tree_size, note) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+SQL_LATEST_PUBLISHED = (
+    "SELECT p.tree_size, c.root, p.note FROM published p "
+    "JOIN checkpoints c ON c.tree_size = p.tree_size ORDER BY p.tree_size DESC LIMIT 1")
+SQL_PUBLISHED_COVERING = (
+    "SELECT p.tree_size, c.root, p.note FROM published p "
+    "JOIN checkpoints c ON c.tree_size = p.tree_size WHERE p.tree_size > $1 "
+    "ORDER BY p.tree_size LIMIT 1")
+
+
+@dataclass(frozen=True)
+class StoredCosignature:
+    key_name: str
+    key_id: bytes
+    timestamp: int
+    line: str  # "— <name> <base64>\n"
+
+
+def _published(row: asyncpg.Record | None) -> StoredCheckpoint | None:
+    if row is None:
+        return None
+    return StoredCheckpoint(int(row["tree_size"]), bytes(row["root"]), str(row["note"]))
+
+
+class CosignedStore:
+    """Cosignatures and published checkpoints; needs `pool` (Storage sets it)."""
+
+    pool: asyncpg.Pool
+
+    async def cosignatures(self, size: int) -> list[StoredCosignature]:
+        """Every stored cosignature of the checkpoint of `size`, sorted by key name."""
+        rows = await self.pool.fetch(SQL_COSIGNATURES, size)
+        return [StoredCosignature(r["key_name"], bytes(r["key_id"]), int(r["cosigned_at"]),
+                                  r["line"]) for r in rows]
+
+    async def cosignature_lines(self, size: int) -> list[str]:
+        return [c.line for c in await self.cosignatures(size)]
+
+    async def add_cosignature(self, size: int, cosig: StoredCosignature) -> None:
+        """Store a verified cosignature (one row per size and key; a second is ignored)
+        and move the witness's known size up to `size`, in one transaction: recovery sees
+        both or neither, and neither only costs asking the witness again."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(SQL_ADD_COSIGNATURE, size, cosig.key_name, cosig.key_id,
+                               cosig.timestamp, cosig.line)
+            await conn.execute(SQL_WITNESS_GREW, cosig.key_name, cosig.key_id, size)
+
+    async def witness_sizes(self) -> dict[tuple[str, bytes], int]:
+        """(key name, key ID) -> the size that witness last cosigned, as last recorded."""
+        rows = await self.pool.fetch(SQL_WITNESS_SIZES)
+        return {(r["key_name"], bytes(r["key_id"])): int(r["tree_size"]) for r in rows}
+
+    async def set_witness_size(self, key_name: str, key_id: bytes, size: int) -> None:
+        """Record the size a witness said it has (a 409), whatever was recorded before."""
+        await self.pool.execute(SQL_WITNESS_SAYS, key_name, key_id, size)
+
+    async def publish(self, size: int, note: str) -> None:
+        """Publish the cosigned note of `size`; a size already published keeps its note."""
+        await self.pool.execute(SQL_PUBLISH, size, note)
+
+    async def latest_published(self) -> StoredCheckpoint | None:
+        return _published(await self.pool.fetchrow(SQL_LATEST_PUBLISHED))
+
+    async def published_covering(self, index: int) -> StoredCheckpoint | None:
+        return _published(await self.pool.fetchrow(SQL_PUBLISHED_COVERING, index))
+
