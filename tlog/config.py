@@ -162,10 +162,13 @@ def _witness_options(access: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def parse_listen(text: str) -> tuple[str, int]:
+def parse_listen(text: str, option: str = "--listen", any_port: bool = False
+                 ) -> tuple[str, int]:
+    """HOST:PORT of `option`; port 0 (a free port) only with `any_port`."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"--listen must be HOST:PORT with a port 1-65535, not {text!r}")
+    low = 0 if any_port else 1
+    if not sep or not host or not port.isdigit() or not low <= int(port) < 65536:
+        raise ConfigError(f"{option} must be HOST:PORT with a port {low}-65535, not {text!r}")
     return host.strip("[]"), int(port)
 
 

@@ -7,12 +7,15 @@ import os
 import secrets
 import shlex
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 from tlog.cli.common import run_app, write_keypair
+from tlog.cli.devwitness import ensure_witness_key, running_witness, write_policy
 from tlog.cli.pgcluster import Cluster, unreachable_parent
 from tlog.config import Config, Quotas, load_signer, load_vkey, parse_listen, read_secret_file
 from tlog.store import migrate
+from verifier.client.keys import read_policy
 
 DEV_ORIGIN = "localhost/tlog-dev"
 DEV_DATABASE = "tlog"
@@ -22,6 +25,7 @@ ROOT_CLUSTERS = Path("/var/lib/tlog-dev")
 DEMO_PUBLISHER = "my-publisher"
 DEMO_PACKAGE = "demo"
 DEFAULT_QUOTAS = Quotas()
+DEV_WITNESS_INTERVAL = 1.0  # seconds between cosigning rounds: a demo should be quick
 
 
 def cluster_home(home: Path) -> Path:
@@ -75,14 +79,16 @@ def dev_config(home: Path, url: str, host: str, port: int, policy: str,
                   admin_secret=secret, tile_cache=home / "tile-cache", quotas=quotas)
 
 
-def _publish_recipe(url: str, home: Path, policy: str) -> list[str]:
+def _publish_recipe(url: str, home: Path, policy: str, witnessed: bool) -> list[str]:
     """Commands that publish FILE to this dev log, as printed (and run by the tests)."""
     q = {name: shlex.quote(str(home / name)) for name in (
-        "keys", "log.vkey", "admin.key", "admin-token")}
+        "keys", "log.vkey", "admin.key", "admin-token", "witness-policy")}
     keys = home / "keys"
     key, vkey = (shlex.quote(str(keys / f"{DEMO_PUBLISHER}.{ext}")) for ext in ("key", "vkey"))
     publish = [f"tlog publish --log {url} --log-key {q['log.vkey']} \\", f"    --key {key} \\",
                f"    --package {DEMO_PACKAGE} --version 1.0 FILE"]
+    if witnessed:
+        publish.insert(1, f"    --wait-cosigned --policy {q['witness-policy']} \\")
     steps = [f"tlog keygen --name {DEMO_PUBLISHER} --out {q['keys']} && \\"]
     if policy == "registered":
         token = shlex.quote(str(keys / f"{DEMO_PUBLISHER}.token"))
@@ -94,16 +100,19 @@ def _publish_recipe(url: str, home: Path, policy: str) -> list[str]:
             f"(umask 077 && tlog token issue --log {url} --admin-token-file {q['admin-token']} \\",
             f"    --publisher {DEMO_PUBLISHER} --scope {DEMO_PACKAGE} --ttl 1h > {token}) && \\",
         ]
-        publish[1] = publish[1].replace(" \\", f" --token-file {token} \\")
+        at = next(i for i, line in enumerate(publish) if line.lstrip().startswith("--key"))
+        publish[at] = publish[at].replace(" \\", f" --token-file {token} \\")
     return steps + publish
 
 
-def _join_recipe(home: Path, policy: str) -> str:
+def _join_recipe(home: Path, policy: str, witnessed: bool) -> str:
     """A second `tlog serve` on this dev log's database (the URL file holds the password)."""
     q = {name: shlex.quote(str(home / name)) for name in (
-        "database-url", "log.key", "admin.vkey", "token.key", "admin-token")}
+        "database-url", "log.key", "admin.vkey", "token.key", "admin-token", "witness-policy")}
     access = (f" --admin-key {q['admin.vkey']} --token-key {q['token.key']} "
               f"--admin-token-file {q['admin-token']}" if policy == "registered" else "")
+    if witnessed:
+        access += f" --witness-policy {q['witness-policy']}"
     return (f"TLOG_DATABASE_URL=\"$(cat {q['database-url']})\" tlog serve --key {q['log.key']} "
             f"--policy {policy}{access} --listen 127.0.0.1:PORT")
 
@@ -112,10 +121,25 @@ def _redacted(url: str, password: str) -> str:
     return url.replace(password, "***") if password else url
 
 
-def _banner(config: Config, home: Path, cluster: Cluster) -> str:
+def _witness_lines(home: Path, witness_url: str | None) -> list[str]:
+    if witness_url is None:
+        return ["  witnesses:      none (--no-witness): /checkpoint is signed by the log alone"]
+    policy = shlex.quote(str(home / "witness-policy"))
+    return [
+        f"  witness:        a demo witness at {witness_url}, policy {policy}",
+        "                  (it runs here, beside the log, so it protects nothing: point the "
+        "log at",
+        "                  witnesses others run with tlog serve --witness-policy FILE; see "
+        "README, Witnesses)",
+        f"  verify:         tlog-verify bundle FILE.tlog-receipt.json --policy {policy} \\",
+        "                    --min-age 10s --artifact FILE",
+    ]
+
+
+def _banner(config: Config, home: Path, cluster: Cluster, witness_url: str | None) -> str:
     url = f"http://{config.host}:{config.port}"
     db_file = shlex.quote(str(home / "database-url"))
-    recipe = _publish_recipe(url, home, config.policy)
+    recipe = _publish_recipe(url, home, config.policy, witness_url is not None)
     return "\n".join([
         f"tlog dev: serving {url} (policy {config.policy}; state in {home})",
         f"  log key (vkey): {config.signer.verifier().text()}",
@@ -123,20 +147,37 @@ def _banner(config: Config, home: Path, cluster: Cluster) -> str:
         f"  log info:       curl -s {url}/v1/log",
         f"  publish:        {recipe[0]}",
         *(f"                  {line}" for line in recipe[1:]),
+        *_witness_lines(home, witness_url),
         f"  database:       {_redacted(config.database_url, cluster.password())}",
         f"                  (PostgreSQL in {cluster.home}; the URL with its password is in "
         f"{db_file})",
         f"  psql:           psql \"$(cat {db_file})\"",
-        f"  second server:  {_join_recipe(home, config.policy)}",
+        f"  second server:  {_join_recipe(home, config.policy, witness_url is not None)}",
         "  stop:           Ctrl-C (PostgreSQL is stopped cleanly)",
     ])
 
 
-def run_dev(home: Path, listen: str, policy: str = "open",
-            quotas: Quotas = DEFAULT_QUOTAS) -> int:
-    """Start (or reuse) the cluster, make keys, migrate, serve; always stop PostgreSQL."""
+def _serve(config: Config, home: Path, cluster: Cluster, witness_listen: str | None) -> int:
+    """Serve the dev log, with the demo witness and its policy unless `witness_listen` is
+    None (--no-witness)."""
     from tlog.http.app import create_app
 
+    if witness_listen is None:
+        return run_app(create_app(config), config.host, config.port,
+                       _banner(config, home, cluster, None))
+    key, witness_vkey = ensure_witness_key(home)
+    host, port = parse_listen(witness_listen, "--witness-listen", any_port=True)
+    with running_witness(home, key, home / "log.vkey", host, port) as witness_url:
+        policy = write_policy(home, config.signer.verifier().text(), witness_vkey, witness_url)
+        config = replace(config, witness_policy=read_policy(policy),
+                         witness_interval=DEV_WITNESS_INTERVAL)
+        return run_app(create_app(config), config.host, config.port,
+                       _banner(config, home, cluster, witness_url))
+
+
+def run_dev(home: Path, listen: str, policy: str = "open",
+            quotas: Quotas = DEFAULT_QUOTAS, witness_listen: str | None = "127.0.0.1:0") -> int:
+    """Start (or reuse) the cluster, make keys, migrate, serve; always stop PostgreSQL."""
     home = home.absolute()
     host, port = parse_listen(listen)
     cluster = Cluster(cluster_home(home))
@@ -149,8 +190,7 @@ def run_dev(home: Path, listen: str, policy: str = "open",
         asyncio.run(migrate.migrate_database(url))
         _write_private(home / "database-url", url + "\n")
         config = dev_config(home, url, host, port, policy, quotas)
-        app = create_app(config)
-        return run_app(app, host, port, _banner(config, home, cluster))
+        return _serve(config, home, cluster, witness_listen)
     finally:
         print("tlog dev: stopping PostgreSQL", flush=True)
         cluster.stop()

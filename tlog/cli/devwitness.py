@@ -70,10 +70,21 @@ def _wait_listening(host: str, port: int, proc: subprocess.Popen[bytes]) -> None
                           f"{STARTUP_SECONDS:g} s")
 
 
+def _free_port(host: str) -> int:
+    """A port nobody listens on now (the witness takes it a moment later: good enough for a
+    demo, and the policy must name the port before the witness runs)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 @contextmanager
 def running_witness(home: Path, key: Path, log_vkey_file: Path, host: str,
                     port: int) -> Iterator[str]:
-    """`tlog-verify witness serve` for the dev log, stopped on exit; yields its URL."""
+    """`tlog-verify witness serve` for the dev log, stopped on exit; yields its URL.
+    Port 0 is a free port."""
+    port = port or _free_port(host)
     state = home / "witness" / "state"
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
     command = [sys.executable, "-m", "verifier.cli", "witness", "serve", "--key", str(key),

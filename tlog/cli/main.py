@@ -156,11 +156,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from tlog.cli.dev import run_dev
+    from tlog.cli.devwitness import DevWitnessError
 
     try:
         quotas = quotas_from_options({name: getattr(args, name) for name in QUOTA_OPTIONS})
-        return run_dev(Path(args.home), args.listen, args.policy, quotas)
-    except (ClusterError, ConfigError) as exc:
+        witness = None if args.no_witness else args.witness_listen
+        return run_dev(Path(args.home), args.listen, args.policy, quotas, witness)
+    except (ClusterError, ConfigError, DevWitnessError) as exc:
         print(f"tlog dev: {exc}", file=sys.stderr)
         return EXIT_FAILED
 
@@ -307,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--policy", choices=["open", "registered"], default="open",
                    help="open (default here: any signed release) or registered (admin key, "
                         "token key and admin secret are created under --home)")
+    d.add_argument("--no-witness", action="store_true",
+                   help="run no demo witness: /checkpoint is then signed by the log alone")
+    d.add_argument("--witness-listen", default="127.0.0.1:0", metavar="HOST:PORT",
+                   help="where the demo witness listens (default: a free port on 127.0.0.1)")
     add_quota_options(d, pages=False)
     d.set_defaults(func=cmd_dev)
     return p

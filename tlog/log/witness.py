@@ -111,20 +111,26 @@ class WitnessTask:
                 "quorum": self.policy.describe_quorum()}
 
     async def _run(self) -> None:
+        last_failure = None
         while True:
             try:
                 await self.round()
-            except Exception:  # the database may be away for a while: try again later
-                log.exception("witness round failed")
+                last_failure = None
+            except Exception as exc:  # the database may be away for a while: try again later
+                # One traceback per distinct failure: a database down for an hour must not
+                # write one every interval.
+                if repr(exc) != last_failure:
+                    log.exception("witness round failed")
+                last_failure = repr(exc)
             await asyncio.sleep(self.interval)
 
     async def round(self) -> None:
         """One round: the latest integrated checkpoint to every witness lacking it."""
         await self._refresh_published()
         latest = await self.storage.latest_checkpoint()
-        # The empty tree is not sent: there is nothing in it to witness, and a witness
-        # that never saw the log has no root for size 0 to compare with.
-        if latest is None or latest.size == 0:
+        # The empty tree is sent too: a new log then has a cosigned /checkpoint at once,
+        # and the witness records its empty root (a later checkpoint is proven from it).
+        if latest is None:
             return
         have = {(c.key_name, c.key_id) for c in await self.storage.cosignatures(latest.size)}
         await asyncio.gather(*(self._ask(v, latest) for v in self.views
