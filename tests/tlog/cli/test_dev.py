@@ -69,9 +69,21 @@ def _get(url: str) -> bytes:
         return body
 
 
-def _size(dev: Dev) -> int:
+def _size(dev: Dev, want: int) -> int:
+    """The size of the log's /checkpoint once it is `want` (the last size seen after 20 s).
+    The demo witness cosigns every second: until it has, /checkpoint is the previous
+    cosigned one, or a 503 on a new log."""
     vkey = parse_vkey((dev.home / "log.vkey").read_text().strip())
-    return open_checkpoint(_get(f"{dev.url}/checkpoint"), vkey).size
+    deadline, size = time.monotonic() + 20, -1
+    while size != want and time.monotonic() < deadline:
+        try:
+            size = open_checkpoint(_get(f"{dev.url}/checkpoint"), vkey).size
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503:
+                raise
+        if size != want:
+            time.sleep(0.1)
+    return size
 
 
 def _run(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -100,13 +112,13 @@ def test_dev_as_root_from_a_home_postgres_cannot_reach_runs_and_says_where(tmp_p
     placed = cluster_home(home)
     try:
         with running_dev(home) as dev:
-            assert _size(dev) == 0
+            assert _size(dev, 0) == 0
             assert placed.parent == ROOT_CLUSTERS
             assert f"PostgreSQL in {placed}" in dev.banner
             assert Cluster(placed).is_running()
         assert (home / "log.key").exists() and not (home / "postgres").exists()
         with running_dev(home) as dev:  # the second start finds the same cluster and log
-            assert _size(dev) == 0
+            assert _size(dev, 0) == 0
     finally:
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(placed, ignore_errors=True)
@@ -127,12 +139,12 @@ def test_dev_registered_prints_a_publish_recipe_that_works(searchable_dir: Path)
         assert no_token.returncode != 0
         assert "401" in no_token.stderr and "token_missing" in no_token.stderr, no_token.stderr
         assert "use --token-file with tlog publish" in no_token.stderr
-        assert _size(dev) == 0
+        assert _size(dev, 0) == 0
         done = _run(rest.replace("FILE", str(artifact)), searchable_dir)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "logged demo 1.0" in done.stdout
         assert "warning" not in done.stderr  # every step pins the log key
-        assert _size(dev) == 2  # the registration, then the release
+        assert _size(dev, 2) == 2  # the registration, then the release
 
 
 def _line(banner: str, label: str) -> str:
@@ -189,10 +201,58 @@ def test_dev_takes_the_quotas_of_serve_and_shares_its_database(searchable_dir: P
         assert _post(dev.url, make_release(pub, "bulk", "1"))[0] == 201
         status, body = _post(dev.url, make_release(pub, "bulk", "2"))
         assert (status, body["error"]["code"]) == (429, "rate_limited")
-        assert _size(dev) == 1
+        assert _size(dev, 1) == 1
         psql = _line(dev.banner, "psql:") + " -X -A -t -c 'SELECT count(*) FROM entries'"
         counted = _run(psql, searchable_dir)
         assert (counted.returncode, counted.stdout.strip()) == (0, "1"), counted.stderr
         with _second_server(_line(dev.banner, "second server:"), searchable_dir) as second:
             assert _post(second, make_release(pub, "bulk", "2"))[0] == 201
-        assert _size(dev) == 2
+        assert _size(dev, 2) == 2
+
+
+def _verify_recipe(banner: str) -> str:
+    lines = banner.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("  verify:"))
+    return lines[start].split("verify:", 1)[1].strip().rstrip("\\") + lines[start + 1].strip()
+
+
+def test_dev_publishes_per_its_demo_witness_and_the_printed_recipes_keep_a_cooldown(
+        searchable_dir: Path) -> None:
+    """`make run` end to end: the banner's recipe publishes with --wait-cosigned, the receipt
+    carries the demo witness's cosignature, and the banner's verify command refuses the
+    release inside its cooldown (too new) and accepts it once the cooldown is over."""
+    home = searchable_dir / "dev"
+    artifact = searchable_dir / "app.bin"
+    artifact.write_bytes(b"app")
+    with running_dev(home) as dev:
+        assert "protects nothing" in dev.banner
+        recipe = _recipe(dev.banner).replace("FILE", str(artifact))
+        assert "--wait-cosigned --policy" in recipe
+        done = _run(recipe, searchable_dir)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "cosigned tree size 1" in done.stdout
+        receipt = json.loads((searchable_dir / "app.bin.tlog-receipt.json").read_text())
+        assert "— localhost/tlog-dev-witness " in receipt["proof"]
+        verify = _verify_recipe(dev.banner).replace("FILE", str(artifact))
+        assert "--min-age 10s" in verify
+        early = _run(verify, searchable_dir)
+        assert early.returncode == 1 and "too new" in early.stderr, early.stderr
+        later = _run(verify.replace("--min-age 10s", "--min-age 1s"), searchable_dir)
+        if later.returncode != 0:  # cosigned less than a second ago: wait it out once
+            time.sleep(1.5)
+            later = _run(verify.replace("--min-age 10s", "--min-age 1s"), searchable_dir)
+        assert later.returncode == 0, later.stderr
+        assert "OK demo 1.0" in later.stdout
+        receipt_file = shlex.quote(str(searchable_dir / "app.bin.tlog-receipt.json"))
+        no_policy = _run(f"tlog-verify bundle {receipt_file} --key "
+                         f"{shlex.quote(str(home / 'log.vkey'))} --min-age 1s "
+                         f"--artifact {shlex.quote(str(artifact))}", searchable_dir)
+        assert no_policy.returncode == 2, no_policy.stderr
+        assert "--min-age needs --policy" in no_policy.stderr
+
+
+def test_dev_without_witness_serves_the_log_signed_checkpoint(searchable_dir: Path) -> None:
+    with running_dev(searchable_dir / "dev", "--no-witness") as dev:
+        assert "none (--no-witness)" in dev.banner
+        assert "--wait-cosigned" not in _recipe(dev.banner)
+        assert b"tlog-dev-witness" not in _get(f"{dev.url}/checkpoint")
