@@ -155,7 +155,9 @@ def register(sub: Any) -> None:
                    help="a witnessed log's key (repeatable: several logs, or rotated keys "
                         "of one origin)")
     s.add_argument("--state", required=True, help="directory of the witness's database")
-    s.add_argument("--listen", required=True, metavar="HOST:PORT")
+    s.add_argument("--listen", required=True, metavar="HOST:PORT",
+                   help="address to serve add-checkpoint and the read endpoint on "
+                        "(e.g. 0.0.0.0:7380)")
     s.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY, metavar="BYTES",
                    help=f"largest request body accepted (default {DEFAULT_MAX_BODY})")
     s.set_defaults(func=cmd_serve)
