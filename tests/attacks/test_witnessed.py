@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -379,3 +382,43 @@ def test_an_updater_calling_the_library_gets_the_same_cooldown(world: World) -> 
     assert verify_release(client, trust, PACKAGE, "1.0", min_age=DAY).release.version == "1.0"
     with pytest.raises(UsageError, match="needs a witness policy"):
         verify_release(client, KeyTrust(LOG.verifier()), PACKAGE, "1.0", min_age=DAY)
+
+
+# -- a freeze that begins while a monitor follows the log ----------------------------------
+
+
+def test_a_following_monitor_alerts_a_frozen_view_once_and_goes_on(world: World) -> None:
+    """The freeze is measured against the clock of each round, not the monitor's start: a
+    stale view is alerted once (checkpoint_stale) and the monitor keeps following."""
+    world.log.serve(world.log.cosigned[1])  # frozen ten days ago
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "verifier.cli", "monitor", "--log", world.http.log_url,
+         "--policy", str(world.policy), "--state", str(world.tmp / "state"), "--follow",
+         "--interval", "0.1", "--max-age", "1d", "--workers", "0", "--retries", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())
+        assert (first["type"], first["alert"]) == ("alert", "checkpoint_stale")
+        assert "stale" in first["message"]
+        time.sleep(0.5)  # several rounds, still stale: no second alert
+        world.log.serve(world.log.cosigned[3])  # the log moves on, freshly cosigned
+        later = [json.loads(proc.stdout.readline()) for _ in range(3)]
+        assert [e["type"] for e in later] == ["release"] * 3
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_cosignature_dated_in_the_future_does_not_count(
+        world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    """A witness whose clock runs ahead cannot make a frozen view look fresh: beyond the
+    allowed skew its cosignature is ignored, so this note is one short of the quorum."""
+    world.log.serve(cosign(world.log.notes[3], {W1: NOW - HOUR, W2: NOW + 10 * DAY}))
+    code, _, err = world.run(capsys, "checkpoint", "--log", world.log.file_url, "--policy",
+                             str(world.policy), "--max-age", "1d")
+    assert code == EXIT_FAILED
+    assert "short of quorum" in err and "w2 ignored: dated more than 600 s ahead" in err

@@ -5,6 +5,7 @@ LogClient and LogTrust those options describe."""
 from __future__ import annotations
 
 import argparse
+import time
 from datetime import UTC, datetime
 
 from verifier.client.log import LogClient
@@ -85,7 +86,8 @@ def trust_for(args: argparse.Namespace) -> LogTrust:
         return KeyTrust(key)
     policy = load_policy(args.policy)
     try:
-        return PolicyTrust.for_log(policy, key, now=int(now_of(args).timestamp()),
-                                   max_age=max_age)
+        # A fixed --now, else the clock read at each check: `monitor --follow` runs for days.
+        now = int(now_of(args).timestamp()) if getattr(args, "now", None) else time.time
+        return PolicyTrust.for_log(policy, key, now=now, max_age=max_age)
     except PolicyError as exc:
         raise UsageError(f"--policy {args.policy}: {exc}") from exc

@@ -49,6 +49,8 @@ MAX_POLICY_SIZE = 1 << 20
 MAX_LOGS = MAX_WITNESSES = MAX_GROUPS = 256
 """Limits on a policy's size; the spec asks implementations to support at least 32 each."""
 NONE = "none"
+MAX_CLOCK_SKEW = 600
+"""Seconds a cosignature may be dated ahead of the client's clock and still count."""
 T = TypeVar("T")
 
 
@@ -147,6 +149,7 @@ class _Parser:
     groups: dict[str, Group] = field(default_factory=dict)
     quorum: str | None = None
     keys: set[bytes] = field(default_factory=set)
+    idents: set[tuple[str, bytes]] = field(default_factory=set)
     used_as_member: set[str] = field(default_factory=set)
 
     def line(self, words: list[str]) -> None:
@@ -158,10 +161,17 @@ class _Parser:
                               "or quorum)")
         handler(args)
 
-    def _unique_key(self, public_key: bytes, what: str) -> None:
+    def _unique_key(self, public_key: bytes, ident: tuple[str, bytes], what: str) -> None:
+        """Each public key once, and each (key name, key ID) once: two keys answering to
+        one signature line would make a note's meaning depend on which is tried (a witness
+        could grind a key ID to collide with another's and void its cosignatures)."""
         if public_key in self.keys:
             raise PolicyError(f"duplicate {what} key: the same public key is listed twice")
+        if ident in self.idents:
+            raise PolicyError(f"ambiguous {what} key: another key has the name {ident[0]!r} "
+                              f"and key ID {ident[1].hex()}")
         self.keys.add(public_key)
+        self.idents.add(ident)
 
     def log(self, args: list[str]) -> None:
         if len(args) not in (1, 2):
@@ -169,7 +179,7 @@ class _Parser:
         if len(self.logs) >= MAX_LOGS:
             raise PolicyError(f"more than {MAX_LOGS} logs")
         key = _parse(parse_vkey, args[0], "log vkey")
-        self._unique_key(key.public_key, "log")
+        self._unique_key(key.public_key, (key.name, key.key_id), "log")
         self.logs.append(PolicyLog(key, args[1] if len(args) == 2 else None))
 
     def witness(self, args: list[str]) -> None:
@@ -179,7 +189,7 @@ class _Parser:
             raise PolicyError(f"more than {MAX_WITNESSES} witnesses")
         name = self._new_name(args[0])
         key = _parse(parse_witness_vkey, args[1], "witness vkey")
-        self._unique_key(key.public_key, "witness")
+        self._unique_key(key.public_key, (key.name, key.key_id), "witness")
         self.witnesses[name] = PolicyWitness(name, key, args[2] if len(args) == 3 else None)
 
     def group(self, args: list[str]) -> None:
@@ -194,9 +204,11 @@ class _Parser:
         if threshold is None:
             if not k.isdigit() or not k.isascii() or (len(k) > 1 and k[0] == "0"):
                 raise PolicyError(f"group threshold {k[:20]!r}: want all, any or a decimal")
-            threshold = int(k)
+            # No group has more members than names exist: a longer number is out of range
+            # (and int() of thousands of digits would raise, not say so).
+            threshold = int(k) if len(k) <= 6 else 0
             if not 1 <= threshold <= len(members):
-                raise PolicyError(f"group threshold {threshold} is not in 1..{len(members)}")
+                raise PolicyError(f"group threshold {k[:20]} is not in 1..{len(members)}")
         self.groups[name] = Group(name, threshold, tuple(members))
 
     def _member(self, member: str) -> None:
@@ -291,18 +303,22 @@ def _cosignatures(policy: Policy, note: bytes | str, body: str) -> dict[str, int
 class PolicyTrust:
     """Trust in a log under a policy: its key signed the checkpoint and the quorum cosigned.
 
-    `max_age` (seconds), with `now` (UNIX seconds), makes :meth:`latest` refuse a checkpoint
-    whose quorum of cosignatures is older than that: a freeze attack keeps a client on an old
-    checkpoint, and only witnessed time shows it.
+    `max_age` (seconds), with `now`, makes :meth:`latest` refuse a checkpoint whose quorum of
+    cosignatures is older than that: a freeze attack keeps a client on an old checkpoint, and
+    only witnessed time shows it. `now` is a UNIX time, or a clock to read at each check (a
+    monitor that follows the log for days must not measure ages from its start). With `now`,
+    a cosignature dated more than MAX_CLOCK_SKEW ahead of it does not count: a witness whose
+    clock runs ahead would otherwise make a frozen view look fresh.
     """
 
     policy: Policy
     log: Verifier
-    now: int | None = None
+    now: int | Callable[[], float] | None = None
     max_age: int | None = None
 
     @classmethod
-    def for_log(cls, policy: Policy, key: Verifier | None = None, now: int | None = None,
+    def for_log(cls, policy: Policy, key: Verifier | None = None,
+                now: int | Callable[[], float] | None = None,
                 max_age: int | None = None) -> PolicyTrust:
         """The trust of the policy's only log, or of `key` when it is one of its logs (or
         the policy lists none: tlog-policy lets the log be known from other context)."""
@@ -330,10 +346,14 @@ class PolicyTrust:
             raise CheckpointError(f"checkpoint origin {cp.origin!r} is not the log "
                                   f"{self.log.name!r}")
         times = _cosignatures(self.policy, note, body)
+        future = self._from_the_future(times)
         if not self.policy.satisfied(times):
             got = ", ".join(sorted(times)) or "no policy witness"
+            ignored = (f" ({', '.join(future)} ignored: dated more than {MAX_CLOCK_SKEW} s "
+                       "ahead of now)" if future else "")
             raise QuorumError(f"short of quorum: checkpoint of size {cp.size} is cosigned by "
-                              f"{got}; the policy requires {self.policy.describe_quorum()}")
+                              f"{got}{ignored}; the policy requires "
+                              f"{self.policy.describe_quorum()}")
         return Witnessed(cp, times, self.policy.quorum_time(times),
                          self.policy.fresh_time(times))
 
@@ -347,10 +367,21 @@ class PolicyTrust:
             check_max_age(w, self._now(), self.max_age)
         return w.checkpoint
 
+    def _from_the_future(self, times: dict[str, int]) -> list[str]:
+        """Drop from `times` the cosignatures dated beyond now + MAX_CLOCK_SKEW; their
+        witnesses, sorted."""
+        if self.now is None:
+            return []
+        limit = self._now() + MAX_CLOCK_SKEW
+        future = sorted(w for w, t in times.items() if t > limit)
+        for w in future:
+            del times[w]
+        return future
+
     def _now(self) -> int:
         if self.now is None:
             raise PolicyError("a freshness limit needs the current time")
-        return self.now
+        return self.now if isinstance(self.now, int) else int(self.now())
 
 
 def check_max_age(w: Witnessed, now: int, max_age: int) -> None:

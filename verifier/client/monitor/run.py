@@ -54,6 +54,7 @@ from verifier.client.monitor.summary import (
 )
 from verifier.client.monitor.watch import (
     CHECKPOINT_INCONSISTENT,
+    CHECKPOINT_STALE,
     INVALID_ENTRY,
     WITNESS_VIEW_DISAGREES,
     Watcher,
@@ -65,6 +66,7 @@ from verifier.client.tracking import advance
 from verifier.errors import EXIT_OK, LogMisbehaviour, TransportError, UsageError, VerificationFailed
 from verifier.protocol.merkle import ProofError, RightEdge, verify_consistency
 from verifier.protocol.note import Verifier
+from verifier.protocol.policy import AgeError
 from verifier.protocol.receipt import format_tlog_proof
 from verifier.protocol.registry import Registry
 from verifier.protocol.state import Trusted, evidence
@@ -125,6 +127,7 @@ class Monitor:
                                next_seq=loaded.next_seq, packages=loaded.packages,
                                registry=registry)
         self._unprinted = loaded.outbox
+        self._stale_alerted = False
         self._printed = 0
         self._note_changed_globs(db.swap_watched(patterns), list(patterns), loaded.next_index)
 
@@ -148,11 +151,20 @@ class Monitor:
         while not self.stop.requested:
             try:
                 self.round()
+                self._stale_alerted = False
             except TransportError as exc:
                 if not follow:
                     raise
                 print(f"tlog-verify monitor: {exc}; retrying in {interval:g} s",
                       file=sys.stderr, flush=True)
+            except VerificationFailed as exc:
+                # A stale view (--max-age) while following is an alert, once per episode, and
+                # the monitor goes on: the log may be frozen, or its witnesses only slow.
+                if not (follow and isinstance(exc.__cause__, AgeError)):
+                    raise
+                if not self._stale_alerted:
+                    self._alert_now([self.watcher.alert(CHECKPOINT_STALE, str(exc), None)])
+                    self._stale_alerted = True
             if not follow:
                 break
             self.stop.sleep(interval)

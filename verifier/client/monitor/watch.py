@@ -88,6 +88,7 @@ RELEASE_NOT_AUTHORIZED = "release_not_authorized"
 REGISTRY_NOT_AUTHORIZED = "registry_entry_not_authorized"
 INSTALL_WINDOW_CLOSED = "install_window_closed"
 CHECKPOINT_INCONSISTENT = "checkpoint_inconsistent"
+CHECKPOINT_STALE = "checkpoint_stale"
 LOOKALIKE_PUBLISHER = "lookalike_publisher"
 WITNESS_VIEW_DISAGREES = "witness_view_disagrees"
 
