@@ -200,11 +200,32 @@ def test_a_witness_down_delays_publication_never_appends_and_the_log_catches_up(
                 done = publish(q, server, version)
                 assert done.returncode == 0, done.stderr
                 assert "tree size" in done.stdout
-            time.sleep(1)
             assert published_size(server) == 1  # short of the quorum: not published
             ready = json.loads(get(server.url + "/readyz"))
             assert ready["witnesses"]["ours"]["last_error"]
+            wait = ("--wait-cosigned", "--policy", str(q.policy), "--wait-timeout", "2s")
+            gave_up = publish(q, server, "3.0", *wait)
+            assert gave_up.returncode == 3, gave_up.stderr  # transient: the entry is logged
+            assert "entry 2 is logged" in gave_up.stderr
+            assert "run the same command again" in gave_up.stderr
             with q.ours():  # back, with its state: the log catches up from size 1
                 wait_size(server, 3)
+                again = publish(q, server, "3.0", *wait[:-1], "30s")
+                assert again.returncode == 0, again.stderr
+                assert "already logged: com.acme.app 3.0 at index 2 (cosigned tree size 3)" \
+                    in again.stdout
         finally:
             server.stop()
+
+
+def test_waiting_for_cosignatures_of_a_log_without_witnesses_is_a_usage_error(
+        database_url: str, tmp_path: Path) -> None:
+    log = generate_key("log.example.org/quorum")
+    q = Quorum(tmp_path, log)
+    server = start_server(database_url, write_key(tmp_path / "log.key", log), tmp_path)
+    try:
+        done = publish(q, server, "1.0", "--wait-cosigned", "--policy", str(q.policy))
+        assert done.returncode == 2, done.stderr
+        assert "runs without --witness-policy" in done.stderr
+    finally:
+        server.stop()

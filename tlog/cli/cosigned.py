@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from tlog.cli.remote import RemoteError, call, call_raw, expect
-from verifier.errors import EXIT_FAILED, EXIT_TRANSPORT
+from verifier.errors import EXIT_FAILED, EXIT_TRANSPORT, EXIT_USAGE
 from verifier.protocol.policy import PolicyTrust
 from verifier.protocol.receipt import make_receipt, verify_receipt
 
@@ -25,19 +25,26 @@ PROGRESS_SECONDS = 10.0
 
 
 def _cosigned_note(args: argparse.Namespace, index: int) -> str | None:
-    """The note of the first quorum-cosigned checkpoint covering `index`; None if none yet."""
-    status, raw = call_raw(args, "GET", f"/v1/checkpoints/cosigned?covering={index}")
+    """The note of the first quorum-cosigned checkpoint covering `index`; None if none yet
+    or the log cannot say now (a 5xx, a 429, a connection that failed): the wait goes on
+    until its deadline, as a log that restarts or sheds load answers again shortly."""
+    try:
+        status, raw = call_raw(args, "GET", f"/v1/checkpoints/cosigned?covering={index}")
+    except RemoteError as exc:
+        if exc.code != EXIT_TRANSPORT:
+            raise
+        return None
     if status == 200:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise RemoteError(EXIT_FAILED, "the log's cosigned checkpoint is not UTF-8") from exc
     if status == 404 and b'"no_witness_policy"' in raw:
-        raise RemoteError(EXIT_FAILED, "the log collects no cosignatures (it runs without "
-                                       "--witness-policy); --wait-cosigned cannot be met")
-    if status in (404, 503):
+        raise RemoteError(EXIT_USAGE, "the log collects no cosignatures (it runs without "
+                                      "--witness-policy): publish without --wait-cosigned")
+    if status in (404, 429) or status >= 500:
         return None
-    raise RemoteError(EXIT_TRANSPORT, f"GET /v1/checkpoints/cosigned answered {status}")
+    raise RemoteError(EXIT_FAILED, f"GET /v1/checkpoints/cosigned answered {status}")
 
 
 def wait_for_quorum(args: argparse.Namespace, index: int, trust: PolicyTrust,
@@ -61,8 +68,12 @@ def wait_for_quorum(args: argparse.Namespace, index: int, trust: PolicyTrust,
                 last_refusal = f"the log's cosigned checkpoint does not satisfy the policy: {exc}"
         now = time.monotonic()
         if now >= deadline:
-            raise RemoteError(EXIT_FAILED, f"gave up after {timeout:g} s waiting for entry "
-                                           f"{index} to be cosigned: {last_refusal}")
+            # Transient, not a failed check: the entry is logged and the same command run
+            # again finds it (200, already logged) and waits anew.
+            raise RemoteError(EXIT_TRANSPORT, f"entry {index} is logged, but gave up after "
+                                              f"{timeout:g} s waiting for it to be cosigned "
+                                              f"({last_refusal}); run the same command again "
+                                              "to wait longer and write the receipt")
         if now >= next_progress and sys.stderr.isatty():
             print(f"still waiting for a checkpoint covering entry {index} with "
                   f"{trust.policy.describe_quorum()}...", file=sys.stderr)

@@ -9,7 +9,6 @@ only when someone else runs it.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from verifier.client.files import atomic_write
+from verifier.client.keys import read_witness_key
 from verifier.protocol.cosignature import generate_witness_key
 
 DEV_WITNESS = "localhost/tlog-dev-witness"
@@ -31,18 +31,18 @@ class DevWitnessError(RuntimeError):
 
 
 def ensure_witness_key(home: Path) -> tuple[Path, str]:
-    """The demo witness's key file under home/witness (made once) and its vkey text."""
+    """The demo witness's key file under home/witness (made once) and its vkey text. The
+    vkey file is written from the key each time, so a crash between the two writes never
+    leaves a key without its vkey."""
     key = home / "witness" / "witness.key"
-    vkey = key.with_suffix(".vkey")
     if not key.exists():
-        signer = generate_witness_key(DEV_WITNESS)
         key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(signer.text() + "\n")
-        vkey.write_text(signer.verifier().text() + "\n", encoding="utf-8")
-        print(f"created demo witness key {key} and {vkey}")
-    return key, vkey.read_text(encoding="utf-8").strip()
+        signer = generate_witness_key(DEV_WITNESS)
+        atomic_write(key, (signer.text() + "\n").encode(), durable=True, overwrite=False)
+        print(f"created demo witness key {key}")
+    vkey = read_witness_key(key, "demo witness key").verifier().text()
+    atomic_write(key.with_suffix(".vkey"), (vkey + "\n").encode(), durable=False, mode=0o644)
+    return key, vkey
 
 
 def write_policy(home: Path, log_vkey: str, witness_vkey: str, url: str) -> Path:

@@ -157,12 +157,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from tlog.cli.dev import run_dev
     from tlog.cli.devwitness import DevWitnessError
+    from verifier.client.keys import KeyFileError
 
     try:
         quotas = quotas_from_options({name: getattr(args, name) for name in QUOTA_OPTIONS})
         witness = None if args.no_witness else args.witness_listen
         return run_dev(Path(args.home), args.listen, args.policy, quotas, witness)
-    except (ClusterError, ConfigError, DevWitnessError) as exc:
+    except (ClusterError, ConfigError, DevWitnessError, KeyFileError) as exc:
         print(f"tlog dev: {exc}", file=sys.stderr)
         return EXIT_FAILED
 
