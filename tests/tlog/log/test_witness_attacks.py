@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
+import asyncpg
 import pytest
 from aiohttp import web
 
@@ -31,8 +33,10 @@ from tests.tlog.log.test_witness import (
     wait_published,
     witnessed_config,
 )
+from tlog.cli.pgcluster import Cluster
 from tlog.http.app import create_app
 from tlog.log.witness_client import WitnessError, add_checkpoint
+from tlog.store import migrate
 from verifier.protocol.checkpoint import Checkpoint, sign_checkpoint
 from verifier.protocol.note import Signer, parse_note
 from verifier.protocol.policy import PolicyTrust, parse_policy
@@ -237,3 +241,29 @@ def test_a_refresh_shorter_than_the_interval_is_refused(log_signer: Signer) -> N
         dataclasses.replace(witnessed_config("postgresql://x@127.0.0.1:1/x", s),
                             witness_refresh=0.1)
 
+
+
+async def test_migration_4_keeps_version_3_published_rows_but_serves_them_under_no_policy(
+        pg_cluster: Cluster) -> None:
+    """A note published before 0004 was checked against some earlier policy, unknown now:
+    it is kept (first and latest note alike) under the empty policy ID, which no policy
+    has, so the log publishes again under its current policy rather than serve it."""
+    name = f"m{os.getpid()}_4"
+    admin = await asyncpg.connect(pg_cluster.url("postgres"))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    conn = await asyncpg.connect(pg_cluster.url(name))
+    try:
+        for m in migrate.migrations()[:3]:
+            await conn.execute(m.sql)
+        await conn.execute("INSERT INTO schema_version (version) VALUES (3)")
+        await conn.execute("INSERT INTO checkpoints (tree_size, root, note) "
+                           "VALUES (1, $1, 'n')", b"\x01" * 32)
+        await conn.execute("INSERT INTO published (tree_size, note) VALUES (1, 'old')")
+        assert await migrate.migrate(conn) == ["0004_witness_refresh.sql"]
+        row = await conn.fetchrow("SELECT * FROM published")
+        assert (row["policy_id"], row["first_note"], row["latest_note"]) == (b"", "old", "old")
+        await conn.execute("INSERT INTO published (policy_id, tree_size, first_note, "
+                           "latest_note) VALUES ('\\x01', 1, 'new', 'new')")
+    finally:
+        await conn.close()
