@@ -9,9 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from verifier.client.keys import KeyFileError, read_private_key, read_secret, read_vkey
+from verifier.client.keys import (
+    KeyFileError,
+    read_policy,
+    read_private_key,
+    read_secret,
+    read_vkey,
+)
 from verifier.protocol.note import MAX_SIGNATURES, NoteSigner, Signer, Verifier
-from verifier.protocol.policy import MAX_POLICY_SIZE, Policy, PolicyError, parse_policy
+from verifier.protocol.policy import Policy
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 POLICIES = ("open", "registered")
@@ -21,6 +27,8 @@ MAX_PAGE_BYTES = 4 * 1024 * 1024  # a page of entries (GET /v1/entries, /v1/regi
 MIN_PAGE_BYTES = 1024
 MAX_WITNESS_INTERVAL = 3600.0  # seconds between cosigning rounds, at most
 MAX_WITNESS_TIMEOUT = 300.0  # seconds one witness request may take, at most
+DEFAULT_WITNESS_REFRESH = 60.0  # seconds; an idle log's witnessed time is about this old
+MAX_WITNESS_REFRESH = 86400.0
 PKCS11_OPTIONS = ("pkcs11_module", "pkcs11_token", "pkcs11_key", "pkcs11_pin_file")
 
 
@@ -83,10 +91,12 @@ class Config:
     tile_cache: Path | None = None  # where full tiles are kept once served (tlog.store.tilecache)
     max_page_bytes: int = MAX_PAGE_BYTES  # entries of one page, as answered
     # With a witness policy, /checkpoint serves only checkpoints its quorum cosigned
-    # (tlog.log.witness asks the witnesses every witness_interval seconds).
+    # (tlog.log.witness asks the witnesses every witness_interval seconds, and asks
+    # again for a size they cosigned more than witness_refresh seconds ago).
     witness_policy: Policy | None = None
     witness_interval: float = 2.0
     witness_timeout: float = 10.0
+    witness_refresh: float = DEFAULT_WITNESS_REFRESH
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -103,6 +113,10 @@ class Config:
         if not 0 < self.witness_timeout <= MAX_WITNESS_TIMEOUT:
             raise ConfigError(f"--witness-timeout must be > 0 and at most "
                               f"{MAX_WITNESS_TIMEOUT:.0f} s")
+        if not self.witness_interval <= self.witness_refresh <= MAX_WITNESS_REFRESH:
+            raise ConfigError(f"--witness-refresh must be at least --witness-interval "
+                              f"({self.witness_interval:g} s) and at most "
+                              f"{MAX_WITNESS_REFRESH:.0f} s")
         if self.witness_policy is not None:
             check_witness_policy(self.witness_policy, self.signer.verifier())
 
@@ -137,28 +151,35 @@ def check_witness_policy(policy: Policy, log_key: Verifier) -> None:
                           f"cosigned note holds at most {MAX_SIGNATURES - 1} cosignatures")
 
 
+def quorum_rule(policy: Policy) -> str:
+    """What makes a cosigned note valid under `policy`, in one canonical text: its witness
+    keys, groups and quorum (not URLs, not the file's layout or comments). Published notes
+    are stored per rule (tlog.store.cosigned), so a policy change is seen as one."""
+    lines = [f"witness {w.name} {w.key.text()}" for _, w in sorted(policy.witnesses.items())]
+    lines += [f"group {g.name} {g.threshold} {' '.join(g.members)}"
+              for _, g in sorted(policy.groups.items())]
+    lines.append(f"quorum {policy.quorum}")
+    return "\n".join(lines) + "\n"
+
+
 def load_witness_policy(path: str | Path) -> Policy:
     """Read and parse a witness policy file (c2sp.org/tlog-policy)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_POLICY_SIZE + 1)
-    except OSError as exc:
-        raise ConfigError(f"couldn't read the witness policy {path}: {exc.strerror}") from exc
-    try:
-        return parse_policy(data)
-    except PolicyError as exc:
-        raise ConfigError(f"witness policy {path}: {exc}") from exc
+    with _as_config_error():
+        return read_policy(path)
 
 
 def _witness_options(access: dict[str, Any]) -> dict[str, Any]:
     """The witness policy (--witness-policy or TLOG_WITNESS_POLICY) and its timings."""
     path = access.get("witness_policy") or os.environ.get("TLOG_WITNESS_POLICY")
     out: dict[str, Any] = {"witness_policy": load_witness_policy(path) if path else None}
-    for name in ("witness_interval", "witness_timeout"):
+    for name in ("witness_interval", "witness_timeout", "witness_refresh"):
         if access.get(name) is not None:
             if not path:
                 raise ConfigError(f"--{name.replace('_', '-')} needs --witness-policy")
             out[name] = access[name]
+    if "witness_refresh" not in out and "witness_interval" in out:
+        # Unsaid, the refresh follows a long interval up rather than refusing it.
+        out["witness_refresh"] = max(DEFAULT_WITNESS_REFRESH, out["witness_interval"])
     return out
 
 

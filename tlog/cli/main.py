@@ -170,7 +170,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 ACCESS_OPTIONS = ("policy", "admin_key", "token_key", "admin_token_file", "tls_cert", "tls_key",
                   "client_ca", "admin_cn", *QUOTA_OPTIONS, "max_page_bytes", "tile_cache",
-                  "witness_policy", "witness_interval", "witness_timeout")
+                  "witness_policy", "witness_interval", "witness_timeout", "witness_refresh")
 
 
 def add_access_options(s: argparse.ArgumentParser) -> None:
@@ -209,6 +209,11 @@ def add_access_options(s: argparse.ArgumentParser) -> None:
                    help="seconds between rounds of cosigning requests (2)")
     w.add_argument("--witness-timeout", type=float, metavar="SECONDS",
                    help="seconds a witness has to answer one request (10)")
+    w.add_argument("--witness-refresh", type=float, metavar="SECONDS",
+                   help="ask a witness again to cosign the same checkpoint once its "
+                        "cosignature is this old, so an idle log's witnessed time stays "
+                        "within it and clients' --max-age holds; at least "
+                        "--witness-interval (60, or the interval when longer)")
 
 
 def add_quota_options(s: argparse.ArgumentParser, pages: bool = True) -> None:

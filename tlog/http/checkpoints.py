@@ -4,18 +4,31 @@ Without a witness policy /checkpoint is the latest integrated checkpoint (log-si
 each append batch). With one, it is the latest checkpoint the policy's quorum cosigned
 (tlog.log.witness publishes it): the log's note followed by the cosignature lines, sorted
 by witness key name. Receipts of POST /v1/entries stay against the integrated checkpoint.
+
+Which note each read serves, with a policy (rows are per policy: a note published under
+another policy, e.g. before the operator required more witnesses, is never served):
+- /checkpoint: the largest published size, with the FRESHEST note published for it. An
+  idle log keeps its witnesses cosigning that size again (--witness-refresh), so its
+  witnessed time keeps up and clients' --max-age holds.
+- /v1/checkpoints/cosigned?covering=: the smallest published size holding the entry, with
+  the FIRST note published for it: a publisher's cooldown (--min-age) counts from the
+  earliest time the quorum cosigned, and a fresher note would restart it.
+- /v1/checkpoints/<size>: the log's note with every cosignature stored for the size (the
+  latest one of each witness), whatever the quorum.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from tlog.config import quorum_rule
 from tlog.http.errors import ApiError
 from tlog.http.handlers import (
     CHECKPOINT_CACHE,
     CONFIG,
     IMMUTABLE,
     READER,
+    SHORT_CACHE,
     parse_uint,
     query,
 )
@@ -25,12 +38,20 @@ def _witnessed(request: web.Request) -> bool:
     return request.app[CONFIG].witness_policy is not None
 
 
+def _rule(request: web.Request) -> str:
+    policy = request.app[CONFIG].witness_policy
+    assert policy is not None  # callers check _witnessed first
+    return quorum_rule(policy)
+
+
 async def get_checkpoint(request: web.Request) -> web.Response:
     """The latest checkpoint; with a witness policy, the latest its quorum cosigned (the
-    log's note and the cosignature lines), which trails the integrated one by a round."""
+    log's note and the cosignature lines, the freshest ones published), which trails the
+    integrated one by a round. Only notes published under the current policy count, so
+    after a policy change this is 503 until the log publishes under it."""
     reader = request.app[READER]
     if _witnessed(request):
-        latest = await reader.latest_published()
+        latest = await reader.latest_published(_rule(request))
         if latest is None:
             raise ApiError("not_ready", "no checkpoint has been cosigned by the witness "
                            "quorum yet", retry_after=request.app[CONFIG].witness_interval)
@@ -61,17 +82,23 @@ async def get_checkpoint_at(request: web.Request) -> web.Response:
 
 
 async def get_cosigned(request: web.Request) -> web.Response:
-    """The smallest quorum-cosigned checkpoint holding entry `covering`: what a publisher
-    polls after its receipt, to staple a witnessed checkpoint to its release."""
+    """The smallest quorum-cosigned checkpoint holding entry `covering`, with the first
+    note published for it: what a publisher polls after its receipt, to staple a
+    witnessed checkpoint to its release.
+
+    Not immutable: two processes of the log may publish out of order (one publishes size
+    5 while the other's size 3 is still on its way), so a smaller checkpoint covering the
+    entry may appear later, and a policy change starts publication anew. A short cache
+    life lets every cache see it soon."""
     index = parse_uint("covering", query(request, {"covering"}).get("covering"))
     if not _witnessed(request):
         raise ApiError("no_witness_policy", "this log runs without a witness policy: its "
                        "checkpoints are not cosigned")
-    found = await request.app[READER].published_covering(index)
+    found = await request.app[READER].published_covering(_rule(request), index)
     if found is None:
         raise ApiError("not_found", f"no checkpoint holding entry {index} has been cosigned "
                        "by the witness quorum yet")
-    return _note_response(found.note, IMMUTABLE)
+    return _note_response(found.note, SHORT_CACHE)
 
 
 def add_checkpoint_routes(app: web.Application) -> None:

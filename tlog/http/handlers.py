@@ -34,6 +34,9 @@ from verifier.protocol.tiles import TILE_HEIGHT, TILE_WIDTH, parse_tile_path, ti
 IMMUTABLE = "public, max-age=31536000, immutable"
 PARTIAL = "public, max-age=60"  # a partial tile's bytes never change, but it is soon replaced
 CHECKPOINT_CACHE = "no-cache"
+# /v1/checkpoints/cosigned: its answer for an index can change (a smaller checkpoint
+# published later by another process, a policy change), so it is not immutable.
+SHORT_CACHE = "public, max-age=10"
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 MAX_INT = 2**63 - 1

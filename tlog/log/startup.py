@@ -121,7 +121,8 @@ async def running_log(config: Config, metrics: AppendMetrics,
             witnesses = WitnessTask(
                 storage, config.witness_policy, config.signer.verifier(),
                 witness_metrics or WitnessMetrics(CollectorRegistry()),
-                config.witness_interval, config.witness_timeout)
+                config.witness_interval, config.witness_timeout,
+                config.witness_refresh)
         seq.start()
         try:
             if witnesses is not None:

@@ -2,37 +2,54 @@
 
 Two stages, as in Tessera. Every append batch commits its log-signed checkpoint
 ("integrated"; tlog.log.sequencer) without waiting for anyone. This task, started by
-tlog.log.startup.running_log when a witness policy is configured, runs apart from appends:
-every interval it takes the latest integrated checkpoint, asks each witness of the policy
-that has not cosigned it yet (all at once; c2sp.org/tlog-witness add-checkpoint with a
-consistency proof from the size that witness last cosigned), verifies and stores the
-cosignatures, and once the stored ones satisfy the quorum, publishes the log's note
-followed by them: what /checkpoint serves. Witness trouble never fails an append; it is
-metrics (tlog.log.metrics.WitnessMetrics), log lines and /readyz details.
+tlog.log.startup.running_log when a witness policy is configured, runs apart from appends.
+Each witness of the policy has its own loop, on its own timing, so a slow or hanging one
+never delays the others: every interval it takes the latest integrated checkpoint and,
+unless that witness's stored cosignature of it is younger than the refresh period, asks
+it (c2sp.org/tlog-witness add-checkpoint with a consistency proof from the size that
+witness last cosigned; the same size again when only refreshing), verifies and stores
+the cosignature. Whenever one is stored, and every interval besides, the stored ones
+(of keys of the CURRENT policy) are checked against the quorum and, once they satisfy
+it, the log's note followed by them is published: what /checkpoint serves.
+
+Refreshing keeps an idle log's witnessed time current: a log whose size does not change
+gets its witnesses to cosign that size again every refresh period, stores the newer
+cosignatures and publishes the same size again with them (the freshest note is what
+/checkpoint serves; the first one of the size stays for /v1/checkpoints/cosigned, since
+cooldowns count from the earliest witnessed time). Published notes are stored per policy
+(tlog.config.quorum_rule): after a policy change, nothing published under the old one is
+served, and the next check publishes under the new one from the stored cosignatures.
+
+Witness trouble never fails an append, nor another witness's turn: whatever one witness
+does (an unreachable host, nonsense, an exception of any kind) is its own failure, in
+metrics (tlog.log.metrics.WitnessMetrics), one log line per distinct error, and /readyz.
 
 Durability, and what recovery sees:
 - a cosignature and the witness's new size are committed together (CosignedStore.
   add_cosignature) before anything relies on them; a crash before that loses only the
-  witness's answer: the next round sends the old size, gets a 409 with the new one,
+  witness's answer: the next turn sends the old size, gets a 409 with the new one,
   resyncs and asks again;
 - a published row is written only after the cosignatures it holds were committed and the
   assembled note passed the log's own check under its policy; a crash before it leaves
-  the cosignatures, and the next round (of this or any process) publishes.
-Several processes on one database may run this task at once: every write is idempotent
-(ON CONFLICT), and a witness one process advanced answers the other with a 409, which
-only resyncs it.
+  the cosignatures, and the next check (of this or any process) publishes.
+Several processes on one database may run this task at once: every write is an upsert
+that keeps the newer cosignature or fresher note (ON CONFLICT), and a witness one process
+advanced answers the other with a 409, which only resyncs it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from tlog.config import quorum_rule
 from tlog.log.metrics import WitnessMetrics
 from tlog.log.proofs import consistency_proof
 from tlog.log.witness_client import Conflict, Cosigned, WitnessError, add_checkpoint
@@ -74,18 +91,25 @@ class WitnessView:
 
 class WitnessTask:
     def __init__(self, storage: Storage, policy: Policy, log_key: Verifier,
-                 metrics: WitnessMetrics, interval: float, timeout: float) -> None:
+                 metrics: WitnessMetrics, interval: float, timeout: float,
+                 refresh: float) -> None:
         self.storage, self.policy, self.metrics = storage, policy, metrics
         self.trust = PolicyTrust(policy, log_key)
-        self.interval, self.timeout = interval, timeout
+        self.rule = quorum_rule(policy)  # published rows are per policy
+        self.interval, self.timeout, self.refresh = interval, timeout, refresh
         self.views = [WitnessView(w) for w in policy.witnesses.values() if w.url]
-        self.published_size: int | None = None
-        self._task: asyncio.Task[None] | None = None
+        # (size, fresh time) of the latest note published under this policy, as known
+        self.published: tuple[int, int] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def published_size(self) -> int | None:
+        return None if self.published is None else self.published[0]
 
     async def start(self) -> None:
         """Load what the database knows (each witness's size, the latest published
-        size), then run rounds in the background."""
+        size), then run each witness's loop and the publication check in the background."""
         sizes = await self.storage.witness_sizes()
         for view in self.views:
             view.size = sizes.get(view.ident, 0)
@@ -94,12 +118,16 @@ class WitnessTask:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.timeout),
             connector=aiohttp.TCPConnector(limit_per_host=2))
-        self._task = asyncio.create_task(self._run(), name="tlog-witnesses")
+        self._tasks = [asyncio.create_task(self._every_interval("publication", self.check),
+                                           name="tlog-witness-publication")]
+        self._tasks += [asyncio.create_task(
+            self._every_interval(f"witness {v.witness.name}", functools.partial(self.turn, v)),
+            name=f"tlog-witness-{v.witness.name}") for v in self.views]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
 
@@ -110,58 +138,75 @@ class WitnessTask:
                 "published_size": self.published_size,
                 "quorum": self.policy.describe_quorum()}
 
-    async def _run(self) -> None:
+    async def _every_interval(self, what: str, step: Callable[[], Awaitable[None]]) -> None:
         last_failure = None
         while True:
             try:
-                await self.round()
+                await step()
                 last_failure = None
             except Exception as exc:  # the database may be away for a while: try again later
                 # One traceback per distinct failure: a database down for an hour must not
                 # write one every interval.
                 if repr(exc) != last_failure:
-                    log.exception("witness round failed")
+                    log.exception("%s: turn failed", what)
                 last_failure = repr(exc)
             await asyncio.sleep(self.interval)
 
-    async def round(self) -> None:
-        """One round: the latest integrated checkpoint to every witness lacking it."""
+    async def check(self) -> None:
+        """Publish the latest integrated checkpoint if the stored cosignatures meet the
+        current policy's quorum and make a note newer or fresher than the published one.
+        Run every interval too, not only when a cosignature is stored: at startup after a
+        policy change, the stored ones may already satisfy the new policy."""
         await self._refresh_published()
         latest = await self.storage.latest_checkpoint()
-        # The empty tree is sent too: a new log then has a cosigned /checkpoint at once,
-        # and the witness records its empty root (a later checkpoint is proven from it).
+        if latest is not None:
+            await self._maybe_publish(latest)
+
+    async def turn(self, view: WitnessView) -> None:
+        """One witness's turn: ask it to cosign the latest integrated checkpoint unless it
+        did, less than `refresh` seconds ago by its own timestamp. The empty tree is sent
+        too: a new log then has a cosigned /checkpoint at once, and the witness records its
+        empty root (a later checkpoint is proven from it)."""
+        if view.alarm is not None:
+            return
+        latest = await self.storage.latest_checkpoint()
         if latest is None:
             return
-        have = {(c.key_name, c.key_id) for c in await self.storage.cosignatures(latest.size)}
-        await asyncio.gather(*(self._ask(v, latest) for v in self.views
-                               if v.alarm is None and v.ident not in have))
-        for v in self.views:
-            if v.ident in have:
-                v.cosigned = max(v.cosigned or 0, latest.size)
-        await self._maybe_publish(latest)
+        mine = [c for c in await self.storage.cosignatures(latest.size)
+                if (c.key_name, c.key_id) == view.ident]
+        if mine and time.time() - mine[0].timestamp < self.refresh:
+            view.cosigned = max(view.cosigned or 0, latest.size)
+            return
+        if await self._ask(view, latest):
+            await self._maybe_publish(latest)
 
     async def _refresh_published(self) -> None:
-        published = await self.storage.latest_published()
-        if published is not None:
-            self.published_size = max(self.published_size or 0, published.size)
-            self.metrics.published_size.set(self.published_size)
+        found = await self.storage.latest_published_fresh(self.rule)
+        if found is not None:
+            self.published = max(self.published or found, found)
+            self.metrics.published_size.set(self.published[0])
 
-    async def _ask(self, view: WitnessView, cp: StoredCheckpoint) -> None:
-        """Get `view`'s cosignature of `cp`; its failures are its own (metrics, status)."""
+    async def _ask(self, view: WitnessView, cp: StoredCheckpoint) -> bool:
+        """Get `view`'s cosignature of `cp`; True once stored. Whatever goes wrong is that
+        witness's failure (metrics, status, one log line per distinct error), never the
+        others' or the publication's: a hostile witness may answer anything."""
         name = view.witness.name
         try:
-            if await self._submit(view, cp, resync=True):
-                await self._maybe_publish(cp)
+            return await self._submit(view, cp, resync=True)
         except ForkAlarm as exc:
             view.alarm = view.last_error = str(exc)
             self.metrics.fork_alarms.labels(name).inc()
             self.metrics.requests.labels(name, "fork").inc()
             log.critical("FORK ALARM from witness %s: %s", name, exc)
-        except WitnessError as exc:
-            if view.last_error != str(exc):  # a witness down for hours: one line, not 1800
-                log.warning("witness %s: %s", name, exc)
-            view.last_error = str(exc)
+        except Exception as exc:
+            said = str(exc) if isinstance(exc, WitnessError) \
+                else f"{type(exc).__name__}: {exc}"[:300]
+            if view.last_error != said:  # a witness down for hours: one line, not 1800
+                log.warning("witness %s: %s", name, said,
+                            exc_info=not isinstance(exc, WitnessError))
+            view.last_error = said
             self.metrics.requests.labels(name, "error").inc()
+        return False
 
     async def _submit(self, view: WitnessView, cp: StoredCheckpoint, resync: bool) -> bool:
         """One add-checkpoint of `cp` from the size `view` last cosigned; True once its
@@ -236,9 +281,10 @@ class WitnessTask:
         self.metrics.last_success.labels(name).set(view.last_success)
 
     async def _maybe_publish(self, cp: StoredCheckpoint) -> None:
-        """Publish `cp` with its stored cosignatures once they satisfy the quorum, after
-        checking the assembled note as a client of the policy will."""
-        if self.published_size is not None and cp.size <= self.published_size:
+        """Publish `cp` with its stored cosignatures by keys of the current policy once
+        they satisfy its quorum, after checking the assembled note as a client of the
+        policy will; again for a size already published when the note is fresher."""
+        if self.published is not None and cp.size < self.published[0]:
             return
         by_key = {(w.key.name, w.key.key_id): w.name for w in self.policy.witnesses.values()}
         stored = [c for c in await self.storage.cosignatures(cp.size)
@@ -255,9 +301,14 @@ class WitnessTask:
             log.error("not publishing size %d: the cosigned note fails the log's own "
                       "check: %s", cp.size, exc)
             return
-        await self.storage.publish(cp.size, note)
-        # Committed: /checkpoint serves this note (or a larger one) from now on.
-        self.published_size = max(self.published_size or 0, cp.size)
-        self.metrics.published_size.set(self.published_size)
-        log.info("published size %d with cosignatures of %s", cp.size,
-                 ", ".join(sorted(witnessed.times)) or "no witness")
+        fresh = witnessed.fresh_time or 0  # quorum "none": nothing to refresh
+        if self.published is not None and (cp.size, fresh) <= self.published:
+            return
+        await self.storage.publish(self.rule, cp.size, note, fresh)
+        # Committed: /checkpoint serves this note (or a larger or fresher one) from now on.
+        first = self.published is None or cp.size > self.published[0]
+        self.published = max(self.published or (cp.size, fresh), (cp.size, fresh))
+        self.metrics.published_size.set(self.published[0])
+        if first:
+            log.info("published size %d with cosignatures of %s", cp.size,
+                     ", ".join(sorted(witnessed.times)) or "no witness")

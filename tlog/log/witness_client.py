@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import aiohttp
 
 from verifier.protocol.note import NoteError, Signature, b64encode, parse_note
+from verifier.protocol.witness import MAX_PROOF_LINES, SIZE_CONTENT_TYPE
 
 MAX_ANSWER = 64 * 1024  # bytes of a witness's answer: a few signature lines, or a size
-MAX_PROOF_LINES = 63  # tlog-witness: a client never sends more
-SIZE_TYPE = "text/x.tlog.size"
+MAX_SIZE = 2**63 - 1  # the largest tree size the log stores (bigint); a witness saying more lies
 _SIZE = re.compile(r"(0|[1-9][0-9]{0,18})\n")
 
 
@@ -67,7 +67,7 @@ async def add_checkpoint(session: aiohttp.ClientSession, url: str, old: int,
     if status == 200:
         return Cosigned(_signatures(note, answer))
     if status == 409:
-        return Conflict(_size(answer) if content_type == SIZE_TYPE else None)
+        return Conflict(_size(answer) if content_type == SIZE_CONTENT_TYPE else None)
     shown = answer[:200].decode("utf-8", "replace").strip()
     raise WitnessError(f"HTTP {status}: {shown!r}")
 
@@ -101,4 +101,7 @@ def _size(answer: bytes) -> int:
     m = _SIZE.fullmatch(answer.decode("ascii", "replace"))
     if m is None:
         raise WitnessError(f"409 with a malformed size: {answer[:40]!r}")
-    return int(m.group(1))
+    size = int(m.group(1))
+    if size > MAX_SIZE:  # 19 digits reach 10^19 - 1: more than any tree this log can hold
+        raise WitnessError(f"409 with a size beyond any tree: {size}")
+    return size

@@ -82,14 +82,17 @@ class LogReader(Protocol):
         """The index of the entry with this leaf hash; None if there is none."""
         ...
 
-    async def latest_published(self) -> StoredCheckpoint | None:
-        """The largest checkpoint whose cosignatures met the witness quorum, its note
-        followed by those cosignature lines; None before the first (or with no policy)."""
+    async def latest_published(self, rule: str) -> StoredCheckpoint | None:
+        """The largest checkpoint whose cosignatures met the quorum of the policy whose
+        quorum rule is `rule` (tlog.config.quorum_rule), with the freshest note published
+        for it: the log's note followed by those cosignature lines; None before the first
+        under that policy."""
         ...
 
-    async def published_covering(self, index: int) -> StoredCheckpoint | None:
-        """The smallest quorum-cosigned checkpoint whose tree holds entry `index` (its
-        size > index), as latest_published gives it; None when there is none yet."""
+    async def published_covering(self, rule: str, index: int) -> StoredCheckpoint | None:
+        """The smallest checkpoint cosigned by the quorum of `rule` whose tree holds entry
+        `index` (its size > index), with the FIRST note published for it (the earliest
+        witnessed time, from which cooldowns count); None when there is none yet."""
         ...
 
     async def cosignature_lines(self, size: int) -> list[str]:

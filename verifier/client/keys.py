@@ -16,7 +16,7 @@ from pathlib import Path
 from verifier.errors import UsageError
 from verifier.protocol.cosignature import CosignatureSigner, parse_witness_private_key
 from verifier.protocol.note import NoteError, Signer, Verifier, parse_private_key, parse_vkey
-from verifier.protocol.policy import Policy, PolicyError, parse_policy
+from verifier.protocol.policy import MAX_POLICY_SIZE, Policy, PolicyError, parse_policy
 
 
 class KeyFileError(UsageError):
@@ -60,14 +60,13 @@ def read_vkey(path: str | Path, what: str = "verifier key") -> Verifier:
         raise KeyFileError(f"{path} is not a verifier key (name+id+key): {exc}") from exc
 
 
-MAX_POLICY_FILE = 1 << 20
 
 
 def read_policy(path: str | Path, what: str = "witness policy") -> Policy:
     """A witness policy (c2sp.org/tlog-policy) from its file."""
     try:
         with Path(path).open("rb") as f:
-            data = f.read(MAX_POLICY_FILE + 1)
+            data = f.read(MAX_POLICY_SIZE + 1)
     except OSError as exc:
         raise KeyFileError(f"couldn't read {what} {path}: {exc.strerror or exc}") from exc
     try:

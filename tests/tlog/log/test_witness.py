@@ -315,7 +315,8 @@ def serve_args(key: Path, policy: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.parametrize("case", ["other log", "no url", "malformed", "missing",
-                                  "interval 0", "interval huge", "timeout 0"])
+                                  "interval 0", "interval huge", "timeout 0",
+                                  "refresh below interval"])
 def test_serve_refuses_a_policy_it_could_never_publish_under(
         tmp_path: Path, log_signer: Signer, case: str, capsys: pytest.CaptureFixture[str]
         ) -> None:
@@ -330,7 +331,8 @@ def test_serve_refuses_a_policy_it_could_never_publish_under(
     expected = {"other log": "do not include this log's key", "no url": "without a URL",
                 "malformed": "line 1", "missing": "couldn't read",
                 "interval 0": "--witness-interval", "interval huge": "--witness-interval",
-                "timeout 0": "--witness-timeout"}[case]
+                "timeout 0": "--witness-timeout",
+                "refresh below interval": "--witness-refresh must be at least"}[case]
     if case == "other log":
         text = text.replace(log_line, f"log {generate_key('other.log').verifier().text()}")
     elif case == "no url":
@@ -343,6 +345,8 @@ def test_serve_refuses_a_policy_it_could_never_publish_under(
         extra = ["--witness-interval", "1e9"]
     elif case == "timeout 0":
         extra = ["--witness-timeout", "0"]
+    elif case == "refresh below interval":
+        extra = ["--witness-interval", "5", "--witness-refresh", "1"]
     policy = tmp_path / "policy"
     if case != "missing":
         policy.write_text(text)
