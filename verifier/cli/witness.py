@@ -10,7 +10,8 @@ keygen writes DIR/NAME.key (mode 0600, never over an existing key without --forc
 DIR/NAME.vkey, a '/' in NAME becoming '_'. serve cosigns each log's checkpoints that extend
 what it cosigned before, keeping its state and the evidence of refused requests in
 DIR/witness.db; SIGINT or SIGTERM stop it. evidence prints the refused requests whose
-checkpoint the log had signed (forks, bad proofs, stale sizes).
+checkpoint the log had signed and an honest log cannot cause (forks, bad consistency
+proofs), once per signed checkpoint.
 """
 
 from __future__ import annotations

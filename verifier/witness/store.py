@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     size INTEGER NOT NULL,
     root BLOB NOT NULL,
     note TEXT NOT NULL,        -- the note as submitted plus the witness's cosignature line
-    timestamp INTEGER NOT NULL -- of that cosignature: the next one is never earlier
+    timestamp INTEGER NOT NULL -- of that cosignature (see protocol.witness.cosign_time)
 );
 -- Keyed by the signed checkpoint (origin, size, root) and kind: a replay, or the same
 -- checkpoint with other junk around it, keeps the first body (an attacker cannot make new
