@@ -4,6 +4,7 @@ status of c2sp.org/tlog-witness, and the attacks a witness exists to stop."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -252,3 +253,21 @@ async def test_a_slow_body_is_cut_off(http: Client, monkeypatch: pytest.MonkeyPa
         yield b"\n"
     async with http.post("/add-checkpoint", data=stalling()) as resp:
         assert resp.status == 408
+
+
+def test_a_state_with_the_first_evidence_table_opens_and_keeps_its_rows_aside(
+        tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "witness.db")
+    db.executescript("CREATE TABLE evidence (id INTEGER PRIMARY KEY, time INTEGER, origin TEXT,"
+                     " reason TEXT, digest BLOB UNIQUE, body BLOB);"
+                     "INSERT INTO evidence VALUES (1, 5, 'o', 'r', x'00', x'00');")
+    db.close()
+    store = WitnessStore(tmp_path)
+    try:
+        assert store.evidence() == []
+        with store.transaction():
+            store.keep_evidence(6, ORIGIN, 3, bytes(32), "fork", b"b", fork=True)
+        assert [e.body for e in store.evidence()] == [b"b"]
+        assert store.db.execute("SELECT count(*) FROM evidence_v1").fetchone() == (1,)
+    finally:
+        store.close()
