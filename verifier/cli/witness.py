@@ -3,13 +3,15 @@
     tlog-verify witness keygen --name NAME --out DIR [--force]
     tlog-verify witness serve --key NAME.key --log-key LOG.vkey [--log-key ...] --state DIR
                               --listen HOST:PORT [--max-body BYTES]
+                              [--max-connections N]
     tlog-verify witness evidence --state DIR [--json] [--limit N]
 
 keygen writes DIR/NAME.key (mode 0600, never over an existing key without --force) and
 DIR/NAME.vkey, a '/' in NAME becoming '_'. serve cosigns each log's checkpoints that extend
 what it cosigned before, keeping its state and the evidence of refused requests in
 DIR/witness.db; SIGINT or SIGTERM stop it. evidence prints the refused requests whose
-checkpoint the log had signed (forks, bad proofs, stale sizes).
+checkpoint the log had signed and an honest log cannot cause (forks, bad consistency
+proofs), once per signed checkpoint.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from verifier.client.keys import KeyFileError, read_vkey, read_witness_key
 from verifier.errors import EXIT_OK, UsageError
 from verifier.protocol.cosignature import generate_witness_key
 from verifier.protocol.note import NoteError, Verifier
-from verifier.protocol.witness import DEFAULT_MAX_BODY
+from verifier.protocol.witness import DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS
 
 MAX_BODY_LIMIT = 1 << 20
+MAX_CONNECTIONS_LIMIT = 10_000
 
 
 def key_files(out: Path, name: str) -> tuple[Path, Path]:
@@ -87,6 +90,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host, port = _listen(args.listen)
     if not 0 < args.max_body <= MAX_BODY_LIMIT:
         raise UsageError(f"--max-body must be in 1..{MAX_BODY_LIMIT}")
+    if not 0 < args.max_connections <= MAX_CONNECTIONS_LIMIT:
+        raise UsageError(f"--max-connections must be in 1..{MAX_CONNECTIONS_LIMIT}")
     signer = read_witness_key(args.key)
     log_keys = _log_keys(args.log_key)
     try:
@@ -96,7 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ready = (f"witness {signer.name} {signer.verifier().text()} listening on "
              f"http://{args.listen} for {', '.join(witness.origins())}")
     try:
-        asyncio.run(serve(witness, host, port, args.max_body, ready))
+        asyncio.run(serve(witness, host, port, args.max_body, ready, args.max_connections))
     except OSError as exc:
         raise UsageError(f"couldn't listen on {args.listen}: {exc.strerror or exc}") from exc
     finally:
@@ -117,7 +122,7 @@ def cmd_evidence(args: argparse.Namespace) -> int:
     if not (state / DB_FILE).is_file():
         raise UsageError(f"no witness state in {state} (no {DB_FILE})")
     try:
-        store = WitnessStore(state)
+        store = WitnessStore(state, read_only=True)  # while the server may be writing
         try:
             rows = store.evidence(args.limit)
         finally:
@@ -160,6 +165,9 @@ def register(sub: Any) -> None:
                         "(e.g. 0.0.0.0:7380)")
     s.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY, metavar="BYTES",
                    help=f"largest request body accepted (default {DEFAULT_MAX_BODY})")
+    s.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS,
+                   metavar="N", help="connections open at once; more get a 503 and are "
+                                     f"closed (default {DEFAULT_MAX_CONNECTIONS})")
     s.set_defaults(func=cmd_serve)
 
     e = wsub.add_parser("evidence", help="print the refused requests kept as evidence")

@@ -16,8 +16,10 @@ and the witness answers, in this order (the spec's; `Refusal.status` is the HTTP
   cosigned; 409 same size, other root (a fork); 422 the consistency proof from its stored
   checkpoint does not verify, or is not empty from size 0 (`check_extends`).
 
-Refusals of a checkpoint the log did sign (the 409s and the 422) are `evidence`: the log, or
-someone replaying its checkpoints, showed the witness something worth keeping.
+Refusals of a checkpoint the log did sign that the log's own honest use cannot cause (the
+fork 409 and the 422) are `evidence`, worth keeping. The 409 on the old size is not: the spec
+makes `old 0` the way to ask for the stored size, and an honest log retrying after a lost
+answer gets it too.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from verifier.protocol.note import NoteError, Verifier, b64decode_strict, parse_
 
 __all__ = [
     "DEFAULT_MAX_BODY",
+    "DEFAULT_MAX_CONNECTIONS",
+    "MAX_CLOCK_SKEW",
     "MAX_NOTE_SIGNATURES",
     "MAX_PROOF_LINES",
     "SIZE_CONTENT_TYPE",
@@ -46,6 +50,7 @@ __all__ = [
     "Stored",
     "check_extends",
     "check_signed",
+    "clock_behind",
     "cosign_time",
     "cosigned_note",
     "format_size",
@@ -63,6 +68,9 @@ SIZE_CONTENT_TYPE = "text/x.tlog.size"
 DEFAULT_MAX_BODY = 16 * 1024
 """A request body limit that fits a checkpoint with some signature lines and 63 proof lines
 (under 4 KiB) with room to spare."""
+DEFAULT_MAX_CONNECTIONS = 256
+"""Connections a witness server keeps open at once: a log keeps one or a few, monitors poll
+now and then; this bounds the sockets, buffers and tasks a crowd of clients can pin."""
 HASH_SIZE = 32
 
 
@@ -71,11 +79,13 @@ class Refusal(Exception):
     request is evidence to keep (the log did sign its checkpoint)."""
 
     def __init__(self, status: int, reason: str, *, evidence: bool = False,
-                 size: int | None = None) -> None:
+                 fork: bool = False, size: int | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
-        self.evidence = evidence
+        self.evidence = evidence or fork
+        self.fork = fork
+        """Same size, other root: the log signed two trees of one size (only its key can)."""
         self.size = size
         """The stored size, for a 409 on the old size (the body the spec requires)."""
 
@@ -183,12 +193,11 @@ def check_extends(req: AddCheckpoint, stored: Stored | None) -> None:
         raise _bad(f"old size {req.old} is larger than the checkpoint size {cp.size}")
     size = stored.size if stored is not None else 0
     if req.old != size:
-        raise Refusal(409, f"old size {req.old} is not the cosigned size {size}",
-                      evidence=True, size=size)
+        raise Refusal(409, f"old size {req.old} is not the cosigned size {size}", size=size)
     if (stored is not None and cp.size == stored.size
             and not hmac.compare_digest(cp.root, stored.root)):
         raise Refusal(409, f"a checkpoint of size {cp.size} with another root was "
-                               "cosigned: this one is a fork", evidence=True)
+                               "cosigned: this one is a fork", fork=True)
     if req.old == 0:
         if req.proof:
             raise Refusal(422, "the consistency proof from size 0 must be empty",
@@ -205,10 +214,34 @@ def check_extends(req: AddCheckpoint, stored: Stored | None) -> None:
                            f"{exc}", evidence=True) from exc
 
 
+MAX_CLOCK_SKEW = 300
+"""Seconds the last cosignature's time may be ahead of the clock and still be reused.
+
+Within it, a clock that stepped back a little (an NTP step, a VM resumed) does not make a log
+see its witness's times go back; the cosignature then claims at most 5 minutes more freshness
+than is true, well inside any max-age a client would set. Beyond it, the stored time is not
+a small step but a clock that was (or is) wrong, and reusing it would stamp every later
+cosignature with that bad time for ever (a far-future time makes a frozen view look fresh)."""
+
+
+def clock_behind(now: int, stored: Stored | None) -> bool:
+    """Whether the last cosignature's time is more than MAX_CLOCK_SKEW ahead of `now`."""
+    return stored is not None and stored.timestamp > now + MAX_CLOCK_SKEW
+
+
 def cosign_time(now: int, stored: Stored | None) -> int:
-    """The cosignature's timestamp: the clock, but never before the last one used for this
-    log, so a log sees its witness's times only go forward (even if the clock steps back)."""
-    return max(now, stored.timestamp) if stored is not None else now
+    """The cosignature's timestamp: the clock, but not before the last one used for this log
+    when that is at most MAX_CLOCK_SKEW ahead, so small clock steps back never show.
+
+    Further ahead (`clock_behind`), the clock is used as it is, and the times go back: the
+    earlier cosignature's time was wrong, or the clock is now. Refusing instead would stop
+    the witness for ever after one jump ahead that the operator then fixed (the clock can
+    never catch up with a far-future time); and a time that is too early only makes
+    cosignatures look stale, which clients refuse (fail closed), while one too late would
+    make them look fresh. The service logs it loudly, for the operator to check the clock."""
+    if stored is None or clock_behind(now, stored):
+        return now
+    return max(now, stored.timestamp)
 
 
 def cosigned_note(note: str, cosignature_line: str) -> str:

@@ -10,13 +10,15 @@ service commits before it answers, and recovery sees exactly the committed trans
   its cosignature; its retry with the old size gets a 409 with the new size, and a request
   from that size for the same checkpoint is cosigned again (same size, same root).
 
-One connection, used by one thread (the service's writer thread); each check-and-store is one
-BEGIN IMMEDIATE transaction, which also keeps out another process on the same file.
+The writer: one connection, used by one thread (the service's writer thread); each
+check-and-store is one BEGIN IMMEDIATE transaction, which also keeps out another process on
+the same file. Readers (the read endpoint, the first look at a request's old size) use their
+own read-only connection (`read_only=True`), in another thread: WAL lets them read the
+last commit while the writer writes, and they never queue behind it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,8 +29,12 @@ from verifier.protocol.witness import Stored
 
 DB_FILE = "witness.db"
 MAX_EVIDENCE_ROWS = 10_000
-"""Evidence kept (oldest dropped first): with bodies capped by the server's --max-body, a
-flood of refused requests costs a bounded amount of disk."""
+"""Evidence kept that is not a fork (a bad consistency proof; oldest dropped first). It is
+keyed by the signed checkpoint, so only the log's signatures make new rows, and bodies are
+capped by the server's --max-body: a bounded amount of disk."""
+MAX_FORK_ROWS = 1_000
+"""Forks kept (same size, other root). Never dropped: beyond this many, later ones are not
+stored (the first ones already prove the log signed two trees of one size)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -36,15 +42,21 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     size INTEGER NOT NULL,
     root BLOB NOT NULL,
     note TEXT NOT NULL,        -- the note as submitted plus the witness's cosignature line
-    timestamp INTEGER NOT NULL -- of that cosignature: the next one is never earlier
+    timestamp INTEGER NOT NULL -- of that cosignature (see protocol.witness.cosign_time)
 );
+-- Keyed by the signed checkpoint (origin, size, root) and kind: a replay, or the same
+-- checkpoint with other junk around it, keeps the first body (an attacker cannot make new
+-- keys without the log's key).
 CREATE TABLE IF NOT EXISTS evidence (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     time INTEGER NOT NULL,
     origin TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    root BLOB NOT NULL,
+    fork INTEGER NOT NULL,     -- 1: same size, other root (never dropped)
     reason TEXT NOT NULL,
-    digest BLOB NOT NULL UNIQUE, -- SHA-256 of the body: a replayed request is kept once
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    UNIQUE (origin, size, root, fork)
 );
 """
 
@@ -63,14 +75,28 @@ class Evidence:
 class WitnessStore:
     """The database; every method must be called from the one thread that owns it."""
 
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, *, read_only: bool = False) -> None:
+        if read_only:
+            # Opened after the writer made the file and its schema; mode=ro: no writes, ever.
+            uri = (state / DB_FILE).resolve().as_uri() + "?mode=ro"
+            self.db = sqlite3.connect(uri, uri=True, isolation_level=None,
+                                      check_same_thread=False, timeout=30)
+            return
         state.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: transactions are the explicit BEGIN IMMEDIATE ones below.
         self.db = sqlite3.connect(state / DB_FILE, isolation_level=None,
                                   check_same_thread=False, timeout=30)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
+        self._retire_old_evidence()
         self.db.executescript(SCHEMA)
+
+    def _retire_old_evidence(self) -> None:
+        """The first evidence table (one row per distinct body) is renamed, not read: its
+        rows had no checkpoint key. It stays in the file for whoever wants to look."""
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(evidence)")}
+        if "digest" in cols:
+            self.db.execute("ALTER TABLE evidence RENAME TO evidence_v1")
 
     def close(self) -> None:
         self.db.close()
@@ -105,16 +131,24 @@ class WitnessStore:
             " note = excluded.note, timestamp = excluded.timestamp",
             (origin, stored.size, stored.root, note, stored.timestamp))
 
-    def keep_evidence(self, time: int, origin: str, reason: str, body: bytes) -> None:
-        """Keep a refused request (once per distinct body), dropping the oldest beyond
-        MAX_EVIDENCE_ROWS."""
+    def keep_evidence(self, time: int, origin: str, size: int, root: bytes, reason: str,
+                      body: bytes, *, fork: bool) -> None:
+        """Keep a refused request whose checkpoint (`size`, `root`) the log signed, once per
+        checkpoint and kind (the first body). A fork is never dropped (beyond MAX_FORK_ROWS,
+        new ones are not kept); other evidence beyond MAX_EVIDENCE_ROWS drops the oldest."""
+        if fork:
+            (forks,) = self.db.execute("SELECT count(*) FROM evidence WHERE fork = 1").fetchone()
+            if forks >= MAX_FORK_ROWS:
+                return
         cur = self.db.execute(
-            "INSERT OR IGNORE INTO evidence (time, origin, reason, digest, body)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (time, origin, reason, hashlib.sha256(body).digest(), body))
-        if cur.rowcount and cur.lastrowid is not None:
-            self.db.execute("DELETE FROM evidence WHERE id <= ?",
-                            (cur.lastrowid - MAX_EVIDENCE_ROWS,))
+            "INSERT OR IGNORE INTO evidence (time, origin, size, root, fork, reason, body)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (time, origin, size, root, int(fork), reason, body))
+        if cur.rowcount and not fork:
+            self.db.execute(
+                "DELETE FROM evidence WHERE fork = 0 AND id < (SELECT id FROM evidence"
+                " WHERE fork = 0 ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (MAX_EVIDENCE_ROWS - 1,))
 
     def evidence(self, limit: int | None = None) -> list[Evidence]:
         """Kept evidence, oldest first (the last `limit` rows if given)."""

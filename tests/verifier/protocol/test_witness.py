@@ -10,11 +10,13 @@ from tests.verifier.witness.support import ORIGIN, TestLog
 from verifier.protocol.merkle import EMPTY_ROOT
 from verifier.protocol.note import b64encode, generate_key, parse_note, sign_note
 from verifier.protocol.witness import (
+    MAX_CLOCK_SKEW,
     MAX_NOTE_SIGNATURES,
     Refusal,
     Stored,
     check_extends,
     check_signed,
+    clock_behind,
     cosign_time,
     format_size,
     origin_hash,
@@ -105,8 +107,9 @@ def test_old_size_over_the_checkpoint_size_is_400() -> None:
 
 
 def test_old_size_other_than_the_stored_one_is_409_with_the_stored_size() -> None:
+    # Not evidence: the spec's `old 0` probe and an honest log's retry get it too.
     r = refusal(LOG.body(3, 10), at(5))
-    assert (r.status, r.size, r.evidence) == (409, 5, True)
+    assert (r.status, r.size, r.evidence, r.fork) == (409, 5, False, False)
     r = refusal(LOG.body(0, 10), at(5))
     assert (r.status, r.size) == (409, 5)
     assert (refusal(LOG.body(2, 10), None).size) == 0
@@ -116,14 +119,14 @@ def test_old_size_other_than_the_stored_one_is_409_with_the_stored_size() -> Non
 def test_a_fork_of_the_same_size_is_409_and_evidence() -> None:
     fork = TestLog(LOG.signer, tag="b", shared=4)
     r = refusal(fork.body(10, 10), at(10))
-    assert (r.status, r.size, r.evidence) == (409, None, True)
+    assert (r.status, r.size, r.evidence, r.fork) == (409, None, True, True)
     assert "fork" in r.reason
 
 
 def test_a_larger_tree_that_is_not_consistent_is_422_and_evidence() -> None:
     fork = TestLog(LOG.signer, tag="b", shared=4)
     r = refusal(fork.body(10, 20), at(10))
-    assert (r.status, r.evidence) == (422, True)
+    assert (r.status, r.evidence, r.fork) == (422, True, False)
     # Its own proof from the forked size-10 tree does not help either.
     assert refusal(fork.body(10, 20, proof=fork.proof(10, 20)), at(10)).status == 422
 
@@ -156,7 +159,16 @@ def test_consistent_checkpoints_pass(old: int, new: int) -> None:
 def test_cosignature_times_never_go_back() -> None:
     assert cosign_time(100, None) == 100
     assert cosign_time(100, at(3, timestamp=90)) == 100
-    assert cosign_time(100, at(3, timestamp=200)) == 200
+    assert cosign_time(1000, at(3, timestamp=1000 + MAX_CLOCK_SKEW)) == 1000 + MAX_CLOCK_SKEW
+    assert not clock_behind(1000, at(3, timestamp=1000 + MAX_CLOCK_SKEW))
+
+
+def test_one_clock_jump_ahead_does_not_stick_to_every_later_cosignature() -> None:
+    # A cosignature made while the clock was years ahead; the clock is then fixed.
+    jumped = at(3, timestamp=10**12)
+    assert clock_behind(1000, jumped)
+    assert cosign_time(1000, jumped) == 1000
+    assert cosign_time(1000, at(3, timestamp=1001 + MAX_CLOCK_SKEW)) == 1000
 
 
 def test_the_read_path_names_a_log_by_the_hash_of_its_origin() -> None:

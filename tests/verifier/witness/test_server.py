@@ -4,78 +4,31 @@ status of c2sp.org/tlog-witness, and the attacks a witness exists to stop."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
+from tests.verifier.witness.helpers import (
+    CHECKPOINT_PATH,
+    FORK,
+    LOG,
+    WITNESS_KEY,
+    Client,
+    Clock,
+    cosign,
+    evidence,
+    post,
+)
 from tests.verifier.witness.support import ORIGIN, TestLog
-from verifier.protocol.cosignature import generate_witness_key, verify_cosignature
+from verifier.protocol.cosignature import verify_cosignature
 from verifier.protocol.note import generate_key, open_note, parse_note
-from verifier.protocol.witness import origin_hash
+from verifier.protocol.witness import MAX_CLOCK_SKEW, origin_hash
 from verifier.witness.server import create_app
 from verifier.witness.service import Witness
 from verifier.witness.store import WitnessStore
-
-WITNESS_KEY = generate_witness_key("witness.example/w1")
-LOG = TestLog(size=300)
-FORK = TestLog(LOG.signer, size=300, tag="b", shared=6)
-CHECKPOINT_PATH = f"/{origin_hash(ORIGIN)}/checkpoint"
-Client = TestClient[Any, Any]
-
-
-class Clock:
-    def __init__(self, now: float = 1_700_000_000) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def make_witness(tmp_path: Path, clock: Clock) -> Callable[[], Witness]:
-    def make() -> Witness:
-        return Witness(WITNESS_KEY, [LOG.signer.verifier()], tmp_path / "state", clock=clock)
-    return make
-
-
-@pytest.fixture
-async def witness(make_witness: Callable[[], Witness]) -> AsyncIterator[Witness]:
-    w = make_witness()
-    yield w
-    w.close()
-
-
-@pytest.fixture
-async def http(aiohttp_client: Any, witness: Witness) -> Client:
-    client: Client = await aiohttp_client(create_app(witness, max_body=8192))
-    return client
-
-
-async def post(http: Client, body: bytes) -> tuple[int, str, str]:
-    async with http.post("/add-checkpoint", data=body) as resp:
-        return resp.status, resp.content_type, await resp.text()
-
-
-async def cosign(http: Client, old: int, new: int, log: TestLog = LOG) -> str:
-    status, _, text = await post(http, log.body(old, new))
-    assert status == 200, text
-    return text
-
-
-def evidence(tmp_path: Path) -> list[tuple[str, str]]:
-    store = WitnessStore(tmp_path / "state")
-    try:
-        return [(e.reason, e.body.decode()) for e in store.evidence()]
-    finally:
-        store.close()
 
 
 async def test_a_consistent_checkpoint_is_cosigned_and_served_to_monitors(
@@ -134,7 +87,8 @@ async def test_a_larger_fork_signed_by_the_log_is_refused_and_kept(
     for proof in (LOG.proof(10, 40), FORK.proof(10, 40)):
         status, _, _ = await post(http, FORK.body(10, 40, proof=proof))
         assert status == 422
-    assert len(evidence(tmp_path)) == 2
+    # Kept once per signed checkpoint: the first body.
+    assert [b for _, b in evidence(tmp_path)] == [FORK.body(10, 40, LOG.proof(10, 40)).decode()]
     await cosign(http, 10, 40)  # the real log goes on
 
 
@@ -159,11 +113,21 @@ async def test_refusals_without_a_valid_log_signature_are_not_kept(
     assert evidence(tmp_path) == []
 
 
-async def test_a_replayed_refusal_is_kept_once(http: Client, tmp_path: Path) -> None:
+async def test_a_replayed_fork_is_kept_once_whatever_junk_surrounds_it(
+        http: Client, tmp_path: Path) -> None:
     await cosign(http, 0, 10)
-    for _ in range(5):
-        assert (await post(http, LOG.body(3, 8)))[0] == 409
+    for n in range(5):
+        note = FORK.checkpoint(10, [generate_key(f"junk.example/{n}")])
+        assert (await post(http, FORK.body(10, 10, note=note)))[0] == 409
     assert len(evidence(tmp_path)) == 1
+
+
+async def test_the_old_size_probe_and_retries_are_not_evidence(
+        http: Client, tmp_path: Path) -> None:
+    await cosign(http, 0, 10)
+    assert (await post(http, LOG.body(0, 10))) == (409, "text/x.tlog.size", "10\n")
+    assert (await post(http, LOG.body(3, 8)))[0] == 409
+    assert evidence(tmp_path) == []
 
 
 async def test_a_racing_flood_from_one_old_size_gets_one_cosignature_never_a_rollback(
@@ -195,10 +159,27 @@ async def test_cosignature_times_never_go_back_when_the_clock_does(
                                   sig)
     t0 = int(clock.now)
     assert time_of(await cosign(http, 0, 3), 3) == t0
-    clock.now -= 3600
+    clock.now -= MAX_CLOCK_SKEW  # a step back within the skew
     assert time_of(await cosign(http, 3, 7), 7) == t0
-    clock.now += 7200
-    assert time_of(await cosign(http, 7, 9), 9) == t0 + 3600
+    clock.now += 2 * MAX_CLOCK_SKEW
+    assert time_of(await cosign(http, 7, 9), 9) == t0 + MAX_CLOCK_SKEW
+
+
+async def test_one_clock_jump_ahead_does_not_stamp_every_later_cosignature(
+        http: Client, clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    def time_of(line: str, size: int) -> int:
+        sig = parse_note(LOG.checkpoint(size) + line).signatures[-1]
+        return verify_cosignature(WITNESS_KEY.verifier(), parse_note(LOG.checkpoint(size)).text,
+                                  sig)
+    t0 = int(clock.now)
+    clock.now = 10**12  # the clock jumps years ahead once...
+    assert time_of(await cosign(http, 0, 3), 3) == 10**12
+    clock.now = t0 + 60  # ...and is fixed
+    with caplog.at_level("ERROR", logger="verifier.witness.service"):
+        assert time_of(await cosign(http, 3, 7), 7) == t0 + 60
+    assert "CLOCK" in caplog.text and "Check the system clock" in caplog.text
+    clock.now = t0 + 30  # from here on times do not go back again (within the skew)
+    assert time_of(await cosign(http, 7, 9), 9) == t0 + 60
 
 
 async def test_wrong_methods_are_405_and_large_bodies_413(http: Client) -> None:
@@ -241,14 +222,23 @@ async def test_state_survives_a_restart(make_witness: Callable[[], Witness],
         second.close()
 
 
-def test_evidence_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_evidence_is_bounded_and_forks_are_never_dropped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("verifier.witness.store.MAX_EVIDENCE_ROWS", 5)
+    monkeypatch.setattr("verifier.witness.store.MAX_FORK_ROWS", 3)
     store = WitnessStore(tmp_path)
     try:
         for i in range(12):
             with store.transaction():
-                store.keep_evidence(i, ORIGIN, "r", f"body {i}".encode())
-        assert [e.body for e in store.evidence()] == [f"body {i}".encode() for i in range(7, 12)]
+                store.keep_evidence(i, ORIGIN, 10, bytes([i]) * 32, "fork", f"fork {i}".encode(),
+                                    fork=True)
+                store.keep_evidence(i, ORIGIN, 20 + i, bytes(32), "r", f"body {i}".encode(),
+                                    fork=False)
+                # The same checkpoint again, other body: the first is kept.
+                store.keep_evidence(i, ORIGIN, 20 + i, bytes(32), "r", b"other", fork=False)
+        bodies = [e.body for e in store.evidence()]
+        assert bodies == [b"fork 0", b"fork 1", b"fork 2"] + \
+            [f"body {i}".encode() for i in range(7, 12)]
         assert [e.time for e in store.evidence(2)] == [10, 11]
     finally:
         store.close()
@@ -263,3 +253,21 @@ async def test_a_slow_body_is_cut_off(http: Client, monkeypatch: pytest.MonkeyPa
         yield b"\n"
     async with http.post("/add-checkpoint", data=stalling()) as resp:
         assert resp.status == 408
+
+
+def test_a_state_with_the_first_evidence_table_opens_and_keeps_its_rows_aside(
+        tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "witness.db")
+    db.executescript("CREATE TABLE evidence (id INTEGER PRIMARY KEY, time INTEGER, origin TEXT,"
+                     " reason TEXT, digest BLOB UNIQUE, body BLOB);"
+                     "INSERT INTO evidence VALUES (1, 5, 'o', 'r', x'00', x'00');")
+    db.close()
+    store = WitnessStore(tmp_path)
+    try:
+        assert store.evidence() == []
+        with store.transaction():
+            store.keep_evidence(6, ORIGIN, 3, bytes(32), "fork", b"b", fork=True)
+        assert [e.body for e in store.evidence()] == [b"b"]
+        assert store.db.execute("SELECT count(*) FROM evidence_v1").fetchone() == (1,)
+    finally:
+        store.close()

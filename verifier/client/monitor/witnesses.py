@@ -16,7 +16,6 @@ log, and its outage says nothing about the log's honesty.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,6 +29,7 @@ from verifier.protocol.cosignature import verify_cosignature
 from verifier.protocol.note import MAX_NOTE_SIZE, NoteError, parse_note
 from verifier.protocol.policy import PolicyTrust, PolicyWitness
 from verifier.protocol.state import Trusted
+from verifier.protocol.witness import origin_hash
 
 __all__ = ["Disagreement", "WitnessChecker", "witness_view_path"]
 
@@ -39,7 +39,7 @@ WITNESS = "witness.txt"  # evidence: the witness's policy name, key and URL
 
 def witness_view_path(origin: str) -> str:
     """The witness's read path for a log, relative to its submission prefix URL."""
-    return hashlib.sha256(origin.encode("utf-8")).hexdigest() + "/checkpoint"
+    return origin_hash(origin) + "/checkpoint"
 
 
 @dataclass(frozen=True)
