@@ -1,0 +1,154 @@
+"""The state of each package as the log's entries define it, and the hash the state map
+commits to (see verifier.protocol.statemap for the map itself).
+
+A package's state is the JSON object
+
+    {"package": P,
+     "releases": [{"version": V, "index": I, "leaf_hash": hex, "counter": C or null}, ...],
+     "lifecycle": {V: {"kind": K, "index": I, "leaf_hash": hex}, ...},
+     "counter": highest counter or null}
+
+with releases in log order and, per version, only the latest lifecycle statement (rollout/v1,
+halt/v1, yank/v1 or resume/v1) in log order; versions without one are absent. Its value hash is
+SHA-256(b"tlog/package-state/v1\\n" || JCS(state)) (RFC 8785), and its map key is
+SHA-256(UTF-8 package name).
+
+Everything here is a pure function of the entries in log order, so a monitor that replays the
+log computes the same states, the same hashes and therefore the same map root as the log; a
+log that commits to anything else is caught by the first monitor that compares.
+
+The input is a `Record` per entry, not the parsed entry: the fields the state needs are
+common to every kind, and the caller (log or monitor) has already validated the entry.
+Records of other kinds (the registry's, the log's own map-root entries) carry no package state
+and must be filtered out before; passing one is an error, so nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import rfc8785
+
+RELEASE_KIND = "release/v1"
+LIFECYCLE_KINDS = frozenset({"rollout/v1", "halt/v1", "yank/v1", "resume/v1"})
+STATE_PREFIX = b"tlog/package-state/v1\n"
+
+PackageState = dict[str, Any]
+
+
+class StateError(ValueError):
+    """Entries that cannot come from a log following its own rules (a lifecycle statement
+    for a release not logged before it, indices out of order, an unknown kind)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the state needs from one logged entry."""
+
+    index: int
+    leaf_hash: bytes
+    kind: str
+    package: str
+    version: str
+    counter: int | None = None
+
+
+def package_key(package: str) -> bytes:
+    """The map key of a package: SHA-256 of its UTF-8 name."""
+    return hashlib.sha256(package.encode("utf-8")).digest()
+
+
+def state_bytes(state: Mapping[str, Any]) -> bytes:
+    """JCS (RFC 8785) of a state: the bytes a client hashes and a monitor compares."""
+    return bytes(rfc8785.dumps(dict(state)))
+
+
+def state_hash(state: Mapping[str, Any]) -> bytes:
+    """The value the map commits to for a package."""
+    return hashlib.sha256(STATE_PREFIX + state_bytes(state)).digest()
+
+
+def empty_state(package: str) -> PackageState:
+    return {"package": package, "releases": [], "lifecycle": {}, "counter": None}
+
+
+class StateBuilder:
+    """Package states built incrementally from records in log order.
+
+    `apply` takes the records of one batch and returns the packages it changed, so the log
+    (or a monitor) updates only their map leaves. `last_index` guards the log order: a record
+    at or before an index already applied is refused rather than reordered.
+    """
+
+    def __init__(self) -> None:
+        self.states: dict[str, PackageState] = {}
+        self.last_index = -1
+
+    def apply(self, records: Iterable[Record]) -> set[str]:
+        touched: set[str] = set()
+        for record in records:
+            self._apply_one(record)
+            touched.add(record.package)
+        return touched
+
+    def updates(self, packages: Iterable[str]) -> list[tuple[bytes, bytes]]:
+        """(map key, value hash) of each named package, for SparseMap.update."""
+        return [(package_key(p), state_hash(self.states[p])) for p in sorted(set(packages))]
+
+    def _apply_one(self, record: Record) -> None:
+        if record.index <= self.last_index:
+            raise StateError(f"entry {record.index} is not after entry {self.last_index}")
+        if len(record.leaf_hash) != 32:
+            raise StateError(f"entry {record.index}: leaf hash is not 32 bytes")
+        state = self.states.get(record.package)
+        if record.kind == RELEASE_KIND:
+            state = state if state is not None else empty_state(record.package)
+            _add_release(state, record)
+        elif record.kind in LIFECYCLE_KINDS:
+            if state is None or not _released(state, record.version):
+                raise StateError(
+                    f"entry {record.index}: {record.kind} for {record.package} "
+                    f"{record.version}, which is not logged before it"
+                )
+            state["lifecycle"][record.version] = {
+                "kind": record.kind,
+                "index": record.index,
+                "leaf_hash": record.leaf_hash.hex(),
+            }
+        else:
+            raise StateError(f"entry {record.index}: kind {record.kind!r} has no package state")
+        self.states[record.package] = state
+        self.last_index = record.index
+
+
+def _add_release(state: PackageState, record: Record) -> None:
+    if _released(state, record.version):
+        # The log refuses a second release of a version; a monitor replaying such a log
+        # must not paper over it by choosing one.
+        raise StateError(f"entry {record.index}: {record.package} {record.version} released twice")
+    state["releases"].append(
+        {
+            "version": record.version,
+            "index": record.index,
+            "leaf_hash": record.leaf_hash.hex(),
+            "counter": record.counter,
+        }
+    )
+    if record.counter is not None and (
+        state["counter"] is None or record.counter > state["counter"]
+    ):
+        state["counter"] = record.counter
+
+
+def _released(state: PackageState, version: str) -> bool:
+    return any(r["version"] == version for r in state["releases"])
+
+
+def build_states(records: Iterable[Record]) -> dict[str, PackageState]:
+    """Every package's state after the given records (all of a log's, in log order)."""
+    builder = StateBuilder()
+    builder.apply(records)
+    return builder.states
