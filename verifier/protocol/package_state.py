@@ -26,11 +26,14 @@ and must be filtered out before; passing one is an error, so nothing is silently
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import rfc8785
+
+from verifier.protocol.statemap import MapProofError, verify_absence, verify_inclusion
 
 RELEASE_KIND = "release/v1"
 LIFECYCLE_KINDS = frozenset({"rollout/v1", "halt/v1", "yank/v1", "resume/v1"})
@@ -152,3 +155,64 @@ def build_states(records: Iterable[Record]) -> dict[str, PackageState]:
     builder = StateBuilder()
     builder.apply(records)
     return builder.states
+
+
+# --- What a client checks, and the log's map-root entry -------------------------------------
+
+MAP_ROOT_KIND = "map-root/v1"
+_MAX_SIZE = 2**53 - 1  # JCS numbers are exact only up to here
+
+
+def verify_state(root: bytes, package: str, state: Mapping[str, Any], proof: bytes) -> None:
+    """Fail (MapProofError) unless the proof shows `state` as the package's state under the
+    map root. The state must be the package's own: a state of another package cannot stand
+    in for it, since its "package" member is hashed into the value."""
+    if state.get("package") != package:
+        raise MapProofError(f"state is for {state.get('package')!r}, not {package!r}")
+    verify_inclusion(root, package_key(package), state_hash(state), proof)
+
+
+def verify_no_state(root: bytes, package: str, proof: bytes) -> None:
+    """Fail (MapProofError) unless the proof shows the package has no state (never released)."""
+    verify_absence(root, package_key(package), proof)
+
+
+def map_root_entry(size: int, root: bytes) -> bytes:
+    """The leaf the log appends as the last entry of each batch: the map root over the
+    states of entries [0, size), where `size` is the entry's own index."""
+    if not 0 <= size <= _MAX_SIZE or len(root) != 32:
+        raise ValueError("map root entry: bad size or root")
+    return state_bytes({"kind": MAP_ROOT_KIND, "size": size, "root": root.hex()})
+
+
+def parse_map_root_entry(leaf: bytes) -> tuple[int, bytes]:
+    """(size, root) of a map-root/v1 leaf. Strict: exactly the three members, a lowercase hex
+    root, and the leaf must be the entry's own JCS encoding (one encoding per root)."""
+    try:
+        obj = json.loads(leaf)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StateError("map root entry: not JSON") from exc
+    if not isinstance(obj, dict) or set(obj) != {"kind", "size", "root"}:
+        raise StateError("map root entry: members must be kind, size, root")
+    size, root = obj["size"], obj["root"]
+    if obj["kind"] != MAP_ROOT_KIND:
+        raise StateError(f"map root entry: kind must be {MAP_ROOT_KIND}")
+    if type(size) is not int or not 0 <= size <= _MAX_SIZE:
+        raise StateError("map root entry: bad size")
+    if not isinstance(root, str) or len(root) != 64 or root.strip("0123456789abcdef"):
+        raise StateError("map root entry: root must be 64 lowercase hex digits")
+    if map_root_entry(size, bytes.fromhex(root)) != leaf:
+        raise StateError("map root entry: not in canonical (JCS) form")
+    return size, bytes.fromhex(root)
+
+
+def check_map_root_leaf(checkpoint_size: int, leaf: bytes) -> bytes:
+    """The map root a checkpoint commits to: its last leaf (index size - 1), which must be a
+    map-root/v1 entry over every entry before it. A root from any earlier leaf could predate a
+    halt, so a client takes only this one (after checking the leaf's inclusion proof)."""
+    size, root = parse_map_root_entry(leaf)
+    if size != checkpoint_size - 1:
+        raise StateError(
+            f"map root entry covers {size} entries, not the {checkpoint_size - 1} before it"
+        )
+    return root

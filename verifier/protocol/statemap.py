@@ -48,6 +48,7 @@ returns the new root and the nodes it wrote, which is exactly what a log persist
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import hmac
 from collections.abc import Iterable, MutableMapping
@@ -164,7 +165,7 @@ class SparseMap:
             key, value = items[0]
             writes[node] = b"L" + key + value
             return map_leaf_hash(key, value)
-        split = _split(items, depth)
+        split = _split(items, node, depth)
         left_items, right_items = items[:split], items[split:]
         if stored is None:
             left = self._child(depth, node << 1, None, left_items, writes)
@@ -214,13 +215,12 @@ class SparseMap:
         return encode_proof(TERMINAL_OTHER, siblings, stored[1:65])
 
 
-def _split(items: list[tuple[bytes, bytes]], depth: int) -> int:
-    """Index of the first item whose key has bit `depth` set (items sorted by key and sharing
-    their first `depth` bits, so the zeros come first)."""
-    for i, (key, _) in enumerate(items):
-        if bit(key, depth):
-            return i
-    return len(items)
+def _split(items: list[tuple[bytes, bytes]], node: int, depth: int) -> int:
+    """Index of the first item whose key has bit `depth` set. The items are sorted and all
+    start with the node's path, so that is the first key at or above path || 1 || 0...0."""
+    path = node ^ (1 << depth)
+    boundary = (((path << 1) | 1) << (KEY_BITS - 1 - depth)).to_bytes(HASH_SIZE, "big")
+    return bisect.bisect_left(items, (boundary,))
 
 
 def _check_hash(value: bytes, what: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 import rfc8785
@@ -12,9 +13,15 @@ from verifier.protocol.package_state import (
     StateBuilder,
     StateError,
     build_states,
+    check_map_root_leaf,
+    map_root_entry,
     package_key,
+    parse_map_root_entry,
     state_hash,
+    verify_no_state,
+    verify_state,
 )
+from verifier.protocol.statemap import MapProofError, SparseMap
 
 
 def lh(n: int) -> bytes:
@@ -96,3 +103,63 @@ def test_incremental_equals_whole() -> None:
     assert builder.apply(records[2:]) == {"a"}
     assert builder.states == build_states(records)
     assert builder.updates(["a"]) == [(package_key("a"), state_hash(builder.states["a"]))]
+
+
+def test_log_hiding_a_halt_is_caught_by_the_client() -> None:
+    """The log answers "state of app" with the state before the halt: the proof fails,
+    whether it sends the proof of the real leaf or invents one for the old state."""
+    records = [rel(0, "app", "1.0"), rel(1, "lib", "2.0"), life(2, "halt/v1", "app", "1.0")]
+    builder = StateBuilder()
+    smap = SparseMap()
+    smap.apply(smap.update(builder.updates(builder.apply(records[:2]))))
+    old_proof, old_state = (
+        smap.prove(package_key("app")),
+        json.loads(json.dumps(builder.states["app"])),
+    )
+    smap.apply(smap.update(builder.updates(builder.apply(records[2:]))))
+    root, proof = smap.root(), smap.prove(package_key("app"))
+    verify_state(root, "app", builder.states["app"], proof)
+    for stale_proof in (proof, old_proof):
+        with pytest.raises(MapProofError):
+            verify_state(root, "app", old_state, stale_proof)
+    with pytest.raises(MapProofError):
+        verify_no_state(root, "app", proof)
+    with pytest.raises(MapProofError, match="not 'lib'"):
+        verify_state(root, "lib", builder.states["app"], proof)
+    verify_no_state(root, "never-released", smap.prove(package_key("never-released")))
+
+
+def test_map_root_entry_round_trip() -> None:
+    leaf = map_root_entry(41, lh(9))
+    assert leaf == b'{"kind":"map-root/v1","root":"' + lh(9).hex().encode() + b'","size":41}'
+    assert parse_map_root_entry(leaf) == (41, lh(9))
+    assert check_map_root_leaf(42, leaf) == lh(9)
+
+
+def test_stale_map_root_refused() -> None:
+    """A checkpoint's map root must be its last leaf: an older map-root entry (from before
+    a halt) offered for a larger checkpoint is refused."""
+    with pytest.raises(StateError, match="covers 41 entries, not the 99"):
+        check_map_root_leaf(100, map_root_entry(41, lh(9)))
+
+
+@pytest.mark.parametrize(
+    "leaf",
+    [
+        b"",
+        b"[]",
+        b'{"kind":"map-root/v1","root":"' + b"AB" * 32 + b'","size":1}',
+        b'{"kind":"map-root/v1","root":"' + b"ab" * 31 + b'","size":1}',
+        b'{"kind":"map-root/v2","root":"' + b"ab" * 32 + b'","size":1}',
+        b'{"kind":"map-root/v1","root":"' + b"ab" * 32 + b'","size":-1}',
+        b'{"kind":"map-root/v1","root":"' + b"ab" * 32 + b'","size":1.0}',
+        b'{"kind":"map-root/v1","root":"' + b"ab" * 32 + b'","size":true}',
+        b'{"kind":"map-root/v1","root":"' + b"ab" * 32 + b'","size":1,"x":1}',
+        b'{"kind":"map-root/v1", "root":"' + b"ab" * 32 + b'","size":1}',
+        b'{"root":"' + b"ab" * 32 + b'","kind":"map-root/v1","size":1}',
+        b'{"kind":"map-root/v1","kind":"map-root/v1","root":"' + b"ab" * 32 + b'","size":1}',
+    ],
+)
+def test_malformed_map_root_entry_refused(leaf: bytes) -> None:
+    with pytest.raises(StateError):
+        parse_map_root_entry(leaf)
