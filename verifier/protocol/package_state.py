@@ -17,6 +17,15 @@ Everything here is a pure function of the entries in log order, so a monitor tha
 log computes the same states, the same hashes and therefore the same map root as the log; a
 log that commits to anything else is caught by the first monitor that compares.
 
+How a client is shown a state (the wiring is the log's and the client's): the log appends a
+map-root/v1 entry, {"kind": "map-root/v1", "root": hex, "size": N} in JCS, as the last leaf of
+every batch, where N is the entry's own index and the root covers entries [0, N). It is
+authored by the log and carries no signature of its own: the signed (and cosigned) checkpoint
+that includes it is what authenticates it. A client holding a checkpoint of size S takes leaf
+S - 1 with its inclusion proof, requires it to be a map-root entry with N = S - 1
+(`check_map_root_leaf`: an earlier map root could predate a halt), then checks the state and
+its map proof against that root (`verify_state` / `verify_no_state`).
+
 The input is a `Record` per entry, not the parsed entry: the fields the state needs are
 common to every kind, and the caller (log or monitor) has already validated the entry.
 Records of other kinds (the registry's, the log's own map-root entries) carry no package state
