@@ -100,7 +100,8 @@ DESCRIPTION = """\
 Scan every entry of the log since the previous run (all of it on the first run), prove each
 new checkpoint consistent with the stored one, and write JSON Lines events to stdout:
 "release" for each release of a watched package and "alert" for a version or counter that
-does not grow, a second artifact set for a version, a new publisher key, an invalid entry, an
+does not grow (versions of packages given a --version-scheme are ordered under semver, PEP 440
+or Debian rules), a second artifact set for a version, a new publisher key, an invalid entry, an
 install window already closed when seen, or an inconsistent checkpoint. With --policy, the
 log's checkpoints must carry the quorum of cosignatures, and each policy witness that has a URL
 is asked for its latest cosigned view of the log: a view the log's checkpoint is not consistent
