@@ -1,7 +1,7 @@
 """`tlog-verify monitor`: follow a log, report every release and alert on suspicious ones.
 
     tlog-verify monitor --log URL (--key LOG.vkey | --policy FILE [--max-age DUR])
-                        --state DIR [--package GLOB]...
+                        --state DIR [--package GLOB]... [--version-scheme GLOB=SCHEME]...
                         [--follow [--interval S]] [--workers N] [--metrics-port P]
 
 This module parses and checks the options and wires the client together; what a run does is
@@ -33,6 +33,7 @@ from verifier.client.statedir import StateDir, load_vkey
 from verifier.errors import UsageError
 from verifier.protocol.policy import PolicyTrust
 from verifier.protocol.trust import LogTrust
+from verifier.protocol.versions import SCHEMES, SchemeMap, VersionError
 
 DEFAULT_INTERVAL = 60.0
 
@@ -42,6 +43,7 @@ class Options:
     """The monitor's options, checked."""
 
     patterns: tuple[str, ...]
+    schemes: SchemeMap
     follow: bool
     interval: float
     workers: int
@@ -60,7 +62,11 @@ def _options(args: argparse.Namespace) -> Options:
     port = args.metrics_port
     if port is not None and not 0 < port < 65536:
         raise UsageError("--metrics-port must be in 1..65535")
-    return Options(tuple(args.package), args.follow, interval, workers, port)
+    try:
+        schemes = SchemeMap.parse(args.version_scheme)
+    except VersionError as exc:
+        raise UsageError(f"--version-scheme: {exc}") from exc
+    return Options(tuple(args.package), schemes, args.follow, interval, workers, port)
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
@@ -75,7 +81,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         try:
             admins = [load_vkey(p, "admin key") for p in args.admin_key]
             monitor = Monitor(client, trust, state, db, opts.patterns, opts.workers, sys.stdout,
-                              metrics, stop, admins, _witnesses(args, trust))
+                              metrics, stop, admins, _witnesses(args, trust), opts.schemes)
             return monitor.run(opts.follow, opts.interval)
         finally:
             metrics.close()
@@ -94,7 +100,8 @@ DESCRIPTION = """\
 Scan every entry of the log since the previous run (all of it on the first run), prove each
 new checkpoint consistent with the stored one, and write JSON Lines events to stdout:
 "release" for each release of a watched package and "alert" for a version or counter that
-does not grow, a second artifact set for a version, a new publisher key, an invalid entry, an
+does not grow (versions of packages given a --version-scheme are ordered under semver, PEP 440
+or Debian rules), a second artifact set for a version, a new publisher key, an invalid entry, an
 install window already closed when seen, or an inconsistent checkpoint. With --policy, the
 log's checkpoints must carry the quorum of cosignatures, and each policy witness that has a URL
 is asked for its latest cosigned view of the log: a view the log's checkpoint is not consistent
@@ -114,6 +121,15 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     p.add_argument("--package", action="append", default=[], metavar="GLOB",
                    help="report only packages matching this fnmatch glob (repeatable; "
                         "default: all)")
+    p.add_argument("--version-scheme", action="append", default=[], metavar="GLOB=SCHEME",
+                   help="order the versions of packages matching GLOB (fnmatch, as --package; "
+                        "the first matching option wins) under SCHEME: "
+                        f"{', '.join(SCHEMES)} (repeatable). A release of such a package "
+                        "without a counter whose version is not above the highest logged "
+                        "before under the scheme, or not valid under it, is alerted "
+                        "(version_not_growing); one with a counter is ordered by its counter. "
+                        "Other packages keep the default rule (numbers with an optional "
+                        "dev/a/b/rc label; other versions only checked for repeats)")
     p.add_argument("--follow", action="store_true",
                    help="keep scanning new entries until SIGINT/SIGTERM")
     p.add_argument("--interval", type=float, metavar="S",

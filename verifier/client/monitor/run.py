@@ -71,6 +71,7 @@ from verifier.protocol.receipt import format_tlog_proof
 from verifier.protocol.registry import Registry
 from verifier.protocol.state import Trusted, evidence
 from verifier.protocol.trust import LogTrust
+from verifier.protocol.versions import SchemeMap
 
 GROUP_BUNDLES = 64  # bundles (of 256 entries) per commit
 IN_FLIGHT = 4  # tasks (of scan.BUNDLES_PER_TASK bundles) queued per worker: they keep
@@ -114,7 +115,8 @@ class Monitor:
     def __init__(self, client: LogClient, trust: LogTrust, state: StateDir, db: MonitorDB,
                  patterns: Sequence[str], workers: int, out: TextIO, metrics: Metrics,
                  stop: Stop, admin_keys: Sequence[Verifier] | None = None,
-                 witnesses: WitnessChecker | None = None) -> None:
+                 witnesses: WitnessChecker | None = None,
+                 schemes: SchemeMap | None = None) -> None:
         self.client, self.trust, self.state, self.db = client, trust, state, db
         self.witnesses = witnesses
         self.workers, self.out, self.metrics, self.stop = workers, out, metrics, stop
@@ -125,7 +127,7 @@ class Monitor:
         registry.load_json(loaded.registry)
         self.watcher = Watcher(patterns, next_index=loaded.next_index,
                                next_seq=loaded.next_seq, packages=loaded.packages,
-                               registry=registry)
+                               registry=registry, schemes=schemes)
         self._unprinted = loaded.outbox
         self._stale_alerted = False
         self._printed = 0

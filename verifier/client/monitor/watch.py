@@ -16,7 +16,14 @@ events (summary.release_line) and
 - Alert codes and their extra members (entry alerts also carry package, version, leaf_hash):
   - `version_not_growing`: the version repeats one already logged for the package, or is not
     above the highest comparable version logged before (previous_version, previous_index).
-    Which versions compare: summary.version_key.
+    Which versions compare: summary.version_key, except for packages a --version-scheme
+    pattern matches (versions.SchemeMap, first matching pattern): there the scheme orders
+    versions (semver, pep440 or debian), and a release WITHOUT a counter alerts when its
+    version is not above the highest version logged before under the scheme, or is not valid
+    under it (member `scheme`); a release with a counter is ordered by its counter alone
+    (counter_not_growing), so a backport (2.0, then 1.9.1 with a higher counter) is not
+    alerted. Exact repeats alert either way. Changing a package's scheme between runs starts
+    its highest version afresh.
   - `counter_not_growing`: the entry has a counter not above the package's highest counter
     so far (counter, previous_counter, previous_index). Entries without a counter are not
     compared.
@@ -77,6 +84,7 @@ from verifier.protocol.leaves import Checked
 from verifier.protocol.lookalike import confusable_with, mixes_scripts
 from verifier.protocol.registry import Change, Refusal, Registry, patterns_overlap
 from verifier.protocol.rfc3339 import parse_time
+from verifier.protocol.versions import SchemeMap, VersionError, sort_key
 
 ALERT = "alert"  # the "type" of an alert event
 VERSION_NOT_GROWING = "version_not_growing"
@@ -103,20 +111,30 @@ class PackageState:
     version_index: int | None = None
     counter: int | None = None  # highest counter so far, and where
     counter_index: int | None = None
+    # Under a --version-scheme: the scheme, and the highest version under it so far and where.
+    scheme: str | None = None
+    scheme_version: str | None = None
+    scheme_index: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         vk = self.version_key
-        return {"keys": self.keys, "version": self.version,
-                "version_key": None if vk is None else [list(vk[0]), vk[1], vk[2]],
-                "version_index": self.version_index, "counter": self.counter,
-                "counter_index": self.counter_index}
+        value = {"keys": self.keys, "version": self.version,
+                 "version_key": None if vk is None else [list(vk[0]), vk[1], vk[2]],
+                 "version_index": self.version_index, "counter": self.counter,
+                 "counter_index": self.counter_index}
+        if self.scheme is not None:
+            value["scheme"] = [self.scheme, self.scheme_version, self.scheme_index]
+        return value
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> PackageState:
         vk = value["version_key"]
+        # States saved before --version-scheme existed have no "scheme".
+        scheme, scheme_version, scheme_index = value.get("scheme") or (None, None, None)
         return cls(dict(value["keys"]), value["version"],
                    None if vk is None else (tuple(vk[0]), vk[1], vk[2]),
-                   value["version_index"], value["counter"], value["counter_index"])
+                   value["version_index"], value["counter"], value["counter_index"],
+                   scheme, scheme_version, scheme_index)
 
 
 Problem = tuple[str, str, dict[str, Any]]  # alert code, message, extra members
@@ -135,8 +153,11 @@ class Watcher:
 
     def __init__(self, patterns: Sequence[str] = (), *, next_index: int = 0,
                  next_seq: int = 1, packages: dict[str, PackageState] | None = None,
-                 registry: Registry | None = None) -> None:
+                 registry: Registry | None = None, schemes: SchemeMap | None = None) -> None:
         self.patterns = tuple(patterns)
+        # --version-scheme: which packages have their versions ordered by an ecosystem's rules.
+        self.schemes = schemes if schemes is not None else SchemeMap()
+        self._schemes: dict[str, str | None] = {}
         # The publisher registry replayed from the log (verifier.protocol.registry): who may publish
         # what. Without pinned admin keys it reports registrations without authenticating them.
         self.registry = registry if registry is not None else Registry(None, enforce=False)
@@ -156,6 +177,14 @@ class Watcher:
                                            for p in self.patterns)
             self._matched[package] = hit
         return hit
+
+    def scheme_for(self, package: str) -> str | None:
+        """The --version-scheme of `package`, None when no pattern matches it."""
+        if not self.schemes.rules:
+            return None
+        if package not in self._schemes:
+            self._schemes[package] = self.schemes.scheme_for(package)
+        return self._schemes[package]
 
     def observe(self, checked: Checked, now: datetime) -> list[Event]:
         """The events for the next entry of the log, validated by leaves.check_leaves."""
@@ -259,7 +288,8 @@ class Watcher:
         self._dirty.add(seen.package)
         name = f"{seen.package} {seen.version}"
         before = self.versions.get(name)  # (digest, index) of its first entry, if any
-        if before is None and _unremarkable(pkg, seen):
+        scheme = self.scheme_for(seen.package)
+        if before is None and scheme is None and _unremarkable(pkg, seen):
             # Nearly every entry of a healthy log: what the checks below do then, faster.
             self.versions[name] = self._new_versions[name] = (seen.digest, seen.entry_index)
             pkg.version, pkg.version_key = seen.version, seen.version_key
@@ -267,7 +297,12 @@ class Watcher:
             if seen.counter is not None:
                 pkg.counter, pkg.counter_index = seen.counter, seen.entry_index
             return []
-        found = [self._check_key(pkg, seen), self._check_version(pkg, seen, name, before),
+        default = self._check_version(pkg, seen, name, before)
+        if scheme is not None:
+            # The scheme decides growth; of the default rule's findings only a repeat stays.
+            ordered = _check_scheme(pkg, seen, name, scheme)
+            default = default if before is not None else ordered
+        found = [self._check_key(pkg, seen), default,
                  self._check_counter(pkg, seen), self._check_artifacts(seen, name, before),
                  _check_window(seen, now)]
         return [p for p in found if p is not None]
@@ -382,6 +417,40 @@ def _glob_overlaps(glob: str, pattern: str) -> bool:
     if PACKAGE_PATTERN.fullmatch(glob) is None:
         return True
     return patterns_overlap(glob, pattern)
+
+
+def _check_scheme(pkg: PackageState, seen: Seen, name: str, scheme: str) -> Problem | None:
+    """Order `seen` after the package's highest version under `scheme`; a problem only for a
+    release without a counter (one with a counter is ordered by it: _check_counter)."""
+    if pkg.scheme != scheme or not _valid(scheme, pkg.scheme_version):
+        # The first release under this scheme: none yet, the scheme changed between runs, or
+        # (after a library upgrade) the stored highest no longer parses.
+        pkg.scheme, pkg.scheme_version, pkg.scheme_index = scheme, None, None
+    highest = pkg.scheme_version
+    previous = {"previous_version": highest, "previous_index": pkg.scheme_index,
+                "scheme": scheme}
+    try:
+        key = sort_key(scheme, seen.version)
+    except VersionError as exc:
+        if seen.counter is not None:
+            return None
+        return (VERSION_NOT_GROWING, f"{name} cannot be shown to grow"
+                + (f" past version {highest} (entry {pkg.scheme_index})" if highest else "")
+                + f": {exc}", previous)
+    if highest is not None and key <= sort_key(scheme, highest):
+        if seen.counter is not None:
+            return None
+        return (VERSION_NOT_GROWING, f"{name} does not grow past version {highest} (entry "
+                f"{pkg.scheme_index}) under {scheme} order", previous)
+    pkg.scheme_version, pkg.scheme_index = seen.version, seen.entry_index
+    return None
+
+
+def _valid(scheme: str, version: str | None) -> bool:
+    try:
+        return version is None or sort_key(scheme, version) is not None
+    except VersionError:
+        return False
 
 
 def _check_window(seen: Seen, now: datetime) -> Problem | None:
