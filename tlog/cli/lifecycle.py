@@ -15,6 +15,8 @@ import argparse
 import json
 import re
 import sys
+import urllib.parse
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from tlog.cli.remote import (
     read_secret,
 )
 from verifier.client.keys import read_private_key
-from verifier.errors import EXIT_OK, EXIT_USAGE, UsageError
+from verifier.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 from verifier.protocol.entries.errors import EntryError
 from verifier.protocol.entries.kinds import validate_log_entry
 from verifier.protocol.entries.lifecycle import HALT_KIND, RESUME_KIND, ROLLOUT_KIND, YANK_KIND
@@ -51,6 +53,10 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
             fields["start_time"] = args.start_time
     if args.reason is not None:
         fields["reason"] = args.reason
+    elif args.kind == RESUME_KIND:
+        # Signatures are deterministic and the log dedups identical entries: a second resume
+        # with the same text would only find the first again, and not take effect.
+        fields["reason"] = f"resumed at {datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}"
     if getattr(args, "rollback_version", None) is not None:
         fields["rollback_version"] = args.rollback_version
     return fields
@@ -60,6 +66,35 @@ def default_out(package: str, version: str, kind: str) -> Path:
     """<package>-<version>.<kind>.tlog-receipt.json, unsafe characters replaced by '_'."""
     name = f"{package}-{version}.{kind.split('/')[0]}.tlog-receipt.json"
     return Path(_UNSAFE.sub("_", name))
+
+
+def _last_listed(args: argparse.Namespace) -> int:
+    """The last index the log lists for the package version (releases and statements)."""
+    last, after = -1, None
+    for _ in range(1000):  # 1000 pages of 1000: far beyond any version's statements
+        query = {"package": args.package, "version": args.version, "limit": "1000"}
+        if after is not None:
+            query["after"] = str(after)
+        page = expect(*call(args, "GET", "/v1/entries?" + urllib.parse.urlencode(query)),
+                      (200,), "the log's listing")
+        indices = [int(e["index"]) for e in page.get("entries", [])]
+        last = max([last, *indices])
+        after = page.get("next_after")
+        if after is None:
+            return last
+    raise RemoteError(EXIT_FAILED, "the log's listing of the version does not end")
+
+
+def _check_still_latest(args: argparse.Namespace, index: int) -> None:
+    """An identical statement found again (200) takes effect only if nothing followed it:
+    a halt -> resume -> halt with the same reason would otherwise leave the version resumed
+    while the command said "already logged"."""
+    last = _last_listed(args)
+    if last > index:
+        raise RemoteError(EXIT_FAILED, f"this exact {args.kind} statement was logged before, "
+                                       f"at index {index}, and later entries (up to {last}) "
+                                       "override it; log a new one with another --reason (or "
+                                       "--stage)")
 
 
 def submit_statement(args: argparse.Namespace) -> int:
@@ -73,6 +108,8 @@ def submit_statement(args: argparse.Namespace) -> int:
         status, reply = call(args, "POST", "/v1/entries", entry, bearer=token)
         info = expect(status, reply, (200, 201), "the log")
         checkpoint = proof.check_inclusion(checked.leaf_hash, info, log_key)
+        if status == 200:
+            _check_still_latest(args, int(info["index"]))
         receipt = make_receipt(entry, int(info["index"]),
                                [bytes.fromhex(h) for h in info["inclusion_proof"]],
                                str(info["checkpoint"]))
@@ -148,4 +185,5 @@ def add_lifecycle_commands(sub: Any) -> None:
                        description="Log a resume/v1 statement: the latest rollout stage of "
                                    "the version applies again.")
     _common(u, RESUME_KIND, publisher_key)
-    u.add_argument("--reason", help="why, 1-1000 characters (public)")
+    u.add_argument("--reason", help="why, 1-1000 characters (public; default: 'resumed at' "
+                                    "and the time, so that each resume is a new statement)")
