@@ -296,7 +296,8 @@ def _find_and_prove_once(client: LogClient, trusted: Trusted, hints: Sequence[in
             entry = parse_log_leaf(bundles[n][index % TILE_WIDTH])
         except EntryError as exc:
             raise VerificationFailed(
-                f"entry {index} of the log is not a valid entry: {exc}") from exc
+                f"entry {index} of the log is not a valid release (nor statement): {exc}"
+            ) from exc
         if not isinstance(entry, Release | Lifecycle):
             raise VerificationFailed(f"the log lists entry {index}, a {entry.kind} entry, "
                                      f"among the entries of {package} {version}")
