@@ -1,4 +1,4 @@
-"""The `tlog` command: keygen, migrate, serve, publish, dev."""
+"""The `tlog` command: keygen, migrate, serve, publish, rollout, halt, yank, resume, dev."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncpg
 
 from tlog.cli.common import run_app, write_keypair
+from tlog.cli.lifecycle import add_lifecycle_commands
 from tlog.cli.pgcluster import ClusterError
 from tlog.cli.proof import LOG_KEY_HELP
 from tlog.cli.registry import add_operator_commands
@@ -308,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     pub.set_defaults(func=cmd_publish)
 
     add_operator_commands(sub)
+    add_lifecycle_commands(sub)
 
     d = sub.add_parser("dev", help="run a local log with its own PostgreSQL (the embedded default)")
     d.add_argument("--home", default=".tlog", help="state directory (default ./.tlog)")

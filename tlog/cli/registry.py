@@ -103,8 +103,11 @@ def registry_register(args: argparse.Namespace) -> int:
 
 
 def registry_rotate(args: argparse.Namespace) -> int:
-    return _submit_registry(args, {"kind": KEYS_KIND, "publisher": args.publisher,
-                                   "add": _vkeys(args.add), "remove": _vkeys(args.remove)})
+    fields: dict[str, Any] = {"kind": KEYS_KIND, "publisher": args.publisher,
+                              "add": _vkeys(args.add), "remove": _vkeys(args.remove)}
+    if args.halt_only:
+        fields["role"] = "halt"
+    return _submit_registry(args, fields)
 
 
 def registry_revoke(args: argparse.Namespace) -> int:
@@ -164,6 +167,9 @@ def add_operator_commands(sub: Any) -> None:
     _registry_common(rot)
     rot.add_argument("--add", action="append", metavar="VKEY_FILE", help="key to add")
     rot.add_argument("--remove", action="append", metavar="VKEY_FILE", help="key to remove")
+    rot.add_argument("--halt-only", action="store_true",
+                     help="--add and --remove name halt-only keys: they may sign tlog halt "
+                          "and tlog yank statements for the publisher's releases, nothing else")
     rot.set_defaults(func=lambda a: _run(registry_rotate, a))
     rev = rsub.add_parser("revoke", help="revoke keys of a publisher, or the publisher")
     _registry_common(rev)

@@ -85,6 +85,14 @@ STATUS: dict[str, int] = {
     "unknown_key": 409,
     "counter_not_increasing": 409,
     "counter_required": 422,
+    # Lifecycle statements (rollout/v1, halt/v1, yank/v1, resume/v1) about a release.
+    "wrong_publisher": 403,
+    "halt_key_only": 403,
+    "release_not_logged": 409,
+    "version_yanked": 409,
+    "rollback_not_logged": 409,
+    "rollback_yanked": 409,
+    "key_role_conflict": 409,
 }
 
 # aiohttp's own HTTP errors (no such route, wrong method, body too large...) by status. Any

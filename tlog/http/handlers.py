@@ -26,6 +26,7 @@ from tlog.store.reader import LogReader, TokenLedger
 from tlog.store.tilecache import TileFiles
 from verifier.protocol.entries.errors import EntryError
 from verifier.protocol.entries.kinds import LogEntry, validate_log_entry
+from verifier.protocol.entries.lifecycle import Lifecycle
 from verifier.protocol.entries.registry_kinds import PUBLISHER_KIND, RegistryEntry
 from verifier.protocol.entries.release import PACKAGE_NAME, VERSION_TEXT, Release
 from verifier.protocol.entries.strict_json import parse_json
@@ -322,7 +323,7 @@ async def authorize_submission(request: web.Request, entry: LogEntry) -> str:
     if claims.publisher != publisher:
         raise TokenError("token_wrong_publisher",
                          f"the token is for {claims.publisher!r}, the entry is {publisher!r}'s")
-    if isinstance(entry, Release) and not claims.covers(entry.package):
+    if isinstance(entry, Release | Lifecycle) and not claims.covers(entry.package):
         raise TokenError("token_out_of_scope",
                          f"the token does not cover package {entry.package!r}")
     # Only a token the log stands behind may spend its publisher's quota: a revoked one

@@ -22,11 +22,12 @@ from tlog.log.registry import ReplayError, replay
 from tlog.store.postgres import AppendTx, NewEntry, Storage
 from tlog.store.reader import StoredCheckpoint, TokenRecord
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
-from verifier.protocol.entries.kinds import REGISTRY_KINDS, LogEntry
+from verifier.protocol.entries.kinds import REGISTRY_KINDS, LogEntry, parse_log_leaf
+from verifier.protocol.entries.lifecycle import YANK_KIND, Lifecycle
 from verifier.protocol.entries.release import Release
 from verifier.protocol.merkle import ProofError, verify_consistency
 from verifier.protocol.note import NoteSigner
-from verifier.protocol.registry import Refusal, Registry
+from verifier.protocol.registry import Refusal, Registry, ReleaseFacts
 from verifier.protocol.tiles import TileKey, TreeBuilder
 
 log = logging.getLogger("tlog.sequencer")
@@ -271,6 +272,7 @@ class Sequencer:
         # memory that a rolled-back batch may have touched (nor pile up in an open log).
         registry.max_counter = (await tx.max_counters(sorted({n[0] for n in names}))
                                 if registry.enforce and names else {})
+        registry.releases = await _release_facts(tx, entries)
         by_hash: dict[bytes, int] = {e.leaf_hash: e.index for e in found}
         by_name: dict[tuple[str, str], int] = {(e.package, e.version): e.index for e in found}
         plan = _Plan()
@@ -306,6 +308,8 @@ class Sequencer:
             new.append(NewEntry(index, e.leaf, e.leaf_hash, e.package, e.version,
                                 counter=e.counter))
             by_name[(e.package, e.version)] = index
+        elif isinstance(e, Lifecycle):  # listed with its release by package
+            new.append(NewEntry(index, e.leaf, e.leaf_hash, e.package, e.version, kind=e.kind))
         else:
             new.append(NewEntry(index, e.leaf, e.leaf_hash, None, None, kind=e.kind))
         by_hash[e.leaf_hash] = index
@@ -334,3 +338,27 @@ class Sequencer:
         except ProofError as exc:
             raise SelfCheckError(f"new tree of size {cp.size} is not consistent with the "
                                  f"published size {latest.size}: {exc}") from exc
+
+
+async def _release_facts(tx: AppendTx, entries: Sequence[LogEntry]
+                         ) -> dict[tuple[str, str], ReleaseFacts]:
+    """The logged releases (and their yanks) that the batch's lifecycle statements name,
+    read inside the append transaction: the registry checks each statement against them,
+    and adds the batch's own releases and yanks as it goes."""
+    names: set[tuple[str, str]] = set()
+    for e in entries:
+        if isinstance(e, Lifecycle):
+            names.add((e.package, e.version))
+            if e.rollback_version is not None:
+                names.add((e.package, e.rollback_version))
+    facts: dict[tuple[str, str], ReleaseFacts] = {}
+    if not names:
+        return facts
+    for index, kind, package, version, leaf in await tx.release_facts(sorted(names)):
+        if kind == YANK_KIND:
+            if (package, version) in facts:
+                facts[(package, version)].yanked = True
+            continue
+        # The stored leaf was checked when it was appended; its publisher is its key's name.
+        facts[(package, version)] = ReleaseFacts(parse_log_leaf(leaf).publisher, index)
+    return facts

@@ -74,14 +74,21 @@ SQL_FIND_EXISTING = (
     "SELECT idx, leaf_hash, package, version FROM entries WHERE leaf_hash = ANY($1::bytea[]) "
     "UNION SELECT e.idx, e.leaf_hash, e.package, e.version FROM entries e "
     "JOIN unnest($2::text[], $3::text[]) AS k(package, version) "
-    "ON e.package = k.package AND e.version = k.version")
+    "ON e.package = k.package AND e.version = k.version AND e.kind = 'release/v1'")
+# The releases and yanks of some (package, version) pairs, in log order: what lifecycle
+# statements are checked against (verifier.protocol.registry.ReleaseFacts).
+SQL_RELEASE_FACTS = (
+    "SELECT e.idx, e.kind, e.package, e.version, e.leaf FROM entries e "
+    "JOIN unnest($1::text[], $2::text[]) AS k(package, version) "
+    "ON e.package = k.package AND e.version = k.version "
+    "WHERE e.kind IN ('release/v1', 'yank/v1') ORDER BY e.idx")
 SQL_PUT_TILE = (
     "INSERT INTO tiles (level, idx, data) VALUES ($1, $2, $3) "
     "ON CONFLICT (level, idx) DO UPDATE SET data = EXCLUDED.data")
 SQL_PUT_CHECKPOINT = "INSERT INTO checkpoints (tree_size, root, note) VALUES ($1, $2, $3)"
-# Registry entries (the registry kinds of KINDS), written as "none of the other kinds": with
-# release/v1 the only other kind, that is "kind <> 'release/v1'", the predicate of the partial
-# index entries_registry (migration 0002), on which PostgreSQL plans these queries.
+# Registry entries (the registry kinds of KINDS), written as "none of the other kinds" (release
+# and lifecycle kinds): the predicate of the partial index entries_registry (migration 0005,
+# which must list the same kinds in the same order), on which PostgreSQL plans these queries.
 SQL_IS_REGISTRY = "kind NOT IN ({})".format(", ".join(
     "'" + name.replace("'", "''") + "'" for name, row in KINDS.items() if not row.registry))
 SQL_REGISTRY_ENTRIES = (
@@ -433,6 +440,14 @@ class AppendTx:
 
     async def registry_entries(self, start: int) -> list[tuple[int, bytes]]:
         return await _registry_entries(self._conn, start)
+
+    async def release_facts(self, names: Sequence[tuple[str, str]]
+                            ) -> list[tuple[int, str, str, str, bytes]]:
+        """(index, kind, package, version, leaf) of the releases and yanks of `names`."""
+        rows = await self._conn.fetch(SQL_RELEASE_FACTS, [n[0] for n in names],
+                                      [n[1] for n in names])
+        return [(int(r["idx"]), r["kind"], r["package"], r["version"], bytes(r["leaf"]))
+                for r in rows]
 
     async def max_counters(self, packages: Sequence[str]) -> dict[str, int]:
         rows = await self._conn.fetch(SQL_MAX_COUNTERS, list(packages))

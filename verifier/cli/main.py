@@ -22,6 +22,7 @@ from verifier.client.release import (
     check_cooldown,
     check_install,
     check_key_valid_at,
+    check_lifecycle,
     prove_release,
     verify_receipt_file,
 )
@@ -87,6 +88,8 @@ def cmd_release(args: argparse.Namespace) -> int:
     pinned = [load_vkey(p, "publisher key") for p in args.publisher]
     files = [hash_file(a) for a in paths]
     now = now_of(args)
+    if args.device_id is not None and not 1 <= len(args.device_id.encode("utf-8")) <= 256:
+        raise UsageError("--device-id: 1-256 bytes of UTF-8")
     state = StateDir(Path(args.state)) if args.state else None
     # The steps of verify_release, not the one call: the admin key files are read only once
     # the log checked out, so which error a run reports stays what it always was.
@@ -98,7 +101,11 @@ def cmd_release(args: argparse.Namespace) -> int:
         if args.admin_key:
             admins = [load_vkey(p, "admin key") for p in args.admin_key]
             check_key_valid_at(client, proven, admins)
-    _report(check_install(proven.receipt, files, pinned, now))
+    verified = check_install(proven.receipt, files, pinned, now)
+    # Halts, yanks and rollouts the log listed for the version (not yet proven complete).
+    decision = check_lifecycle(proven, args.device_id, now)
+    _report(verified)
+    print(f"OK {decision.message}")
     return EXIT_OK
 
 
@@ -126,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--admin-key", action="append", default=[], metavar="VKEY_FILE",
                    help="the log operator's registry admin key (repeatable): also check that "
                         "the release's key was valid for its package at its index")
+    r.add_argument("--device-id", metavar="ID",
+                   help="this device's id (1-256 bytes): decides whether it is in a partial "
+                        "rollout of the version. Without it, a version rolled out to less "
+                        "than 100%% is refused. Halted and yanked versions are refused either "
+                        "way (a yank names the version to roll back to)")
     _release_options(r)
     r.set_defaults(func=cmd_release)
 

@@ -34,7 +34,9 @@ from verifier.errors import UsageError, VerificationFailed
 from verifier.protocol.entries.errors import EntryError
 from verifier.protocol.entries.install import FileDigest, check_release
 from verifier.protocol.entries.kinds import REGISTRY_KINDS, parse_log_leaf
-from verifier.protocol.entries.release import Release, parse_leaf
+from verifier.protocol.entries.lifecycle import Lifecycle
+from verifier.protocol.entries.release import Release
+from verifier.protocol.lifecycle_state import Decision, decide
 from verifier.protocol.merkle import ProofError, verify_inclusion
 from verifier.protocol.note import Verifier
 from verifier.protocol.policy import PolicyTrust, Witnessed, check_min_age
@@ -51,6 +53,7 @@ __all__ = [
     "check_cooldown",
     "check_install",
     "check_key_valid_at",
+    "check_lifecycle",
     "prove_entry",
     "prove_release",
     "read_receipt",
@@ -67,6 +70,10 @@ class ProvenRelease:
 
     receipt: VerifiedReceipt
     trusted: Trusted
+    # The lifecycle statements (rollout/v1, halt/v1, yank/v1, resume/v1) the log listed for
+    # the version, each proven in `trusted`, in log order. Not yet proven complete: a log
+    # could leave one out of its listing (the authenticated package state will catch that).
+    statements: tuple[tuple[int, Lifecycle], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -144,17 +151,21 @@ def _policy(trust: LogTrust) -> PolicyTrust:
 def verify_release(client: LogClient, trust: LogTrust, package: str, version: str, *,
                    state: StateDir | None = None, admins: Sequence[Verifier] = (),
                    files: Sequence[FileDigest] = (), pinned: Sequence[Verifier] = (),
-                   now: datetime | None = None, min_age: int | None = None) -> VerifiedRelease:
+                   now: datetime | None = None, min_age: int | None = None,
+                   device_id: str | None = None) -> VerifiedRelease:
     """Online, in one call: `prove_release`, then with `min_age` (seconds; `trust` must be
     a PolicyTrust) `check_cooldown`, then with `admins` `check_key_valid_at`, then
-    `check_install`. `state`, if given, must be entered (locked) by the caller."""
+    `check_install`, then `check_lifecycle` for `device_id`. `state`, if given, must be
+    entered (locked) by the caller."""
+    when = datetime.now(UTC) if now is None else now
     proven = prove_release(client, trust, package, version, state)
     if min_age is not None:
-        when = datetime.now(UTC) if now is None else now
         check_cooldown(client, trust, proven, min_age, int(when.timestamp()), state)
     if admins:
         check_key_valid_at(client, proven, admins)
-    return check_install(proven.receipt, files, pinned, now)
+    verified = check_install(proven.receipt, files, pinned, when)
+    check_lifecycle(proven, device_id, when)
+    return verified
 
 
 def prove_release(client: LogClient, trust: LogTrust, package: str, version: str,
@@ -168,7 +179,18 @@ def prove_release(client: LogClient, trust: LogTrust, package: str, version: str
     """
     hints = client.search(package, version)
     trusted = advance(client, trust, state)
-    return ProvenRelease(_find_and_prove(client, trusted, hints, package, version), trusted)
+    receipt, statements = _find_and_prove(client, trusted, hints, package, version)
+    return ProvenRelease(receipt, trusted, statements)
+
+
+def check_lifecycle(proven: ProvenRelease, device_id: str | None, now: datetime) -> Decision:
+    """The lifecycle decision for the proven release (verifier.protocol.lifecycle_state):
+    VerificationFailed with its reason unless it allows installing now on this device."""
+    decision = decide(proven.statements, proven.receipt.release.package,
+                      proven.receipt.release.version, device_id, now)
+    if not decision.allowed:
+        raise VerificationFailed(f"refused ({decision.code}): {decision.message}")
+    return decision
 
 
 def check_cooldown(client: LogClient, trust: LogTrust, proven: ProvenRelease, min_age: int,
@@ -244,8 +266,11 @@ def check_key_valid_at(client: LogClient, proven: ProvenRelease,
         raise VerificationFailed(f"at entry {verified.index}, {problem}")
 
 
+_Found = tuple[VerifiedReceipt, tuple[tuple[int, Lifecycle], ...]]
+
+
 def _find_and_prove(client: LogClient, trusted: Trusted, hints: Sequence[int], package: str,
-                    version: str) -> VerifiedReceipt:
+                    version: str) -> _Found:
     """The one entry for (package, version) among the log's hints, proven in `trusted`."""
     try:
         return _find_and_prove_once(client, trusted, hints, package, version)
@@ -256,9 +281,10 @@ def _find_and_prove(client: LogClient, trusted: Trusted, hints: Sequence[int], p
 
 
 def _find_and_prove_once(client: LogClient, trusted: Trusted, hints: Sequence[int],
-                         package: str, version: str) -> VerifiedReceipt:
+                         package: str, version: str) -> _Found:
     size = trusted.size
     found: list[VerifiedReceipt] = []
+    statements: list[tuple[int, Lifecycle]] = []
     bundles: dict[int, list[bytes]] = {}
     for index in sorted(set(hints)):
         if index >= size:
@@ -267,14 +293,21 @@ def _find_and_prove_once(client: LogClient, trusted: Trusted, hints: Sequence[in
         if n not in bundles:  # hints are sorted: each bundle is fetched once, then dropped
             bundles = {n: client.entry_bundle(n, size)}
         try:
-            release = parse_leaf(bundles[n][index % TILE_WIDTH])
+            entry = parse_log_leaf(bundles[n][index % TILE_WIDTH])
         except EntryError as exc:
             raise VerificationFailed(
-                f"entry {index} of the log is not a valid release: {exc}") from exc
-        if (release.package, release.version) != (package, version):
+                f"entry {index} of the log is not a valid release (nor statement): {exc}"
+            ) from exc
+        if not isinstance(entry, Release | Lifecycle):
+            raise VerificationFailed(f"the log lists entry {index}, a {entry.kind} entry, "
+                                     f"among the entries of {package} {version}")
+        if (entry.package, entry.version) != (package, version):
             continue
-        prove_entry(client, trusted, index, release.leaf_hash)
-        found.append(VerifiedReceipt(release, index, trusted.checkpoint))
+        prove_entry(client, trusted, index, entry.leaf_hash)
+        if isinstance(entry, Lifecycle):
+            statements.append((index, entry))
+        else:
+            found.append(VerifiedReceipt(entry, index, trusted.checkpoint))
     if not found:
         raise VerificationFailed(f"the log shows no provable entry for {package} {version} "
                                  f"in its checkpoint of size {size}")
@@ -282,4 +315,12 @@ def _find_and_prove_once(client: LogClient, trusted: Trusted, hints: Sequence[in
         indices = [f.index for f in found]
         raise VerificationFailed(f"the log holds {len(found)} entries for {package} {version} "
                                  f"(indices {indices}); refusing an ambiguous release")
-    return found[0]
+    publisher = found[0].release.publisher
+    for index, statement in statements:
+        # The log refuses a statement by anyone but the release's publisher: one listed
+        # anyway is the log misbehaving, and the client fails closed.
+        if statement.publisher != publisher:
+            raise VerificationFailed(f"the log holds {statement.kind} entry {index} for "
+                                     f"{package} {version} by {statement.publisher!r}, not by "
+                                     f"its publisher {publisher!r}")
+    return found[0], tuple(statements)

@@ -17,6 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from verifier.protocol.entries.kinds import LogEntry
+from verifier.protocol.entries.lifecycle import (
+    HALT_KIND,
+    RESUME_KIND,
+    ROLLOUT_KIND,
+    YANK_KIND,
+    Lifecycle,
+)
 from verifier.protocol.entries.registry_kinds import (
     KEYS_KIND,
     PUBLISHER_KIND,
@@ -28,7 +35,7 @@ from verifier.protocol.entries.release import Release
 from verifier.protocol.note import Verifier
 
 __all__ = ["REFUSAL_CODES", "REPLAYED_KINDS", "Change", "Publisher", "Refusal", "Registry",
-           "pattern_matches", "patterns_overlap"]
+           "ReleaseFacts", "pattern_matches", "patterns_overlap"]
 
 PUBLISHER_NOT_REGISTERED = "publisher_not_registered"
 PUBLISHER_REVOKED = "publisher_revoked"
@@ -44,9 +51,24 @@ COUNTER_NOT_INCREASING = "counter_not_increasing"
 # (tests/verifier/protocol/test_registry.py), so only a table changed on one side and not
 # the other could make this happen.
 UNKNOWN_KIND = "unknown_kind"
+# Lifecycle statements (rollout/v1, halt/v1, yank/v1, resume/v1) about a release.
+RELEASE_NOT_LOGGED = "release_not_logged"
+WRONG_PUBLISHER = "wrong_publisher"
+HALT_KEY_ONLY = "halt_key_only"
+VERSION_YANKED = "version_yanked"
+ROLLBACK_NOT_LOGGED = "rollback_not_logged"
+ROLLBACK_YANKED = "rollback_yanked"
+KEY_ROLE_CONFLICT = "key_role_conflict"
 REFUSAL_CODES = (PUBLISHER_NOT_REGISTERED, PUBLISHER_REVOKED, PACKAGE_NOT_OWNED, KEY_NOT_VALID,
                  KEY_REVOKED, UNKNOWN_KEY, NOT_AUTHORIZED, COUNTER_REQUIRED,
-                 COUNTER_NOT_INCREASING, UNKNOWN_KIND)
+                 COUNTER_NOT_INCREASING, UNKNOWN_KIND, RELEASE_NOT_LOGGED, WRONG_PUBLISHER,
+                 HALT_KEY_ONLY, VERSION_YANKED, ROLLBACK_NOT_LOGGED, ROLLBACK_YANKED,
+                 KEY_ROLE_CONFLICT)
+# keys/v1 with "role": "halt" adds and removes halt-only keys: they may sign halt/v1 and
+# yank/v1 statements for the publisher's releases, and nothing else (a monitoring bot that
+# can stop a rollout but not publish).
+HALT_ROLE = "halt"
+HALT_ONLY_KINDS = (HALT_KIND, YANK_KIND)
 
 
 def pattern_matches(pattern: str, package: str) -> bool:
@@ -83,15 +105,26 @@ class Publisher:
     keys: set[str]
     revoked_keys: set[str] = field(default_factory=set)
     revoked: bool = False
+    halt_keys: set[str] = field(default_factory=set)  # may only halt and yank
 
     def owns(self, package: str) -> bool:
         return any(pattern_matches(p, package) for p in self.patterns)
 
 
+@dataclass
+class ReleaseFacts:
+    """What lifecycle statements about a logged release are checked against."""
+
+    publisher: str
+    index: int
+    yanked: bool = False
+
+
 @dataclass(frozen=True)
 class Change:
     """What a registry entry changed, for monitors: kind is one of publisher_registered,
-    ownership_changed, key_added, key_removed, key_revoked, publisher_revoked."""
+    ownership_changed, key_added, key_removed, halt_key_added, halt_key_removed, key_revoked,
+    publisher_revoked."""
 
     index: int
     kind: str
@@ -120,6 +153,10 @@ class Registry:
         self.enforce = enforce
         self.publishers: dict[str, Publisher] = {}
         self.max_counter: dict[str, int] = {}
+        # Logged releases that lifecycle statements may name, by (package, version). Like
+        # max_counter, the log loads the ones a batch needs from its database per batch;
+        # releases and yanks applied here are added as the replay goes.
+        self.releases: dict[tuple[str, str], ReleaseFacts] = {}
 
     def owners(self, package: str) -> list[str]:
         return sorted(p.name for p in self.publishers.values()
@@ -191,6 +228,50 @@ class Registry:
                           f"counter {r.counter} is not greater than {last}, the highest "
                           f"counter of {r.package!r} so far")
 
+    def _authorize_lifecycle(self, e: Lifecycle) -> None:
+        """A statement about a release logged earlier, by its publisher, with a key that may
+        make it; nothing but another yank after a yank; a logged rollback target."""
+        name = f"{e.package} {e.version}"
+        facts = self.releases.get((e.package, e.version))
+        if facts is None:
+            raise Refusal(RELEASE_NOT_LOGGED, f"{e.kind}: no release {name} is logged before it")
+        if facts.publisher != e.publisher:
+            raise Refusal(WRONG_PUBLISHER, f"{e.kind}: {name} was released by "
+                                           f"{facts.publisher!r}, not {e.publisher!r}")
+        if self.enforce:
+            self._authorize_lifecycle_key(e)
+        if facts.yanked and e.kind != YANK_KIND:
+            raise Refusal(VERSION_YANKED, f"{e.kind}: {name} is yanked for good")
+        target = e.rollback_version
+        if target is not None:
+            rollback = self.releases.get((e.package, target))
+            if rollback is None:
+                raise Refusal(ROLLBACK_NOT_LOGGED, f"{e.kind}: rollback_version {target!r} is "
+                                                   f"not a logged release of {e.package!r}")
+            if rollback.yanked:
+                raise Refusal(ROLLBACK_YANKED, f"{e.kind}: rollback_version {target!r} of "
+                                               f"{e.package!r} is yanked")
+
+    def _authorize_lifecycle_key(self, e: Lifecycle) -> None:
+        p = self.publishers.get(e.publisher)
+        if p is None:
+            raise Refusal(PUBLISHER_NOT_REGISTERED,
+                          f"publisher {e.publisher!r} is not registered with this log")
+        if p.revoked:
+            raise Refusal(PUBLISHER_REVOKED, f"publisher {e.publisher!r} is revoked")
+        if not p.owns(e.package):
+            raise Refusal(PACKAGE_NOT_OWNED,
+                          f"publisher {e.publisher!r} does not own package {e.package!r}")
+        key = e.key.text()
+        if key in p.keys:
+            return
+        if key in p.halt_keys:
+            if e.kind in HALT_ONLY_KINDS:
+                return
+            raise Refusal(HALT_KEY_ONLY, f"a halt-only key of {p.name!r} may sign "
+                                         f"{' and '.join(HALT_ONLY_KINDS)}, not {e.kind}")
+        raise Refusal(KEY_NOT_VALID, _stale_key(p, key))
+
     def _authorize_registration(self, e: RegistryEntry) -> None:
         self._require_admin(e)
         old = self.publishers.get(e.publisher)
@@ -218,21 +299,37 @@ class Registry:
         self._check_key_lists(e, p)
 
     def _check_key_lists(self, e: RegistryEntry, p: Publisher) -> None:
+        halt = e.entry.get("role") == HALT_ROLE
+        current = p.halt_keys if halt else p.keys
+        if e.kind == REVOKE_KIND:
+            current = p.keys | p.halt_keys
         removing = e.entry.get("remove", []) + (e.entry.get("keys", [])
                                                 if e.kind == REVOKE_KIND else [])
-        unknown = [k for k in removing if k not in p.keys]
+        unknown = [k for k in removing if k not in current]
         if unknown:
             raise Refusal(UNKNOWN_KEY, f"{len(unknown)} key(s) to remove or revoke are "
                                        f"not current keys of {e.publisher!r}")
         dead = [k for k in e.entry.get("add", []) if k in p.revoked_keys]
         if dead:
             raise Refusal(KEY_REVOKED, "a revoked key cannot be added again")
+        # One role per key: a halt-only key that is also a publishing key would not be
+        # halt-only at all.
+        other = p.keys if halt else p.halt_keys
+        if any(k in other for k in e.entry.get("add", [])):
+            raise Refusal(KEY_ROLE_CONFLICT, "a key cannot be both a publishing key and a "
+                                             f"halt-only key of {p.name!r}")
 
     # state changes (after authorization) --------------------------------------------------
 
     def _count(self, index: int, r: Release) -> list[Change]:
         if r.counter is not None:
             self.max_counter[r.package] = max(r.counter, self.max_counter.get(r.package, 0))
+        self.releases[(r.package, r.version)] = ReleaseFacts(r.publisher, index)
+        return []
+
+    def _state(self, index: int, e: Lifecycle) -> list[Change]:
+        if e.kind == YANK_KIND:
+            self.releases[(e.package, e.version)].yanked = True
         return []
 
     def _register(self, index: int, e: RegistryEntry) -> list[Change]:
@@ -253,6 +350,10 @@ class Registry:
     def _rotate(self, index: int, e: RegistryEntry) -> list[Change]:
         p = self.publishers[e.publisher]
         add, remove = set(e.entry["add"]), set(e.entry["remove"])
+        if e.entry.get("role") == HALT_ROLE:
+            p.halt_keys = (p.halt_keys | add) - remove
+            return ([Change(index, "halt_key_added", p.name, k) for k in sorted(add)]
+                    + [Change(index, "halt_key_removed", p.name, k) for k in sorted(remove)])
         p.keys = (p.keys | add) - remove
         return ([Change(index, "key_added", p.name, k) for k in sorted(add)]
                 + [Change(index, "key_removed", p.name, k) for k in sorted(remove)])
@@ -265,6 +366,7 @@ class Registry:
             return [Change(index, "publisher_revoked", p.name, reason)]
         revoked = set(e.entry["keys"])
         p.keys -= revoked
+        p.halt_keys -= revoked
         p.revoked_keys |= revoked
         return [Change(index, "key_revoked", p.name, f"{k}: {reason}") for k in sorted(revoked)]
 
@@ -273,7 +375,8 @@ class Registry:
     def to_json(self) -> dict[str, Any]:
         return {
             "publishers": {n: {"patterns": p.patterns, "keys": sorted(p.keys),
-                               "revoked_keys": sorted(p.revoked_keys), "revoked": p.revoked}
+                               "revoked_keys": sorted(p.revoked_keys), "revoked": p.revoked,
+                               "halt_keys": sorted(p.halt_keys)}
                            for n, p in sorted(self.publishers.items())},
             "max_counter": dict(sorted(self.max_counter.items())),
         }
@@ -281,7 +384,7 @@ class Registry:
     def load_json(self, data: Mapping[str, Any]) -> None:
         self.publishers = {
             n: Publisher(n, list(p["patterns"]), set(p["keys"]), set(p["revoked_keys"]),
-                         bool(p["revoked"]))
+                         bool(p["revoked"]), set(p.get("halt_keys", [])))
             for n, p in data.get("publishers", {}).items()}
         self.max_counter = {k: int(v) for k, v in data.get("max_counter", {}).items()}
 
@@ -300,6 +403,10 @@ _STEPS: Mapping[str, _Step] = {
     PUBLISHER_KIND: _Step(Registry._authorize_registration, Registry._register),
     KEYS_KIND: _Step(Registry._authorize_change, Registry._rotate),
     REVOKE_KIND: _Step(Registry._authorize_change, Registry._revoke),
+    ROLLOUT_KIND: _Step(Registry._authorize_lifecycle, Registry._state),
+    HALT_KIND: _Step(Registry._authorize_lifecycle, Registry._state),
+    YANK_KIND: _Step(Registry._authorize_lifecycle, Registry._state),
+    RESUME_KIND: _Step(Registry._authorize_lifecycle, Registry._state),
 }
 REPLAYED_KINDS = tuple(_STEPS)
 

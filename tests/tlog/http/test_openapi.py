@@ -32,6 +32,7 @@ from tlog.http.handlers import CLIENT_BUCKETS, IN_FLIGHT, PUBLISHER_BUCKETS, SEQ
 from tlog.http.tokens import TokenAuthority
 from verifier.protocol.entries.errors import ENTRY_CODES
 from verifier.protocol.entries.kinds import KINDS
+from verifier.protocol.entries.lifecycle import LIFECYCLE_KINDS
 from verifier.protocol.entries.registry_kinds import KEYS_KIND, PUBLISHER_KIND, REVOKE_KIND
 from verifier.protocol.entries.release import KIND as RELEASE_KIND
 from verifier.protocol.entries.release import validate_entry
@@ -44,7 +45,10 @@ ClientFactory = Callable[[web.Application], Awaitable[Client]]
 SPEC = REPO / "schema" / "openapi.yaml"
 RELEASE_SCHEMA = REPO / "schema" / "release-v1.schema.json"
 REGISTRY_SCHEMAS = {"PublisherV1": "publisher-v1.schema.json", "KeysV1": "keys-v1.schema.json",
-                    "RevokeV1": "revoke-v1.schema.json"}
+                    "RevokeV1": "revoke-v1.schema.json",
+                    # and the lifecycle kinds, which have no $defs either
+                    "RolloutV1": "rollout-v1.schema.json", "HaltV1": "halt-v1.schema.json",
+                    "YankV1": "yank-v1.schema.json", "ResumeV1": "resume-v1.schema.json"}
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 # Where tlog raises an error by its code, e.g. ApiError("conflict", ...).
 RAISED_CODE = re.compile(r'(?:ApiError|AccessError|TokenError|RefusedError)\(\s*"(\w+)"')
@@ -132,7 +136,8 @@ def test_log_entry_schemas_name_every_kind_the_log_accepts() -> None:
     schemas = load_spec()["components"]["schemas"]
     kinds = {schemas[ref.rsplit("/", 1)[1]]["properties"]["kind"]["const"]
              for ref in schemas["LogEntry"]["discriminator"]["mapping"].values()}
-    assert kinds == set(KINDS) == {RELEASE_KIND, PUBLISHER_KIND, KEYS_KIND, REVOKE_KIND}
+    assert kinds == set(KINDS) == {RELEASE_KIND, PUBLISHER_KIND, KEYS_KIND, REVOKE_KIND,
+                                   *LIFECYCLE_KINDS}
     for name in ("LogEntry", "RegistryEntry"):
         mapping = schemas[name]["discriminator"]["mapping"]
         assert sorted(mapping.values()) == sorted(s["$ref"] for s in schemas[name]["oneOf"])

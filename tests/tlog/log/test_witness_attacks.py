@@ -260,7 +260,7 @@ async def test_migration_4_keeps_version_3_published_rows_but_serves_them_under_
         await conn.execute("INSERT INTO checkpoints (tree_size, root, note) "
                            "VALUES (1, $1, 'n')", b"\x01" * 32)
         await conn.execute("INSERT INTO published (tree_size, note) VALUES (1, 'old')")
-        assert await migrate.migrate(conn) == ["0004_witness_refresh.sql"]
+        assert (await migrate.migrate(conn))[0] == "0004_witness_refresh.sql"
         row = await conn.fetchrow("SELECT * FROM published")
         assert (row["policy_id"], row["first_note"], row["latest_note"]) == (b"", "old", "old")
         await conn.execute("INSERT INTO published (policy_id, tree_size, first_note, "

@@ -586,6 +586,21 @@ def test_pure_core_alerts_on_a_registry_entry_that_does_not_validate() -> None:
     assert (w.next_index, w.packages) == (1, {})
 
 
+def test_pure_core_takes_lifecycle_statements_without_mistaking_them_for_releases(
+        publisher: Signer) -> None:
+    """A halt names a package and version but is no release: no release event, no alert
+    (a second artifact set, a version not growing), and the next release is judged as
+    before."""
+    w = Watcher()
+    assert alerts(w.observe(checked(0, make_release(publisher, "app", "1.0")), NOW)) == []
+    halt = sign_entry({"kind": "halt/v1", "package": "app", "version": "1.0",
+                       "reason": "crash"}, publisher)
+    assert w.observe(checked(1, halt), NOW) == []
+    assert (w.next_index, w.packages["app"].version) == (2, "1.0")
+    assert alerts(w.observe(checked(2, make_release(publisher, "app", "0.9")), NOW)) == [
+        (2, "version_not_growing")]
+
+
 def test_pure_core_refuses_entries_out_of_order(publisher: Signer) -> None:
     with pytest.raises(ValueError, match="entry 1 fed where entry 0 is next"):
         Watcher().observe(checked(1, make_release(publisher, "app", "1.0")), NOW)

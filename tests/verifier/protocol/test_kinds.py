@@ -17,6 +17,13 @@ from verifier.protocol.entries.kinds import (
     validate_log_entry,
     validate_registry_entry,
 )
+from verifier.protocol.entries.lifecycle import (
+    HALT_KIND,
+    LIFECYCLE_KINDS,
+    RESUME_KIND,
+    ROLLOUT_KIND,
+    YANK_KIND,
+)
 from verifier.protocol.entries.registry_kinds import (
     KEYS_KIND,
     PUBLISHER_KIND,
@@ -43,13 +50,22 @@ def example(kind: str) -> dict[str, Any]:
                          "keys": [key]},
         KEYS_KIND: {"kind": KEYS_KIND, "publisher": "acme", "add": [key2], "remove": [key]},
         REVOKE_KIND: {"kind": REVOKE_KIND, "publisher": "acme", "reason": "lost", "keys": [key]},
+        ROLLOUT_KIND: {"kind": ROLLOUT_KIND, "package": "com.acme.app", "version": "1.0",
+                       "stage": "canary", "percent": 10, "start_time": "2026-01-01T00:00:00Z"},
+        HALT_KIND: {"kind": HALT_KIND, "package": "com.acme.app", "version": "1.1",
+                    "reason": "crash reports", "rollback_version": "1.0"},
+        YANK_KIND: {"kind": YANK_KIND, "package": "com.acme.app", "version": "1.1",
+                    "reason": "data loss"},
+        RESUME_KIND: {"kind": RESUME_KIND, "package": "com.acme.app", "version": "1.1"},
     }[kind]
     return sign_entry(unsigned, ADMIN)
 
 
-def test_the_table_holds_the_four_kinds_in_order() -> None:
-    assert list(KINDS) == [RELEASE_KIND, PUBLISHER_KIND, KEYS_KIND, REVOKE_KIND]
+def test_the_table_holds_the_eight_kinds_in_order() -> None:
+    assert list(KINDS) == [RELEASE_KIND, PUBLISHER_KIND, KEYS_KIND, REVOKE_KIND,
+                           ROLLOUT_KIND, HALT_KIND, YANK_KIND, RESUME_KIND]
     assert REGISTRY_KINDS == (PUBLISHER_KIND, KEYS_KIND, REVOKE_KIND)
+    assert LIFECYCLE_KINDS == (ROLLOUT_KIND, HALT_KIND, YANK_KIND, RESUME_KIND)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))

@@ -31,7 +31,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from verifier.protocol.entries.kinds import REGISTRY_KINDS
+from verifier.protocol.entries.kinds import LIFECYCLE_KINDS, REGISTRY_KINDS
 from verifier.protocol.entries.release import KIND
 from verifier.protocol.leaves import Checked, Fetched, check_leaves
 from verifier.protocol.tiles import range_hashes
@@ -173,6 +173,11 @@ def summarize(checked: Checked, leaf: bytes | None = None) -> Seen:
     if entry.get("kind") in REGISTRY_KINDS:
         return Seen(checked.index, checked.leaf_hash, None, None, str(entry.get("kind")),
                     "", "", None, None, str(entry.get("key", "")), "", None, "", entry)
+    if entry.get("kind") in LIFECYCLE_KINDS:
+        # Proven and counted like every entry; no events of their own yet.
+        return Seen(checked.index, checked.leaf_hash, None, None, str(entry["kind"]),
+                    entry["package"], entry["version"], None, None, str(entry["key"]), "",
+                    None)
     window = entry.get("install_window")
     return Seen(checked.index, checked.leaf_hash, None, None, KIND, entry["package"],
                 entry["version"], version_key(entry["version"]), entry.get("counter"),

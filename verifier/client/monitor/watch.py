@@ -38,7 +38,8 @@ events (summary.release_line) and
     (registry.Registry.release_problem, the rule `tlog-verify release --admin-key` applies):
     a registered publisher's revoked, foreign or unknown key, or an unregistered publisher
     releasing a package some publisher owns (with --admin-key: any package) (key).
-  - publisher_registered, ownership_changed, key_added, key_removed, key_revoked,
+  - publisher_registered, ownership_changed, key_added, key_removed, halt_key_added,
+    halt_key_removed, key_revoked,
     publisher_revoked (registry.Change; publisher, detail, signer) for registry entries whose
     package patterns overlap a watched glob (registry.patterns_overlap: a grant of "com.*"
     concerns a watch on "com.acme.*"), and `registry_entry_not_authorized` for one the
@@ -78,7 +79,11 @@ from verifier.client.monitor.summary import (
     summarize,
 )
 from verifier.protocol.entries.errors import EntryError
-from verifier.protocol.entries.kinds import REGISTRY_KINDS, validate_registry_entry
+from verifier.protocol.entries.kinds import (
+    LIFECYCLE_KINDS,
+    REGISTRY_KINDS,
+    validate_registry_entry,
+)
 from verifier.protocol.entries.registry_kinds import PACKAGE_PATTERN
 from verifier.protocol.leaves import Checked
 from verifier.protocol.lookalike import confusable_with, mixes_scripts
@@ -204,6 +209,8 @@ class Watcher:
                                f"{seen.error}", seen.entry_index, leaf_hash=seen.leaf_hash.hex())]
         if seen.kind in REGISTRY_KINDS:
             return [*self._registry_events(seen)]
+        if seen.kind in LIFECYCLE_KINDS:
+            return []  # statements about a release: no monitor rule looks at them yet
         problems = self._learn(seen, now)
         unauthorized = self.registry.release_problem(seen.key.split("+", 1)[0], seen.package,
                                                      seen.key)
@@ -371,7 +378,7 @@ class Watcher:
         """
         names = []
         for s in seen:
-            if s.kind in REGISTRY_KINDS or s.error is not None:
+            if s.kind in REGISTRY_KINDS or s.kind in LIFECYCLE_KINDS or s.error is not None:
                 continue
             pkg = self.packages.get(s.package)
             vk = s.version_key

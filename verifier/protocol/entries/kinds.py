@@ -5,7 +5,8 @@ Each row of :data:`KINDS` says, for one value of an entry's "kind" member: its J
 entry of the kind is checked (from a parsed value, from leaf bytes, and on the fast path
 for stored leaves, fast.py), and its signing prefix (signing.py). Registry kinds (class
 RegistryEntry) are the ones verifier.protocol.registry replays and the log lists under
-/v1/registry.
+/v1/registry; lifecycle kinds (class Lifecycle) speak of a logged release and are listed
+with it by package.
 
 A new kind is a schema file, a module with its checks, and one row here. Nothing here does
 I/O.
@@ -21,6 +22,14 @@ from typing import Any, cast
 from verifier.protocol.entries import release
 from verifier.protocol.entries.errors import INVALID_ENTRY, EntryError
 from verifier.protocol.entries.fast import fast_tree
+from verifier.protocol.entries.lifecycle import (
+    HALT_KIND,
+    RESUME_KIND,
+    ROLLOUT_KIND,
+    YANK_KIND,
+    Lifecycle,
+    LifecycleChecks,
+)
 from verifier.protocol.entries.registry_kinds import (
     KEYS_KIND,
     PUBLISHER_KIND,
@@ -36,10 +45,11 @@ from verifier.protocol.entries.release import Release
 from verifier.protocol.entries.signing import signing_prefix
 from verifier.protocol.entries.strict_json import parse_json
 
-__all__ = ["KINDS", "REGISTRY_KINDS", "EntryKind", "LogEntry", "kind_of", "parse_log_leaf",
-           "parse_log_leaf_exact", "validate_log_entry", "validate_registry_entry"]
+__all__ = ["KINDS", "LIFECYCLE_KINDS", "REGISTRY_KINDS", "EntryKind", "LogEntry", "kind_of",
+           "parse_log_leaf", "parse_log_leaf_exact", "validate_log_entry",
+           "validate_registry_entry"]
 
-LogEntry = Release | RegistryEntry
+LogEntry = Release | RegistryEntry | Lifecycle
 
 
 @dataclass(frozen=True)
@@ -48,7 +58,8 @@ class EntryKind:
 
     name: str  # the value of the entry's "kind" member
     schema: str  # its JSON Schema, a resource of verifier.protocol.entries
-    entry_class: type[Release] | type[RegistryEntry]  # what checking an entry gives
+    # What checking an entry gives.
+    entry_class: type[Release] | type[RegistryEntry] | type[Lifecycle]
     # A parsed value (left unmodified) -> the checked entry, or EntryError.
     validate: Callable[[Any], LogEntry]
     # Leaf bytes and their parse_json value -> the checked entry, whose leaf it must be.
@@ -66,10 +77,20 @@ class EntryKind:
         """Whether entries of the kind change the publisher registry (and are replayed)."""
         return issubclass(self.entry_class, RegistryEntry)
 
+    @property
+    def lifecycle(self) -> bool:
+        """Whether entries of the kind are statements about a logged release."""
+        return issubclass(self.entry_class, Lifecycle)
+
 
 def _registry_kind(name: str, schema: str, rules: Rules) -> EntryKind:
     checks = RegistryChecks(schema, rules)
     return EntryKind(name, schema, RegistryEntry, checks.validate, checks.from_leaf, checks.fast)
+
+
+def _lifecycle_kind(name: str, schema: str) -> EntryKind:
+    checks = LifecycleChecks(schema)
+    return EntryKind(name, schema, Lifecycle, checks.validate, checks.from_leaf, checks.fast)
 
 
 KINDS: Mapping[str, EntryKind] = MappingProxyType({row.name: row for row in (
@@ -78,9 +99,15 @@ KINDS: Mapping[str, EntryKind] = MappingProxyType({row.name: row for row in (
     _registry_kind(PUBLISHER_KIND, "publisher-v1.schema.json", check_publisher),
     _registry_kind(KEYS_KIND, "keys-v1.schema.json", check_keys),
     _registry_kind(REVOKE_KIND, "revoke-v1.schema.json", check_revoke),
+    _lifecycle_kind(ROLLOUT_KIND, "rollout-v1.schema.json"),
+    _lifecycle_kind(HALT_KIND, "halt-v1.schema.json"),
+    _lifecycle_kind(YANK_KIND, "yank-v1.schema.json"),
+    _lifecycle_kind(RESUME_KIND, "resume-v1.schema.json"),
 )})
 # In table order, which messages listing them follow.
 REGISTRY_KINDS: tuple[str, ...] = tuple(name for name, row in KINDS.items() if row.registry)
+# Statements about a logged release (lifecycle.py), listed with releases by package.
+LIFECYCLE_KINDS: tuple[str, ...] = tuple(name for name, row in KINDS.items() if row.lifecycle)
 # An object of no known kind, or no object at all, is checked against release/v1's schema,
 # which refuses it (its "kind" is a const): the refusal the log has always answered with.
 _NO_KIND = KINDS[release.KIND]
