@@ -3,6 +3,7 @@
     tlog-verify monitor --log URL (--key LOG.vkey | --policy FILE [--max-age DUR])
                         --state DIR [--package GLOB]... [--version-scheme GLOB=SCHEME]...
                         [--follow [--interval S]] [--workers N] [--metrics-port P]
+                        [--halt-key KEY --halt-on RULE... [--halt-token-file FILE]]
 
 This module parses and checks the options and wires the client together; what a run does is
 described in verifier.client.monitor.run, the events it writes in .watch and .summary.
@@ -129,6 +130,10 @@ install window already closed when seen, or an inconsistent checkpoint. With --p
 log's checkpoints must carry the quorum of cosignatures, and each policy witness that has a URL
 is asked for its latest cosigned view of the log: a view the log's checkpoint is not consistent
 with is alerted (witness_view_disagrees); an unreachable witness is a warning on stderr.
+With --halt-key and --halt-on, an alert of a chosen rule about a release (or an external
+signal file naming a logged version) makes the monitor sign and log a halt/v1 for that version,
+once across runs, and print a "halt" event: status "logged" with the halt's index, or "refused"
+with the log's refusal (not retried).
 Every event has a "seq" that grows within the state directory; after a crash an event may be
 printed again with the same seq, never lost. Exit: 0 done, 1 invalid entry or log
 misbehaviour (evidence in STATE/evidence/), 2 usage, 3 transport."""

@@ -19,6 +19,8 @@ import pytest
 from tests.support import Server, start_server, write_key
 from tlog.cli.main import main as tlog
 from verifier.cli import main as cli
+from verifier.client.monitor.halts import intents
+from verifier.client.monitor.summary import Seen
 from verifier.protocol.note import Signer, generate_key
 
 PKG = "com.acme.app"
@@ -183,3 +185,22 @@ def test_halt_options_are_checked(log: Log, tmp_path: Path) -> None:
     code, _, err = log.monitor(tmp_path / "s2", "--halt-key", str(log.acme),
                                "--halt-on", "whatever")
     assert code == 2 and "whatever" in err
+
+
+def seen(index: int, kind: str, package: str, version: str, error: str | None = None,
+         leaf: bytes | None = None) -> Seen:
+    return Seen(index, b"\0" * 32, error, leaf, kind, package, version, None, None, "", "", None)
+
+
+def test_only_releases_and_readable_invalid_entries_are_halted() -> None:
+    rules = frozenset({"invalid_entry", "new_publisher_key"})
+    entries = [seen(0, "release/v1", PKG, "1.0"), seen(1, "halt/v1", PKG, "1.0"),
+               seen(2, "", "", "", "bad signature", b'{"package": "p", "version": "2"}'),
+               seen(3, "", "", "", "not JSON", b"\xff{")]
+    events: list[str | dict[str, Any]] = [
+        {"type": "alert", "seq": i, "index": i, "alert": code, "message": "m" * 2000}
+        for i, code in [(0, "new_publisher_key"), (1, "new_publisher_key"),
+                        (2, "invalid_entry"), (3, "invalid_entry"), (0, "install_window_closed")]]
+    found = intents(events, entries, rules)
+    assert [(i.package, i.version) for i in found] == [(PKG, "1.0"), ("p", "2")]
+    assert all(len(i.reason) == 1000 and i.reason.endswith("...") for i in found)

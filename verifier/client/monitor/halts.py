@@ -36,11 +36,13 @@ from verifier.client.monitor.watch import (
 )
 from verifier.client.submit import check_logged, submit_entry
 from verifier.errors import UsageError
+from verifier.protocol.entries.errors import EntryError
 from verifier.protocol.entries.kinds import validate_log_entry
 from verifier.protocol.entries.lifecycle import HALT_KIND
 from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import Signer
-from verifier.protocol.trust import LogTrust
+from verifier.protocol.policy import PolicyTrust
+from verifier.protocol.trust import KeyTrust, LogTrust
 
 RULES = (NEW_PUBLISHER_KEY, VERSION_NOT_GROWING, COUNTER_NOT_GROWING, SECOND_ARTIFACT_SET,
          INVALID_ENTRY, RELEASE_NOT_AUTHORIZED)
@@ -111,13 +113,29 @@ def intents(events: list[str | Event], seen: list[Seen], rules: frozenset[str]) 
         if isinstance(e, str) or e.get("alert") not in rules:
             continue
         s = by_index.get(e.get("index", -1))
-        if s is None or not s.package or not s.version:
+        name = None if s is None else _names(s, e["alert"] == INVALID_ENTRY)
+        if name is None:
             continue
-        if e["alert"] != INVALID_ENTRY and (s.kind != "release/v1" or s.error is not None):
-            continue
-        intent = Intent(s.package, s.version, reason_for(e))
+        intent = Intent(*name, reason_for(e))
         found.setdefault(intent.name, intent)  # the version's first alert names the reason
     return list(found.values())
+
+
+def _names(s: Seen, invalid: bool) -> tuple[str, str] | None:
+    """(package, version) of a valid release; of an invalid entry, when its JSON names them."""
+    if not invalid:
+        ok = s.kind == "release/v1" and s.error is None and s.package and s.version
+        return (s.package, s.version) if ok else None
+    try:
+        entry = json.loads(s.leaf or b"")
+    except ValueError:
+        return None
+    if not isinstance(entry, dict):
+        return None
+    package, version = entry.get("package"), entry.get("version")
+    if isinstance(package, str) and isinstance(version, str) and package and version:
+        return package, version
+    return None
 
 
 def read_external(path: Path) -> list[Intent]:
@@ -168,13 +186,22 @@ def submit_halt(config: HaltConfig, trust: LogTrust, intent: Intent) -> dict[str
     not retried). TransportError (retry later) and LogMisbehaviour propagate."""
     fields = {"kind": HALT_KIND, "package": intent.package, "version": intent.version,
               "reason": intent.reason}
-    entry = sign_entry(fields, config.signer)
-    checked = validate_log_entry(entry)
-    answer = submit_entry(config.log, entry, config.token)
     base: dict[str, Any] = {"package": intent.package, "version": intent.version,
                             "reason": intent.reason}
+    entry = sign_entry(fields, config.signer)
+    try:
+        checked = validate_log_entry(entry)
+    except EntryError as exc:  # an invalid entry's package or version the schema refuses
+        return {**base, "status": "refused",
+                "refusal": {"status": None, "code": exc.code, "message": str(exc)}}
+    answer = submit_entry(config.log, entry, config.token)
     if answer.status not in (200, 201):
         return {**base, "status": "refused", "refusal": answer.refusal}
+    # Under a policy, a submission's answer carries the log's freshly integrated checkpoint,
+    # not yet cosigned: the log's signature on it is what commits the log to the halt (the
+    # monitor's later rounds see the halt in witnessed checkpoints like any entry).
+    if isinstance(trust, PolicyTrust):
+        trust = KeyTrust(trust.log)
     checkpoint = check_logged(checked.leaf_hash, answer.body, trust)
     return {**base, "status": "logged", "index": int(answer.body["index"]),
             "tree_size": checkpoint.size}
