@@ -37,13 +37,13 @@ class Answer:
 
 def submit_entry(log: HttpFetcher, entry: dict[str, Any], token: str | None) -> Answer:
     """POST `entry`; the answer whatever its status. TransportError when the log could not be
-    reached, answered a redirect (never followed with a token) or a 5xx, or not JSON."""
+    reached, answered a redirect (never followed with a token), 429 or a 5xx, or not JSON."""
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     status, raw = log.request("POST", "/v1/entries", json.dumps(entry).encode(), headers,
                               MAX_REPLY)
-    if 300 <= status < 400 or status >= 500:
+    if 300 <= status < 400 or status >= 500 or status == 429:  # 429: busy, try again later
         raise TransportError(f"the log answered the submission with {status}")
     try:
         body = json.loads(raw)

@@ -204,3 +204,62 @@ def test_only_releases_and_readable_invalid_entries_are_halted() -> None:
     found = intents(events, entries, rules)
     assert [(i.package, i.version) for i in found] == [(PKG, "1.0"), ("p", "2")]
     assert all(len(i.reason) == 1000 and i.reason.endswith("...") for i in found)
+
+
+def test_a_halt_only_key_halts_in_a_registered_log_with_the_token(
+        database_url: str, log_signer: Signer, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A monitoring bot that holds only a halt-only key (it cannot release) stops a version."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TLOG_TOKEN", raising=False)
+    admin, acme, bot = generate_key("admin"), generate_key("acme"), generate_key("acme")
+    paths = {}
+    for name, key in (("admin", admin), ("acme", acme), ("bot", bot), ("log", log_signer)):
+        (tmp_path / f"r-{name}.vkey").write_text(key.verifier().text() + "\n")
+        paths[name] = write_key(tmp_path / f"r-{name}.key", key)
+    admin_token = tmp_path / "admin-token"
+    admin_token.write_text("admin-secret-0123456789abcdef\n")
+    admin_token.chmod(0o600)
+    server = start_server(database_url, paths["log"], tmp_path, extra=[
+        "--policy", "registered", "--admin-key", str(tmp_path / "r-admin.vkey"),
+        "--token-key", str(write_key(tmp_path / "token.key", generate_key("tlog-tokens"))),
+        "--admin-token-file", str(admin_token)])
+    log_key = ["--log", server.url, "--log-key", str(tmp_path / "r-log.vkey")]
+    log = Log(server, tmp_path, tmp_path / "r-log.vkey", capsys)
+    log.acme = paths["acme"]
+
+    def run_tlog(*argv: str) -> str:
+        code = tlog(list(argv))
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        return out
+
+    try:
+        run_tlog("registry", "register", *log_key, "--signer", str(paths["admin"]),
+                 "--publisher", "acme", "--package", "com.acme.*", "--publisher-key",
+                 str(tmp_path / "r-acme.vkey"), "--admin-token-file", str(admin_token))
+        token = tmp_path / "token"
+        token.write_text(run_tlog("token", "issue", "--log", server.url, "--publisher", "acme",
+                                  "--scope", "com.acme.*", "--admin-token-file",
+                                  str(admin_token)))
+        token.chmod(0o600)
+        monkeypatch.setenv("TLOG_TOKEN", token.read_text().strip())
+        log.publish("1.0", 1)
+        run_tlog("registry", "rotate", *log_key, "--signer", str(paths["acme"]), "--publisher",
+                 "acme", "--halt-only", "--add", str(tmp_path / "r-bot.vkey"), "--token-file",
+                 str(token))
+        monkeypatch.delenv("TLOG_TOKEN")
+        signal = tmp_path / "signal.txt"
+        signal.write_text(f"{PKG} 1.0 tampered artifact reported\n")
+        halt = ["--halt-key", str(paths["bot"]), "--halt-on", f"external:{signal}",
+                "--halt-token-file", str(token)]
+        code, events, err = log.monitor(tmp_path / "state", *halt)
+        assert code == 0, err
+        [event] = halt_events(events)
+        assert event["status"] == "logged", event
+        [logged] = log.halts("1.0")
+        assert logged["entry"]["key"] == bot.verifier().text()
+        code, text = log.verify("1.0")
+        assert code == 1 and "tampered artifact" in text, text
+    finally:
+        server.stop()

@@ -128,6 +128,7 @@ class Monitor:
                  schemes: SchemeMap | None = None, halts: HaltConfig | None = None) -> None:
         self.client, self.trust, self.state, self.db = client, trust, state, db
         self.halts = halts
+        self._halt_error: TransportError | None = None
         self.witnesses = witnesses
         self.workers, self.out, self.metrics, self.stop = workers, out, metrics, stop
         loaded = db.load()
@@ -198,6 +199,9 @@ class Monitor:
         if self.halts is not None:
             self._external_halts()
             self._run_halts()
+            if self._halt_error is not None:
+                error, self._halt_error = self._halt_error, None
+                raise error
         self.metrics.last_success.set(time.time())
         if self._printed == printed:  # silence would read like a monitor that did nothing
             scanned = self.watcher.next_index - start
@@ -299,8 +303,10 @@ class Monitor:
             try:
                 result = submit_halt(self.halts, self.trust, intent)
             except TransportError as exc:
-                print(f"tlog-verify monitor: halt of {intent.name} not submitted: {exc}; "
-                      "retried next round", file=sys.stderr, flush=True)
+                # Raised by round() once the scan is done: exit 3, or with --follow a retry
+                # next round (an invalid entry's exit 1 takes precedence).
+                self._halt_error = TransportError(f"halt of {intent.name} not submitted, "
+                                                  f"still pending: {exc}")
                 return
             event: Event = {"type": HALT, "seq": self.watcher.next_seq, **result}
             self.watcher.next_seq += 1
