@@ -19,8 +19,10 @@ import pytest
 from tests.support import Server, start_server, write_key
 from tlog.cli.main import main as tlog
 from verifier.cli import main as cli
+from verifier.client.monitor import halts
 from verifier.client.monitor.halts import intents
 from verifier.client.monitor.summary import Seen
+from verifier.errors import TransportError
 from verifier.protocol.note import Signer, generate_key
 
 PKG = "com.acme.app"
@@ -263,3 +265,26 @@ def test_a_halt_only_key_halts_in_a_registered_log_with_the_token(
         assert code == 1 and "tampered artifact" in text, text
     finally:
         server.stop()
+
+
+def test_a_halt_the_log_could_not_take_stays_pending_and_is_submitted_next_run(
+        log: Log, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log that drops the monitor's halt submission (here: the connection fails) does not
+    make the monitor forget it: exit 3, and the next run submits it."""
+    log.publish("1.0", 2)
+    log.publish("1.2", 1)
+    state = tmp_path / "state"
+    halt = ["--halt-key", str(log.acme), "--halt-on", "counter_not_growing"]
+
+    def unreachable(*args: Any) -> Any:
+        raise TransportError("couldn't reach the log: connection reset")
+
+    with monkeypatch.context() as m:
+        m.setattr(halts, "submit_entry", unreachable)
+        code, events, err = log.monitor(state, *halt)
+    assert code == 3 and "still pending" in err, err
+    assert halt_events(events) == [] and log.halts("1.2") == []
+    code, events, err = log.monitor(state, *halt)
+    assert code == 0, err
+    assert [e["version"] for e in halt_events(events)] == ["1.2"]
+    assert len(log.halts("1.2")) == 1
