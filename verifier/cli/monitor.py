@@ -3,6 +3,7 @@
     tlog-verify monitor --log URL (--key LOG.vkey | --policy FILE [--max-age DUR])
                         --state DIR [--package GLOB]... [--version-scheme GLOB=SCHEME]...
                         [--follow [--interval S]] [--workers N] [--metrics-port P]
+                        [--halt-key KEY --halt-on RULE... [--halt-token-file FILE]]
 
 This module parses and checks the options and wires the client together; what a run does is
 described in verifier.client.monitor.run, the events it writes in .watch and .summary.
@@ -16,6 +17,7 @@ SIGINT or SIGTERM finish the current group and exit 0.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +26,9 @@ from typing import Any
 
 from verifier.cli.common import client_for, trust_for
 from verifier.client.http import HttpFetcher
+from verifier.client.keys import KeyFileError, read_private_key, read_secret
 from verifier.client.monitor.db import DB_FILE, MonitorDB
+from verifier.client.monitor.halts import RULES, HaltConfig, parse_rules
 from verifier.client.monitor.metrics import Metrics
 from verifier.client.monitor.run import Monitor, Stop
 from verifier.client.monitor.witnesses import WitnessChecker
@@ -81,10 +85,30 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         try:
             admins = [load_vkey(p, "admin key") for p in args.admin_key]
             monitor = Monitor(client, trust, state, db, opts.patterns, opts.workers, sys.stdout,
-                              metrics, stop, admins, _witnesses(args, trust), opts.schemes)
+                              metrics, stop, admins, _witnesses(args, trust), opts.schemes,
+                              _halts(args))
             return monitor.run(opts.follow, opts.interval)
         finally:
             metrics.close()
+
+
+def _halts(args: argparse.Namespace) -> HaltConfig | None:
+    """--halt-key, --halt-on and the submission token; None when nothing is to be halted."""
+    if args.halt_on and not args.halt_key:
+        raise UsageError("--halt-on needs --halt-key")
+    if args.halt_token_file and not args.halt_on:
+        raise UsageError("--halt-token-file needs --halt-on")
+    if not args.halt_on:
+        return None
+    rules, files = parse_rules(args.halt_on)
+    try:
+        signer = read_private_key(args.halt_key, "halt key", owner_only=False)
+        token = (read_secret(args.halt_token_file, "halt token file", owner_only=False)
+                 if args.halt_token_file else os.environ.get("TLOG_TOKEN") or None)
+    except KeyFileError as exc:
+        raise UsageError(str(exc)) from exc
+    log = HttpFetcher(args.log, timeout=args.timeout, retries=args.retries)
+    return HaltConfig(signer, rules, files, log, token)
 
 
 def _witnesses(args: argparse.Namespace, trust: LogTrust) -> WitnessChecker | None:
@@ -106,6 +130,10 @@ install window already closed when seen, or an inconsistent checkpoint. With --p
 log's checkpoints must carry the quorum of cosignatures, and each policy witness that has a URL
 is asked for its latest cosigned view of the log: a view the log's checkpoint is not consistent
 with is alerted (witness_view_disagrees); an unreachable witness is a warning on stderr.
+With --halt-key and --halt-on, an alert of a chosen rule about a release (or an external
+signal file naming a logged version) makes the monitor sign and log a halt/v1 for that version,
+once across runs, and print a "halt" event: status "logged" with the halt's index, or "refused"
+with the log's refusal (not retried).
 Every event has a "seq" that grows within the state directory; after a crash an event may be
 printed again with the same seq, never lost. Exit: 0 done, 1 invalid entry or log
 misbehaviour (evidence in STATE/evidence/), 2 usage, 3 transport."""
@@ -142,4 +170,17 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
                    help="the operator's registry admin key (repeatable): registrations and "
                         "admin actions signed by other keys are alerted; without it they are "
                         "reported unauthenticated")
+    p.add_argument("--halt-key", metavar="KEY_FILE",
+                   help="private key signing the halts --halt-on calls for: the publisher's "
+                        "(a current key, or in a registered log a halt-only key); its name must "
+                        "be the publisher of the package halted (else exit 2)")
+    p.add_argument("--halt-on", action="append", default=[], metavar="RULE",
+                   help="halt (log a signed halt/v1 for) a release of a watched package when an "
+                        f"alert of RULE fires: {', '.join(RULES)}, or external:FILE (every "
+                        "logged version FILE lists as 'package version reason' lines); each "
+                        "version is halted once, across runs; a halt event is printed "
+                        "(repeatable)")
+    p.add_argument("--halt-token-file", metavar="FILE",
+                   help="bearer token for submitting halts to a registered log (default: "
+                        "$TLOG_TOKEN)")
     p.set_defaults(func=cmd_monitor)

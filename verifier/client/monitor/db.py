@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from verifier.client.monitor.halts import Intent
 from verifier.client.monitor.summary import lines_text
 from verifier.client.monitor.watch import PackageState, Watcher
 from verifier.errors import UsageError
@@ -63,6 +64,16 @@ CREATE TABLE IF NOT EXISTS watched (
     patterns TEXT NOT NULL         -- JSON list of the --package globs of the last run
 );
 """
+# Added with --halt-on: the halts the monitor decided (halts.Intent), one per version ever.
+_SCHEMA_HALTS = """
+CREATE TABLE IF NOT EXISTS halts (
+    name    TEXT PRIMARY KEY,      -- "package version"
+    package TEXT NOT NULL,
+    version TEXT NOT NULL,
+    reason  TEXT NOT NULL,         -- the signed reason: a resubmission is the same entry
+    result  TEXT                   -- NULL until the log answered; then the halt event's
+) WITHOUT ROWID;                   -- members (logged or refused), as JSON
+"""
 
 
 @dataclass
@@ -99,6 +110,7 @@ class MonitorDB:
             self.conn.execute("PRAGMA secure_delete=OFF")
             self.conn.executescript(_SCHEMA)
             self.conn.executescript(_SCHEMA_WATCHED)
+            self.conn.executescript(_SCHEMA_HALTS)
             self.conn.execute("INSERT OR IGNORE INTO position VALUES (1, ?, NULL, 0, 1, '[]')",
                               (DB_FORMAT,))
         except sqlite3.Error as exc:
@@ -144,10 +156,14 @@ class MonitorDB:
             "(SELECT value FROM json_each(?))", (json.dumps(names),))
         return {name: (digest, idx) for name, digest, idx in rows}
 
-    def save(self, watcher: Watcher, edge: RightEdge, origin: str, lines: Sequence[str]) -> None:
-        """Commit the watcher's changes, the position, the next seq and `lines` to the outbox."""
+    def save(self, watcher: Watcher, edge: RightEdge, origin: str, lines: Sequence[str],
+             halts: Sequence[Intent] = ()) -> None:
+        """Commit the watcher's changes, the position, the next seq, `lines` to the outbox and
+        the halt intents the alerts call for (in the same transaction: an alert's halt is
+        decided exactly when the alert is)."""
         packages, versions = watcher.take_changes()
         with self._transaction() as c:
+            self._add_halts(c, halts)
             # Sorted: neighbouring inserts then share index pages (about a fifth faster).
             c.executemany("INSERT INTO versions VALUES (?, ?, ?)",
                           sorted((name, d, i) for name, (d, i) in versions.items()))
@@ -173,6 +189,37 @@ class MonitorDB:
         if lines:
             c.execute("INSERT INTO outbox VALUES (?, ?)",
                       (next_seq - len(lines), lines_text(lines)))
+
+    def add_halts(self, halts: Sequence[Intent]) -> None:
+        """Commit halt intents (versions that already have one keep it)."""
+        with self._transaction() as c:
+            self._add_halts(c, halts)
+
+    @staticmethod
+    def _add_halts(c: sqlite3.Connection, halts: Sequence[Intent]) -> None:
+        c.executemany("INSERT OR IGNORE INTO halts VALUES (?, ?, ?, ?, NULL)",
+                      [(h.name, h.package, h.version, h.reason) for h in halts])
+
+    def halted(self, names: Sequence[str]) -> set[str]:
+        """Those of `names` ("package version") that have a halt intent."""
+        rows = self.conn.execute("SELECT name FROM halts WHERE name IN "
+                                 "(SELECT value FROM json_each(?))", (json.dumps(list(names)),))
+        return {name for (name,) in rows}
+
+    def pending_halts(self) -> list[Intent]:
+        """Halt intents the log has not answered yet, in the order of their names."""
+        rows = self.conn.execute("SELECT package, version, reason FROM halts "
+                                 "WHERE result IS NULL ORDER BY name")
+        return [Intent(p, v, r) for p, v, r in rows]
+
+    def finish_halt(self, intent: Intent, result: dict[str, Any], next_seq: int,
+                    line: str) -> None:
+        """Record the log's answer to a halt, with its event in the outbox and the next seq."""
+        with self._transaction() as c:
+            c.execute("UPDATE halts SET result = ? WHERE name = ?",
+                      (json.dumps(result, sort_keys=True), intent.name))
+            c.execute("UPDATE position SET next_seq = ?", (next_seq,))
+            self._add_outbox(c, next_seq, [line])
 
     def clear_outbox(self) -> None:
         with self._transaction() as c:

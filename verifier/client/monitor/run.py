@@ -43,6 +43,15 @@ from typing import Any, TextIO, TypeVar
 
 from verifier.client.log import LogClient
 from verifier.client.monitor.db import MonitorDB
+from verifier.client.monitor.halts import (
+    HALT,
+    HaltConfig,
+    Intent,
+    check_publisher,
+    intents,
+    read_external,
+    submit_halt,
+)
 from verifier.client.monitor.metrics import Metrics
 from verifier.client.monitor.summary import (
     Event,
@@ -116,8 +125,10 @@ class Monitor:
                  patterns: Sequence[str], workers: int, out: TextIO, metrics: Metrics,
                  stop: Stop, admin_keys: Sequence[Verifier] | None = None,
                  witnesses: WitnessChecker | None = None,
-                 schemes: SchemeMap | None = None) -> None:
+                 schemes: SchemeMap | None = None, halts: HaltConfig | None = None) -> None:
         self.client, self.trust, self.state, self.db = client, trust, state, db
+        self.halts = halts
+        self._halt_error: TransportError | None = None
         self.witnesses = witnesses
         self.workers, self.out, self.metrics, self.stop = workers, out, metrics, stop
         loaded = db.load()
@@ -185,6 +196,12 @@ class Monitor:
         self.metrics.tree_size.set(trusted.size)
         start, printed = self.watcher.next_index, self._printed
         self._scan(trusted)
+        if self.halts is not None:
+            self._external_halts()
+            self._run_halts()
+            if self._halt_error is not None:
+                error, self._halt_error = self._halt_error, None
+                raise error
         self.metrics.last_success.set(time.time())
         if self._printed == printed:  # silence would read like a monitor that did nothing
             scanned = self.watcher.next_index - start
@@ -237,17 +254,66 @@ class Monitor:
         where = {s.entry_index: self._invalid_evidence(s, proofs[s.entry_index], trusted)
                  for s in invalid}
         lines = [e if isinstance(e, str) else _encode_alert(e, where) for e in events]
-        self.db.save(watcher, edge, trusted.checkpoint.origin, lines)  # durability point 1
+        halts = self._alert_halts(events, seen)
+        # durability point 1 (with the halts decided: the intent is durable before any submission)
+        self.db.save(watcher, edge, trusted.checkpoint.origin, lines, halts)
         self.edge = edge
         watcher.forget_versions()
         self.metrics.entries.inc(len(seen))
         self.metrics.count(events)
         self._print(lines)  # durability point 2: printed (a crash before this reprints them)
         self.db.clear_outbox()  # durability point 3: a crash before this prints them again
+        if halts:
+            self._run_halts()  # before an invalid entry ends the run
         if invalid:
             first = invalid[0]
             raise VerificationFailed(f"entry {first.entry_index} of the log fails validation: "
                                      f"{first.error}; evidence saved in {where[first.entry_index]}")
+
+    def _alert_halts(self, events: list[str | Event], seen: list[Seen]) -> list[Intent]:
+        """The halt intents the group's alerts call for (--halt-on), not decided before."""
+        if self.halts is None:
+            return []
+        found = intents(events, seen, self.halts.rules)
+        for intent in found:
+            check_publisher(self.halts, intent, self.watcher.packages.get(intent.package))
+        done = self.db.halted([i.name for i in found])
+        return [i for i in found if i.name not in done]
+
+    def _external_halts(self) -> None:
+        """Record an intent for each version an external signal file names whose release the
+        monitor has seen logged (the others wait for it)."""
+        assert self.halts is not None
+        for path in self.halts.external:
+            found = read_external(path)
+            names = [i.name for i in found]
+            logged, done = self.db.lookup_versions(names), self.db.halted(names)
+            new = [i for i in found if i.name in logged and i.name not in done]
+            for intent in new:
+                check_publisher(self.halts, intent, self.watcher.packages.get(intent.package))
+            if new:
+                self.db.add_halts(new)
+
+    def _run_halts(self) -> None:
+        """Submit every pending halt intent, record the log's answer and print it as a halt
+        event. A refusal is final (printed, never retried); a transport error leaves the
+        intent pending for the next round or run; LogMisbehaviour ends the run (exit 1)."""
+        assert self.halts is not None
+        for intent in self.db.pending_halts():
+            try:
+                result = submit_halt(self.halts, self.trust, intent)
+            except TransportError as exc:
+                # Raised by round() once the scan is done: exit 3, or with --follow a retry
+                # next round (an invalid entry's exit 1 takes precedence).
+                self._halt_error = TransportError(f"halt of {intent.name} not submitted, "
+                                                  f"still pending: {exc}")
+                return
+            event: Event = {"type": HALT, "seq": self.watcher.next_seq, **result}
+            self.watcher.next_seq += 1
+            line = encode(event)
+            self.db.finish_halt(intent, result, self.watcher.next_seq, line)  # point 1
+            self._print([line])  # point 2
+            self.db.clear_outbox()  # point 3
 
     def _prove_prefix(self, edge: RightEdge, trusted: Trusted) -> None:
         """The leaves scanned so far must be the first edge.size leaves of the signed tree."""
