@@ -28,8 +28,7 @@ from typing import Any
 
 from verifier.protocol.entries.errors import INVALID_ENTRY, EntryError
 from verifier.protocol.entries.fast import fast_check_signed
-from verifier.protocol.entries.signing import Signed, check_signed
-from verifier.protocol.note import Verifier
+from verifier.protocol.entries.signing import Signed, SignedEntry, check_signed
 from verifier.protocol.rfc3339 import TimeFormatError, parse_time
 
 __all__ = ["HALT_KIND", "LIFECYCLE_KINDS", "RESUME_KIND", "ROLLOUT_KIND", "YANK_KIND",
@@ -43,33 +42,12 @@ LIFECYCLE_KINDS = (ROLLOUT_KIND, HALT_KIND, YANK_KIND, RESUME_KIND)
 
 
 @dataclass(frozen=True)
-class Lifecycle:
+class Lifecycle(SignedEntry):
     """A validated lifecycle entry: which release it speaks of, and who signed it."""
 
-    signed: Signed
     package: str
     version: str
     publisher: str  # the signer's key name, which must be the release's publisher
-
-    @property
-    def kind(self) -> str:
-        return self.signed.kind
-
-    @property
-    def entry(self) -> dict[str, Any]:
-        return self.signed.entry
-
-    @property
-    def leaf(self) -> bytes:
-        return self.signed.leaf
-
-    @property
-    def leaf_hash(self) -> bytes:
-        return self.signed.leaf_hash
-
-    @property
-    def key(self) -> Verifier:
-        return self.signed.key
 
     @property
     def rollback_version(self) -> str | None:

@@ -25,8 +25,7 @@ from typing import Any
 
 from verifier.protocol.entries.errors import INVALID_ENTRY, EntryError
 from verifier.protocol.entries.fast import fast_check_signed
-from verifier.protocol.entries.signing import Signed, check_signed, parse_key
-from verifier.protocol.note import Verifier
+from verifier.protocol.entries.signing import SignedEntry, check_signed, parse_key
 
 __all__ = ["KEYS_KIND", "PACKAGE_PATTERN", "PUBLISHER_KIND", "PUBLISHER_NAME", "REVOKE_KIND",
            "RegistryChecks", "RegistryEntry", "check_keys", "check_publisher", "check_revoke"]
@@ -41,31 +40,10 @@ PUBLISHER_NAME = re.compile(r"[!-*,-~]{1,200}")
 
 
 @dataclass(frozen=True)
-class RegistryEntry:
+class RegistryEntry(SignedEntry):
     """A validated publisher/v1, keys/v1 or revoke/v1 entry."""
 
-    signed: Signed
     publisher: str
-
-    @property
-    def kind(self) -> str:
-        return self.signed.kind
-
-    @property
-    def entry(self) -> dict[str, Any]:
-        return self.signed.entry
-
-    @property
-    def leaf(self) -> bytes:
-        return self.signed.leaf
-
-    @property
-    def leaf_hash(self) -> bytes:
-        return self.signed.leaf_hash
-
-    @property
-    def key(self) -> Verifier:
-        return self.signed.key
 
 
 # -- the rules of each kind that the schema cannot express ----------------------------------

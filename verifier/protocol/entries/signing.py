@@ -123,6 +123,34 @@ class Signed:
     key: Verifier
 
 
+@dataclass(frozen=True)
+class SignedEntry:
+    """Base of the checked entries built on a Signed (registry kinds, lifecycle kinds): what
+    the log and the clients read of any entry, delegated to it."""
+
+    signed: Signed
+
+    @property
+    def kind(self) -> str:
+        return self.signed.kind
+
+    @property
+    def entry(self) -> dict[str, Any]:
+        return self.signed.entry
+
+    @property
+    def leaf(self) -> bytes:
+        return self.signed.leaf
+
+    @property
+    def leaf_hash(self) -> bytes:
+        return self.signed.leaf_hash
+
+    @property
+    def key(self) -> Verifier:
+        return self.signed.key
+
+
 def check_signed(obj: Any, schema_name: str) -> Signed:
     """The checks every kind but release/v1 makes, in this order: a JSON tree at most
     MAX_DEPTH deep, schema `schema_name`, the JCS leaf within MAX_ENTRY_SIZE, the signer's
