@@ -10,6 +10,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,8 +19,9 @@ from typing import Any
 
 import aiohttp
 
+from verifier.protocol.checkpoint import open_checkpoint
 from verifier.protocol.entries.signing import sign_entry
-from verifier.protocol.note import Signer
+from verifier.protocol.note import Signer, Verifier
 
 
 def release_fields(package: str, version: str, payload: bytes = b"",
@@ -129,3 +131,20 @@ def _no_verify() -> ssl.SSLContext:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def published_size(url: str, vkey: Verifier, want: int, timeout: float = 20) -> int:
+    """The size of the log's /checkpoint (verified with `vkey`) once it is `want`, or the
+    last size seen after `timeout` s (-1 if none). A log with witnesses publishes a round
+    after its appends, and answers 503 until its first cosigned checkpoint."""
+    deadline, size = time.monotonic() + timeout, -1
+    while size != want and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/checkpoint", timeout=5) as resp:
+                size = open_checkpoint(resp.read(), vkey).size
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503:
+                raise
+        if size != want:
+            time.sleep(0.1)
+    return size

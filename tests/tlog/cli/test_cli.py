@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import free_port, start_server, write_key
+from tests.support import free_port, published_size, start_server, write_key
 from tlog.cli.pgcluster import Cluster
-from verifier.protocol.checkpoint import open_checkpoint
-from verifier.protocol.note import Signer, Verifier, parse_private_key, parse_vkey
+from verifier.protocol.note import Signer, parse_private_key, parse_vkey
 from verifier.protocol.receipt import verify_receipt
 from verifier.protocol.trust import KeyTrust
 
@@ -94,21 +93,6 @@ def _get(url: str) -> bytes:
         return body
 
 
-def _published(url: str, vkey: Verifier, want: int) -> int:
-    """The size of /checkpoint once it is `want`, or the last seen after 20 s: the dev log's
-    demo witness cosigns every second, and /checkpoint is 503 until its first cosignature."""
-    deadline, size = time.monotonic() + 20, -1
-    while size != want and time.monotonic() < deadline:
-        try:
-            size = open_checkpoint(_get(f"{url}/checkpoint"), vkey).size
-        except urllib.error.HTTPError as exc:
-            if exc.code != 503:
-                raise
-        if size != want:
-            time.sleep(0.1)
-    return size
-
-
 def test_dev_runs_a_log_on_its_own_postgres_and_stops_it(searchable_dir: Path) -> None:
     home = searchable_dir / "devhome"
     port = free_port()
@@ -126,7 +110,7 @@ def test_dev_runs_a_log_on_its_own_postgres_and_stops_it(searchable_dir: Path) -
         assert "curl" in banner, banner
         vkey = parse_vkey((home / "log.vkey").read_text().strip())
         assert vkey.text() in banner
-        assert _published(f"http://127.0.0.1:{port}", vkey, 0) == 0
+        assert published_size(f"http://127.0.0.1:{port}", vkey, 0) == 0
         assert (home / "log.key").stat().st_mode & 0o777 == 0o600
         assert tlog("keygen", "--name", "dev-bot", "--out", str(home / "keys")).returncode == 0
         artifact = home / "tool.bin"
@@ -135,7 +119,7 @@ def test_dev_runs_a_log_on_its_own_postgres_and_stops_it(searchable_dir: Path) -
                    str(home / "log.vkey"), "--key", str(home / "keys" / "dev-bot.key"),
                    "--package", "tool", "--version", "1", str(artifact))
         assert pub.returncode == 0, pub.stderr
-        assert _published(f"http://127.0.0.1:{port}", vkey, 1) == 1
+        assert published_size(f"http://127.0.0.1:{port}", vkey, 1) == 1
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)

@@ -21,10 +21,9 @@ from typing import Any
 
 import pytest
 
-from tests.support import free_port, make_release
+from tests.support import free_port, make_release, published_size
 from tlog.cli.dev import ROOT_CLUSTERS, cluster_home
 from tlog.cli.pgcluster import Cluster
-from verifier.protocol.checkpoint import open_checkpoint
 from verifier.protocol.note import generate_key, parse_vkey
 
 BIN = Path(sys.executable).parent  # where the `tlog` command of this environment is
@@ -70,20 +69,10 @@ def _get(url: str) -> bytes:
 
 
 def _size(dev: Dev, want: int) -> int:
-    """The size of the log's /checkpoint once it is `want` (the last size seen after 20 s).
-    The demo witness cosigns every second: until it has, /checkpoint is the previous
-    cosigned one, or a 503 on a new log."""
-    vkey = parse_vkey((dev.home / "log.vkey").read_text().strip())
-    deadline, size = time.monotonic() + 20, -1
-    while size != want and time.monotonic() < deadline:
-        try:
-            size = open_checkpoint(_get(f"{dev.url}/checkpoint"), vkey).size
-        except urllib.error.HTTPError as exc:
-            if exc.code != 503:
-                raise
-        if size != want:
-            time.sleep(0.1)
-    return size
+    """The size of the dev log's /checkpoint once it is `want` (its demo witness cosigns
+    every second)."""
+    return published_size(dev.url, parse_vkey((dev.home / "log.vkey").read_text().strip()),
+                          want)
 
 
 def _run(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,22 @@ async def wait_published(client: Client, size: int, timeout: float = 15) -> str:
             return got[1]
         await asyncio.sleep(0.05)
     raise AssertionError(f"size {size} was not published within {timeout} s: {got}")
+
+
+@asynccontextmanager
+async def serving(path: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                  ) -> AsyncIterator[str]:
+    """`handler` answering POST `path` on a real port; yields the base URL."""
+    app = web.Application()
+    app.router.add_post(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 async def readyz(client: Client) -> dict[str, Any]:
@@ -395,36 +412,21 @@ async def test_a_hostile_witness_answer_is_a_witness_error_within_bounds(
         return web.Response(status=status, body=body.encode(), headers={
             "Content-Type": "text/x.tlog.size" if status == 409 else "text/plain"})
 
-    app = web.Application()
-    app.router.add_post("/add-checkpoint", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     note = sign_checkpoint(Checkpoint(log_signer.name, 1, b"\x01" * 32), log_signer)
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5)) as http:
-            with pytest.raises(WitnessError, match=expected):
-                await add_checkpoint(http, f"http://127.0.0.1:{port}", 0, [], note)
-    finally:
-        released.set()
-        await runner.cleanup()
+    async with serving("/add-checkpoint", handler) as url:
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5)) as http:
+                with pytest.raises(WitnessError, match=expected):
+                    await add_checkpoint(http, url, 0, [], note)
+        finally:
+            released.set()
 
 
 async def test_a_409_without_a_size_is_reported_as_such(log_signer: Signer) -> None:
     async def handler(request: web.Request) -> web.Response:
         return web.Response(status=409, text="different root")
 
-    app = web.Application()
-    app.router.add_post("/w/add-checkpoint", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     note = sign_checkpoint(Checkpoint(log_signer.name, 1, b"\x01" * 32), log_signer)
-    try:
-        async with aiohttp.ClientSession() as http:
-            got = await add_checkpoint(http, f"http://127.0.0.1:{port}/w/", 1, [], note)
-        assert got == Conflict(None)
-    finally:
-        await runner.cleanup()
+    async with serving("/w/add-checkpoint", handler) as url, aiohttp.ClientSession() as http:
+        got = await add_checkpoint(http, url + "/w/", 1, [], note)
+    assert got == Conflict(None)
