@@ -13,6 +13,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -33,6 +35,21 @@ async def _database(cluster: Cluster, name: str) -> str:
     await migrate.migrate(conn)
     await conn.close()
     return cluster.url(name)
+
+
+@contextmanager
+def fsync_cluster(prefix: str) -> Iterator[tuple[Cluster, Path]]:
+    """A throwaway PostgreSQL with fsync on, in a new work directory (both removed after)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    work.chmod(0o755)
+    cluster = Cluster(work / "pg")
+    cluster.init()
+    cluster.start(fsync=True)
+    try:
+        yield cluster, work
+    finally:
+        cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def run_round(cluster: Cluster, work: Path, n: int, servers: int, round_no: int) -> None:
@@ -64,17 +81,9 @@ def main() -> None:
     ap.add_argument("--servers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="tlog-bench-"))
-    work.chmod(0o755)
-    cluster = Cluster(work / "pg")
-    cluster.init()
-    cluster.start(fsync=True)
-    try:
+    with fsync_cluster("tlog-bench-") as (cluster, work):
         for r in range(args.rounds):
             run_round(cluster, work, args.entries, args.servers, r)
-    finally:
-        cluster.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.concurrent_appends import _database
+from bench.concurrent_appends import _database, fsync_cluster
 from tests.support import free_port, make_release, start_server, submit_all, write_key
 from tlog.cli.pgcluster import Cluster
 from verifier.protocol.cosignature import generate_witness_key
@@ -100,12 +98,7 @@ def main() -> None:
     ap.add_argument("--witnesses", type=int, default=2)
     ap.add_argument("--interval", type=float, default=1.0, help="--witness-interval")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="tlog-wbench-"))
-    work.chmod(0o755)
-    cluster = Cluster(work / "pg")
-    cluster.init()
-    cluster.start(fsync=True)
-    try:
+    with fsync_cluster("tlog-wbench-") as (cluster, work):
         for r in range(args.rounds):
             log = generate_key("bench.example/log")
             (work / f"r{r}").mkdir()
@@ -125,9 +118,6 @@ def main() -> None:
                   f"{wit[0]:,.0f}/s (median {wit[1] * 1000:.0f} ms, p99 {wit[2] * 1000:.0f} ms)"
                   f" = {wit[0] / base[0]:.2f} x the baseline; publication {wit[3]:.2f} s after "
                   "the last receipt", flush=True)
-    finally:
-        cluster.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
