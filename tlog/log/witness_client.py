@@ -8,18 +8,16 @@ log one task for at most that long, never memory.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiohttp
 
-from verifier.protocol.note import NoteError, Signature, b64encode, parse_note
+from verifier.protocol.checkpoint import CheckpointError, parse_decimal
+from verifier.protocol.note import SIGNATURE_PREFIX, NoteError, Signature, b64encode, parse_note
 from verifier.protocol.witness import MAX_PROOF_LINES, SIZE_CONTENT_TYPE
 
 MAX_ANSWER = 64 * 1024  # bytes of a witness's answer: a few signature lines, or a size
-MAX_SIZE = 2**63 - 1  # the largest tree size the log stores (bigint); a witness saying more lies
-_SIZE = re.compile(r"(0|[1-9][0-9]{0,18})\n")
 
 
 class WitnessError(Exception):
@@ -90,7 +88,7 @@ def _signatures(note: str, answer: bytes) -> tuple[Signature, ...]:
     mine = len(parse_note(note).signatures)
     try:
         text = answer.decode("utf-8")
-        if not text.endswith("\n") or not text.startswith("— "):
+        if not text.endswith("\n") or not text.startswith(SIGNATURE_PREFIX):
             raise NoteError("not signature lines ending in a newline")
         return parse_note(note + text).signatures[mine:]
     except (UnicodeDecodeError, NoteError) as exc:
@@ -98,10 +96,12 @@ def _signatures(note: str, answer: bytes) -> tuple[Signature, ...]:
 
 
 def _size(answer: bytes) -> int:
-    m = _SIZE.fullmatch(answer.decode("ascii", "replace"))
-    if m is None:
-        raise WitnessError(f"409 with a malformed size: {answer[:40]!r}")
-    size = int(m.group(1))
-    if size > MAX_SIZE:  # 19 digits reach 10^19 - 1: more than any tree this log can hold
-        raise WitnessError(f"409 with a size beyond any tree: {size}")
-    return size
+    """The size of a 409's `text/x.tlog.size` body: a tree size as a checkpoint writes it
+    (below 2**63, what the log's bigint columns hold), then a newline."""
+    text = answer.decode("ascii", "replace")
+    try:
+        if not text.endswith("\n"):
+            raise CheckpointError(f"malformed size {text[:40]!r}: no newline")
+        return parse_decimal(text[:-1], "size")
+    except CheckpointError as exc:
+        raise WitnessError(f"409 with a size no tree has: {exc}") from exc
