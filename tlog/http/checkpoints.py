@@ -38,10 +38,13 @@ def _witnessed(request: web.Request) -> bool:
     return request.app[CONFIG].witness_policy is not None
 
 
+# The database's name of the current policy's quorum rule: made once, as the policy does not
+# change while the app runs (the witness task makes the same one).
+RULE: web.AppKey[str] = web.AppKey("witness_rule", str)
+
+
 def _rule(request: web.Request) -> str:
-    policy = request.app[CONFIG].witness_policy
-    assert policy is not None  # callers check _witnessed first
-    return quorum_rule(policy)
+    return request.app[RULE]
 
 
 async def get_checkpoint(request: web.Request) -> web.Response:
@@ -102,6 +105,9 @@ async def get_cosigned(request: web.Request) -> web.Response:
 
 
 def add_checkpoint_routes(app: web.Application) -> None:
+    policy = app[CONFIG].witness_policy
+    if policy is not None:
+        app[RULE] = quorum_rule(policy)
     app.router.add_get("/checkpoint", get_checkpoint)
     app.router.add_get("/v1/checkpoints/cosigned", get_cosigned)  # before {size}
     app.router.add_get("/v1/checkpoints/{size}", get_checkpoint_at)
