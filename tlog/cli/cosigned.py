@@ -17,6 +17,7 @@ from typing import Any
 
 from tlog.cli.remote import RemoteError, call, call_raw, expect
 from verifier.errors import EXIT_FAILED, EXIT_TRANSPORT, EXIT_USAGE
+from verifier.protocol.checkpoint import Checkpoint
 from verifier.protocol.policy import PolicyTrust
 from verifier.protocol.receipt import make_receipt, verify_receipt
 
@@ -48,8 +49,9 @@ def _cosigned_note(args: argparse.Namespace, index: int) -> str | None:
 
 
 def wait_for_quorum(args: argparse.Namespace, index: int, trust: PolicyTrust,
-                    timeout: float) -> str:
-    """Poll until a cosigned checkpoint covering `index` satisfies `trust`; its note.
+                    timeout: float) -> tuple[str, Checkpoint]:
+    """Poll until a cosigned checkpoint covering `index` satisfies `trust`; its note and
+    checkpoint.
 
     A note short of the quorum is not yet an answer: the log may still be collecting
     cosignatures, or our policy asks for more witnesses than the log's. Either way the
@@ -62,8 +64,7 @@ def wait_for_quorum(args: argparse.Namespace, index: int, trust: PolicyTrust,
         note = _cosigned_note(args, index)
         if note is not None:
             try:
-                trust.open(note)
-                return note
+                return note, trust.open(note)
             except ValueError as exc:
                 last_refusal = f"the log's cosigned checkpoint does not satisfy the policy: {exc}"
         now = time.monotonic()
@@ -86,8 +87,8 @@ def cosigned_receipt(args: argparse.Namespace, entry: dict[str, Any], leaf_hash:
                      ) -> tuple[dict[str, Any], int]:
     """The receipt of `entry` against the first quorum-cosigned checkpoint covering it,
     verified under the policy before it is returned, and that checkpoint's size."""
-    note = wait_for_quorum(args, index, trust, timeout)
-    size = trust.open(note).size
+    note, checkpoint = wait_for_quorum(args, index, trust, timeout)
+    size = checkpoint.size
     reply = expect(*call(args, "GET", f"/v1/proof/inclusion?leaf_hash={leaf_hash.hex()}"
                                       f"&tree_size={size}"), (200,), "the log")
     try:
