@@ -122,7 +122,7 @@ def key_id(name: str, public_key: bytes, key_type: int = ED25519) -> bytes:
     return hashlib.sha256(material).digest()[:KEY_ID_SIZE]
 
 
-def _check_key(name: str, kid: bytes, key: bytes) -> None:
+def check_key(name: str, kid: bytes, key: bytes) -> None:
     if not is_valid_key_name(name):
         raise NoteError(f"invalid key name {name[:100]!r}")
     if len(kid) != KEY_ID_SIZE:
@@ -140,7 +140,7 @@ class Verifier:
     public_key: bytes
 
     def __post_init__(self) -> None:
-        _check_key(self.name, self.key_id, self.public_key)
+        check_key(self.name, self.key_id, self.public_key)
         if not hmac.compare_digest(self.key_id, key_id(self.name, self.public_key)):
             raise NoteError(f"key ID {self.key_id.hex()} does not match key {self.name!r}")
 
