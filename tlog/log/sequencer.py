@@ -19,6 +19,7 @@ from tlog.log.edge import EdgeError, load_edge
 from tlog.log.metrics import AppendMetrics
 from tlog.log.proofs import consistency_proof, inclusion_proofs
 from tlog.log.registry import ReplayError, replay
+from tlog.log.statemap import MapError, next_map_root
 from tlog.store.postgres import AppendTx, NewEntry, Storage
 from tlog.store.reader import StoredCheckpoint, TokenRecord
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
@@ -211,9 +212,12 @@ class Sequencer:
             registry = await self._synced_registry(tx, batch)
             plan = await self._plan(tx, batch, builder.size, registry)
             if plan.new:
-                for entry in plan.new:
+                # The batch ends with the log's map-root/v1 entry (tlog.log.statemap), its
+                # map nodes written in this same transaction.
+                new = [*plan.new, await self._map_root(tx, builder.size, plan.new)]
+                for entry in new:
                     builder.append(entry.leaf_hash)
-                await tx.insert_entries(plan.new)
+                await tx.insert_entries(new)
                 changed = builder.take_changed()
                 await tx.put_tiles(changed)
                 note = sign_checkpoint(
@@ -229,6 +233,12 @@ class Sequencer:
             raise UnavailableError("the log has no checkpoint yet")
         self.metrics.tree_size.set(latest.size)
         return plan.outcome, latest
+
+    async def _map_root(self, tx: AppendTx, size: int, new: Sequence[NewEntry]) -> NewEntry:
+        try:
+            return await next_map_root(tx.state_map, size, new)
+        except MapError as exc:
+            raise SelfCheckError(str(exc)) from exc
 
     async def _load_edge(self, tx: AppendTx, latest: StoredCheckpoint | None) -> TreeBuilder:
         """The right edge of the latest published tree, checked against its root.

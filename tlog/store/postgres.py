@@ -25,7 +25,9 @@ from tlog.store.reader import (
     TokenLedger,
     TokenRecord,
 )
+from tlog.store.statemap import MapStore
 from verifier.protocol.entries.kinds import KINDS
+from verifier.protocol.package_state import MAP_ROOT_KIND
 from verifier.protocol.tiles import MAX_ENTRY_SIZE, TILE_WIDTH, TileKey
 
 APPEND_LOCK = 0x746C6F67_0002  # advisory lock id serializing appends ("tlog", 2)
@@ -87,10 +89,12 @@ SQL_PUT_TILE = (
     "ON CONFLICT (level, idx) DO UPDATE SET data = EXCLUDED.data")
 SQL_PUT_CHECKPOINT = "INSERT INTO checkpoints (tree_size, root, note) VALUES ($1, $2, $3)"
 # Registry entries (the registry kinds of KINDS), written as "none of the other kinds" (release
-# and lifecycle kinds): the predicate of the partial index entries_registry (migration 0005,
-# which must list the same kinds in the same order), on which PostgreSQL plans these queries.
+# and lifecycle kinds, and the log's own map-root/v1): the predicate of the partial index
+# entries_registry (migration 0006, which must list the same kinds in the same order), on
+# which PostgreSQL plans these queries.
 SQL_IS_REGISTRY = "kind NOT IN ({})".format(", ".join(
-    "'" + name.replace("'", "''") + "'" for name, row in KINDS.items() if not row.registry))
+    "'" + name.replace("'", "''") + "'"
+    for name in [*(name for name, row in KINDS.items() if not row.registry), MAP_ROOT_KIND]))
 SQL_REGISTRY_ENTRIES = (
     f"SELECT idx, leaf FROM entries WHERE {SQL_IS_REGISTRY} AND idx >= $1 ORDER BY idx")
 SQL_REGISTRY_PAGE = _page_sql(f"{SQL_IS_REGISTRY} AND idx > $1", "$2", "$3")
@@ -420,6 +424,11 @@ class AppendTx:
 
     async def latest_checkpoint(self) -> StoredCheckpoint | None:
         return _checkpoint(await self._conn.fetchrow(SQL_LATEST_CHECKPOINT))
+
+    @property
+    def state_map(self) -> MapStore:
+        """The package state map's reads and writes, in this transaction."""
+        return MapStore(self._conn)
 
     async def tiles(self, keys: Sequence[TileKey]) -> dict[TileKey, bytes]:
         return await _fetch_tiles(self._conn, keys, self._cache, populate=False)

@@ -1,0 +1,84 @@
+"""The package state map, kept by the sequencer: the map-root/v1 entry that ends each batch.
+
+The entry commits to every package's state over all entries before it
+(verifier.protocol.package_state), so a checkpoint, whose last leaf it is, commits to them
+too. Its nodes are written in the batch's transaction: a crash before COMMIT leaves neither
+the entry nor its nodes, after COMMIT both, so the root of the log's last leaf can always be
+walked. A log written before the map existed builds it from all its entries in its first
+batch after the upgrade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from tlog.store.postgres import NewEntry
+from tlog.store.statemap import MapStore
+from verifier.protocol.merkle import leaf_hash
+from verifier.protocol.package_state import (
+    MAP_ROOT_KIND,
+    Record,
+    StateBuilder,
+    StateError,
+    map_root_entry,
+    package_key,
+    parse_map_root_entry,
+)
+from verifier.protocol.statemap import EMPTY, SparseMap, Update, stored_hash
+
+
+class MapError(Exception):
+    """The map cannot be extended from what is stored: the log's own state is wrong."""
+
+
+async def next_map_root(store: MapStore, size: int, new: Sequence[NewEntry]) -> NewEntry:
+    """The map-root/v1 entry ending a batch: `size` entries were logged before it, `new`
+    are the batch's (indices size, size + 1, ...), and it takes the next index."""
+    index = size + len(new)
+    root, rebuild = await _previous_root(store, size)
+    batch = [Record(e.index, e.leaf_hash, e.kind, e.package, e.version, e.counter)
+             for e in new if e.package is not None and e.version is not None]
+    if rebuild:
+        earlier = await store.all_records(size)
+        packages = sorted({r.package for r in earlier} | {r.package for r in batch})
+    else:
+        packages = sorted({r.package for r in batch})
+        earlier = await store.records(packages, size) if packages else []
+    nodes = await store.paths(root, [package_key(p) for p in packages]) if packages else {}
+    # Hashing states and nodes is CPU work: off the event loop.
+    update = await asyncio.to_thread(_update, [*earlier, *batch], packages, nodes)
+    await store.put_nodes({stored_hash(node): node for node in update.writes.values()})
+    leaf = map_root_entry(index, update.root)
+    return NewEntry(index, leaf, leaf_hash(leaf), None, None, kind=MAP_ROOT_KIND)
+
+
+async def _previous_root(store: MapStore, size: int) -> tuple[bytes, bool]:
+    """The map root of the log's last leaf, and whether the map must be built from scratch
+    (a log that has entries but no map root at its end predates the map)."""
+    if size == 0:
+        return EMPTY, False
+    leaf = await store.leaf(size - 1)
+    if leaf is None:
+        raise MapError(f"entry {size - 1} of the published tree is not stored")
+    try:
+        covered, root = parse_map_root_entry(leaf)
+    except StateError:
+        return EMPTY, True
+    if covered != size - 1:
+        raise MapError(f"the map root at entry {size - 1} covers {covered} entries")
+    return root, False
+
+
+def _update(records: list[Record], packages: list[str], nodes: dict[int, bytes]) -> Update:
+    """The map's update for the packages' states after `records`, over the stored `nodes`
+    on their paths."""
+    builder = StateBuilder()
+    try:
+        builder.apply(records)
+    except StateError as exc:
+        raise MapError(f"the entries do not make a package state: {exc}") from exc
+    try:
+        return SparseMap(nodes).update(builder.updates(packages))
+    except LookupError as exc:
+        raise MapError(f"the stored map is incomplete: {exc}") from exc
