@@ -45,6 +45,7 @@ from tlog.http.handlers import (
     release_write_slot,
 )
 from tlog.http.metrics import Metrics
+from tlog.http.packages import add_package_routes
 from tlog.http.tokens import TokenAuthority
 from tlog.log.sequencer import RefusedError, UnavailableError
 from tlog.log.startup import running_log
@@ -195,6 +196,7 @@ def create_app(config: Config) -> web.Application:
     app[PAGE_SLOTS] = asyncio.Semaphore(PAGES_AT_ONCE)
     add_routes(app)
     add_checkpoint_routes(app)
+    add_package_routes(app)
     add_admin_routes(app)
     app.router.add_get("/metrics", get_metrics)
 

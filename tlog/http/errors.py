@@ -34,6 +34,7 @@ STATUS: dict[str, int] = {
     "not_in_tree": 404,
     "no_checkpoint": 404,
     "no_witness_policy": 404,
+    "no_package_state": 404,
     # HTTP itself (aiohttp raises these too: HTTP_EXCEPTION_CODES).
     "method_not_allowed": 405,
     "body_timeout": 408,

@@ -187,12 +187,12 @@ async def _off_loop(request: web.Request, work: Callable[..., bytes], *args: Any
     return result
 
 
-def _shown(text: str) -> str:
+def shown(text: str) -> str:
     """A received value for an error message: quoted, at most 100 characters."""
     return repr(text[:100]) + ("..." if len(text) > 100 else "")
 
 
-def _plus_hint(text: str) -> str:
+def plus_hint(text: str) -> str:
     """A + in a query string is a space once decoded: say so when the value has one."""
     return "; a + must be sent percent-encoded as %2B (a bare + means a space)" \
         if " " in text else ""
@@ -202,14 +202,14 @@ async def list_entries(request: web.Request) -> web.Response:
     q = query(request, {"package", "version", "after", "limit"})
     package = q.get("package")
     if package is None or not PACKAGE_NAME.fullmatch(package):
-        got = "none was given" if package is None else f"got {_shown(package)}"
+        got = "none was given" if package is None else f"got {shown(package)}"
         raise ApiError("bad_package",
                        "package is required: 1-200 characters from A-Z a-z 0-9 . _ - + / @; "
-                       f"{got}{_plus_hint(package or '')}")
+                       f"{got}{plus_hint(package or '')}")
     version = q.get("version")
     if version is not None and not VERSION_TEXT.fullmatch(version):
         raise ApiError("bad_version", "version must be 1-100 printable ASCII, no spaces; "
-                       f"got {_shown(version)}{_plus_hint(version)}")
+                       f"got {shown(version)}{plus_hint(version)}")
     after, limit = page_params(q)
     reader = request.app[READER]
     return await paged(request, lambda max_bytes: reader.by_package(
@@ -381,13 +381,13 @@ async def _published_size(request: web.Request, text: str | None) -> int:
     if text is None:
         return await latest_size(request)
     size = parse_uint("tree_size", text)
-    await _require_published("tree_size", size, request)
+    await require_published("tree_size", size, request)
     if await request.app[READER].checkpoint_at(size) is None:
         raise ApiError("no_checkpoint", f"the log published no checkpoint of size {size}")
     return size
 
 
-async def _require_published(name: str, size: int, request: web.Request) -> None:
+async def require_published(name: str, size: int, request: web.Request) -> None:
     """400 beyond_tree unless a tree of `size` is published; no query for a size at or below
     the largest already seen (a monitor asks for proofs to sizes it just fetched)."""
     if not await request.app[READER].published_at_least(size):
@@ -400,7 +400,7 @@ async def get_consistency(request: web.Request) -> web.Response:
     first, second = parse_uint("first", q.get("first")), parse_uint("second", q.get("second"))
     if first > second:
         raise ApiError("bad_range", f"first ({first}) must not exceed second ({second})")
-    await _require_published("second", second, request)
+    await require_published("second", second, request)
     hashes = await consistency_proof(first, second, request.app[READER].tiles)
     return web.json_response({"first": first, "second": second,
                               "hashes": [h.hex() for h in hashes]})

@@ -266,6 +266,11 @@ class Storage(CosignedStore):
     async def checkpoint_at(self, size: int) -> StoredCheckpoint | None:
         return _checkpoint(await self.pool.fetchrow(SQL_CHECKPOINT_AT, size))
 
+    async def package_state(self, package: str, size: int
+                            ) -> tuple[dict[str, Any] | None, bytes, bytes] | None:
+        async with self.pool.acquire() as conn:
+            return await MapStore(conn).package_state(package, size)
+
     async def entry(self, index: int) -> bytes | None:
         leaf = await self.pool.fetchval(SQL_ENTRY, index)
         return None if leaf is None else bytes(leaf)

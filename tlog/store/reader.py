@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from verifier.protocol.tiles import TILE_WIDTH, TileKey
 
@@ -98,6 +98,13 @@ class LogReader(Protocol):
     async def cosignature_lines(self, size: int) -> list[str]:
         """Every stored valid cosignature line of the checkpoint of `size`, sorted by key
         name: appended to that checkpoint's note they make a note with all of them."""
+        ...
+
+    async def package_state(self, package: str, size: int
+                            ) -> tuple[dict[str, Any] | None, bytes, bytes] | None:
+        """The state of `package` the published tree of `size` commits to (None if the
+        package has none), its map proof and the map root; None when that tree does not end
+        with a map-root/v1 entry (tlog.store.statemap)."""
         ...
 
     async def ping(self) -> None:

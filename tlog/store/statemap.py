@@ -10,8 +10,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from verifier.protocol.package_state import Record
-from verifier.protocol.statemap import node_id
+from verifier.protocol.package_state import (
+    PackageState,
+    Record,
+    StateError,
+    build_states,
+    package_key,
+    parse_map_root_entry,
+)
+from verifier.protocol.statemap import EMPTY, SparseMap, node_id
 
 # Every node on the path of each key, from the node of hash $2 (a root) down to the key's
 # leaf, another key's leaf or an empty child (whose hash, EMPTY, no row has). One query
@@ -98,3 +105,22 @@ class MapStore:
     async def leaf(self, index: int) -> bytes | None:
         leaf = await self._conn.fetchval("SELECT leaf FROM entries WHERE idx = $1", index)
         return None if leaf is None else bytes(leaf)
+
+    async def package_state(self, package: str, size: int) -> tuple[PackageState | None, bytes,
+                                                                     bytes] | None:
+        """The state of `package` that the tree of `size` commits to (None: never released),
+        the map proof of it, and the map root; None when that tree does not end with a
+        map-root/v1 entry (it predates the map, or is not a batch's end)."""
+        leaf = await self.leaf(size - 1) if size > 0 else None
+        if leaf is None:
+            return None
+        try:
+            covered, root = parse_map_root_entry(leaf)
+        except StateError:
+            return None
+        if covered != size - 1:
+            return None
+        key = package_key(package)
+        records = await self.records([package], covered)
+        nodes = await self.paths(root, [key]) if root != EMPTY else {}
+        return build_states(records).get(package), SparseMap(nodes).prove(key), root
