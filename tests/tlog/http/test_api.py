@@ -16,11 +16,13 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+import rfc8785
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import make_release
+from tests.tlog.sizes import alone, leaves, size_after
 from tlog.http.handlers import SEQUENCER
 from tlog.log.sequencer import Sequencer
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint
@@ -29,6 +31,7 @@ from verifier.protocol.entries.release import validate_entry
 from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.merkle import leaf_hash, root_of, verify_consistency, verify_inclusion
 from verifier.protocol.note import Signer, b64encode, generate_key
+from verifier.protocol.package_state import parse_map_root_entry
 from verifier.protocol.receipt import make_receipt, verify_receipt
 from verifier.protocol.tiles import decode_bundle, hash_up, split_hashes
 from verifier.protocol.trust import KeyTrust
@@ -37,6 +40,7 @@ Client = TestClient[web.Request, web.Application]
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 MAX_INT = 2**63 - 1
+TILE = 256
 # Not canonical decimals 0..2^63-1: signs, spaces, exponents, hex, leading zeros, non-ASCII
 # digits, fractions, and values at or beyond 2^63.
 NON_CANONICAL = ["-1", "0x10", "1e3", " 5", "5 ", "+5", "05", "00", "1.0", "\u0665", "five",
@@ -94,7 +98,8 @@ async def submit_many(client: Client, entries: Sequence[dict[str, Any]]) -> list
 
 
 async def seed(client: Client, publisher: Signer, count: int = 1) -> list[dict[str, Any]]:
-    """`count` entries appended one after another, so every size 1..count is published."""
+    """`count` entries appended one after another, each in a batch of its own (entry i at
+    index alone(i)), so every size size_after([1] * k) for k in 1..count is published."""
     return [await submit(client, make_release(publisher, "seed", f"0.{i}")) for i in range(count)]
 
 
@@ -129,12 +134,30 @@ def query_path(path: str, params: Sequence[tuple[str, str]]) -> str:
 
 async def fill_two_tiles(client: Client, publisher: Signer,
                          count: int = 300) -> dict[int, bytes]:
-    """Append `count` (>= 256) entries concurrently; return index -> leaf."""
+    """Append `count` (>= 256) entries concurrently; return index -> leaf for every leaf
+    of the tree: the map-root/v1 leaf ending each batch is a real leaf of the tiles and
+    bundles too, so it is read back from the log and checked to be that batch's end."""
     entries = [make_release(publisher, f"bulk{i % 7}", f"1.{i}") for i in range(count)]
     receipts = await submit_many(client, entries)
-    leaves = {r["index"]: leaf_of(e) for r, e in zip(receipts, entries, strict=True)}
-    assert sorted(leaves) == list(range(count))
-    return leaves
+    stored = {r["index"]: leaf_of(e) for r, e in zip(receipts, entries, strict=True)}
+    assert len(stored) == count
+    size = (await log_state(client))[0]
+    map_roots = sorted(set(range(size)) - set(stored))
+    # Each batch ends at its checkpoint's last leaf, and nothing else is appended.
+    assert map_roots == sorted({r["tree_size"] - 1 for r in receipts})
+    assert size == count + len(map_roots) < 2 * TILE
+    for index in map_roots:
+        stored[index] = await logged_leaf(client, index)
+        assert parse_map_root_entry(stored[index])[0] == index
+    return stored
+
+
+async def logged_leaf(client: Client, index: int) -> bytes:
+    """Leaf `index` as GET /v1/entries serves it (the JCS bytes of its entry)."""
+    body = await (await client.get(f"/v1/entries/{index}")).json()
+    leaf = bytes(rfc8785.dumps(body["entry"]))
+    assert leaf_hash(leaf).hex() == body["leaf_hash"]
+    return leaf
 
 
 # -- submitting entries: happy paths --------------------------------------------------------
@@ -149,17 +172,17 @@ async def test_new_entry_is_appended_with_201_and_a_receipt_that_verifies(
     assert resp.content_type == "application/json"
     receipt = await resp.json()
     assert set(receipt) == {"index", "leaf_hash", "tree_size", "inclusion_proof", "checkpoint"}
-    assert receipt["index"] == 2
+    assert receipt["index"] == alone(2)
     assert receipt["leaf_hash"] == leaf_hash(leaf_of(entry)).hex()
     cp = checkpoint_of(receipt["checkpoint"], log_signer)
-    assert cp.size == receipt["tree_size"] == 3
+    assert cp.size == receipt["tree_size"] == size_after([1, 1, 1])
     verify_inclusion(receipt["index"], cp.size, bytes.fromhex(receipt["leaf_hash"]),
                      unhex(receipt["inclusion_proof"]), cp.root)
     # The same answer as the offline receipt `tlog publish` writes.
     offline = make_receipt(entry, receipt["index"], unhex(receipt["inclusion_proof"]),
                            receipt["checkpoint"])
-    assert verify_receipt(offline, KeyTrust(log_signer.verifier())).index == 2
-    assert await log_state(client) == (3, receipt["checkpoint"])
+    assert verify_receipt(offline, KeyTrust(log_signer.verifier())).index == alone(2)
+    assert await log_state(client) == (size_after([1, 1, 1]), receipt["checkpoint"])
 
 
 async def test_same_entry_again_returns_200_with_the_same_index_and_appends_nothing(
@@ -182,11 +205,11 @@ async def test_second_artifact_set_for_same_version_is_refused_with_409_naming_t
     first = await submit(client, make_release(publisher, "com.acme.app", "1.0", payload=b"a"))
     other = make_release(publisher, "com.acme.app", "1.0", payload=b"b")
     error = await refused(client, "POST", "/v1/entries", 409, "conflict", json=other)
-    assert error["index"] == first["index"] == 1
+    assert error["index"] == first["index"] == alone(1)
     # Another publisher key cannot take the version over either.
     intruder = make_release(generate_key("intruder"), "com.acme.app", "1.0", payload=b"a")
     error = await refused(client, "POST", "/v1/entries", 409, "conflict", json=intruder)
-    assert error["index"] == 1
+    assert error["index"] == alone(1)
 
 
 async def test_conflicting_entries_submitted_together_append_only_one(
@@ -198,7 +221,7 @@ async def test_conflicting_entries_submitted_together_append_only_one(
     assert statuses == [201, 409, 409, 409], bodies
     winner = next(b for r, b in zip(resps, bodies, strict=True) if r.status == 201)
     assert all(b["error"]["index"] == winner["index"] for b in bodies if "error" in b)
-    assert (await log_state(client))[0] == 1
+    assert (await log_state(client))[0] == leaves(1)
 
 
 # -- submitting entries: refusals -----------------------------------------------------------
@@ -407,19 +430,20 @@ async def test_get_entry_returns_the_logged_entry_and_its_leaf_hash(
     entries = [make_release(publisher, "p", f"1.{i}") for i in range(3)]
     for e in entries:
         await submit(client, e)
-    for index, entry in enumerate(entries):
-        resp = await client.get(f"/v1/entries/{index}")
+    for i, entry in enumerate(entries):
+        resp = await client.get(f"/v1/entries/{alone(i)}")
         assert resp.status == 200
         body = await resp.json()
-        assert body == {"index": index, "leaf_hash": leaf_hash(leaf_of(entry)).hex(),
+        assert body == {"index": alone(i), "leaf_hash": leaf_hash(leaf_of(entry)).hex(),
                         "entry": entry}
 
 
 async def test_entries_and_checkpoints_beyond_the_tree_are_404(
         client: Client, publisher: Signer) -> None:
     await seed(client, publisher, 2)
-    for path in ["/v1/entries/2", "/v1/entries/1000", f"/v1/entries/{MAX_INT}",
-                 "/v1/checkpoints/3", f"/v1/checkpoints/{MAX_INT}"]:
+    size = size_after([1, 1])
+    for path in [f"/v1/entries/{size}", "/v1/entries/1000", f"/v1/entries/{MAX_INT}",
+                 f"/v1/checkpoints/{size + 1}", f"/v1/checkpoints/{MAX_INT}"]:
         await refused(client, "GET", path, 404, "not_found")
 
 
@@ -430,7 +454,8 @@ async def test_list_by_package_filters_by_version_and_pages_with_next_after(
     for i, entry in enumerate(mine):
         await submit(client, entry)
         await submit(client, make_release(publisher, "com.acme.other", f"2.{i}"))
-    indices = [1, 3, 5, 7, 9]  # interleaved with the other package
+    # Interleaved with the other package, each entry alone in its batch after the seed.
+    indices = [alone(1 + 2 * i) for i in range(5)]
 
     resp = await client.get("/v1/entries", params={"package": "com.acme.app"})
     assert resp.status == 200
@@ -456,7 +481,7 @@ async def test_list_by_package_filters_by_version_and_pages_with_next_after(
 
     page = await (await client.get("/v1/entries", params={
         "package": "com.acme.app", "version": "2.3"})).json()
-    assert [(e["index"], e["entry"]["version"]) for e in page["entries"]] == [(7, "2.3")]
+    assert [(e["index"], e["entry"]["version"]) for e in page["entries"]] == [(indices[3], "2.3")]
     assert page["next_after"] is None
     page = await (await client.get("/v1/entries", params={
         "package": "com.acme.app", "version": "9.9"})).json()
@@ -498,14 +523,14 @@ async def test_inclusion_proof_at_the_latest_size_verifies(
         client: Client, publisher: Signer, log_signer: Signer) -> None:
     receipts = await seed(client, publisher, 6)
     cp = checkpoint_of(await (await client.get("/checkpoint")).text(), log_signer)
-    assert cp.size == 6
+    assert cp.size == size_after([1] * 6)
     for r in receipts:
         resp = await client.get("/v1/proof/inclusion", params={"leaf_hash": r["leaf_hash"]})
         assert resp.status == 200
         proof = await resp.json()
         assert set(proof) == {"index", "tree_size", "hashes"}
-        assert (proof["index"], proof["tree_size"]) == (r["index"], 6)
-        verify_inclusion(r["index"], 6, bytes.fromhex(r["leaf_hash"]), unhex(proof["hashes"]),
+        assert (proof["index"], proof["tree_size"]) == (r["index"], cp.size)
+        verify_inclusion(r["index"], cp.size, bytes.fromhex(r["leaf_hash"]), unhex(proof["hashes"]),
                          cp.root)
 
 
@@ -513,7 +538,7 @@ async def test_inclusion_proof_at_an_older_published_size_verifies(
         client: Client, publisher: Signer, log_signer: Signer) -> None:
     receipts = await seed(client, publisher, 5)
     first = receipts[0]
-    for r in receipts:  # every size 1..5 was published by one of these receipts
+    for r in receipts:  # every size 2, 4, .., 10 was published by one of these receipts
         cp = checkpoint_of(r["checkpoint"], log_signer)
         resp = await client.get("/v1/proof/inclusion", params={
             "leaf_hash": first["leaf_hash"], "tree_size": str(cp.size)})
@@ -527,7 +552,8 @@ async def test_inclusion_proof_at_an_older_published_size_verifies(
 async def test_inclusion_proof_in_a_tree_without_the_entry_is_404_not_in_tree(
         client: Client, publisher: Signer) -> None:
     receipts = await seed(client, publisher, 3)
-    for size in ["0", "1", "2"]:
+    # Entry 2 is at index alone(2) = 4: no tree of size <= 4 holds it (0, 2, 4 published).
+    for size in ["0", "2", str(alone(2))]:
         path = query_path("/v1/proof/inclusion", [("leaf_hash", receipts[2]["leaf_hash"]),
                                                   ("tree_size", size)])
         await refused(client, "GET", path, 404, "not_in_tree")
@@ -563,15 +589,17 @@ async def test_tree_size_that_was_never_published_is_404_no_checkpoint(
         client: Client, publisher: Signer) -> None:
     receipts = await seed(client, publisher, 1)
     seq = sequencer(client)
-    # Queued together before the sequencer runs: one batch, one checkpoint at size 3 only.
+    # Queued together before the sequencer runs: one batch, one checkpoint at size 5 only
+    # (2 after the seed, plus this batch's 2 entries and its map root).
     batch = [validate_entry(make_release(publisher, "batch", f"1.{i}")) for i in range(2)]
     done = await asyncio.gather(*(seq.submit(r) for r in batch))
-    assert {d.tree_size for d in done} == {3}
-    assert (await client.get("/v1/checkpoints/2")).status == 404
-    path = query_path("/v1/proof/inclusion", [("leaf_hash", receipts[0]["leaf_hash"]),
-                                              ("tree_size", "2")])
-    await refused(client, "GET", path, 404, "no_checkpoint")
-    for published in ["1", "3"]:
+    assert {d.tree_size for d in done} == {size_after([1, 2])} == {5}
+    for unpublished in ["1", "3", "4"]:
+        assert (await client.get(f"/v1/checkpoints/{unpublished}")).status == 404
+        path = query_path("/v1/proof/inclusion", [("leaf_hash", receipts[0]["leaf_hash"]),
+                                                  ("tree_size", unpublished)])
+        await refused(client, "GET", path, 404, "no_checkpoint")
+    for published in ["2", "5"]:
         resp = await client.get("/v1/proof/inclusion", params={
             "leaf_hash": receipts[0]["leaf_hash"], "tree_size": published})
         assert resp.status == 200
@@ -581,7 +609,7 @@ async def test_sizes_beyond_the_tree_are_refused_with_400_beyond_tree(
         client: Client, publisher: Signer) -> None:
     receipts = await seed(client, publisher, 3)
     h = receipts[0]["leaf_hash"]
-    for size in ["4", "1000", str(MAX_INT)]:
+    for size in [str(size_after([1, 1, 1]) + 1), "1000", str(MAX_INT)]:
         await refused(client, "GET", query_path("/v1/proof/inclusion", [("leaf_hash", h),
                                                                          ("tree_size", size)]),
                       400, "beyond_tree")
@@ -604,9 +632,9 @@ async def test_consistency_proofs_between_published_checkpoints_verify(
     empty = await (await client.get("/v1/checkpoints/0")).text()
     checkpoints = [checkpoint_of(empty, log_signer)]
     checkpoints += [checkpoint_of(r["checkpoint"], log_signer) for r in receipts]
-    assert [c.size for c in checkpoints] == list(range(8))
-    for old in checkpoints:
-        for new in checkpoints[old.size:]:
+    assert [c.size for c in checkpoints] == [size_after([1] * k) for k in range(8)]
+    for i, old in enumerate(checkpoints):
+        for new in checkpoints[i:]:
             resp = await client.get("/v1/proof/consistency", params={
                 "first": str(old.size), "second": str(new.size)})
             assert resp.status == 200
@@ -645,7 +673,7 @@ async def test_checkpoint_is_signed_text_and_is_never_cached_as_immutable(
     note = await resp.read()
     assert note == receipts[-1]["checkpoint"].encode()
     cp = checkpoint_of(note, log_signer)
-    assert cp.origin == log_signer.name and cp.size == 2
+    assert cp.origin == log_signer.name and cp.size == size_after([1, 1])
 
 
 async def test_log_names_its_origin_vkey_and_size(
@@ -654,7 +682,7 @@ async def test_log_names_its_origin_vkey_and_size(
     resp = await client.get("/v1/log")
     assert resp.status == 200
     assert await resp.json() == {"origin": log_signer.name, "vkey": log_signer.verifier().text(),
-                                 "tree_size": 2}
+                                 "tree_size": size_after([1, 1])}
 
 
 # -- numbers and query strings everywhere ---------------------------------------------------
@@ -682,7 +710,8 @@ async def test_non_canonical_numbers_in_query_parameters_are_refused_with_400(
     others = [(k, receipts[0]["leaf_hash"] if v == "LEAF" else v) for k, v in others]
     for text in [*NON_CANONICAL, ""]:
         await refused(client, "GET", query_path(path, [*others, (name, text)]), 400, "bad_number")
-    resp = await client.get(query_path(path, [*others, (name, "5")]))  # the canonical form works
+    # The canonical form works (6 = size_after([1, 1, 1]), a published tree size).
+    resp = await client.get(query_path(path, [*others, (name, "6")]))
     assert resp.status == 200, await resp.text()
 
 
@@ -785,23 +814,24 @@ async def test_tile_index_beyond_the_database_range_is_404_not_500(
 async def test_tiles_and_bundles_beyond_the_tree_are_404(
         client: Client, publisher: Signer) -> None:
     await seed(client, publisher, 3)
-    for rest in ["0/000", "0/000.p/4", "0/000.p/255", "0/001.p/1", "1/000.p/1", "1/000",
-                 "63/000.p/1", "entries/000", "entries/000.p/4", "entries/001.p/1",
+    assert size_after([1, 1, 1]) == 6
+    for rest in ["0/000", "0/000.p/7", "0/000.p/255", "0/001.p/1", "1/000.p/1", "1/000",
+                 "63/000.p/1", "entries/000", "entries/000.p/7", "entries/001.p/1",
                  "entries/x001/000"]:
         await refused(client, "GET", "/tile/" + rest, 404, "not_found")
-    for rest in ["0/000.p/3", "0/000.p/1", "entries/000.p/3", "entries/000.p/2"]:
+    for rest in ["0/000.p/6", "0/000.p/4", "0/000.p/2", "entries/000.p/6", "entries/000.p/4"]:
         assert (await client.get("/tile/" + rest)).status == 200, rest
 
 
 async def test_full_tiles_and_bundles_are_immutable_and_partial_ones_are_not(
         client: Client, publisher: Signer) -> None:
-    await fill_two_tiles(client, publisher, 300)
+    width = len(await fill_two_tiles(client, publisher, 300)) - TILE
     for rest in ["0/000", "entries/000"]:
         resp = await client.get("/tile/" + rest)
         assert resp.status == 200, rest
         assert resp.headers["Content-Type"] == "application/octet-stream"
         assert resp.headers["Cache-Control"] == IMMUTABLE
-    for rest in ["0/001.p/44", "0/000.p/255", "1/000.p/1", "entries/001.p/44",
+    for rest in [f"0/001.p/{width}", "0/000.p/255", "1/000.p/1", f"entries/001.p/{width}",
                  "entries/000.p/1"]:
         resp = await client.get("/tile/" + rest)
         assert resp.status == 200, rest
@@ -814,32 +844,35 @@ async def test_full_tiles_and_bundles_are_immutable_and_partial_ones_are_not(
 
 async def test_tile_bytes_equal_hashes_recomputed_from_the_entries(
         client: Client, publisher: Signer, log_signer: Signer) -> None:
-    leaves = await fill_two_tiles(client, publisher, 300)
-    hashes = [leaf_hash(leaves[i]) for i in range(300)]
+    stored = await fill_two_tiles(client, publisher, 300)
+    size = len(stored)
+    hashes = [leaf_hash(stored[i]) for i in range(size)]
     full = await (await client.get("/tile/0/000")).read()
     assert split_hashes(full) == hashes[:256]
-    partial = await (await client.get("/tile/0/001.p/44")).read()
+    partial = await (await client.get(f"/tile/0/001.p/{size - TILE}")).read()
     assert split_hashes(partial) == hashes[256:]
     older = await (await client.get("/tile/0/001.p/10")).read()  # an older, narrower view
     assert split_hashes(older) == hashes[256:266]
     level1 = await (await client.get("/tile/1/000.p/1")).read()
     assert split_hashes(level1) == [hash_up(hashes[:256])]
     cp = checkpoint_of(await (await client.get("/checkpoint")).text(), log_signer)
-    assert (cp.size, cp.root) == (300, root_of(hashes))
+    assert (cp.size, cp.root) == (size, root_of(hashes))
 
 
 async def test_entry_bundle_decodes_to_exactly_the_stored_leaves(
         client: Client, publisher: Signer) -> None:
-    leaves = await fill_two_tiles(client, publisher, 300)
+    stored = await fill_two_tiles(client, publisher, 300)
+    size = len(stored)
     full = await (await client.get("/tile/entries/000")).read()
-    assert decode_bundle(full, 256) == [leaves[i] for i in range(256)]
-    partial = await (await client.get("/tile/entries/001.p/44")).read()
-    assert decode_bundle(partial, 44) == [leaves[i] for i in range(256, 300)]
+    assert decode_bundle(full, 256) == [stored[i] for i in range(256)]
+    partial = await (await client.get(f"/tile/entries/001.p/{size - TILE}")).read()
+    assert decode_bundle(partial, size - TILE) == [stored[i] for i in range(256, size)]
     older = await (await client.get("/tile/entries/001.p/3")).read()
-    assert decode_bundle(older, 3) == [leaves[i] for i in range(256, 259)]
-    for i in (0, 255, 256, 299):  # the JSON API serves the same entries
-        body = await (await client.get(f"/v1/entries/{i}")).json()
-        assert validate_entry(body["entry"]).leaf == leaves[i]
+    assert decode_bundle(older, 3) == [stored[i] for i in range(256, 259)]
+    # The JSON API serves the same entries; the last leaf is the last batch's map root.
+    for i in (0, 255, 256, size - 1):
+        assert await logged_leaf(client, i) == stored[i]
+    assert parse_map_root_entry(stored[size - 1])[0] == size - 1
 
 
 # -- operations -----------------------------------------------------------------------------
@@ -858,7 +891,8 @@ async def test_metrics_count_batches_tree_size_and_requests_by_route_and_status(
                for s in family.samples}
     assert samples[("tlog_append_batch_size_count", ())] == 3
     assert samples[("tlog_append_batch_size_sum", ())] == 3
-    assert samples[("tlog_tree_size", ())] == 3
+    # Three batches of one submission each; each batch also appended its map root.
+    assert samples[("tlog_tree_size", ())] == size_after([1, 1, 1])
     requests = "tlog_http_requests_total"
     assert samples[(requests, (("route", "/v1/entries"), ("status", "201")))] == 3
     assert samples[(requests, (("route", "/v1/entries/{index}"), ("status", "404")))] == 1
