@@ -16,13 +16,12 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-import rfc8785
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import make_release
-from tests.tlog.sizes import alone, leaves, size_after
+from tests.tlog.sizes import alone, leaves, logged_leaf, size_after, with_map_roots
 from tlog.http.handlers import SEQUENCER
 from tlog.log.sequencer import Sequencer
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint
@@ -136,28 +135,14 @@ async def fill_two_tiles(client: Client, publisher: Signer,
                          count: int = 300) -> dict[int, bytes]:
     """Append `count` (>= 256) entries concurrently; return index -> leaf for every leaf
     of the tree: the map-root/v1 leaf ending each batch is a real leaf of the tiles and
-    bundles too, so it is read back from the log and checked to be that batch's end."""
+    bundles too (tests.tlog.sizes.with_map_roots)."""
     entries = [make_release(publisher, f"bulk{i % 7}", f"1.{i}") for i in range(count)]
     receipts = await submit_many(client, entries)
     stored = {r["index"]: leaf_of(e) for r, e in zip(receipts, entries, strict=True)}
     assert len(stored) == count
-    size = (await log_state(client))[0]
-    map_roots = sorted(set(range(size)) - set(stored))
-    # Each batch ends at its checkpoint's last leaf, and nothing else is appended.
-    assert map_roots == sorted({r["tree_size"] - 1 for r in receipts})
-    assert size == count + len(map_roots) < 2 * TILE
-    for index in map_roots:
-        stored[index] = await logged_leaf(client, index)
-        assert parse_map_root_entry(stored[index])[0] == index
-    return stored
-
-
-async def logged_leaf(client: Client, index: int) -> bytes:
-    """Leaf `index` as GET /v1/entries serves it (the JCS bytes of its entry)."""
-    body = await (await client.get(f"/v1/entries/{index}")).json()
-    leaf = bytes(rfc8785.dumps(body["entry"]))
-    assert leaf_hash(leaf).hex() == body["leaf_hash"]
-    return leaf
+    every = await with_map_roots(client, stored, [r["tree_size"] for r in receipts])
+    assert len(every) == (await log_state(client))[0] < 2 * TILE
+    return dict(enumerate(every))
 
 
 # -- submitting entries: happy paths --------------------------------------------------------

@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.support import release_fields
 from tests.tlog.http.test_api import expect_error, log_state, query_path, refused, submit
+from tests.tlog.sizes import leaves
 from tlog.config import Config, Quotas
 from tlog.http.app import create_app
 from tlog.http.handlers import PAGES_PER_CLIENT
@@ -68,9 +69,10 @@ async def big_log(aiohttp_client: Any, database_url: str, log_signer: Signer,
     client = await app_client(aiohttp_client, database_url, log_signer,
                               max_page_bytes=PAGE_BYTES)
     await submit(client, sign_entry(release_fields("seed", "0.1"), publisher))
-    leaves = [large_release(publisher, "big", f"1.{i}") for i in range(100)]
-    await store_entries(database_url, 1, leaves, "big")
-    yield client, dict(enumerate(leaves, start=1))
+    start = leaves(1)  # the release and its batch's map root
+    big = [large_release(publisher, "big", f"1.{i}") for i in range(100)]
+    await store_entries(database_url, start, big, "big")
+    yield client, dict(enumerate(big, start=start))
 
 
 async def all_pages(client: Client, package: str, limit: int) -> list[dict[str, Any]]:
@@ -157,10 +159,12 @@ async def test_an_entry_larger_than_the_page_bound_comes_alone_and_paging_goes_o
         publisher: Signer) -> None:
     client = await app_client(aiohttp_client, database_url, log_signer, max_page_bytes=1024)
     await submit(client, sign_entry(release_fields("seed", "0.1"), publisher))
-    leaves = [large_release(publisher, "big", f"2.{i}") for i in range(3)]
-    await store_entries(database_url, 1, leaves, "big")
+    start = leaves(1)  # after the release and its batch's map root
+    await store_entries(database_url, start,
+                        [large_release(publisher, "big", f"2.{i}") for i in range(3)], "big")
     pages = await all_pages(client, "big", 1000)
-    assert [[e["index"] for e in p["entries"]] for p in pages] == [[1], [2], [3], []]
+    assert [[e["index"] for e in p["entries"]] for p in pages] == [
+        [start], [start + 1], [start + 2], []]
 
 
 async def test_a_registry_page_is_bounded_in_bytes_too(
@@ -168,8 +172,9 @@ async def test_a_registry_page_is_bounded_in_bytes_too(
         publisher: Signer) -> None:
     client = await app_client(aiohttp_client, database_url, log_signer, max_page_bytes=1024)
     await submit(client, sign_entry(release_fields("seed", "0.1"), publisher))
-    leaves = [large_release(publisher, "big", f"3.{i}") for i in range(3)]
-    await store_entries(database_url, 1, leaves, "big")
+    start = leaves(1)  # after the release and its batch's map root
+    await store_entries(database_url, start,
+                        [large_release(publisher, "big", f"3.{i}") for i in range(3)], "big")
     conn = await asyncpg.connect(database_url)
     try:  # the rows as registry rows: the page reads them by kind
         await conn.execute("UPDATE entries SET kind = 'keys/v1' WHERE package = 'big'")
@@ -177,7 +182,8 @@ async def test_a_registry_page_is_bounded_in_bytes_too(
         await conn.close()
     resp = await client.get("/v1/registry", params={"limit": "1000"})
     page = json.loads(await resp.read())
-    assert [e["index"] for e in page["entries"]] == [1] and page["next_after"] == 1
+    # Neither the release nor the map root (index start - 1) is a registry entry.
+    assert [e["index"] for e in page["entries"]] == [start] and page["next_after"] == start
 
 
 # -- the read quota ----------------------------------------------------------------------------
@@ -191,13 +197,14 @@ async def test_a_client_reading_too_fast_is_refused_429_and_its_writes_still_go_
     await submit(client, sign_entry(release_fields("seed", "0.1"), publisher))
     for _ in range(6):  # log_state below spends the last two reads of the burst
         assert (await client.get("/v1/entries/0")).status == 200
-    assert (await log_state(client))[0] == 1
+    assert (await log_state(client))[0] == leaves(1)
     resp = await client.get("/checkpoint")
     error = await expect_error(resp, 429, "rate_limited")
     assert "reads" in error["message"] and int(resp.headers["Retry-After"]) >= 1
-    # Writes have their own quota; the refused read changed nothing: the next index is 1.
+    # Writes have their own quota; the refused read changed nothing: the next index is the
+    # one after the first batch (its release and map root).
     receipt = await submit(client, sign_entry(release_fields("seed", "0.2"), publisher))
-    assert receipt["index"] == 1
+    assert receipt["index"] == leaves(1)
 
 
 async def test_large_pages_drain_the_read_quota_by_their_size(
@@ -209,7 +216,7 @@ async def test_large_pages_drain_the_read_quota_by_their_size(
     client = await app_client(aiohttp_client, database_url, log_signer, quotas=quotas,
                               max_page_bytes=PAGE_BYTES)
     await submit(client, sign_entry(release_fields("seed", "0.1"), publisher))
-    await store_entries(database_url, 1,
+    await store_entries(database_url, leaves(1),  # after the release and its map root
                         [large_release(publisher, "big", f"4.{i}") for i in range(30)], "big")
     for _ in range(2):
         resp = await client.get("/v1/entries", params={"package": "big", "limit": "1000"})

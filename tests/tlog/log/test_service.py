@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from tests.support import make_release
+from tests.tlog.sizes import leaves
 from tlog.config import Config
 from tlog.log.edge import EdgeError, load_edge, read_edge
 from tlog.log.metrics import AppendMetrics
@@ -57,7 +58,7 @@ async def test_identical_submissions_in_one_batch_share_one_index(
     assert sorted(s for s, _ in results) == [200] * 19 + [201]
     assert {b["index"] for _, b in results} == {0}
     log = await (await client.get("/v1/log")).json()
-    assert log["tree_size"] == 1
+    assert log["tree_size"] == leaves(1)
 
 
 async def test_two_artifact_sets_for_one_version_in_one_batch_yield_one_entry(
@@ -68,19 +69,24 @@ async def test_two_artifact_sets_for_one_version_in_one_batch_yield_one_entry(
     assert sorted(s for s, _ in results) == [201] + [409] * 9
     winner = next(b["index"] for s, b in results if s == 201)
     assert all(b["error"]["index"] == winner for s, b in results if s == 409)
-    assert (await (await client.get("/v1/log")).json())["tree_size"] == 1
+    assert (await (await client.get("/v1/log")).json())["tree_size"] == leaves(1)
 
 
-async def fill(client: Client, n: int) -> None:
+async def fill(client: Client, n: int) -> int:
+    """Append `n` entries at once; the tree size after them: the entries, and one map-root
+    leaf for each batch the sequencer gathered them into (each batch has its own size)."""
     pub = generate_key("filler")
     results = await post_all(client, [make_release(pub, "fill", f"0.{i}") for i in range(n)])
     assert all(s == 201 for s, _ in results)
+    size: int = (await (await client.get("/v1/log")).json())["tree_size"]
+    assert size == n + len({b["tree_size"] for _, b in results})
+    return size
 
 
 async def test_startup_accepts_the_log_it_wrote(client: Client, database_url: str,
                                                 log_signer: Signer) -> None:
-    await fill(client, 300)
-    assert await check(database_url, log_signer) == 300
+    size = await fill(client, 300)
+    assert await check(database_url, log_signer) == size
 
 
 async def test_startup_refuses_a_checkpoint_signed_by_another_key(
@@ -109,9 +115,9 @@ async def test_startup_refuses_a_rewritten_leaf_at_the_edge(client: Client, data
 
 async def test_startup_refuses_entries_beyond_the_checkpoint(client: Client, database_url: str,
                                                              log_signer: Signer) -> None:
-    await fill(client, 5)
-    await run_sql(database_url, "DELETE FROM checkpoints WHERE tree_size = 5")
-    with pytest.raises(StartupError, match="5 entries are stored"):
+    size = await fill(client, 5)
+    await run_sql(database_url, "DELETE FROM checkpoints WHERE tree_size = $1", size)
+    with pytest.raises(StartupError, match=f"{size} entries are stored"):
         await check(database_url, log_signer)
 
 
@@ -121,12 +127,15 @@ async def test_a_second_server_starts_while_the_first_appends(
     apart, a batch committing in between made a sound log look broken and startup fail."""
     pub = generate_key("busy-bot")
     stop = asyncio.Event()
+    sizes: set[int] = set()  # one per batch the sequencer made, each with its map root
 
     async def append_continuously() -> int:
         n = 0
         while not stop.is_set():
             batch = [make_release(pub, "busy", f"{n}.{i}") for i in range(8)]
-            assert {status for status, _ in await post_all(client, batch)} == {201}
+            results = await post_all(client, batch)
+            assert {status for status, _ in results} == {201}
+            sizes.update(body["tree_size"] for _, body in results)
             n += 1
         return n
 
@@ -142,7 +151,7 @@ async def test_a_second_server_starts_while_the_first_appends(
         stop.set()
         batches = await appender
     assert started == 40 and batches > 0
-    assert await check(database_url, log_signer) == 8 * batches
+    assert await check(database_url, log_signer) == 8 * batches + len(sizes)
 
 
 async def test_serving_an_unmigrated_database_is_refused(pg_cluster: Any) -> None:

@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from tests.support import make_release
+from tests.tlog.sizes import with_map_roots
 from tlog.config import Config
 from tlog.http.app import create_app
 from tlog.http.handlers import VKEY
@@ -37,6 +38,7 @@ from tlog.store.tilecache import namespace as tile_namespace
 from verifier.protocol.entries.kinds import KINDS, REGISTRY_KINDS
 from verifier.protocol.entries.release import validate_entry
 from verifier.protocol.note import Signer
+from verifier.protocol.package_state import MAP_ROOT_KIND
 from verifier.protocol.tiles import TILE_WIDTH, decode_bundle, encode_bundle
 
 Client = TestClient[web.Request, web.Application]
@@ -216,15 +218,21 @@ async def test_sequential_tile_reader_gets_full_tiles_read_ahead_and_partial_one
 
 
 async def append(client: Client, publisher: Signer, count: int) -> list[bytes]:
-    """Append `count` entries at once (the sequencer batches them); leaves in log order."""
-    async def post(entry: dict[str, Any]) -> tuple[int, bytes]:
+    """Append `count` entries at once (the sequencer batches them); every leaf of the tree in
+    log order, the map-root/v1 leaf ending each batch included: bundles and tiles hold them
+    too (tests.tlog.sizes.with_map_roots)."""
+    async def post(entry: dict[str, Any]) -> tuple[int, bytes, int]:
         resp = await client.post("/v1/entries", json=entry)
         assert resp.status == 201, await resp.text()
-        return (await resp.json())["index"], validate_entry(entry).leaf
+        body = await resp.json()
+        return body["index"], validate_entry(entry).leaf, body["tree_size"]
 
     entries = [make_release(publisher, f"pkg{i % 5}", f"2.{i}") for i in range(count)]
-    indexed = dict(await asyncio.gather(*(post(e) for e in entries)))
-    return [indexed[i] for i in range(count)]
+    done = await asyncio.gather(*(post(e) for e in entries))
+    leaves = await with_map_roots(client, {i: leaf for i, leaf, _ in done},
+                                  [size for _, _, size in done])
+    assert len(leaves) < 2 * TILE_WIDTH  # the tests below look at the first two bundles
+    return leaves
 
 
 async def get(client: Client, path: str, status: int = 200) -> bytes:
@@ -250,9 +258,10 @@ async def test_full_bundle_and_tile_are_the_same_from_storage_and_from_the_cache
         tile = await client.get("/tile/0/000")
         assert tile.headers["Cache-Control"] == IMMUTABLE
         assert len(await tile.read()) == FULL_TILE_BYTES
-    partial = await client.get("/tile/entries/001.p/2")
+    width = len(leaves) - TILE_WIDTH
+    partial = await client.get(f"/tile/entries/001.p/{width}")
     assert partial.headers["Cache-Control"] == "public, max-age=60"
-    assert decode_bundle(await partial.read(), 2) == leaves[TILE_WIDTH:]
+    assert decode_bundle(await partial.read(), width) == leaves[TILE_WIDTH:]
     access = [json.loads(r.getMessage()) for r in caplog.records if r.name == "tlog.access"]
     served = [a for a in access if a["route"] == "/tile/{rest}"]
     assert [a["status"] for a in served] == [200] * 5
@@ -260,24 +269,25 @@ async def test_full_bundle_and_tile_are_the_same_from_storage_and_from_the_cache
 
 async def test_published_bundle_with_a_missing_entry_is_500_and_unpublished_ones_404(
         client: Client, publisher: Signer, database_url: str) -> None:
-    await append(client, publisher, TILE_WIDTH + 3)
+    width = len(await append(client, publisher, TILE_WIDTH + 3)) - TILE_WIDTH
     await sql(database_url, "DELETE FROM entries WHERE idx IN (7, $1)", TILE_WIDTH + 1)
     await get(client, "/tile/entries/000", 500)
     await get(client, "/tile/entries/000.p/8", 500)
     assert len(decode_bundle(await get(client, "/tile/entries/000.p/7"), 7)) == 7
     await get(client, "/tile/entries/001.p/3", 500)
     assert len(decode_bundle(await get(client, "/tile/entries/001.p/1"), 1)) == 1
-    await get(client, "/tile/entries/001.p/4", 404)
+    await get(client, f"/tile/entries/001.p/{width}", 500)
+    await get(client, f"/tile/entries/001.p/{width + 1}", 404)
     await get(client, "/tile/entries/001", 404)
 
 
 async def test_published_tile_missing_from_storage_is_500(
         client: Client, publisher: Signer, database_url: str) -> None:
-    await append(client, publisher, TILE_WIDTH + 1)
+    width = len(await append(client, publisher, TILE_WIDTH + 1)) - TILE_WIDTH
     await sql(database_url, "DELETE FROM tiles WHERE level = 0 AND idx = 1")
     await get(client, "/tile/0/000")  # the sequencer's proofs may have cached it: fine
     await get(client, "/tile/0/001.p/1", 500)  # the tile after a cached one: read ahead
-    await get(client, "/tile/0/001.p/2", 404)
+    await get(client, f"/tile/0/001.p/{width + 1}", 404)
     await get(client, "/tile/1/000.p/1")
 
 
@@ -288,9 +298,10 @@ async def test_registry_queries_return_the_registry_kinds_on_their_partial_index
         storage: Storage, database_url: str) -> None:
     """Rows of every kind of the table: the registry queries keep exactly the registry kinds,
     in log order, and PostgreSQL plans them on the partial index entries_registry (migration
-    0005) exactly as it plans that index's own predicate, read back from the database: a
-    kind added to the table without a migration recreating the index fails here."""
-    kinds = [*KINDS, *reversed(KINDS)]
+    0006) exactly as it plans that index's own predicate, read back from the database: a
+    kind added to the table without a migration recreating the index fails here. The log's
+    own map-root/v1 rows are among them: they are not registry entries either."""
+    kinds = [*KINDS, MAP_ROOT_KIND, *reversed(KINDS), MAP_ROOT_KIND]
     await insert_entries(database_url, [f"leaf {i}".encode() for i in range(len(kinds))])
     for index, kind in enumerate(kinds):
         await sql(database_url, "UPDATE entries SET kind = $2 WHERE idx = $1", index, kind)
@@ -334,7 +345,8 @@ async def test_full_tiles_are_kept_on_disk_and_served_from_there_without_the_dat
     leaves = await append(cached_client, publisher, TILE_WIDTH + 2)
     bundle, tile = await get(cached_client, "/tile/entries/000"), await get(cached_client,
                                                                              "/tile/0/000")
-    await get(cached_client, "/tile/entries/001.p/2")  # partial: never kept
+    width = len(leaves) - TILE_WIDTH
+    await get(cached_client, f"/tile/entries/001.p/{width}")  # partial: never kept
     files = kept_files(tmp_path / "tiles")
     assert sorted(files) == ["tile/0/000", "tile/entries/000"]
     assert files["tile/entries/000"].read_bytes()[:-32] == bundle
@@ -385,4 +397,5 @@ async def test_an_unwritable_cache_costs_speed_not_answers(
     client: Client = await aiohttp_client(app)  # type: ignore[operator]
     leaves = await append(client, publisher, TILE_WIDTH)
     for _ in range(2):
-        assert decode_bundle(await get(client, "/tile/entries/000"), TILE_WIDTH) == leaves
+        assert decode_bundle(await get(client, "/tile/entries/000"),
+                             TILE_WIDTH) == leaves[:TILE_WIDTH]
