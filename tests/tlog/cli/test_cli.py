@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import free_port, published_size, start_server, write_key
+from tests.tlog.sizes import leaves
 from tlog.cli.pgcluster import Cluster
 from verifier.protocol.note import Signer, parse_private_key, parse_vkey
 from verifier.protocol.receipt import verify_receipt
@@ -119,7 +120,7 @@ def test_dev_runs_a_log_on_its_own_postgres_and_stops_it(searchable_dir: Path) -
                    str(home / "log.vkey"), "--key", str(home / "keys" / "dev-bot.key"),
                    "--package", "tool", "--version", "1", str(artifact))
         assert pub.returncode == 0, pub.stderr
-        assert published_size(f"http://127.0.0.1:{port}", vkey, 1) == 1
+        assert published_size(f"http://127.0.0.1:{port}", vkey, leaves(1)) == leaves(1)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)

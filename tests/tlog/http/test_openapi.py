@@ -25,6 +25,7 @@ from multidict import CIMultiDict
 
 from tests.conftest import REPO
 from tests.support import make_release
+from tests.tlog.sizes import leaves, size_after
 from tlog.config import Config, TlsConfig
 from tlog.http import errors
 from tlog.http.app import create_app
@@ -377,13 +378,16 @@ async def test_answers_match_the_documented_statuses_bodies_and_headers(
     for path in ["/v1/entries/0", "/v1/entries/7", "/v1/entries/07"]:
         await spec.check(await client.get(path), "/v1/entries/{index}")
     leaf = validate_entry(entry).leaf_hash.hex()
-    for query in [f"leaf_hash={leaf}", f"leaf_hash={leaf}&tree_size=1", f"leaf_hash={leaf}&x=1",
+    size = leaves(1)  # the one release, and its batch's map root: the published tree
+    for query in [f"leaf_hash={leaf}", f"leaf_hash={leaf}&tree_size={size}",
+                  f"leaf_hash={leaf}&tree_size=1", f"leaf_hash={leaf}&x=1",
                   "leaf_hash=" + "0" * 64, f"leaf_hash={leaf}&tree_size=0"]:
         await spec.check(await client.get("/v1/proof/inclusion?" + query), "/v1/proof/inclusion")
-    for query in ["first=0&second=1", "first=1&second=0", "first=1"]:
+    for query in [f"first=0&second={size}", "first=1&second=0", "first=1"]:
         await spec.check(await client.get("/v1/proof/consistency?" + query),
                          "/v1/proof/consistency")
-    for path in ["/v1/checkpoints/1", "/v1/checkpoints/5", "/v1/checkpoints/01"]:
+    for path in [f"/v1/checkpoints/{size}", "/v1/checkpoints/1", "/v1/checkpoints/5",
+                 "/v1/checkpoints/01"]:
         await spec.check(await client.get(path), "/v1/checkpoints/{size}")
     for query in ["covering=0", "covering=01", "covering=1&covering=1"]:
         await spec.check(await client.get("/v1/checkpoints/cosigned?" + query),
@@ -581,7 +585,8 @@ async def test_a_registered_log_and_its_admin_api_answer_as_documented(
                     json=make_release(acme, "com.acme.app", "3.0", counter=8))
     page = await call.get("/v1/entries", 200, path="/v1/entries?package=com.acme.app")
     assert [e["entry"]["version"] for e in page["entries"]] == ["1.0"]
-    for index in range(4):
+    # Four entries logged, each alone in its batch: every leaf, map roots included.
+    for index in range(size_after([1] * 4)):
         await call.get("/v1/entries/{index}", 200, path=f"/v1/entries/{index}")
 
     await _pushback(client, call, ghost_token, make_release(ghost, "ghost-app", "2.0"))

@@ -26,6 +26,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.alt_witness import AltWitness, LogKey, Running, WitnessKey
 from tests.support import free_port, make_release, write_key
+from tests.tlog.sizes import alone, leaves, size_after
 from tlog.cli.main import main as tlog_main
 from tlog.config import Config
 from tlog.http.app import create_app
@@ -150,6 +151,7 @@ async def test_a_two_of_two_quorum_publishes_a_cosigned_checkpoint_clients_accep
         log: Client, setup: Setup, publisher: Signer) -> None:
     for v in ("1", "2", "3"):
         receipt_size = await append(log, publisher, v)
+    assert receipt_size == size_after([1, 1, 1])
     note = await wait_published(log, receipt_size)
     witnessed = PolicyTrust.for_log(setup.policy).witnessed(note)
     assert witnessed.checkpoint.size == receipt_size
@@ -159,13 +161,14 @@ async def test_a_two_of_two_quorum_publishes_a_cosigned_checkpoint_clients_accep
     # /v1/checkpoints/N: the log's note and every stored cosignature, whatever the quorum.
     at = await log.get(f"/v1/checkpoints/{receipt_size}")
     assert at.status == 200 and at.headers["Cache-Control"] == "no-cache"
-    assert PolicyTrust.for_log(setup.policy).witnessed(await at.text()).checkpoint.size == 3
+    assert PolicyTrust.for_log(setup.policy).witnessed(
+        await at.text()).checkpoint.size == receipt_size
     ready = await readyz(log)
-    assert ready["published_size"] == 3 and "2 of 2" in ready["quorum"]
-    assert ready["witnesses"]["w1"]["cosigned_size"] == 3
+    assert ready["published_size"] == receipt_size and "2 of 2" in ready["quorum"]
+    assert ready["witnesses"]["w1"]["cosigned_size"] == receipt_size
     assert ready["witnesses"]["w2"]["last_error"] is None
     metrics = await (await log.get("/metrics")).text()
-    assert "tlog_published_tree_size 3.0" in metrics
+    assert f"tlog_published_tree_size {receipt_size}.0" in metrics
     assert 'tlog_witness_requests_total{result="cosigned",witness="w1"}' in metrics
 
 
@@ -182,14 +185,15 @@ async def test_appends_never_wait_for_witnesses_and_the_log_catches_up_when_they
         size = await append(log, publisher, v)
     assert time.monotonic() - started < 2, "appends waited for witnesses"
     await asyncio.sleep(3 * INTERVAL)
-    assert (await published(log) or (0, ""))[0] == 1
+    assert (await published(log) or (0, ""))[0] == leaves(1)
     ready = await readyz(log)
-    assert ready["status"] == "ready" and ready["published_size"] == 1
+    assert ready["status"] == "ready" and ready["published_size"] == leaves(1)
     assert "unreachable" in ready["witnesses"]["w1"]["last_error"]
     for w in setup.witnesses:
         await w.start()  # same witness state, same port
     note = await wait_published(log, size)
-    assert PolicyTrust.for_log(setup.policy).witnessed(note).checkpoint.size == 5
+    assert PolicyTrust.for_log(setup.policy).witnessed(note).checkpoint.size == size_after(
+        [1] * 5)
 
 
 async def test_before_the_first_quorum_checkpoint_is_not_ready_with_retry_after(
@@ -198,26 +202,26 @@ async def test_before_the_first_quorum_checkpoint_is_not_ready_with_retry_after(
     for w in setup.witnesses:
         await w.stop()
     client = await aiohttp_client(create_app(witnessed_config(database_url, setup)))
-    assert await append(client, publisher, "1") == 1
+    assert await append(client, publisher, "1") == leaves(1)
     resp = await client.get("/checkpoint")
     assert resp.status == 503 and "Retry-After" in resp.headers
     assert (await resp.json())["error"]["code"] == "not_ready"
     for w in setup.witnesses:
         await w.start()
-    await wait_published(client, 1)
+    await wait_published(client, leaves(1))
 
 
 async def test_a_witness_answering_409_with_a_smaller_size_is_resynced(
         log: Client, setup: Setup, publisher: Signer) -> None:
-    """A witness restored from a backup (at size 1 while the log recorded 2) answers the
-    log's `old 2` with 409 and its size; the log sends a proof from 1 at once."""
+    """A witness restored from a backup (at size 2 while the log recorded 4) answers the
+    log's `old 4` with 409 and its size; the log sends a proof from 2 at once."""
     await wait_published(log, await append(log, publisher, "1"))
     w1 = setup.witnesses[0].witness
     at_one = copy.deepcopy(w1.state)
     await wait_published(log, await append(log, publisher, "2"))
     w1.state = at_one
     await wait_published(log, await append(log, publisher, "3"))
-    assert w1.state[setup.log_signer.name].size == 3
+    assert w1.state[setup.log_signer.name].size == size_after([1, 1, 1])
     metrics = await (await log.get("/metrics")).text()
     assert 'tlog_witness_requests_total{result="conflict",witness="w1"} 1.0' in metrics
     assert 'result="error",witness="w1"' not in metrics
@@ -228,8 +232,10 @@ async def test_cosignatures_by_keys_not_in_the_policy_are_ignored(
     setup.witnesses[0].witness.extra_signer = WitnessKey.generate("stranger.example")
     note = await wait_published(log, await append(log, publisher, "1"))
     assert "stranger.example" not in note
-    assert await stored_cosigners(database_url, 1) == ["witness1.example", "witness2.example"]
-    assert "stranger.example" not in await (await log.get("/v1/checkpoints/1")).text()
+    size = leaves(1)
+    assert await stored_cosigners(database_url, size) == ["witness1.example",
+                                                          "witness2.example"]
+    assert "stranger.example" not in await (await log.get(f"/v1/checkpoints/{size}")).text()
 
 
 async def test_an_invalid_cosignature_is_not_stored_and_does_not_count(
@@ -240,10 +246,10 @@ async def test_an_invalid_cosignature_is_not_stored_and_does_not_count(
     await append(log, publisher, "1")
     await asyncio.sleep(4 * INTERVAL)
     assert await published(log) is None
-    assert await stored_cosigners(database_url, 1) == ["witness1.example"]
+    assert await stored_cosigners(database_url, leaves(1)) == ["witness1.example"]
     assert "invalid cosignature" in (await readyz(log))["witnesses"]["w2"]["last_error"]
     setup.witnesses[1].witness.corrupt = False
-    await wait_published(log, 1)
+    await wait_published(log, leaves(1))
 
 
 async def test_cosigned_covering_returns_the_smallest_checkpoint_holding_the_entry(
@@ -251,12 +257,16 @@ async def test_cosigned_covering_returns_the_smallest_checkpoint_holding_the_ent
     await wait_published(log, await append(log, publisher, "1"))
     await append(log, publisher, "2")
     await wait_published(log, await append(log, publisher, "3"))
-    for index, size in ((0, 1), (1, 3), (2, 3)):
+    # Cosigned: the trees of the first and third releases (each with its map root); the
+    # second release's tree was replaced by the third before a witness saw it.
+    first, last = size_after([1]), size_after([1, 1, 1])
+    for index, size in ((alone(0), first), (first - 1, first), (alone(1), last),
+                        (alone(2), last), (last - 1, last)):
         resp = await log.get(f"/v1/checkpoints/cosigned?covering={index}")
         assert resp.status == 200, await resp.text()
         cp = PolicyTrust.for_log(setup.policy).open(await resp.text())
-        assert cp.size == size
-    resp = await log.get("/v1/checkpoints/cosigned?covering=3")
+        assert cp.size == size, index
+    resp = await log.get(f"/v1/checkpoints/cosigned?covering={last}")
     assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_found"
     for bad in ("covering=-1", "covering=01", "", "covering=1&covering=2", "at=1"):
         resp = await log.get("/v1/checkpoints/cosigned?" + bad)
@@ -278,8 +288,8 @@ async def test_a_witness_with_another_root_at_our_size_raises_a_fork_alarm_once(
     await wait_published(log, await append(log, publisher, "1"))
     w2 = setup.witnesses[1].witness
     w2.state[setup.log_signer.name].root = b"\x55" * 32
-    w2.state[setup.log_signer.name].size = 2
-    await append(log, publisher, "2")
+    w2.state[setup.log_signer.name].size = size_after([1, 1])
+    assert await append(log, publisher, "2") == size_after([1, 1])
     await asyncio.sleep(5 * INTERVAL)
     ready = await readyz(log)
     assert "another root" in ready["witnesses"]["w2"]["fork_alarm"]
@@ -318,7 +328,8 @@ async def test_witnessed_answers_match_the_openapi_document(
     await wait_published(log, await append(log, publisher, "1"))
     await spec.check(await log.get("/checkpoint"), "/checkpoint")
     await spec.check(await log.get("/readyz"), "/readyz")
-    for path in ("/v1/checkpoints/1", "/v1/checkpoints/0", "/v1/checkpoints/9"):
+    for path in (f"/v1/checkpoints/{leaves(1)}", "/v1/checkpoints/1", "/v1/checkpoints/0",
+                 "/v1/checkpoints/9"):
         await spec.check(await log.get(path), "/v1/checkpoints/{size}")
     for query in ("covering=0", "covering=1", "covering=x", "x=1"):
         await spec.check(await log.get("/v1/checkpoints/cosigned?" + query),

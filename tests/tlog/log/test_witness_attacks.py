@@ -33,6 +33,7 @@ from tests.tlog.log.test_witness import (
     wait_published,
     witnessed_config,
 )
+from tests.tlog.sizes import leaves
 from tlog.cli.pgcluster import Cluster
 from tlog.http.app import create_app
 from tlog.log.witness_client import WitnessError, add_checkpoint
@@ -111,15 +112,16 @@ async def test_an_idle_log_stays_fresh_for_clients_with_a_max_age(
     now = int(time.time())
     _, note = await published(log) or (0, "")
     trust = PolicyTrust.for_log(s.policy, now=now, max_age=3)
-    assert trust.latest(note).size == 1  # not "stale"
+    assert trust.latest(note).size == leaves(1)  # not "stale"
     with pytest.raises(Exception, match="stale"):
         trust.latest(first)  # what the log served before the fix, forever
     covering = await log.get("/v1/checkpoints/cosigned?covering=0")
     assert covering.status == 200
     assert await covering.text() == first, "covering must keep the earliest cosigned note"
     assert covering.headers["Cache-Control"] == "public, max-age=10"
-    # /v1/checkpoints/1 holds the newer cosignatures, one line per witness.
-    at = await (await log.get("/v1/checkpoints/1")).text()
+    # /v1/checkpoints/2 (the release and its map root) holds the newer cosignatures, one
+    # line per witness.
+    at = await (await log.get(f"/v1/checkpoints/{leaves(1)}")).text()
     times = PolicyTrust.for_log(s.policy).witnessed(at).times
     assert len(times) == 2 and min(times.values()) >= now - 3
     for w in witnesses:
@@ -137,7 +139,7 @@ async def test_a_stricter_policy_is_never_served_a_note_it_fails(
     a = await aiohttp_client(create_app(witnessed_config(database_url, loose)))
     await wait_published(a, await append(a, publisher, "1"))
     deadline = time.monotonic() + 10
-    while len(await stored_cosigners(database_url, 1)) < 2:  # both answer within a round
+    while len(await stored_cosigners(database_url, leaves(1))) < 2:  # both within a round
         assert time.monotonic() < deadline
         await asyncio.sleep(INTERVAL)
     await a.close()
@@ -146,7 +148,7 @@ async def test_a_stricter_policy_is_never_served_a_note_it_fails(
     # Both cosignatures are stored: the stricter "all" policy is met without asking anyone.
     strict = setup_of(log_signer, [w1, w2], "all")
     b = await aiohttp_client(create_app(witnessed_config(database_url, strict)))
-    note = await wait_published(b, 1)
+    note = await wait_published(b, leaves(1))
     assert set(PolicyTrust.for_log(strict.policy).witnessed(note).times) == {"w1", "w2"}
     await b.close()
     # A third witness, never reached: nothing stored meets this policy, so nothing served.
@@ -161,7 +163,7 @@ async def test_a_stricter_policy_is_never_served_a_note_it_fails(
     await w3.start()
     for w in (w1, w2):
         await w.start()
-    note = await wait_published(c, 1)
+    note = await wait_published(c, leaves(1))
     assert set(PolicyTrust.for_log(stricter.policy).witnessed(note).times) == {
         "w1", "w2", "w3"}
     for w in (w1, w2, w3):
