@@ -39,6 +39,7 @@ from verifier.protocol.entries.release import KIND as RELEASE_KIND
 from verifier.protocol.entries.release import validate_entry
 from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import Signer, generate_key
+from verifier.protocol.package_state import MAP_ROOT_KIND
 from verifier.protocol.registry import REFUSAL_CODES
 
 Client = TestClient[web.Request, web.Application]
@@ -137,8 +138,11 @@ def test_log_entry_schemas_name_every_kind_the_log_accepts() -> None:
     schemas = load_spec()["components"]["schemas"]
     kinds = {schemas[ref.rsplit("/", 1)[1]]["properties"]["kind"]["const"]
              for ref in schemas["LogEntry"]["discriminator"]["mapping"].values()}
-    assert kinds == set(KINDS) == {RELEASE_KIND, PUBLISHER_KIND, KEYS_KIND, REVOKE_KIND,
-                                   *LIFECYCLE_KINDS}
+    # The kinds the log accepts, and its own map-root/v1 (never submittable, so not in
+    # KINDS, but GET /v1/entries/{index} serves it like any other leaf).
+    assert MAP_ROOT_KIND not in KINDS
+    assert kinds == {*KINDS, MAP_ROOT_KIND} == {RELEASE_KIND, PUBLISHER_KIND, KEYS_KIND,
+                                                REVOKE_KIND, *LIFECYCLE_KINDS, MAP_ROOT_KIND}
     for name in ("LogEntry", "RegistryEntry"):
         mapping = schemas[name]["discriminator"]["mapping"]
         assert sorted(mapping.values()) == sorted(s["$ref"] for s in schemas[name]["oneOf"])
