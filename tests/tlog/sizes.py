@@ -45,10 +45,11 @@ async def logged_leaf(client: Any, index: int) -> bytes:
 
 async def with_map_roots(client: Any, stored: dict[int, bytes],
                          sizes: Iterable[int]) -> list[bytes]:
-    """Every leaf of the tree in log order: the entries a test appended (`stored`, index ->
-    leaf) and, read back from the log, the map-root/v1 leaf ending each of its batches, whose
-    checkpoints had these `sizes`. Fails if anything else was appended, or if a map root
-    is not at its batch's end or does not cover the entries before it."""
+    """Every leaf of the tree in log order: the entries a test appended to an empty log
+    (`stored`, index -> leaf) and, read back from the log, the map-root/v1 leaf ending each
+    of its batches, whose checkpoints had these `sizes`. Fails if anything else was
+    appended, or if a map root is not at its batch's end or does not cover the entries
+    before it."""
     ends = sorted(set(sizes))
     size = ends[-1]
     map_roots = sorted(set(range(size)) - set(stored))
