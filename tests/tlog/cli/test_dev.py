@@ -133,7 +133,8 @@ def test_dev_registered_prints_a_publish_recipe_that_works(searchable_dir: Path)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "logged demo 1.0" in done.stdout
         assert "warning" not in done.stderr  # every step pins the log key
-        assert _size(dev, 2) == 2  # the registration, then the release
+        # The registration, then the release: each batch ends with its map-root leaf.
+        assert _size(dev, 4) == 4
 
 
 def _line(banner: str, label: str) -> str:
@@ -190,13 +191,13 @@ def test_dev_takes_the_quotas_of_serve_and_shares_its_database(searchable_dir: P
         assert _post(dev.url, make_release(pub, "bulk", "1"))[0] == 201
         status, body = _post(dev.url, make_release(pub, "bulk", "2"))
         assert (status, body["error"]["code"]) == (429, "rate_limited")
-        assert _size(dev, 1) == 1
+        assert _size(dev, 2) == 2  # the release and its batch's map-root leaf
         psql = _line(dev.banner, "psql:") + " -X -A -t -c 'SELECT count(*) FROM entries'"
         counted = _run(psql, searchable_dir)
-        assert (counted.returncode, counted.stdout.strip()) == (0, "1"), counted.stderr
+        assert (counted.returncode, counted.stdout.strip()) == (0, "2"), counted.stderr
         with _second_server(_line(dev.banner, "second server:"), searchable_dir) as second:
             assert _post(second, make_release(pub, "bulk", "2"))[0] == 201
-        assert _size(dev, 2) == 2
+        assert _size(dev, 4) == 4
 
 
 def _verify_recipe(banner: str) -> str:
@@ -219,7 +220,7 @@ def test_dev_publishes_per_its_demo_witness_and_the_printed_recipes_keep_a_coold
         assert "--wait-cosigned --policy" in recipe
         done = _run(recipe, searchable_dir)
         assert done.returncode == 0, done.stdout + done.stderr
-        assert "cosigned tree size 1" in done.stdout
+        assert "at index 0 (cosigned tree size 2)" in done.stdout  # and the map-root leaf
         receipt = json.loads((searchable_dir / "app.bin.tlog-receipt.json").read_text())
         assert "— localhost/tlog-dev-witness " in receipt["proof"]
         verify = _verify_recipe(dev.banner).replace("FILE", str(artifact))
