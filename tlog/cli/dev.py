@@ -138,6 +138,9 @@ def _witness_lines(home: Path, witness_url: str | None) -> list[str]:
 
 
 def _rollout_lines(config: Config, home: Path, url: str, witnessed: bool) -> list[str]:
+    """The banner's pointer to the rollout walk-through, written to the home for this run
+    (tlog.cli.devdemo). Open policy only: a registered log would need the registration and
+    token steps of the publish recipe first."""
     if config.policy != "open":
         return ["  rollout demo:   with the open policy (tlog dev without --policy registered)"]
     script = shlex.quote(str(write_rollout_script(home, url, witnessed)))

@@ -34,6 +34,12 @@ def test_readme_shows_the_walk_through_make_run_writes() -> None:
     assert rollout_script("http://127.0.0.1:8080", witnessed=True) in text
 
 
+def test_without_a_witness_the_walk_through_pins_the_log_key_and_does_not_wait() -> None:
+    script = rollout_script("http://127.0.0.1:8080", witnessed=False)
+    assert '--key "$DEV/log.vkey"' in script and "--policy" not in script
+    assert "cosigned" not in script
+
+
 def test_make_run_rollout_walk_through_shows_each_decision(searchable_dir: Path) -> None:
     """Published, rolled out to 10 % (one device in, one out), widened to 50 % (both in),
     halted (both refused), yanked (both refused and sent back to 1.0): each decision as an
