@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tlog.cli.common import run_app, write_keypair
+from tlog.cli.devdemo import write_rollout_script
 from tlog.cli.devwitness import ensure_witness_key, running_witness, write_policy
 from tlog.cli.pgcluster import Cluster, unreachable_parent
 from tlog.config import Config, Quotas, load_signer, load_vkey, parse_listen, read_secret_file
@@ -136,10 +137,24 @@ def _witness_lines(home: Path, witness_url: str | None) -> list[str]:
     ]
 
 
+def _rollout_lines(config: Config, home: Path, url: str, witnessed: bool) -> list[str]:
+    """The banner's pointer to the rollout walk-through, written to the home for this run
+    (tlog.cli.devdemo). Open policy only: a registered log would need the registration and
+    token steps of the publish recipe first."""
+    if config.policy != "open":
+        return ["  rollout demo:   with the open policy (tlog dev without --policy registered)"]
+    script = shlex.quote(str(write_rollout_script(home, url, witnessed)))
+    return [f"  rollout demo:   sh {script}",
+            "                  (10 % -> 50 % -> halt -> yank with rollback, and what two "
+            "devices are told;",
+            "                  README, Rollouts, halts and rollback)"]
+
+
 def _banner(config: Config, home: Path, cluster: Cluster, witness_url: str | None) -> str:
     url = f"http://{config.host}:{config.port}"
     db_file = shlex.quote(str(home / "database-url"))
     recipe = _publish_recipe(url, home, config.policy, witness_url is not None)
+    rollout = _rollout_lines(config, home, url, witness_url is not None)
     return "\n".join([
         f"tlog dev: serving {url} (policy {config.policy}; state in {home})",
         f"  log key (vkey): {config.signer.verifier().text()}",
@@ -148,6 +163,7 @@ def _banner(config: Config, home: Path, cluster: Cluster, witness_url: str | Non
         f"  publish:        {recipe[0]}",
         *(f"                  {line}" for line in recipe[1:]),
         *_witness_lines(home, witness_url),
+        *rollout,
         f"  database:       {_redacted(config.database_url, cluster.password())}",
         f"                  (PostgreSQL in {cluster.home}; the URL with its password is in "
         f"{db_file})",
