@@ -138,11 +138,14 @@ def test_log_entry_schemas_name_every_kind_the_log_accepts() -> None:
     schemas = load_spec()["components"]["schemas"]
     kinds = {schemas[ref.rsplit("/", 1)[1]]["properties"]["kind"]["const"]
              for ref in schemas["LogEntry"]["discriminator"]["mapping"].values()}
-    # The kinds the log accepts, and its own map-root/v1 (never submittable, so not in
-    # KINDS, but GET /v1/entries/{index} serves it like any other leaf).
+    # The kinds the log accepts. Its own map-root/v1 is never submittable (so in neither
+    # KINDS nor LogEntry), but GET /v1/entries/{index} serves it like any other leaf.
     assert MAP_ROOT_KIND not in KINDS
-    assert kinds == {*KINDS, MAP_ROOT_KIND} == {RELEASE_KIND, PUBLISHER_KIND, KEYS_KIND,
-                                                REVOKE_KIND, *LIFECYCLE_KINDS, MAP_ROOT_KIND}
+    assert kinds == set(KINDS) == {RELEASE_KIND, PUBLISHER_KIND, KEYS_KIND, REVOKE_KIND,
+                                   *LIFECYCLE_KINDS}
+    assert schemas["MapRootV1"]["properties"]["kind"]["const"] == MAP_ROOT_KIND
+    served = {ref["$ref"] for ref in schemas["Entry"]["properties"]["entry"]["oneOf"]}
+    assert served == {"#/components/schemas/LogEntry", "#/components/schemas/MapRootV1"}
     for name in ("LogEntry", "RegistryEntry"):
         mapping = schemas[name]["discriminator"]["mapping"]
         assert sorted(mapping.values()) == sorted(s["$ref"] for s in schemas[name]["oneOf"])
