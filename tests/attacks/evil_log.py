@@ -8,7 +8,10 @@ pointing elsewhere) or abuse the transport (huge, endless or hanging responses, 
 errors, bytes that are not HTTP). It is honest until a switch is thrown.
 
 It serves what `tlog-verify` reads: `GET /checkpoint`, `/tile/<L>/<N>[.p/<W>]`,
-`/tile/entries/<N>[.p/<W>]` and the JSON search `/v1/entries?package=&version=&after=&limit=`.
+`/tile/entries/<N>[.p/<W>]`, the JSON search `/v1/entries?package=&version=&after=&limit=`
+and `/v1/package-state?package=&size=`. Like tlog, every append ends with a map-root/v1 leaf
+committing to each package's state (verifier.protocol.package_state), so the package state
+it serves is honestly proven unless a test swaps the answer.
 A request whose path starts with a view name (`/<view>/checkpoint`) is answered from that
 view's tree instead: that is how one client is shown a fork the others never see.
 """
@@ -30,8 +33,19 @@ from aiohttp import web
 from verifier.protocol.checkpoint import Checkpoint, sign_checkpoint
 from verifier.protocol.entries.release import validate_entry
 from verifier.protocol.merkle import combine, inclusion_nodes, leaf_hash
-from verifier.protocol.note import Signer
+from verifier.protocol.note import Signer, b64encode
+from verifier.protocol.package_state import (
+    PackageState,
+    Record,
+    StateBuilder,
+    StateError,
+    map_root_entry,
+    package_key,
+    parse_map_root_entry,
+    state_hash,
+)
 from verifier.protocol.receipt import make_receipt
+from verifier.protocol.statemap import SparseMap
 from verifier.protocol.tiles import (
     ENTRIES_LEVEL,
     TILE_WIDTH,
@@ -50,7 +64,8 @@ POLL_INTERVAL = 0.02
 MAX_PAGE = 1000
 
 CHECKPOINT, TILE, ENTRIES, SEARCH = "checkpoint", "tile", "entries", "search"
-RESOURCES = (CHECKPOINT, TILE, ENTRIES, SEARCH)
+PACKAGE_STATE = "package-state"
+RESOURCES = (CHECKPOINT, TILE, ENTRIES, SEARCH, PACKAGE_STATE)
 
 
 class Abuse(enum.Enum):
@@ -75,6 +90,9 @@ class Tree:
         self.tiles: dict[TileKey, bytes] = {}
         self._builder = TreeBuilder()
         self.notes: dict[int, str] = {0: self._sign()}
+        # Like tlog, end every append with a map-root/v1 leaf. Off for the audit and monitor
+        # tests until those read map-root leaves (they take them for invalid entries).
+        self.map_roots = True
 
     @property
     def size(self) -> int:
@@ -97,21 +115,43 @@ class Tree:
         """Log release entries (validated, as their JCS leaves); return their indices."""
         return self.append_leaves([validate_entry(dict(e)).leaf for e in entries])
 
-    def append_leaves(self, leaves: Sequence[bytes]) -> list[int]:
-        """Log raw leaves, then sign one checkpoint for the new size."""
+    def append_leaves(self, leaves: Sequence[bytes], *, map_root: bool = True) -> list[int]:
+        """Log raw leaves and (as tlog ends each batch) a map-root leaf, then sign one
+        checkpoint for the new size; return the indices of `leaves`."""
         first = self.size
         for leaf in leaves:
-            self.leaves.append(bytes(leaf))
-            self._builder.append(leaf_hash(leaf))
+            self._append(bytes(leaf))
+        indices = list(range(first, self.size))
+        if map_root and self.map_roots:
+            smap, _ = state_map(self.leaves)
+            self._append(map_root_entry(self.size, smap.root()))
         self.tiles.update(self._builder.take_changed())
         self.notes[self.size] = self._sign()
-        return list(range(first, self.size))
+        return indices
+
+    def _append(self, leaf: bytes) -> None:
+        self.leaves.append(leaf)
+        self._builder.append(leaf_hash(leaf))
 
     def fork(self, keep: int) -> Tree:
         """A tree signed with the same key that shares only the first `keep` leaves."""
         forked = Tree(self.signer)
-        forked.append_leaves(self.leaves[:keep])
+        forked.map_roots = self.map_roots
+        forked.append_leaves(self.leaves[:keep], map_root=False)
         return forked
+
+    def package_state(self, package: str, size: int) -> dict[str, Any] | None:
+        """The /v1/package-state answer at `size`, honestly proven; None if the tree of
+        that size does not end with a map root."""
+        if not 1 <= size <= self.size:
+            return None
+        try:
+            covered, _ = parse_map_root_entry(self.leaves[size - 1])
+        except StateError:
+            return None
+        smap, states = state_map(self.leaves[:covered])
+        return {"package": package, "size": size, "map_root": smap.root().hex(),
+                "state": states.get(package), "proof": b64encode(smap.prove(package_key(package)))}
 
     def hash_tile(self, level: int, n: int, width: int) -> bytes | None:
         data = self.tiles.get((level, n))
@@ -151,6 +191,35 @@ class Tree:
                 break
         return {"entries": found,
                 "next_after": found[-1]["index"] if len(found) == limit else None}
+
+
+def state_map(leaves: Sequence[bytes]) -> tuple[SparseMap, dict[str, PackageState]]:
+    """The package states of `leaves` and their map. Lenient where tlog would refuse (a
+    version released twice is listed twice): an evil log commits to what it logged."""
+    builder = StateBuilder()
+    for index, leaf in enumerate(leaves):
+        try:
+            obj = json.loads(leaf)
+        except ValueError:
+            continue
+        if not isinstance(obj, dict) or not all(isinstance(obj.get(k), str)
+                                                for k in ("kind", "package", "version")):
+            continue
+        counter = obj.get("counter") if isinstance(obj.get("counter"), int) else None
+        record = Record(index, leaf_hash(leaf), obj["kind"], obj["package"], obj["version"],
+                        counter)
+        try:
+            builder.apply([record])
+        except StateError:
+            state = builder.states.get(record.package)
+            if state is not None and record.kind == "release/v1":
+                state["releases"].append({"version": record.version, "index": index,
+                                          "leaf_hash": record.leaf_hash.hex(),
+                                          "counter": counter})
+            builder.last_index = index
+    smap = SparseMap()
+    smap.apply(smap.update(builder.updates(builder.states)))
+    return smap, builder.states
 
 
 class EvilLog:
@@ -287,6 +356,12 @@ class EvilLog:
             return web.Response(text=note, content_type="text/plain", charset="utf-8")
         if resource == SEARCH:
             return web.json_response(self._search(request, tree))
+        if resource == PACKAGE_STATE:
+            q = request.query
+            answer = tree.package_state(q.get("package", ""), int(q.get("size", tree.size)))
+            if answer is None:
+                return web.json_response({"error": {"code": "no_package_state"}}, status=404)
+            return web.json_response(answer)
         return self._tile(rest, tree)
 
     def _search(self, request: web.Request, tree: Tree) -> dict[str, Any]:
@@ -405,6 +480,8 @@ def _resource(path: str) -> str | None:
         return CHECKPOINT
     if path == "v1/entries":
         return SEARCH
+    if path == "v1/package-state":
+        return PACKAGE_STATE
     if path.startswith("tile/entries/"):
         return ENTRIES
     if path.startswith("tile/"):

@@ -105,8 +105,12 @@ def _find_once(client: LogClient, trusted: Trusted, package: str, version: str) 
     hashes = tuple(client.inclusion_proof(ref.index, size))
     try:
         verify_inclusion(ref.index, size, release.leaf_hash, hashes, trusted.root)
+    except ProofError as exc:
+        raise LogMisbehaviour(f"entry {ref.index} is not proven in the checkpoint of size "
+                              f"{size}: {exc}") from exc
+    try:
         check_release_evidence(trusted.checkpoint, release, ref.index, evidence)
-    except (ProofError, StateProofError) as exc:
+    except StateProofError as exc:
         raise LogMisbehaviour(f"entry {ref.index} ({package} {version}): {exc}") from exc
     client.keep_verified()
     return Found(VerifiedReceipt(release, ref.index, trusted.checkpoint, evidence), hashes)
@@ -120,8 +124,9 @@ def _release(client: LogClient, trusted: Trusted, index: int, want: bytes, packa
                               f"{index}, beyond the entries its map root covers")
     leaf = client.entry(index, trusted.size)
     if leaf_hash(leaf) != want:
-        raise LogMisbehaviour(f"entry {index} of the log's bundle does not hash to the leaf "
-                              f"hash the proven state of {package} gives {version}")
+        raise LogMisbehaviour(f"entry {index} is not proven: its bytes in the log's bundle do "
+                              f"not hash to the leaf hash the proven state of {package} "
+                              f"gives {version}")
     try:
         entry = parse_log_leaf(leaf)
     except EntryError as exc:

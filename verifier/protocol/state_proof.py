@@ -92,8 +92,8 @@ def verify_evidence(checkpoint: Checkpoint, package: str, evidence: StateEvidenc
         verify_inclusion(size - 1, size, leaf_hash(evidence.map_root_leaf),
                          evidence.map_root_proof, checkpoint.root)
     except ProofError as exc:
-        raise StateProofError(f"the map root leaf is not entry {size - 1} of the checkpoint "
-                              f"of size {size}: {exc}") from exc
+        raise StateProofError(f"the map root leaf is not proven as entry {size - 1} of the "
+                              f"checkpoint of size {size}: {exc}") from exc
     try:
         root = check_map_root_leaf(size, evidence.map_root_leaf)
         if evidence.state is None:
