@@ -143,15 +143,7 @@ class Tree:
     def package_state(self, package: str, size: int) -> dict[str, Any] | None:
         """The /v1/package-state answer at `size`, honestly proven; None if the tree of
         that size does not end with a map root."""
-        if not 1 <= size <= self.size:
-            return None
-        try:
-            covered, _ = parse_map_root_entry(self.leaves[size - 1])
-        except StateError:
-            return None
-        smap, states = state_map(self.leaves[:covered])
-        return {"package": package, "size": size, "map_root": smap.root().hex(),
-                "state": states.get(package), "proof": b64encode(smap.prove(package_key(package)))}
+        return package_state_answer(self.leaves, package, size)
 
     def hash_tile(self, level: int, n: int, width: int) -> bytes | None:
         data = self.tiles.get((level, n))
@@ -220,6 +212,21 @@ def state_map(leaves: Sequence[bytes]) -> tuple[SparseMap, dict[str, PackageStat
     smap = SparseMap()
     smap.apply(smap.update(builder.updates(builder.states)))
     return smap, builder.states
+
+
+def package_state_answer(leaves: Sequence[bytes], package: str,
+                         size: int) -> dict[str, Any] | None:
+    """The /v1/package-state answer over the tree of `leaves[:size]`, honestly proven; None
+    if that tree does not end with a map root."""
+    if not 1 <= size <= len(leaves):
+        return None
+    try:
+        covered, _ = parse_map_root_entry(leaves[size - 1])
+    except StateError:
+        return None
+    smap, states = state_map(leaves[:covered])
+    return {"package": package, "size": size, "map_root": smap.root().hex(),
+            "state": states.get(package), "proof": b64encode(smap.prove(package_key(package)))}
 
 
 class EvilLog:
