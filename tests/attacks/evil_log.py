@@ -42,7 +42,6 @@ from verifier.protocol.package_state import (
     map_root_entry,
     package_key,
     parse_map_root_entry,
-    state_hash,
 )
 from verifier.protocol.receipt import make_receipt
 from verifier.protocol.statemap import SparseMap

@@ -49,8 +49,8 @@ from verifier.errors import (
     TransportError,
     VerifyError,
 )
-from verifier.protocol.entries.release import validate_entry
 from verifier.protocol.entries.kinds import validate_log_entry
+from verifier.protocol.entries.release import validate_entry
 from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import MAX_NOTE_SIZE, Signer, generate_key
 from verifier.protocol.tiles import tile_path

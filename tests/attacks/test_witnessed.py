@@ -196,6 +196,26 @@ def test_a_stored_checkpoint_is_reopened_without_its_age_and_a_rollback_is_refus
     assert code == EXIT_FAILED and "rollback" in err
 
 
+@pytest.mark.map_roots
+def test_a_bundle_whose_package_state_is_older_than_max_age_is_refused(
+        world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bundle carries the package state as of its checkpoint: a halt logged since does not
+    show in it, so --max-age bounds how old that checkpoint (and so the state) may be."""
+    world.log.serve(world.log.cosigned[world.small])  # frozen ten days ago
+    bundle = world.tmp / "bundle.json"
+    code, _, err = world.run(capsys, *release_args(world, world.http.log_url, "--max-age",
+                                                   "11d", "--write-bundle", str(bundle)))
+    assert code == EXIT_OK, err
+    receipt = json.loads(bundle.read_text())
+    assert receipt["package_state"]["state"]["releases"][0]["version"] == "1.0"
+    args = ["bundle", str(bundle), "--policy", str(world.policy), "--no-artifact",
+            "--device-id", "device-1"]
+    code, out, err = world.run(capsys, *args, "--max-age", "1d")
+    assert (code, out) == (EXIT_FAILED, "") and "stale" in err
+    code, out, err = world.run(capsys, *args, "--max-age", "11d")
+    assert code == EXIT_OK and "no rollout, halt or yank statement" in out, err
+
+
 # -- the witnessed cooldown -------------------------------------------------------------------
 
 
