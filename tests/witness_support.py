@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tests.attacks.evil_log import package_state_answer, state_map
+from tests.attacks.state_log import package_state_answer, state_map
 from tests.support import make_release
 from verifier.protocol.checkpoint import Checkpoint, sign_checkpoint
 from verifier.protocol.cosignature import CosignatureSigner, generate_witness_key
