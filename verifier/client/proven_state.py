@@ -100,7 +100,14 @@ def _find_once(client: LogClient, trusted: Trusted, package: str, version: str) 
         raise VerificationFailed(f"refused: {exc} (as of the checkpoint of size {size})") from exc
     release = _release(client, trusted, ref.index, ref.leaf_hash, package, version)
     assert evidence.state is not None  # release_ref refuses a missing state
-    leaves = {i: client.entry(i, size) for i in needed_statements(evidence.state, version)}
+    try:
+        wanted = needed_statements(evidence.state, version)
+    except StateProofError as exc:
+        raise LogMisbehaviour(f"the proven state of {package}: {exc}") from exc
+    if any(i >= size - 1 for i in wanted):
+        raise LogMisbehaviour(f"the proven state of {package} names statements {wanted}, "
+                              "beyond the entries its map root covers")
+    leaves = {i: client.entry(i, size) for i in wanted}
     evidence = replace(evidence, statements=leaves)
     hashes = tuple(client.inclusion_proof(ref.index, size))
     try:
