@@ -52,7 +52,7 @@ from verifier.protocol.receipt import (
 )
 from verifier.protocol.registry import Refusal, Registry
 from verifier.protocol.state import Trusted
-from verifier.protocol.state_proof import StateProofError, decide_release
+from verifier.protocol.state_proof import StateProofError, decide_release, rollback_note
 from verifier.protocol.trust import LogTrust
 
 __all__ = [
@@ -220,7 +220,10 @@ def check_lifecycle(proven: ProvenRelease, device_id: str | None, now: datetime)
         raise LogMisbehaviour(f"the statements the proven state of "
                               f"{receipt.release.package} names: {exc}") from exc
     if not decision.allowed:
-        raise VerificationFailed(f"refused ({decision.code}): {decision.message}")
+        target = decision.rollback_version
+        note = "" if target is None else (
+            f" (as of this checkpoint, {rollback_note(receipt.package_state.state, target)})")
+        raise VerificationFailed(f"refused ({decision.code}): {decision.message}{note}")
     return decision
 
 

@@ -32,7 +32,7 @@ from typing import Any
 from verifier.protocol.checkpoint import Checkpoint
 from verifier.protocol.entries.errors import EntryError
 from verifier.protocol.entries.kinds import parse_log_leaf
-from verifier.protocol.entries.lifecycle import ROLLOUT_KIND, Lifecycle
+from verifier.protocol.entries.lifecycle import HALT_KIND, ROLLOUT_KIND, YANK_KIND, Lifecycle
 from verifier.protocol.entries.release import Release
 from verifier.protocol.lifecycle_state import Decision, Statement, decide
 from verifier.protocol.merkle import ProofError, leaf_hash, verify_inclusion
@@ -46,10 +46,21 @@ from verifier.protocol.package_state import (
 )
 from verifier.protocol.statemap import MapProofError
 
-__all__ = ["MEMBERS", "ReleaseRef", "StateEvidence", "StateProofError",
-           "check_release_evidence", "decide_release", "needed_statements",
-           "parse_state_member", "release_ref", "state_member", "statement_refs",
-           "verify_evidence"]
+__all__ = [
+    "MEMBERS",
+    "ReleaseRef",
+    "StateEvidence",
+    "StateProofError",
+    "check_release_evidence",
+    "decide_release",
+    "needed_statements",
+    "parse_state_member",
+    "release_ref",
+    "rollback_note",
+    "state_member",
+    "statement_refs",
+    "verify_evidence",
+]
 
 MEMBERS = frozenset({"state", "proof", "map_root_leaf", "map_root_proof", "statements"})
 MAX_PROOF_HASHES = 63
@@ -191,6 +202,20 @@ def decide_release(state: PackageState, release: Release, release_index: int,
     rollout = None if rollout_ref is None else _statement(rollout_ref, leaves, release,
                                                           release_index)
     return decide(release.package, release.version, latest, rollout, device_id, now)
+
+
+def rollback_note(state: PackageState, version: str) -> str:
+    """What the proven state says of a rollback target: released where, and whether its own
+    latest statement halts or yanks it (the kind is committed in the state itself)."""
+    try:
+        ref = release_ref(state, str(state.get("package")), version)
+        latest, _ = statement_refs(state, version)
+    except StateProofError:
+        return f"{version} is not a release the proven state lists"
+    if latest is not None and latest.kind in (HALT_KIND, YANK_KIND):
+        return f"{version} (entry {ref.index}) is itself {latest.kind.split('/')[0]}ed " \
+               f"(entry {latest.index})"
+    return f"{version} is entry {ref.index}, neither halted nor yanked"
 
 
 def needed_statements(state: PackageState, version: str) -> list[int]:

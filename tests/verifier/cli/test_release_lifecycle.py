@@ -144,6 +144,7 @@ def test_rollout_halt_resume_yank_and_start_time_are_enforced_by_the_client(
         assert code == 1 and "yanked" in text and "roll back to 1.0" in text, text
         code, text = offline(receipt_now("1.1"), "--device-id", inside)
         assert code == 1 and "yanked" in text and "roll back to 1.0" in text, text
+        assert "1.0 is entry 0, neither halted nor yanked" in text, text
         code, _, err = run_tlog("resume", *common, "--version", "1.1", "--reason", "fixed?")
         assert code == 1 and "version_yanked" in err
         # The halt logged before the resume, sent again: found, but no longer in effect.
