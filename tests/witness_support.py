@@ -21,12 +21,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from tests.attacks.state_log import package_state_answer, state_map
 from tests.support import make_release
 from verifier.protocol.checkpoint import Checkpoint, sign_checkpoint
 from verifier.protocol.cosignature import CosignatureSigner, generate_witness_key
 from verifier.protocol.entries.release import parse_leaf, validate_entry
 from verifier.protocol.merkle import leaf_hash
 from verifier.protocol.note import Signer
+from verifier.protocol.package_state import map_root_entry
 from verifier.protocol.receipt import make_receipt
 from verifier.protocol.tiles import ENTRIES_LEVEL, TILE_WIDTH, TreeBuilder, encode_bundle, tile_path
 
@@ -55,8 +57,11 @@ class TiledLog:
     """A log kept as tlog-tiles files under `root`: every size it grew to keeps its partial
     tiles (so proofs for each size can be built), and the notes of each size are kept."""
 
-    def __init__(self, root: Path, signer: Signer) -> None:
+    def __init__(self, root: Path, signer: Signer, map_roots: bool = False) -> None:
         self.root, self.signer = root, signer
+        # Like tlog, end each growth with a map-root/v1 leaf (off for the audit and monitor
+        # tests: they do not read map-root leaves yet).
+        self.map_roots = map_roots
         self.root.mkdir(parents=True, exist_ok=True)
         self.leaves: list[bytes] = []
         self.entries: list[dict[str, Any]] = []
@@ -68,6 +73,11 @@ class TiledLog:
         for entry in entries:
             self.entries.append(entry)
             self.leaves.append(validate_entry(entry).leaf)
+        if self.map_roots:
+            smap, _ = state_map(self.leaves)
+            leaf = map_root_entry(len(self.leaves), smap.root())
+            self.entries.append(json.loads(leaf))
+            self.leaves.append(leaf)
         builder = TreeBuilder()
         for leaf in self.leaves:
             builder.append(leaf_hash(leaf))
@@ -153,6 +163,12 @@ class Endpoints:
         path = path[len("/log/"):]
         if path == "v1/entries":
             return 200, self._search(query)
+        if path == "v1/package-state":
+            size = int(query.get("size", [str(len(self.log.leaves))])[0])
+            answer = package_state_answer(self.log.leaves, query["package"][0], size)
+            if answer is None:
+                return 404, b'{"code": "no_package_state"}'
+            return 200, json.dumps(answer).encode()
         if path == "v1/checkpoints/cosigned":
             covering = int(query["covering"][0])
             sizes = sorted(s for s in self.log.cosigned if s > covering)
@@ -167,7 +183,7 @@ class Endpoints:
     def _search(self, query: dict[str, list[str]]) -> bytes:
         package, version = query["package"][0], query.get("version", [None])[0]
         found = [{"index": i} for i, leaf in enumerate(self.log.leaves)
-                 if (r := parse_leaf(leaf)).package == package
+                 if b"map-root/v1" not in leaf and (r := parse_leaf(leaf)).package == package
                  and (version is None or r.version == version)]
         return json.dumps({"entries": found, "next_after": None}).encode()
 

@@ -8,7 +8,10 @@ pointing elsewhere) or abuse the transport (huge, endless or hanging responses, 
 errors, bytes that are not HTTP). It is honest until a switch is thrown.
 
 It serves what `tlog-verify` reads: `GET /checkpoint`, `/tile/<L>/<N>[.p/<W>]`,
-`/tile/entries/<N>[.p/<W>]` and the JSON search `/v1/entries?package=&version=&after=&limit=`.
+`/tile/entries/<N>[.p/<W>]`, the JSON search `/v1/entries?package=&version=&after=&limit=`
+and `/v1/package-state?package=&size=`. Like tlog, every append ends with a map-root/v1 leaf
+committing to each package's state (verifier.protocol.package_state), so the package state
+it serves is honestly proven unless a test swaps the answer.
 A request whose path starts with a view name (`/<view>/checkpoint`) is answered from that
 view's tree instead: that is how one client is shown a fork the others never see.
 """
@@ -27,10 +30,12 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.attacks.state_log import package_state_answer, state_map
 from verifier.protocol.checkpoint import Checkpoint, sign_checkpoint
 from verifier.protocol.entries.release import validate_entry
 from verifier.protocol.merkle import combine, inclusion_nodes, leaf_hash
 from verifier.protocol.note import Signer
+from verifier.protocol.package_state import map_root_entry
 from verifier.protocol.receipt import make_receipt
 from verifier.protocol.tiles import (
     ENTRIES_LEVEL,
@@ -50,7 +55,8 @@ POLL_INTERVAL = 0.02
 MAX_PAGE = 1000
 
 CHECKPOINT, TILE, ENTRIES, SEARCH = "checkpoint", "tile", "entries", "search"
-RESOURCES = (CHECKPOINT, TILE, ENTRIES, SEARCH)
+PACKAGE_STATE = "package-state"
+RESOURCES = (CHECKPOINT, TILE, ENTRIES, SEARCH, PACKAGE_STATE)
 
 
 class Abuse(enum.Enum):
@@ -75,6 +81,9 @@ class Tree:
         self.tiles: dict[TileKey, bytes] = {}
         self._builder = TreeBuilder()
         self.notes: dict[int, str] = {0: self._sign()}
+        # Like tlog, end every append with a map-root/v1 leaf. Off for the audit and monitor
+        # tests until those read map-root leaves (they take them for invalid entries).
+        self.map_roots = True
 
     @property
     def size(self) -> int:
@@ -97,21 +106,35 @@ class Tree:
         """Log release entries (validated, as their JCS leaves); return their indices."""
         return self.append_leaves([validate_entry(dict(e)).leaf for e in entries])
 
-    def append_leaves(self, leaves: Sequence[bytes]) -> list[int]:
-        """Log raw leaves, then sign one checkpoint for the new size."""
+    def append_leaves(self, leaves: Sequence[bytes], *, map_root: bool = True) -> list[int]:
+        """Log raw leaves and (as tlog ends each batch) a map-root leaf, then sign one
+        checkpoint for the new size; return the indices of `leaves`."""
         first = self.size
         for leaf in leaves:
-            self.leaves.append(bytes(leaf))
-            self._builder.append(leaf_hash(leaf))
+            self._append(bytes(leaf))
+        indices = list(range(first, self.size))
+        if map_root and self.map_roots:
+            smap, _ = state_map(self.leaves)
+            self._append(map_root_entry(self.size, smap.root()))
         self.tiles.update(self._builder.take_changed())
         self.notes[self.size] = self._sign()
-        return list(range(first, self.size))
+        return indices
+
+    def _append(self, leaf: bytes) -> None:
+        self.leaves.append(leaf)
+        self._builder.append(leaf_hash(leaf))
 
     def fork(self, keep: int) -> Tree:
         """A tree signed with the same key that shares only the first `keep` leaves."""
         forked = Tree(self.signer)
-        forked.append_leaves(self.leaves[:keep])
+        forked.map_roots = self.map_roots
+        forked.append_leaves(self.leaves[:keep], map_root=False)
         return forked
+
+    def package_state(self, package: str, size: int) -> dict[str, Any] | None:
+        """The /v1/package-state answer at `size`, honestly proven; None if the tree of
+        that size does not end with a map root."""
+        return package_state_answer(self.leaves, package, size)
 
     def hash_tile(self, level: int, n: int, width: int) -> bytes | None:
         data = self.tiles.get((level, n))
@@ -287,6 +310,12 @@ class EvilLog:
             return web.Response(text=note, content_type="text/plain", charset="utf-8")
         if resource == SEARCH:
             return web.json_response(self._search(request, tree))
+        if resource == PACKAGE_STATE:
+            q = request.query
+            answer = tree.package_state(q.get("package", ""), int(q.get("size", tree.size)))
+            if answer is None:
+                return web.json_response({"error": {"code": "no_package_state"}}, status=404)
+            return web.json_response(answer)
         return self._tile(rest, tree)
 
     def _search(self, request: web.Request, tree: Tree) -> dict[str, Any]:
@@ -405,6 +434,8 @@ def _resource(path: str) -> str | None:
         return CHECKPOINT
     if path == "v1/entries":
         return SEARCH
+    if path == "v1/package-state":
+        return PACKAGE_STATE
     if path.startswith("tile/entries/"):
         return ENTRIES
     if path.startswith("tile/"):

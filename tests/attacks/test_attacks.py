@@ -27,7 +27,16 @@ from typing import Any
 
 import pytest
 
-from tests.attacks.evil_log import CHECKPOINT, ENTRIES, SEARCH, TILE, Abuse, EvilLog, serve_evil_log
+from tests.attacks.evil_log import (
+    CHECKPOINT,
+    ENTRIES,
+    PACKAGE_STATE,
+    SEARCH,
+    TILE,
+    Abuse,
+    EvilLog,
+    serve_evil_log,
+)
 from tests.conftest import REPO
 from tests.support import free_port, make_release, release_fields
 from verifier.cli.main import build_parser, main
@@ -40,6 +49,7 @@ from verifier.errors import (
     TransportError,
     VerifyError,
 )
+from verifier.protocol.entries.kinds import validate_log_entry
 from verifier.protocol.entries.release import validate_entry
 from verifier.protocol.entries.signing import sign_entry
 from verifier.protocol.note import MAX_NOTE_SIZE, Signer, generate_key
@@ -171,12 +181,14 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path, log_signer: Signer, publisher: Signer) -> Iterator[World]:
+def world(request: pytest.FixtureRequest, tmp_path: Path, log_signer: Signer,
+          publisher: Signer) -> Iterator[World]:
     vkey = tmp_path / "publisher.vkey"
     vkey.write_text(publisher.verifier().text() + "\n")
     artifact = tmp_path / "app-1.1.tar.gz"
     artifact.write_bytes(ARTIFACT)
     with serve_evil_log(log_signer, tmp_path) as log:
+        log.tree.map_roots = request.node.get_closest_marker("no_map_roots") is None
         log.append(make_release(publisher, OTHER, "1.0"),
                    make_release(publisher, PACKAGE, "1.0"),
                    make_release(publisher, PACKAGE, "1.1", payload=ARTIFACT),
@@ -196,7 +208,7 @@ def test_honest_log_is_verified(world: World) -> None:
     assert_verified(world.release())
     assert_verified(world.bundle(world.receipt_file()))
     run = tlog_verify(*world.online("checkpoint"))
-    assert run.code == EXIT_OK and "size 5" in run.out
+    assert run.code == EXIT_OK and "size 6" in run.out  # five releases, then a map root
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -222,19 +234,19 @@ def test_checkpoint_without_signature_is_rejected(world: World) -> None:
 # -- forks and rollbacks, caught by a client that keeps state ------------------------------------
 
 
-@pytest.mark.parametrize("fork_size", [5, 6, 520], ids=["same-size", "one-more", "three-tiles"])
+@pytest.mark.parametrize("fork_size", [6, 7, 520], ids=["same-size", "one-more", "three-tiles"])
 def test_forked_tree_shown_to_one_client_is_caught_by_release_state(
         world: World, fork_size: int) -> None:
     victim, bystander = world.tmp / "victim", world.tmp / "bystander"
     assert_verified(world.release(state=victim))
     honest = world.log.tree.note
     forked = world.log.fork_for("victim", keep=3)
-    forked.append(make_release(world.publisher, PACKAGE, "1.3"))
-    forked.append_leaves(filler("fork", fork_size - 4))
+    forked.append_leaves([validate_entry(make_release(world.publisher, PACKAGE, "1.3")).leaf,
+                          *filler("fork", fork_size - 5)])  # and a map root: fork_size
 
     run = world.release("1.3", url=world.log.url_for("victim"), state=victim)
 
-    assert_refused(run, why="fork" if fork_size == 5 else "inconsistent")
+    assert_refused(run, why="fork" if fork_size == 6 else "inconsistent")
     assert (victim / "checkpoint").read_text() == honest
     [evidence] = (victim / "evidence").iterdir()
     assert (evidence / "old-checkpoint").read_text() == honest
@@ -249,7 +261,7 @@ def test_rollback_is_caught(world: World) -> None:
     assert_verified(world.release(state=state))
     newest = world.log.tree.note
 
-    world.log.roll_back(5)
+    world.log.roll_back(6)
     run = world.release(state=state)
 
     assert_refused(run, why="rollback")
@@ -312,7 +324,7 @@ def test_one_wrong_length_tile_answer_does_not_poison_the_cache(world: World, pr
 
 @pytest.mark.parametrize("offset", [0, 63, 96, 159])
 def test_tile_not_matching_the_root_fails_release_check(world: World, offset: int) -> None:
-    # The proof of entry 2 in a tree of 5 uses leaf hashes 0, 1, 3 and 4 (bytes 0-63, 96-159).
+    # The proofs of entry 2 and of the map root (entry 5) in a tree of 6 use leaf hashes 0-5.
     world.log.corrupt_tile(0, 0, offset)
     assert_refused(world.release(), why="not proven")
 
@@ -330,7 +342,7 @@ def test_entry_bundle_not_matching_the_root_is_caught(world: World) -> None:
 
 def test_entry_bundle_holding_another_release_does_not_verify(world: World) -> None:
     world.log.swap_entry(INDEX, world.log.tree.leaves[4])
-    assert_refused(world.release(), why="no provable entry")
+    assert_refused(world.release(), why="not proven")
 
 
 @pytest.mark.parametrize("cut", [1, 2, 300, -1], ids=["1-byte", "2-bytes", "an-entry", "extra"])
@@ -339,18 +351,67 @@ def test_truncated_bundle_is_rejected(world: World, cut: int) -> None:
     assert_refused(world.release(), why="entry bundle")
 
 
-@pytest.mark.parametrize("hints", [[0, 3], [4], [1, 4], [99], [], [5, 1 << 62]],
-                         ids=["other-package", "other-version", "both", "beyond-the-tree",
-                              "nothing", "far-beyond"])
-def test_search_pointing_elsewhere_does_not_verify(world: World, hints: list[int]) -> None:
-    world.log.point_search_at(hints)
-    assert_refused(world.release(), why="no provable entry")
+def test_search_hints_are_not_what_the_client_goes_by(world: World) -> None:
+    """The release is found through the proven package state: search answers that point
+    elsewhere (or nowhere) change nothing."""
+    world.log.point_search_at([0, 3, 99])
+    assert_verified(world.release())
+    assert world.log.count(SEARCH) == 0
 
 
-@pytest.mark.parametrize("hints", [[-1], ["2"], [2.0], [None]])
-def test_search_with_malformed_indices_is_rejected(world: World, hints: list[Any]) -> None:
-    world.log.point_search_at(hints)
-    assert_refused(world.release(), why="malformed")
+def halted(world: World) -> dict[str, Any]:
+    """Halt 1.1 in the log; the honest package-state answer (as of the halt) is returned."""
+    halt = sign_entry({"kind": "halt/v1", "package": PACKAGE, "version": "1.1",
+                       "reason": "crash loop"}, world.publisher)
+    world.log.tree.append_leaves([validate_log_entry(halt).leaf])
+    answer = world.log.tree.package_state(PACKAGE, world.log.tree.size)
+    assert answer is not None and answer["state"]["lifecycle"]["1.1"]["kind"] == "halt/v1"
+    return answer
+
+
+def test_a_halt_the_log_leaves_out_of_its_answer_is_caught(world: World) -> None:
+    answer = halted(world)
+    assert_refused(world.release(), why="halted")
+    dropped = {**answer, "state": {**answer["state"], "lifecycle": {}}}
+    world.log.serve_body(PACKAGE_STATE, json.dumps(dropped).encode())
+    run = world.release()
+    assert_refused(run, why="does not prove")
+    assert "halted" not in run.err
+
+
+def test_the_state_of_an_older_size_is_refused(world: World) -> None:
+    """A log that answers with the state before the halt (a map root it did publish, but not
+    the one that ends the client's checkpoint) is caught whatever it claims the size is."""
+    before = world.log.tree.package_state(PACKAGE, world.log.tree.size)
+    answer = halted(world)
+    assert before is not None
+    world.log.serve_body(PACKAGE_STATE, json.dumps(before).encode())
+    assert_refused(world.release(), why="when asked for")
+    world.log.serve_body(PACKAGE_STATE, json.dumps({**before, "size": answer["size"]}).encode())
+    assert_refused(world.release(), why="does not prove")
+
+
+def test_a_tree_not_ending_with_a_map_root_is_refused(world: World) -> None:
+    """Entries appended without a map root after them: the checkpoint's last leaf is no map
+    root, so no state can be proven against it, whatever the log answers."""
+    before = world.log.tree.package_state(PACKAGE, world.log.tree.size)
+    assert before is not None
+    world.log.tree.append_leaves(filler("bare", 1), map_root=False)
+    assert_refused(world.release(), why="cannot prove the state")
+    world.log.serve_body(PACKAGE_STATE, json.dumps({**before, "size": 7}).encode())
+    assert_refused(world.release(), why="map root entry: members")  # leaf 6 is a release
+
+
+def test_an_earlier_map_root_at_the_end_of_the_tree_is_refused(world: World) -> None:
+    """A log that ends its tree with a copy of an earlier map root (one from before a halt,
+    say) commits to a root that does not cover the entries before it: refused."""
+    before = world.log.tree.package_state(PACKAGE, world.log.tree.size)
+    assert before is not None
+    halted(world)
+    world.log.tree.append_leaves([world.log.tree.leaves[5]], map_root=False)
+    world.log.serve_body(PACKAGE_STATE, json.dumps({**before, "size": 9}).encode())
+    run = world.release()
+    assert_refused(run, why="map root entry covers 5 entries, not the 8 before it")
 
 
 @pytest.mark.parametrize("body, code", [
@@ -358,20 +419,22 @@ def test_search_with_malformed_indices_is_rejected(world: World, hints: list[Any
     (b"[]", EXIT_TRANSPORT),
     (b"[" * 100_000 + b"]" * 100_000, EXIT_TRANSPORT),
     (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, EXIT_TRANSPORT),
-    (b'{"entries": 5}', EXIT_FAILED),
-    (b'{"entries": {"index": 2}}', EXIT_FAILED),
-    (b'{"entries": [{"index": 2}], "next_after": "2"}', EXIT_FAILED),
-], ids=["html", "array", "deep-array", "deep-object", "number", "object", "bad-next"])
-def test_malformed_search_answer_is_rejected(world: World, body: bytes, code: int) -> None:
-    world.log.serve_body(SEARCH, body)
+    (b'{"package": "com.acme.other", "size": 6, "state": null, "proof": ""}', EXIT_FAILED),
+    (b'{"package": "com.acme.app", "size": 6, "state": 5, "proof": ""}', EXIT_FAILED),
+    (b'{"package": "com.acme.app", "size": 6, "state": null, "proof": "!"}', EXIT_FAILED),
+    (b'{"package": "com.acme.app", "size": 6, "state": null, "proof": ""}', EXIT_FAILED),
+], ids=["html", "array", "deep-array", "deep-object", "other-package", "number", "bad-base64",
+        "absent"])
+def test_malformed_package_state_answer_is_rejected(world: World, body: bytes,
+                                                    code: int) -> None:
+    world.log.serve_body(PACKAGE_STATE, body)
     assert_refused(world.release(), code)
 
 
-def test_search_flooding_hints_costs_one_fetch_per_bundle(world: World) -> None:
+def test_proving_a_release_costs_one_fetch_per_bundle(world: World) -> None:
     world.log.tree.append_leaves(filler("more", 300))
-    world.log.point_search_at(list(range(world.log.tree.size)) * 2)
     assert_verified(world.release())
-    assert world.log.count(ENTRIES) == 2
+    assert world.log.count(ENTRIES) == 2  # bundle 0 (the release), bundle 1 (the map root)
 
 
 def test_same_version_logged_twice_is_refused(world: World) -> None:
@@ -523,7 +586,7 @@ def test_deeply_nested_receipt_is_rejected(world: World, body: bytes) -> None:
     (CHECKPOINT, Abuse.HUGE_DECLARED), (CHECKPOINT, Abuse.HUGE_STREAMED),
     (TILE, Abuse.HUGE_DECLARED), (TILE, Abuse.HUGE_STREAMED),
     (ENTRIES, Abuse.HUGE_DECLARED), (ENTRIES, Abuse.HUGE_STREAMED),
-    (SEARCH, Abuse.HUGE_STREAMED),
+    (PACKAGE_STATE, Abuse.HUGE_STREAMED),
 ])
 def test_huge_response_is_cut_off(world: World, resource: str, abuse: Abuse) -> None:
     world.log.misbehave(resource, abuse)
@@ -564,7 +627,7 @@ needs_proc = pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK),
 
 @needs_proc
 @pytest.mark.parametrize("resource, limit", [
-    (CHECKPOINT, MAX_NOTE_SIZE), (ENTRIES, MAX_BUNDLE_BYTES), (SEARCH, MAX_JSON_BYTES)])
+    (CHECKPOINT, MAX_NOTE_SIZE), (ENTRIES, MAX_BUNDLE_BYTES), (PACKAGE_STATE, MAX_JSON_BYTES)])
 def test_huge_response_is_cut_off_in_bounded_memory(world: World, resource: str,
                                                     limit: int) -> None:
     """200 MB streamed: the client holds at most the limit of what it asked for, plus a bit."""
@@ -589,7 +652,7 @@ def test_endless_response_is_cut_off(world: World, log_signer: Signer, resource:
     assert isinstance(raised, TransportError), repr(raised)
 
 
-@pytest.mark.parametrize("resource", [CHECKPOINT, TILE, ENTRIES, SEARCH])
+@pytest.mark.parametrize("resource", [CHECKPOINT, TILE, ENTRIES, PACKAGE_STATE])
 def test_hanging_log_times_out(world: World, resource: str) -> None:
     world.log.misbehave(resource, Abuse.HANG)
     run = tlog_verify(*world.online("release", "--package", PACKAGE, "--version", "1.1",
@@ -632,6 +695,11 @@ def test_unreachable_log_exits_3(world: World) -> None:
 # -- audit and monitor: state that outlives one run ----------------------------------------------
 
 
+# The audit and the monitor do not read map-root/v1 leaves yet (they take them for invalid
+# entries): their tests run on a log without them, as logs were before the package state map.
+no_map_roots = pytest.mark.no_map_roots
+
+
 def audit(world: World, state: Path, *args: str, url: str | None = None) -> Run:
     return tlog_verify(*world.online("audit", "--state", state, "--workers", "0", *args,
                                      url=url), within=20.0)
@@ -644,6 +712,7 @@ def assert_full_audit_refused(run: Run, why: str) -> None:
     assert "FAIL" in run.err and why in run.err, run.err
 
 
+@no_map_roots
 def test_forked_tree_shown_to_one_client_is_caught_by_audit_state(world: World) -> None:
     state = world.tmp / "audit"
     assert audit(world, state).code == EXIT_OK
@@ -661,6 +730,7 @@ def test_forked_tree_shown_to_one_client_is_caught_by_audit_state(world: World) 
     assert audit(world, state).code == EXIT_OK
 
 
+@no_map_roots
 def test_rollback_is_caught_by_audit(world: World) -> None:
     state = world.tmp / "audit"
     assert audit(world, state).code == EXIT_OK
@@ -670,6 +740,7 @@ def test_rollback_is_caught_by_audit(world: World) -> None:
     assert_refused(audit(world, state), why="rollback")
 
 
+@no_map_roots
 @pytest.mark.parametrize("extra", [0, 300], ids=["partial-tile", "full-tile"])
 def test_tile_not_matching_the_root_is_caught_by_full_audit(world: World, extra: int) -> None:
     world.log.tree.append_leaves(filler("more", extra))
@@ -678,6 +749,7 @@ def test_tile_not_matching_the_root_is_caught_by_full_audit(world: World, extra:
     assert_full_audit_refused(run, why=f"entry {INDEX}")
 
 
+@no_map_roots
 def test_entry_bundle_not_matching_the_root_is_caught_by_full_audit(world: World) -> None:
     evil = make_release(world.publisher, PACKAGE, "1.1", payload=b"a backdoor")
     world.log.swap_entry(INDEX, validate_entry(evil).leaf)
@@ -685,15 +757,15 @@ def test_entry_bundle_not_matching_the_root_is_caught_by_full_audit(world: World
     assert_full_audit_refused(run, why=f"entry {INDEX}")
 
 
+@no_map_roots
 def test_truncated_bundle_is_rejected_by_full_audit(world: World) -> None:
     world.log.cut_bundles(1)
     assert_full_audit_refused(audit(world, world.tmp / "audit", "--full"), why="entry bundle")
 
 
+@no_map_roots
 def test_invalid_entry_in_the_signed_tree_is_reported(world: World) -> None:
     [index] = world.log.tree.append_leaves([b'{"kind":"release/v1","package":"com.acme.app"}'])
-    world.log.point_search_at([INDEX, index])
-    assert_refused(world.release(), why=f"entry {index} of the log is not a valid release")
     assert_full_audit_refused(audit(world, world.tmp / "audit", "--full"),
                               why=f"entry {index}")
     run = monitor(world, world.tmp / "monitor")
@@ -714,6 +786,7 @@ def kinds(run: Run) -> list[str]:
     return [e["type"] if e["type"] == "release" else e["alert"] for e in events(run)]
 
 
+@no_map_roots
 def test_forked_tree_shown_to_a_monitor_is_caught(world: World) -> None:
     state = world.tmp / "monitor"
     first = monitor(world, state)
@@ -729,6 +802,7 @@ def test_forked_tree_shown_to_a_monitor_is_caught(world: World) -> None:
     assert kinds(run) == ["checkpoint_inconsistent"]
 
 
+@no_map_roots
 def test_rollback_is_caught_by_monitor(world: World) -> None:
     state = world.tmp / "monitor"
     assert monitor(world, state).code == EXIT_OK
@@ -740,6 +814,7 @@ def test_rollback_is_caught_by_monitor(world: World) -> None:
     assert kinds(run) == ["checkpoint_inconsistent"]
 
 
+@no_map_roots
 def test_entry_bundle_not_matching_the_root_is_caught_by_monitor(world: World) -> None:
     evil = make_release(world.publisher, PACKAGE, "1.1", payload=b"a backdoor")
     world.log.swap_entry(INDEX, validate_entry(evil).leaf)
@@ -749,6 +824,7 @@ def test_entry_bundle_not_matching_the_root_is_caught_by_monitor(world: World) -
     assert evil["artifacts"][0]["sha256"] not in run.out
 
 
+@no_map_roots
 def test_release_signed_with_a_stolen_key_is_alerted_by_monitor(world: World) -> None:
     state = world.tmp / "monitor"
     assert monitor(world, state).code == EXIT_OK
@@ -758,6 +834,7 @@ def test_release_signed_with_a_stolen_key_is_alerted_by_monitor(world: World) ->
     assert kinds(run) == ["release", "new_publisher_key"]
 
 
+@no_map_roots
 @pytest.mark.parametrize("abuse", [Abuse.GARBAGE, Abuse.HUGE_STREAMED, Abuse.HANG])
 @pytest.mark.parametrize("command, resource", [
     ("audit", TILE), ("audit", ENTRIES), ("monitor", ENTRIES)])

@@ -25,6 +25,7 @@ from verifier.client.release import (
     check_lifecycle,
     prove_release,
     verify_receipt_file,
+    write_receipt,
 )
 from verifier.client.statedir import StateDir, load_vkey
 from verifier.errors import EXIT_OK, EXIT_USAGE, UsageError, VerifyError
@@ -68,8 +69,23 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     pinned = [load_vkey(p, "publisher key") for p in args.publisher]
     files = [hash_file(a) for a in paths]
     now = now_of(args)
-    _report(verify_receipt_file(args.receipt, trust, files, pinned, now, min_age=min_age))
+    device_id = _device_id(args)
+    verified = verify_receipt_file(args.receipt, trust, files, pinned, now, min_age=min_age,
+                                   device_id=device_id)
+    _report(verified)
+    if verified.decision is not None:
+        print(f"OK {verified.decision.message} (as of the receipt's checkpoint)")
+    else:
+        print("note: the receipt carries no package state: halts, yanks and rollouts were "
+              "not checked")
     return EXIT_OK
+
+
+def _device_id(args: argparse.Namespace) -> str | None:
+    device_id: str | None = args.device_id
+    if device_id is not None and not 1 <= len(device_id.encode("utf-8")) <= 256:
+        raise UsageError("--device-id: 1-256 bytes of UTF-8")
+    return device_id
 
 
 def _report(v: VerifiedRelease) -> None:
@@ -88,8 +104,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     pinned = [load_vkey(p, "publisher key") for p in args.publisher]
     files = [hash_file(a) for a in paths]
     now = now_of(args)
-    if args.device_id is not None and not 1 <= len(args.device_id.encode("utf-8")) <= 256:
-        raise UsageError("--device-id: 1-256 bytes of UTF-8")
+    device_id = _device_id(args)
     state = StateDir(Path(args.state)) if args.state else None
     # The steps of verify_release, not the one call: the admin key files are read only once
     # the log checked out, so which error a run reports stays what it always was.
@@ -102,10 +117,15 @@ def cmd_release(args: argparse.Namespace) -> int:
             admins = [load_vkey(p, "admin key") for p in args.admin_key]
             check_key_valid_at(client, proven, admins)
     verified = check_install(proven.receipt, files, pinned, now)
-    # Halts, yanks and rollouts the log listed for the version (not yet proven complete).
-    decision = check_lifecycle(proven, args.device_id, now)
+    # Halts, yanks and rollouts, as the package state proven in the checkpoint names them.
+    decision = check_lifecycle(proven, device_id, now)
+    if args.write_bundle:
+        write_receipt(args.write_bundle, proven)
     _report(verified)
     print(f"OK {decision.message}")
+    if args.write_bundle:
+        print(f"OK wrote {args.write_bundle}: receipt with the package state as of size "
+              f"{proven.trusted.size}")
     return EXIT_OK
 
 
@@ -133,11 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--admin-key", action="append", default=[], metavar="VKEY_FILE",
                    help="the log operator's registry admin key (repeatable): also check that "
                         "the release's key was valid for its package at its index")
-    r.add_argument("--device-id", metavar="ID",
-                   help="this device's id (1-256 bytes): decides whether it is in a partial "
-                        "rollout of the version. Without it, a version rolled out to less "
-                        "than 100%% is refused. Halted and yanked versions are refused either "
-                        "way (a yank names the version to roll back to)")
+    r.add_argument("--write-bundle", metavar="FILE",
+                   help="once every check passed, write a receipt for the release proven "
+                        "against this checkpoint, carrying the package state proven against "
+                        "it, for `tlog-verify bundle` offline")
     _release_options(r)
     r.set_defaults(func=cmd_release)
 
@@ -160,6 +179,12 @@ def _release_options(p: argparse.ArgumentParser) -> None:
                    help="the witnessed cooldown: accept the release only once a checkpoint "
                         "holding it was cosigned by the policy's quorum at least DUR (90s, "
                         "15m, 24h, 7d) before --now; needs --policy")
+    p.add_argument("--device-id", metavar="ID",
+                   help="this device's id (1-256 bytes): decides whether it is in a partial "
+                        "rollout of the version. Without it, a version rolled out to less "
+                        "than 100%% is refused. Halted and yanked versions are refused either "
+                        "way (a yank names the version to roll back to). With `bundle`, the "
+                        "receipt must carry the package state")
     p.add_argument("--now", help="RFC 3339 time for the install window and the witnessed "
                                  "ages (default: now)")
 

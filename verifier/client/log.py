@@ -238,6 +238,23 @@ class LogClient:
         """Consistency proof from size `first` to `second`, built from tiles. Check it!"""
         return self._proof(consistency_from_tiles(first, second), second)
 
+    # -- the package state (untrusted: callers prove it against their checkpoint) ---------
+
+    def package_state(self, package: str, size: int) -> dict[str, Any]:
+        """The log's answer to GET v1/package-state?package=P&size=S: the state the tree of
+        `size` commits to, with its map proof (verifier.client.proven_state proves it)."""
+        if isinstance(self.fetcher, DirectoryFetcher):
+            raise UsageError(f"this log source ({self.fetcher.root}) cannot prove package "
+                             "state: a static copy of a log answers no queries; give the "
+                             "log's http(s) URL")
+        path = "v1/package-state?" + urllib.parse.urlencode({"package": package,
+                                                              "size": str(size)})
+        try:
+            return self._json(path)
+        except NotFound as exc:
+            raise VerificationFailed(f"the log cannot prove the state of {package} at its "
+                                     f"checkpoint of size {size}: {exc}") from exc
+
     # -- the JSON search API (untrusted hints: callers prove what it points at) ------------
 
     def search(self, package: str, version: str | None = None) -> list[int]:

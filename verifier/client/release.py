@@ -1,12 +1,15 @@
 """Verifying one release the way an update client must before installing it.
 
-Online (`verify_release`, or its steps `prove_release`, `check_key_valid_at`, `check_install`):
-find the one entry the log holds for a package version, fetch it from its entry bundle and
-prove it with a proof from tiles in the log's current checkpoint, which must verify with the
-pinned log key and, with a state directory, extend the checkpoint trusted before (the new one
-is then stored). With the log operator's pinned admin keys, the registry entries before the
-release are replayed to show the release's key was valid for its package at its index.
-Offline (`verify_receipt_file`): a receipt, the log key and nothing else, no network.
+Online (`verify_release`, or its steps `prove_release`, `check_key_valid_at`, `check_install`,
+`check_lifecycle`): the log's current checkpoint must verify with the pinned log key and,
+with a state directory, extend the checkpoint trusted before (the new one is then stored);
+the package's state that checkpoint commits to is proven (verifier.client.proven_state) and
+names the one release of the version and its latest lifecycle statements, each read from
+its bundle and checked against the hashes the state commits to. With the log operator's
+pinned admin keys, the registry entries before the release are replayed to show the
+release's key was valid for its package at its index.
+Offline (`verify_receipt_file`): a receipt, the log key and nothing else, no network; a
+receipt carrying the package state (`write_receipt` writes one) is decided with it.
 Under a witness policy (verifier.protocol.policy.PolicyTrust) every checkpoint must carry the
 quorum's cosignatures, and a witnessed cooldown (`min_age`, `check_cooldown` online) asks that
 a quorum-cosigned checkpoint holding the release be old enough.
@@ -22,28 +25,34 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from verifier.client.fetch import NotFound
+from verifier.client.files import atomic_write
 from verifier.client.log import LogClient
+from verifier.client.proven_state import find_release
 from verifier.client.statedir import StateDir
 from verifier.client.tracking import advance, prove_extends
-from verifier.errors import UsageError, VerificationFailed
+from verifier.errors import LogMisbehaviour, UsageError, VerificationFailed
 from verifier.protocol.entries.errors import EntryError
 from verifier.protocol.entries.install import FileDigest, check_release
 from verifier.protocol.entries.kinds import REGISTRY_KINDS, parse_log_leaf
-from verifier.protocol.entries.lifecycle import Lifecycle
 from verifier.protocol.entries.release import Release
-from verifier.protocol.lifecycle_state import Decision, decide
+from verifier.protocol.lifecycle_state import Decision
 from verifier.protocol.merkle import ProofError, verify_inclusion
 from verifier.protocol.note import Verifier
 from verifier.protocol.policy import PolicyTrust, Witnessed, check_min_age
-from verifier.protocol.receipt import VerifiedReceipt, parse_tlog_proof, verify_receipt
+from verifier.protocol.receipt import (
+    VerifiedReceipt,
+    make_receipt,
+    parse_tlog_proof,
+    verify_receipt,
+)
 from verifier.protocol.registry import Refusal, Registry
 from verifier.protocol.state import Trusted
-from verifier.protocol.tiles import TILE_WIDTH
+from verifier.protocol.state_proof import StateProofError, decide_release, rollback_note
 from verifier.protocol.trust import LogTrust
 
 __all__ = [
@@ -59,6 +68,7 @@ __all__ = [
     "read_receipt",
     "verify_receipt_file",
     "verify_release",
+    "write_receipt",
 ]
 
 MAX_RECEIPT_BYTES = 1 << 21
@@ -68,12 +78,9 @@ MAX_RECEIPT_BYTES = 1 << 21
 class ProvenRelease:
     """A release entry proven in the log: `receipt.index` of the tree `trusted` signed."""
 
-    receipt: VerifiedReceipt
+    receipt: VerifiedReceipt  # with the proven package state (receipt.package_state)
     trusted: Trusted
-    # The lifecycle statements (rollout/v1, halt/v1, yank/v1, resume/v1) the log listed for
-    # the version, each proven in `trusted`, in log order. Not yet proven complete: a log
-    # could leave one out of its listing (the authenticated package state will catch that).
-    statements: tuple[tuple[int, Lifecycle], ...] = ()
+    hashes: tuple[bytes, ...] = ()  # the entry's inclusion proof in `trusted`
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,7 @@ class VerifiedRelease:
 
     receipt: VerifiedReceipt
     artifacts: tuple[str, ...]
+    decision: Decision | None = None  # the lifecycle decision, when one was made
 
     @property
     def release(self) -> Release:
@@ -117,13 +125,18 @@ def read_receipt(path: str | Path) -> object:
 
 def verify_receipt_file(path: str | Path, trust: LogTrust, files: Sequence[FileDigest] = (),
                         pinned: Sequence[Verifier] = (), now: datetime | None = None, *,
-                        min_age: int | None = None) -> VerifiedRelease:
+                        min_age: int | None = None,
+                        device_id: str | None = None) -> VerifiedRelease:
     """Offline: the receipt at `path` must prove its entry in a checkpoint that satisfies `trust`,
     and the entry must pass `check_install`. No network at all.
 
     Under a policy, the receipt's checkpoint must also be fresh if the trust has a max_age,
     and with `min_age` its quorum must have cosigned it at least that long before `now`: the
     witnessed cooldown (a receipt written before the quorum cosigned cannot pass it).
+
+    A receipt carrying the package state is decided with it (`check_lifecycle`: halted,
+    yanked, outside the rollout or not started is refused). One without it says nothing
+    about halts or rollouts: asked for a rollout decision (`device_id`), that fails closed.
     """
     when = datetime.now(UTC) if now is None else now
     receipt = read_receipt(path)
@@ -136,7 +149,17 @@ def verify_receipt_file(path: str | Path, trust: LogTrust, files: Sequence[FileD
             check_min_age(_policy(trust).witnessed(note), int(when.timestamp()), min_age)
     except ValueError as exc:
         raise VerificationFailed(f"receipt {path} does not verify: {exc}") from exc
-    return check_install(verified, files, pinned, when)
+    installable = check_install(verified, files, pinned, when)
+    if verified.package_state is None:
+        if device_id is not None:
+            raise VerificationFailed(
+                f"receipt {path} carries no package state, so whether this device may "
+                "install the release (halts, yanks, rollouts) cannot be decided; get a "
+                "receipt with its state from `tlog-verify release --write-bundle`")
+        return installable
+    decision = check_lifecycle(ProvenRelease(verified, Trusted(verified.checkpoint, note)),
+                               device_id, when)
+    return replace(installable, decision=decision)
 
 
 def _policy(trust: LogTrust) -> PolicyTrust:
@@ -164,8 +187,7 @@ def verify_release(client: LogClient, trust: LogTrust, package: str, version: st
     if admins:
         check_key_valid_at(client, proven, admins)
     verified = check_install(proven.receipt, files, pinned, when)
-    check_lifecycle(proven, device_id, when)
-    return verified
+    return replace(verified, decision=check_lifecycle(proven, device_id, when))
 
 
 def prove_release(client: LogClient, trust: LogTrust, package: str, version: str,
@@ -173,23 +195,35 @@ def prove_release(client: LogClient, trust: LogTrust, package: str, version: str
     """The one entry for (package, version), proven in the log's current checkpoint.
 
     The checkpoint must satisfy `trust`; with `state`, it must extend the stored one, which
-    it then replaces (misbehaviour evidence goes to state/evidence/). The log's search only
-    hints where to look: every hinted entry is read from its bundle and checked, and a
-    version logged twice is refused as ambiguous.
+    it then replaces (misbehaviour evidence goes to state/evidence/). The package's state
+    that checkpoint commits to names the release (verifier.client.proven_state): a package
+    never released, a version it does not list, or one it lists twice (ambiguous) is
+    refused.
     """
-    hints = client.search(package, version)
     trusted = advance(client, trust, state)
-    receipt, statements = _find_and_prove(client, trusted, hints, package, version)
-    return ProvenRelease(receipt, trusted, statements)
+    found = find_release(client, trusted, package, version)
+    return ProvenRelease(found.receipt, trusted, found.hashes)
 
 
 def check_lifecycle(proven: ProvenRelease, device_id: str | None, now: datetime) -> Decision:
-    """The lifecycle decision for the proven release (verifier.protocol.lifecycle_state):
-    VerificationFailed with its reason unless it allows installing now on this device."""
-    decision = decide(proven.statements, proven.receipt.release.package,
-                      proven.receipt.release.version, device_id, now)
+    """The lifecycle decision for the proven release from the statements its proven package
+    state names (verifier.protocol.state_proof): VerificationFailed with its reason unless it
+    allows installing now on this device; LogMisbehaviour if the statements do not check."""
+    receipt = proven.receipt
+    if receipt.package_state is None or receipt.package_state.state is None:
+        raise VerificationFailed(f"no proven package state for {receipt.release.package}: "
+                                 "cannot decide whether to install")
+    try:
+        decision = decide_release(receipt.package_state.state, receipt.release, receipt.index,
+                                  receipt.package_state.statements, device_id, now)
+    except StateProofError as exc:
+        raise LogMisbehaviour(f"the statements the proven state of "
+                              f"{receipt.release.package} names: {exc}") from exc
     if not decision.allowed:
-        raise VerificationFailed(f"refused ({decision.code}): {decision.message}")
+        target = decision.rollback_version
+        note = "" if target is None else (
+            f" (as of this checkpoint, {rollback_note(receipt.package_state.state, target)})")
+        raise VerificationFailed(f"refused ({decision.code}): {decision.message}{note}")
     return decision
 
 
@@ -266,61 +300,15 @@ def check_key_valid_at(client: LogClient, proven: ProvenRelease,
         raise VerificationFailed(f"at entry {verified.index}, {problem}")
 
 
-_Found = tuple[VerifiedReceipt, tuple[tuple[int, Lifecycle], ...]]
-
-
-def _find_and_prove(client: LogClient, trusted: Trusted, hints: Sequence[int], package: str,
-                    version: str) -> _Found:
-    """The one entry for (package, version) among the log's hints, proven in `trusted`."""
+def write_receipt(path: str | Path, proven: ProvenRelease) -> None:
+    """A receipt for the proven release against the checkpoint it was proven in, carrying
+    the package state proven against that same checkpoint: an offline client decides with
+    it as of that checkpoint (and bounds its age with --max-age)."""
+    r = proven.receipt
+    receipt = make_receipt(r.release.entry, r.index, proven.hashes, proven.trusted.note,
+                           r.package_state)
+    data = (json.dumps(receipt, indent=2, sort_keys=True) + "\n").encode()
     try:
-        return _find_and_prove_once(client, trusted, hints, package, version)
-    except VerificationFailed:
-        if not client.drop_cache():
-            raise
-        return _find_and_prove_once(client, trusted, hints, package, version)
-
-
-def _find_and_prove_once(client: LogClient, trusted: Trusted, hints: Sequence[int],
-                         package: str, version: str) -> _Found:
-    size = trusted.size
-    found: list[VerifiedReceipt] = []
-    statements: list[tuple[int, Lifecycle]] = []
-    bundles: dict[int, list[bytes]] = {}
-    for index in sorted(set(hints)):
-        if index >= size:
-            continue
-        n = index // TILE_WIDTH
-        if n not in bundles:  # hints are sorted: each bundle is fetched once, then dropped
-            bundles = {n: client.entry_bundle(n, size)}
-        try:
-            entry = parse_log_leaf(bundles[n][index % TILE_WIDTH])
-        except EntryError as exc:
-            raise VerificationFailed(
-                f"entry {index} of the log is not a valid release (nor statement): {exc}"
-            ) from exc
-        if not isinstance(entry, Release | Lifecycle):
-            raise VerificationFailed(f"the log lists entry {index}, a {entry.kind} entry, "
-                                     f"among the entries of {package} {version}")
-        if (entry.package, entry.version) != (package, version):
-            continue
-        prove_entry(client, trusted, index, entry.leaf_hash)
-        if isinstance(entry, Lifecycle):
-            statements.append((index, entry))
-        else:
-            found.append(VerifiedReceipt(entry, index, trusted.checkpoint))
-    if not found:
-        raise VerificationFailed(f"the log shows no provable entry for {package} {version} "
-                                 f"in its checkpoint of size {size}")
-    if len(found) > 1:
-        indices = [f.index for f in found]
-        raise VerificationFailed(f"the log holds {len(found)} entries for {package} {version} "
-                                 f"(indices {indices}); refusing an ambiguous release")
-    publisher = found[0].release.publisher
-    for index, statement in statements:
-        # The log refuses a statement by anyone but the release's publisher: one listed
-        # anyway is the log misbehaving, and the client fails closed.
-        if statement.publisher != publisher:
-            raise VerificationFailed(f"the log holds {statement.kind} entry {index} for "
-                                     f"{package} {version} by {statement.publisher!r}, not by "
-                                     f"its publisher {publisher!r}")
-    return found[0], tuple(statements)
+        atomic_write(Path(path), data, durable=True, mode=0o644)
+    except OSError as exc:
+        raise UsageError(f"couldn't write {path}: {exc.strerror or exc}") from exc

@@ -1,22 +1,23 @@
 """What the lifecycle statements of a version say to a client about installing it now.
 
-Given the logged entries of a package in log order (releases and lifecycle statements, as
-checked entries), a version, an optional device id and the time, :func:`decide` answers:
+The proven package state (verifier.protocol.package_state) keeps, per version, only the
+latest lifecycle statement in log order and, next to it, the latest rollout/v1 before it.
+Given those two (as checked entries), an optional device id and the time, :func:`decide`
+answers by the **latest statement**:
 
-- **yanked** (any yank/v1 of the version, whatever follows it; the log accepts nothing but
-  another yank after a yank): refuse, naming the reason and the latest rollback target;
-- otherwise by the version's **latest statement** in log order:
+- ``yank/v1``: refuse, naming the reason and the rollback target. A yank is final: the log
+  refuses any statement after a yank but another yank, so a yanked version's latest
+  statement is a yank;
+- ``halt/v1``: refuse, with its reason (and rollback target, when given);
+- ``rollout/v1``: refuse before its ``start_time``; refuse a device outside the cohort of
+  its percent (verifier.protocol.cohort); without a device id, refuse any rollout below
+  100 %: a client that cannot say which device it is cannot know it is in the cohort, so
+  it fails closed and says that a device id is needed;
+- ``resume/v1``: the latest rollout/v1 before it applies again (none: allowed);
+- no statement at all: allowed, as releases always were.
 
-  - ``halt/v1``: refuse, with its reason (and rollback target, when given);
-  - ``rollout/v1``: refuse before its ``start_time``; refuse a device outside the cohort of
-    its percent (verifier.protocol.cohort); without a device id, refuse any rollout below
-    100 %: a client that cannot say which device it is cannot know it is in the cohort, so
-    it fails closed and says that a device id is needed;
-  - ``resume/v1``: the latest rollout/v1 before it applies again (none: allowed);
-  - no statement at all: allowed, as releases always were.
-
-The entries given are what the log listed; that they are all of them is not proven here (the
-authenticated package state will prove it). Nothing here does I/O: `now` is passed in.
+:func:`latest_statements` picks the two from a list of entries (a replay, or a test); a
+client takes them from the proven state instead. Nothing here does I/O: `now` is passed in.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from typing import Any
 from verifier.protocol.cohort import in_rollout
 from verifier.protocol.entries.lifecycle import (
     HALT_KIND,
-    RESUME_KIND,
     ROLLOUT_KIND,
     YANK_KIND,
     Lifecycle,
@@ -37,7 +37,8 @@ from verifier.protocol.entries.lifecycle import (
 from verifier.protocol.rfc3339 import parse_time
 
 __all__ = ["ALLOWED", "HALTED", "NEEDS_DEVICE_ID", "NOT_STARTED", "OUTSIDE_ROLLOUT", "YANKED",
-           "Decision", "decide"]
+           "Decision", "Statement", "decide",
+           "latest_statements"]
 
 ALLOWED = "allowed"
 YANKED = "yanked"
@@ -95,27 +96,45 @@ def _rollout(name: str, s: Lifecycle, index: int, device_id: str | None,
                     statement_index=index)
 
 
-def decide(entries: Iterable[tuple[int, Any]], package: str, version: str,
-           device_id: str | None, now: datetime) -> Decision:
-    """The decision for (package, version) from `entries`: (index, checked entry) pairs of
-    the package in log order (entries of other kinds or versions are skipped)."""
-    name = f"{package} {version}"
+Statement = tuple[int, Lifecycle]  # (log index, checked entry)
+
+
+def latest_statements(entries: Iterable[tuple[int, Any]], package: str,
+                      version: str) -> tuple[Statement | None, Statement | None]:
+    """(latest statement, latest rollout/v1 before it) of (package, version) among `entries`
+    ((index, checked entry) pairs; other kinds and versions are skipped), as the package
+    state records them. A yank stays the latest statement whatever a log lists after it."""
     statements = [(i, e) for i, e in sorted(entries, key=lambda pair: pair[0])
                   if isinstance(e, Lifecycle) and e.package == package and e.version == version]
-    yanks = [(i, s) for i, s in statements if s.kind == YANK_KIND]
+    yanks = [pair for pair in statements if pair[1].kind == YANK_KIND]
     if yanks:
-        i, s = yanks[-1]
-        return Decision(YANKED, f"{name} is yanked (entry {i}): {_reason(s.entry)}"
-                        + _rollback(s), s.rollback_version, i)
+        return yanks[-1], None
     if not statements:
+        return None, None
+    latest = statements[-1]
+    rollouts = [pair for pair in statements[:-1] if pair[1].kind == ROLLOUT_KIND]
+    before = rollouts[-1] if rollouts and latest[1].kind != ROLLOUT_KIND else None
+    return latest, before
+
+
+def decide(package: str, version: str, latest: Statement | None, rollout: Statement | None,
+           device_id: str | None, now: datetime) -> Decision:
+    """The decision for (package, version) from its latest statement and the latest
+    rollout/v1 before it (only a resume/v1 consults it)."""
+    name = f"{package} {version}"
+    if latest is None:
         return Decision(ALLOWED, f"{name}: no rollout, halt or yank statement is logged")
-    i, last = statements[-1]
+    i, last = latest
+    if last.kind == YANK_KIND:
+        return Decision(YANKED, f"{name} is yanked (entry {i}): {_reason(last.entry)}"
+                        + _rollback(last), last.rollback_version, i)
     if last.kind == HALT_KIND:
         return Decision(HALTED, f"{name} is halted (entry {i}): {_reason(last.entry)}"
                         + _rollback(last), last.rollback_version, i)
-    rollouts = [(j, s) for j, s in statements if s.kind == ROLLOUT_KIND]
-    if last.kind == RESUME_KIND and not rollouts:
+    if last.kind == ROLLOUT_KIND:
+        return _rollout(name, last, i, device_id, now)
+    if rollout is None:
         return Decision(ALLOWED, f"{name}: resumed (entry {i}), no rollout stage logged",
                         statement_index=i)
-    j, rollout = rollouts[-1]
-    return _rollout(name, rollout, j, device_id, now)
+    j, stage = rollout
+    return _rollout(name, stage, j, device_id, now)

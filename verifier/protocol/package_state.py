@@ -5,11 +5,16 @@ A package's state is the JSON object
 
     {"package": P,
      "releases": [{"version": V, "index": I, "leaf_hash": hex, "counter": C or null}, ...],
-     "lifecycle": {V: {"kind": K, "index": I, "leaf_hash": hex}, ...},
+     "lifecycle": {V: {"kind": K, "index": I, "leaf_hash": hex,
+                       "rollout": {"index": I, "leaf_hash": hex}}, ...},
      "counter": highest counter or null}
 
 with releases in log order and, per version, only the latest lifecycle statement (rollout/v1,
-halt/v1, yank/v1 or resume/v1) in log order; versions without one are absent. Its value hash is
+halt/v1, yank/v1 or resume/v1) in log order; versions without one are absent. When that
+latest statement is not itself a rollout/v1 and the version had one before it, "rollout"
+names the latest such rollout (absent otherwise): a resume/v1 puts the rollout before it back
+in force, so a client shown only the latest statement needs that rollout too, proven the same
+way. Its value hash is
 SHA-256(b"tlog/package-state/v1\\n" || JCS(state)) (RFC 8785), and its map key is
 SHA-256(UTF-8 package name).
 
@@ -45,6 +50,7 @@ import rfc8785
 from verifier.protocol.statemap import MapProofError, verify_absence, verify_inclusion
 
 RELEASE_KIND = "release/v1"
+ROLLOUT_KIND = "rollout/v1"
 LIFECYCLE_KINDS = frozenset({"rollout/v1", "halt/v1", "yank/v1", "resume/v1"})
 STATE_PREFIX = b"tlog/package-state/v1\n"
 
@@ -125,11 +131,7 @@ class StateBuilder:
                     f"entry {record.index}: {record.kind} for {record.package} "
                     f"{record.version}, which is not logged before it"
                 )
-            state["lifecycle"][record.version] = {
-                "kind": record.kind,
-                "index": record.index,
-                "leaf_hash": record.leaf_hash.hex(),
-            }
+            _add_statement(state, record)
         else:
             raise StateError(f"entry {record.index}: kind {record.kind!r} has no package state")
         self.states[record.package] = state
@@ -153,6 +155,25 @@ def _add_release(state: PackageState, record: Record) -> None:
         state["counter"] is None or record.counter > state["counter"]
     ):
         state["counter"] = record.counter
+
+
+def _add_statement(state: PackageState, record: Record) -> None:
+    """The version's latest statement, carrying the latest rollout before it along."""
+    previous = state["lifecycle"].get(record.version)
+    latest: dict[str, Any] = {
+        "kind": record.kind,
+        "index": record.index,
+        "leaf_hash": record.leaf_hash.hex(),
+    }
+    if record.kind != ROLLOUT_KIND and previous is not None:
+        rollout = (
+            {"index": previous["index"], "leaf_hash": previous["leaf_hash"]}
+            if previous["kind"] == ROLLOUT_KIND
+            else previous.get("rollout")
+        )
+        if rollout is not None:
+            latest["rollout"] = rollout
+    state["lifecycle"][record.version] = latest
 
 
 def _released(state: PackageState, version: str) -> bool:

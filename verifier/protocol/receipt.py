@@ -13,6 +13,12 @@ A receipt is the JSON object ``{"kind": "tlog-receipt/v1", "entry": {...release/
 "proof": "<tlog-proof text>"}``. :func:`verify_receipt` checks it against the log's key
 alone: checkpoint signature and origin, publisher signature, and the RFC 6962 inclusion
 of the entry's leaf at ``index`` under the checkpoint's root.
+
+A receipt may carry one more member, ``"package_state"`` (verifier.protocol.state_proof):
+the package's state proven against the same checkpoint, which must list the entry at its
+index, with the leaves of the lifecycle statements the state names for the version. It is
+checked here too, so a receipt that carries it carries a proven state; what the state says
+(halted, yanked, a rollout) is the client's to decide.
 """
 
 from __future__ import annotations
@@ -26,6 +32,12 @@ from verifier.protocol.entries.release import Release, validate_entry
 from verifier.protocol.merkle import verify_inclusion
 from verifier.protocol.note import MAX_NOTE_SIZE, NoteError, b64decode_strict, b64encode
 from verifier.protocol.note import parse_note as parse_note_syntax
+from verifier.protocol.state_proof import (
+    StateEvidence,
+    check_release_evidence,
+    parse_state_member,
+    state_member,
+)
 from verifier.protocol.trust import LogTrust
 
 __all__ = [
@@ -52,6 +64,7 @@ MAX_PROOF_SIZE = MAX_NOTE_SIZE + 128 * 1024
 """Largest tlog-proof text accepted: a maximal note plus the header lines."""
 
 _RECEIPT_MEMBERS = frozenset({"kind", "entry", "proof"})
+_OPTIONAL_MEMBERS = frozenset({"package_state"})
 
 
 class ReceiptError(ValueError):
@@ -75,6 +88,7 @@ class VerifiedReceipt:
     release: Release
     index: int
     checkpoint: Checkpoint
+    package_state: StateEvidence | None = None  # verified, when the receipt carries one
 
 
 def format_tlog_proof(
@@ -156,20 +170,26 @@ def parse_tlog_proof(text: str) -> TlogProof:
 
 
 def make_receipt(
-    entry: Mapping[str, Any], index: int, hashes: Sequence[bytes], checkpoint: str
+    entry: Mapping[str, Any], index: int, hashes: Sequence[bytes], checkpoint: str,
+    package_state: StateEvidence | None = None,
 ) -> dict[str, Any]:
-    """The receipt for ``entry`` logged at ``index``, proven against ``checkpoint``."""
-    return {
+    """The receipt for ``entry`` logged at ``index``, proven against ``checkpoint``, with
+    the package's state proven against the same checkpoint when given."""
+    receipt = {
         "kind": RECEIPT_KIND,
         "entry": dict(entry),
         "proof": format_tlog_proof(index, hashes, checkpoint),
     }
+    if package_state is not None:
+        receipt["package_state"] = state_member(package_state)
+    return receipt
 
 
 def _check_receipt_shape(receipt: Any) -> tuple[dict[str, Any], str]:
     if not isinstance(receipt, dict):
         raise ReceiptError("receipt must be a JSON object")
-    unknown = sorted(str(name) for name in receipt.keys() - _RECEIPT_MEMBERS)
+    unknown = sorted(str(name) for name in receipt.keys() - _RECEIPT_MEMBERS
+                     - _OPTIONAL_MEMBERS)
     if unknown:
         raise ReceiptError(f"receipt: unknown member(s) {', '.join(unknown)}")
     missing = sorted(_RECEIPT_MEMBERS - receipt.keys())
@@ -189,12 +209,18 @@ def verify_receipt(receipt: Any, trust: LogTrust) -> VerifiedReceipt:
 
     Raises ReceiptError (malformed receipt or tlog-proof), NoteError (checkpoint not signed
     as ``trust`` requires), CheckpointError (malformed checkpoint, origin is not the key name),
-    EntryError (invalid entry or publisher signature), or ProofError (the entry is not
-    included at ``index`` under the checkpoint's root, RFC 9162 2.1.3.2).
+    EntryError (invalid entry or publisher signature), ProofError (the entry is not
+    included at ``index`` under the checkpoint's root, RFC 9162 2.1.3.2), or
+    StateProofError (a package_state member that is malformed or not proven).
     """
     entry, text = _check_receipt_shape(receipt)
+    # Present means proven: a null or empty member is malformed, not "no state".
+    evidence = (parse_state_member(receipt["package_state"]) if "package_state" in receipt
+                else None)
     proof = parse_tlog_proof(text)
     checkpoint = trust.open(proof.checkpoint)
     release = validate_entry(entry)
     verify_inclusion(proof.index, checkpoint.size, release.leaf_hash, proof.hashes, checkpoint.root)
-    return VerifiedReceipt(release, proof.index, checkpoint)
+    if evidence is not None:
+        check_release_evidence(checkpoint, release, proof.index, evidence)
+    return VerifiedReceipt(release, proof.index, checkpoint, evidence)

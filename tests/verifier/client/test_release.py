@@ -67,15 +67,16 @@ def test_an_updater_verifies_a_release_online_and_offline_with_library_calls(
                                       admins=[ADMIN.verifier()], files=files,
                                       pinned=[ACME.verifier()])
             stored = state.load_trusted(key)
-        assert (verified.release.version, verified.receipt.index) == ("1.0", 1)
+        # Each entry came alone: each batch ended with a map root (registry 0, 1.0 at 2, 1.1 at 4).
+        assert (verified.release.version, verified.receipt.index) == ("1.0", 2)
         assert verified.artifacts == ("com.acme.app-1.0.tar.gz",)
-        assert stored is not None and stored.size == verified.receipt.checkpoint.size == 3
+        assert stored is not None and stored.size == verified.receipt.checkpoint.size == 6
 
         # An open log took the stray key's release; only the admin keys tell it apart.
         assert verify_release(client, key, PACKAGE, "1.1").release.key == STRAY.verifier()
         with pytest.raises(VerificationFailed, match="not a current key"):
             verify_release(client, key, PACKAGE, "1.1", admins=[ADMIN.verifier()])
-        with pytest.raises(VerificationFailed, match=r"no provable entry for com\.acme\.app 2\.0"):
+        with pytest.raises(VerificationFailed, match=r"com\.acme\.app 2\.0 is not released"):
             verify_release(client, key, PACKAGE, "2.0")
         with pytest.raises(VerificationFailed, match="not among the pinned publisher keys"):
             verify_release(client, key, PACKAGE, "1.1", pinned=[ACME.verifier()])
@@ -86,7 +87,7 @@ def test_an_updater_verifies_a_release_online_and_offline_with_library_calls(
     receipt = tmp_path / "receipt.json"
     receipt.write_text(json.dumps(receipts[1]))
     offline = verify_receipt_file(receipt, key, files, [ACME.verifier()])
-    assert (offline.receipt.index, offline.artifacts) == (1, verified.artifacts)
+    assert (offline.receipt.index, offline.artifacts) == (2, verified.artifacts)
     with pytest.raises(UsageError, match="couldn't read receipt"):
         verify_receipt_file(tmp_path / "missing.json", key)
     with pytest.raises(VerificationFailed, match="does not verify"):

@@ -20,8 +20,10 @@ from verifier.protocol.lifecycle_state import (
     NOT_STARTED,
     OUTSIDE_ROLLOUT,
     YANKED,
-    decide,
+    Decision,
+    latest_statements,
 )
+from verifier.protocol.lifecycle_state import decide as decide_latest
 from verifier.protocol.note import generate_key
 from verifier.protocol.registry import Refusal, Registry
 
@@ -47,6 +49,13 @@ def rollout(percent: int, **members: Any) -> Any:
 def log(*entries: Any) -> list[tuple[int, Any]]:
     release = validate_log_entry(make_release(ACME, PKG, "1.2.0"))
     return list(enumerate([release, *entries]))
+
+
+def decide(entries: list[tuple[int, Any]], package: str, version: str, device: str | None,
+           now: datetime) -> Decision:
+    """A decision from a list of entries, as a proven state would give its two statements."""
+    return decide_latest(package, version, *latest_statements(entries, package, version),
+                         device, now)
 
 
 def test_a_release_without_statements_is_allowed() -> None:

@@ -54,7 +54,8 @@ def test_state_follows_the_contract() -> None:
             {"version": "1.1", "index": 2, "leaf_hash": lh(2).hex(), "counter": 7},
             {"version": "1.0.1", "index": 5, "leaf_hash": lh(5).hex(), "counter": 6},
         ],
-        "lifecycle": {"1.1": {"kind": "halt/v1", "index": 4, "leaf_hash": lh(4).hex()}},
+        "lifecycle": {"1.1": {"kind": "halt/v1", "index": 4, "leaf_hash": lh(4).hex(),
+                              "rollout": {"index": 3, "leaf_hash": lh(3).hex()}}},
         "counter": 7,
     }
     assert states["other"]["counter"] is None
@@ -73,6 +74,23 @@ def test_halt_changes_the_hash() -> None:
     before = build_states([rel(0, "app", "1.0")])["app"]
     after = build_states([rel(0, "app", "1.0"), life(1, "halt/v1", "app", "1.0")])["app"]
     assert state_hash(before) != state_hash(after)
+
+
+def test_the_rollout_a_resume_puts_back_in_force_is_named_next_to_it() -> None:
+    """The state keeps one statement per version; after halt -> resume the client needs the
+    rollout before them, so the state names it (and a rollout needs no second name)."""
+    records = [rel(0, "app", "1.0"), life(1, "rollout/v1", "app", "1.0"),
+               life(2, "rollout/v1", "app", "1.0"), life(3, "halt/v1", "app", "1.0"),
+               life(4, "resume/v1", "app", "1.0")]
+    latest = build_states(records)["app"]["lifecycle"]["1.0"]
+    assert latest == {"kind": "resume/v1", "index": 4, "leaf_hash": lh(4).hex(),
+                      "rollout": {"index": 2, "leaf_hash": lh(2).hex()}}
+    assert "rollout" not in build_states(records[:3])["app"]["lifecycle"]["1.0"]
+    assert "rollout" not in build_states(
+        [rel(0, "app", "1.0"), life(1, "halt/v1", "app", "1.0")])["app"]["lifecycle"]["1.0"]
+    without = build_states(records)["app"]
+    del without["lifecycle"]["1.0"]["rollout"]
+    assert state_hash(without) != state_hash(build_states(records)["app"])
 
 
 def test_lifecycle_for_unlogged_release_refused() -> None:
