@@ -18,10 +18,10 @@ from verifier.client.log import LogClient, NotFound
 from verifier.protocol.checkpoint import Checkpoint, sign_checkpoint
 from verifier.protocol.entries.errors import EntryError
 from verifier.protocol.entries.kinds import LIFECYCLE_KINDS, parse_log_leaf
-from verifier.protocol.package_state import Record, StateBuilder, map_root_entry
-from verifier.protocol.statemap import SparseMap, stored_hash
 from verifier.protocol.merkle import leaf_hash
 from verifier.protocol.note import Signer
+from verifier.protocol.package_state import Record, StateBuilder, map_root_entry
+from verifier.protocol.statemap import SparseMap, stored_hash
 from verifier.protocol.tiles import (
     ENTRIES_LEVEL,
     TILE_WIDTH,
@@ -150,6 +150,17 @@ def _apply(builder: StateBuilder, index: int, leaf: bytes) -> set[str]:
     counter = entry.get("counter") if kind == "release/v1" else None
     return builder.apply([Record(index, leaf_hash(leaf), kind, entry["package"],
                                  entry["version"], counter)])
+
+
+def honest_map_root(leaves: Sequence[bytes]) -> bytes:
+    """The map root over every package state `leaves` make (map-root leaves among them make
+    none): what an honest log's map-root entry after them commits to."""
+    builder, touched = StateBuilder(), set()
+    for index, leaf in enumerate(leaves):
+        if not leaf.startswith(b'{"kind":"map-root/v1"'):
+            touched |= _apply(builder, index, leaf)
+    smap = SparseMap({})
+    return smap.update(builder.updates(touched)).root
 
 
 def map_nodes(leaves: Sequence[bytes]) -> dict[bytes, bytes]:

@@ -27,10 +27,12 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.audit_support import honest_map_root
 from verifier.protocol.checkpoint import Checkpoint, sign_checkpoint
 from verifier.protocol.entries.release import validate_entry
 from verifier.protocol.merkle import combine, inclusion_nodes, leaf_hash
 from verifier.protocol.note import Signer
+from verifier.protocol.package_state import map_root_entry
 from verifier.protocol.receipt import make_receipt
 from verifier.protocol.tiles import (
     ENTRIES_LEVEL,
@@ -106,6 +108,13 @@ class Tree:
         self.tiles.update(self._builder.take_changed())
         self.notes[self.size] = self._sign()
         return list(range(first, self.size))
+
+    def append_map_root(self, root: bytes | None = None) -> int:
+        """End a batch as the log does: a map-root/v1 leaf over every leaf so far, committing
+        to the honest map root unless `root` (a lie) is given; return its index."""
+        leaf = map_root_entry(self.size, honest_map_root(self.leaves) if root is None else root)
+        [index] = self.append_leaves([leaf])
+        return index
 
     def fork(self, keep: int) -> Tree:
         """A tree signed with the same key that shares only the first `keep` leaves."""

@@ -62,10 +62,10 @@ events (summary.release_line) and
     endpoint) and the log's checkpoint are not consistent: a fork (witness; evidence: the
     directory holding both signed notes and the failed proof). Exit status 1.
 - Release events are written for packages matching a --package glob (fnmatch, case-sensitive;
-  every package when none is given); entry alerts for the same packages; invalid_entry and
-  checkpoint_inconsistent always. What the monitor learns does not depend on the globs, so
-  they may change between runs. Valid entries of other kinds than release/v1 are proven
-  and counted but produce no events.
+  every package when none is given); entry alerts for the same packages; invalid_entry,
+  checkpoint_inconsistent, map_root_mismatch and map_root_missing always. What the monitor
+  learns does not depend on the globs, so they may change between runs. Valid entries of
+  other kinds than release/v1 are proven and counted but produce no events.
 """
 
 from __future__ import annotations
