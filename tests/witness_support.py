@@ -68,6 +68,19 @@ class TiledLog:
         for entry in entries:
             self.entries.append(entry)
             self.leaves.append(validate_entry(entry).leaf)
+        return self._publish()
+
+    def end_batch(self) -> str:
+        """Append the honest map-root/v1 entry a log ends each batch with; return the note."""
+        from tests.audit_support import honest_map_root
+        from verifier.protocol.package_state import map_root_entry
+
+        leaf = map_root_entry(len(self.leaves), honest_map_root(self.leaves))
+        self.entries.append(json.loads(leaf))
+        self.leaves.append(leaf)
+        return self._publish()
+
+    def _publish(self) -> str:
         builder = TreeBuilder()
         for leaf in self.leaves:
             builder.append(leaf_hash(leaf))

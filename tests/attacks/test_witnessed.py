@@ -298,6 +298,8 @@ def test_the_monitor_alerts_when_a_larger_witness_view_is_not_an_extension(
 
 def test_the_monitor_only_warns_about_unreachable_or_useless_witnesses(
         world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    world.log.end_batch()  # the monitor checks that the checkpoint ends with a map root
+    world.log.serve(world.log.cosign(4, {W1: NOW, W2: NOW, W3: NOW}))
     world.http.views["w1"] = world.log.cosigned[3]
     world.http.views["w2"] = cosign(world.log.notes[3], {W1: NOW})  # not w2's cosignature
     world.policy.write_text(world.policy.read_text().replace(
@@ -402,7 +404,8 @@ def test_a_following_monitor_alerts_a_frozen_view_once_and_goes_on(world: World)
         assert (first["type"], first["alert"]) == ("alert", "checkpoint_stale")
         assert "stale" in first["message"]
         time.sleep(0.5)  # several rounds, still stale: no second alert
-        world.log.serve(world.log.cosigned[3])  # the log moves on, freshly cosigned
+        world.log.end_batch()  # the log moves on (ending its batch), freshly cosigned
+        world.log.serve(world.log.cosign(4, {W1: NOW, W2: NOW, W3: NOW}))
         later = [json.loads(proc.stdout.readline()) for _ in range(3)]
         assert [e["type"] for e in later] == ["release"] * 3
         proc.send_signal(signal.SIGTERM)
