@@ -277,7 +277,7 @@ class Monitor:
             first = invalid[0]
             raise VerificationFailed(f"entry {first.entry_index} of the log fails validation: "
                                      f"{first.error}; evidence saved in {where[first.entry_index]}")
-        wrong = [e for e in events if isinstance(e, dict) and e["alert"] == MAP_ROOT_MISMATCH]
+        wrong = [e for e in events if isinstance(e, dict) and e.get("alert") == MAP_ROOT_MISMATCH]
         if wrong:
             raise LogMisbehaviour(str(wrong[0]["message"]), {})
 
