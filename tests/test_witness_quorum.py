@@ -162,15 +162,15 @@ def test_a_fork_under_the_log_key_is_refused_by_both_witnesses(database_url: str
             "--policy", "open", "--witness-policy", str(q.policy), "--witness-interval", "0.3"))
         try:
             assert publish(q, server, "1.0").returncode == 0
-            wait_size(server, 1)
+            wait_size(server, 2)  # the release and its batch's map-root entry
         finally:
             server.stop()
-        fork = sign_checkpoint(Checkpoint(log.name, 1, b"\x66" * 32), log)
-        bigger = sign_checkpoint(Checkpoint(log.name, 2, b"\x67" * 32), log)
+        fork = sign_checkpoint(Checkpoint(log.name, 2, b"\x66" * 32), log)
+        bigger = sign_checkpoint(Checkpoint(log.name, 3, b"\x67" * 32), log)
         for url in (ours, alt):
-            same_size = _add_checkpoint(url, f"old 1\n\n{fork}")
+            same_size = _add_checkpoint(url, f"old 2\n\n{fork}")
             assert same_size == 409, url
-            not_extension = _add_checkpoint(url, f"old 1\n{'AA' * 21}A=\n\n{bigger}")
+            not_extension = _add_checkpoint(url, f"old 2\n{'AA' * 21}A=\n\n{bigger}")
             assert not_extension in (400, 422), url
             assert _add_checkpoint(url, f"old 0\n\n{fork}") == 409  # a rollback
 
@@ -195,24 +195,24 @@ def test_a_witness_down_delays_publication_never_appends_and_the_log_catches_up(
         try:
             with q.ours():
                 assert publish(q, server, "1.0").returncode == 0
-                wait_size(server, 1)
+                wait_size(server, 2)  # 1.0 at index 0, its batch's map root at 1
             for version in ("2.0", "3.0"):  # our witness is down: appends go on
                 done = publish(q, server, version)
                 assert done.returncode == 0, done.stderr
                 assert "tree size" in done.stdout
-            assert published_size(server) == 1  # short of the quorum: not published
+            assert published_size(server) == 2  # short of the quorum: not published
             ready = json.loads(get(server.url + "/readyz"))
             assert ready["witnesses"]["ours"]["last_error"]
             wait = ("--wait-cosigned", "--policy", str(q.policy), "--wait-timeout", "2s")
             gave_up = publish(q, server, "3.0", *wait)
             assert gave_up.returncode == 3, gave_up.stderr  # transient: the entry is logged
-            assert "entry 2 is logged" in gave_up.stderr
+            assert "entry 4 is logged" in gave_up.stderr  # 2.0 at 2, 3.0 at 4
             assert "run the same command again" in gave_up.stderr
-            with q.ours():  # back, with its state: the log catches up from size 1
-                wait_size(server, 3)
+            with q.ours():  # back, with its state: the log catches up from size 2
+                wait_size(server, 6)
                 again = publish(q, server, "3.0", *wait[:-1], "30s")
                 assert again.returncode == 0, again.stderr
-                assert "already logged: com.acme.app 3.0 at index 2 (cosigned tree size 3)" \
+                assert "already logged: com.acme.app 3.0 at index 4 (cosigned tree size 6)" \
                     in again.stdout
         finally:
             server.stop()

@@ -59,8 +59,8 @@ class TiledLog:
 
     def __init__(self, root: Path, signer: Signer, map_roots: bool = False) -> None:
         self.root, self.signer = root, signer
-        # Like tlog, end each growth with a map-root/v1 leaf (off for the audit and monitor
-        # tests: they do not read map-root leaves yet).
+        # Like tlog, end each growth with a map-root/v1 leaf (or only where a test calls
+        # end_batch, with map_roots off).
         self.map_roots = map_roots
         self.root.mkdir(parents=True, exist_ok=True)
         self.leaves: list[bytes] = []
@@ -74,10 +74,21 @@ class TiledLog:
             self.entries.append(entry)
             self.leaves.append(validate_entry(entry).leaf)
         if self.map_roots:
-            smap, _ = state_map(self.leaves)
-            leaf = map_root_entry(len(self.leaves), smap.root())
-            self.entries.append(json.loads(leaf))
-            self.leaves.append(leaf)
+            self._append_map_root()
+        return self._publish()
+
+    def end_batch(self) -> str:
+        """Append the honest map-root/v1 entry a log ends each batch with; return the note."""
+        self._append_map_root()
+        return self._publish()
+
+    def _append_map_root(self) -> None:
+        smap, _ = state_map(self.leaves)
+        leaf = map_root_entry(len(self.leaves), smap.root())
+        self.entries.append(json.loads(leaf))
+        self.leaves.append(leaf)
+
+    def _publish(self) -> str:
         builder = TreeBuilder()
         for leaf in self.leaves:
             builder.append(leaf_hash(leaf))

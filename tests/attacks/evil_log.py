@@ -31,6 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.attacks.state_log import package_state_answer, state_map
+from tests.audit_support import honest_map_root
 from verifier.protocol.checkpoint import Checkpoint, sign_checkpoint
 from verifier.protocol.entries.release import validate_entry
 from verifier.protocol.merkle import combine, inclusion_nodes, leaf_hash
@@ -123,6 +124,13 @@ class Tree:
     def _append(self, leaf: bytes) -> None:
         self.leaves.append(leaf)
         self._builder.append(leaf_hash(leaf))
+
+    def append_map_root(self, root: bytes | None = None) -> int:
+        """End a batch as the log does: a map-root/v1 leaf over every leaf so far, committing
+        to the honest map root unless `root` (a lie) is given; return its index."""
+        leaf = map_root_entry(self.size, honest_map_root(self.leaves) if root is None else root)
+        [index] = self.append_leaves([leaf], map_root=False)
+        return index
 
     def fork(self, keep: int) -> Tree:
         """A tree signed with the same key that shares only the first `keep` leaves."""

@@ -37,6 +37,7 @@ from tests.attacks.evil_log import (
     EvilLog,
     serve_evil_log,
 )
+from tests.audit_support import honest_map_root
 from tests.conftest import REPO
 from tests.support import free_port, make_release, release_fields
 from verifier.cli.main import build_parser, main
@@ -52,6 +53,7 @@ from verifier.errors import (
 from verifier.protocol.entries.kinds import validate_log_entry
 from verifier.protocol.entries.release import validate_entry
 from verifier.protocol.entries.signing import sign_entry
+from verifier.protocol.merkle import leaf_hash
 from verifier.protocol.note import MAX_NOTE_SIZE, Signer, generate_key
 from verifier.protocol.tiles import tile_path
 from verifier.protocol.trust import KeyTrust
@@ -789,12 +791,14 @@ def kinds(run: Run) -> list[str]:
 @no_map_roots
 def test_forked_tree_shown_to_a_monitor_is_caught(world: World) -> None:
     state = world.tmp / "monitor"
+    world.log.tree.append_map_root()  # a monitor checks each checkpoint ends with one
     first = monitor(world, state)
     assert first.code == EXIT_OK, first.err
     assert [e["version"] for e in events(first)] == ["1.0", "1.1", "1.2"]
     forked = world.log.fork_for("victim", keep=3)
     forked.append(make_release(world.publisher, PACKAGE, "1.3"))
     forked.append_leaves(filler("fork", 2))
+    forked.append_map_root()
 
     run = monitor(world, state, url=world.log.url_for("victim"))
 
@@ -805,8 +809,10 @@ def test_forked_tree_shown_to_a_monitor_is_caught(world: World) -> None:
 @no_map_roots
 def test_rollback_is_caught_by_monitor(world: World) -> None:
     state = world.tmp / "monitor"
+    world.log.tree.append_map_root()
     assert monitor(world, state).code == EXIT_OK
     world.log.append(make_release(world.publisher, PACKAGE, "1.3"))
+    world.log.tree.append_map_root()
     assert kinds(monitor(world, state)) == ["release"]
     world.log.roll_back(5)
     run = monitor(world, state)
@@ -827,8 +833,10 @@ def test_entry_bundle_not_matching_the_root_is_caught_by_monitor(world: World) -
 @no_map_roots
 def test_release_signed_with_a_stolen_key_is_alerted_by_monitor(world: World) -> None:
     state = world.tmp / "monitor"
+    world.log.tree.append_map_root()
     assert monitor(world, state).code == EXIT_OK
     world.log.append(make_release(generate_key("acme-release-bot"), PACKAGE, "1.3"))
+    world.log.tree.append_map_root()
     run = monitor(world, state)
     assert run.code == EXIT_OK, run.err
     assert kinds(run) == ["release", "new_publisher_key"]
@@ -846,3 +854,64 @@ def test_broken_transport_stops_audit_and_monitor_with_exit_3(
                                     *full, timeout=0.3), within=10.0)
     assert run.code == EXIT_TRANSPORT, run.err
     assert "OK audited" not in run.out and '"release"' not in run.out
+
+
+# -- the package state map: a log that lies about a package's state -------------------------
+
+
+def _hide_a_halt(world: World) -> tuple[int, bytes, bytes]:
+    """The log ends its batches with map roots, then logs a halt of 1.1 but commits, in the
+    halt's batch, the map root from before it: devices asking for the state of the package
+    would be shown no halt. Returns the lying entry's index, its root and the honest one."""
+    world.log.tree.append_map_root()
+    halt = sign_entry({"kind": "halt/v1", "package": PACKAGE, "version": "1.1",
+                       "reason": "backdoored build"}, world.publisher)
+    before = honest_map_root(world.log.tree.leaves)
+    world.log.tree.append_leaves([validate_log_entry(halt).leaf])
+    honest = honest_map_root(world.log.tree.leaves)
+    assert honest != before  # the halt changes the package's state, hence the root
+    return world.log.tree.append_map_root(root=before), before, honest
+
+
+def test_a_log_that_commits_a_map_root_omitting_a_halt_is_caught_by_the_monitor(
+        world: World) -> None:
+    state = world.tmp / "monitor"
+    index, lie, honest = _hide_a_halt(world)
+    run = monitor(world, state)
+    assert run.code == EXIT_FAILED, run.err
+    [alert] = [e for e in events(run) if e["type"] == "alert"]
+    assert (alert["alert"], alert["index"]) == ("map_root_mismatch", index)
+    assert (alert["committed_root"], alert["recomputed_root"]) == (lie.hex(), honest.hex())
+    assert alert["leaf_hash"] == leaf_hash(world.log.tree.leaves[index]).hex()
+    evidence = Path(alert["evidence"])
+    assert (evidence / f"entry-{index}").read_bytes() == world.log.tree.leaves[index]
+    assert "checkpoint" in {p.name for p in evidence.iterdir()}
+    # Kept in the state directory: the next run does not report it again, nor replay.
+    again = monitor(world, state)
+    assert again.code == EXIT_OK, again.err
+    assert events(again) == []
+
+
+def test_a_log_that_commits_a_map_root_omitting_a_halt_is_caught_by_a_full_audit(
+        world: World) -> None:
+    index, lie, honest = _hide_a_halt(world)
+    run = audit(world, world.tmp / "audit", "--full")
+    assert run.code == EXIT_FAILED, run.err
+    assert (f"the map-root entry {index} commits to map root {lie.hex()}, but the entries "
+            f"before it make {honest.hex()}") in run.err
+    [evidence] = (world.tmp / "audit" / "evidence").iterdir()
+    facts = (evidence / "map-root.txt").read_text()
+    assert f"index {index}\n" in facts and f"committed_root {lie.hex()}\n" in facts
+    assert f"recomputed_root {honest.hex()}\n" in facts
+
+
+def test_a_checkpoint_not_ending_with_a_map_root_is_alerted(world: World) -> None:
+    """The world's log ends with a release: its checkpoint commits to no package state."""
+    run = monitor(world, world.tmp / "monitor")
+    assert run.code == EXIT_FAILED, run.err
+    assert kinds(run)[-1] == "map_root_missing"
+    last = events(run)[-1]
+    assert (last["index"], last["size"]) == (4, 5)
+    audited = audit(world, world.tmp / "audit", "--full")
+    assert audited.code == EXIT_FAILED
+    assert "checkpoint of size 5 does not end with a map-root entry" in audited.err

@@ -25,7 +25,7 @@ from verifier.protocol.package_state import (
     package_key,
     parse_map_root_entry,
 )
-from verifier.protocol.statemap import EMPTY, SparseMap, Update, stored_hash
+from verifier.protocol.statemap import EMPTY, ROOT_ID, SparseMap, Update, stored_hash
 
 
 class MapError(Exception):
@@ -45,11 +45,16 @@ async def next_map_root(store: MapStore, size: int, new: Sequence[NewEntry]) -> 
     else:
         packages = sorted({r.package for r in batch})
         earlier = await store.records(packages, size) if packages else []
-    nodes = await store.paths(root, [package_key(p) for p in packages]) if packages else {}
-    # Hashing states and nodes is CPU work: off the event loop.
-    update = await asyncio.to_thread(_update, [*earlier, *batch], packages, nodes)
-    await store.put_nodes({stored_hash(node): node for node in update.writes.values()})
-    leaf = map_root_entry(index, update.root)
+    if packages:
+        nodes = await store.paths(root, [package_key(p) for p in packages])
+        if root != EMPTY and (ROOT_ID not in nodes or stored_hash(nodes[ROOT_ID]) != root):
+            raise MapError(f"the map root of entry {size - 1} is not in the stored map")
+        # Hashing states and nodes is CPU work: off the event loop.
+        update = await asyncio.to_thread(_update, [*earlier, *batch], packages, nodes)
+        await store.put_nodes({stored_hash(node): node for node in update.writes.values()})
+        root = update.root
+    # A batch of registry entries only changes no package: the map, and its root, stay.
+    leaf = map_root_entry(index, root)
     return NewEntry(index, leaf, leaf_hash(leaf), None, None, kind=MAP_ROOT_KIND)
 
 

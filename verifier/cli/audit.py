@@ -44,7 +44,9 @@ run without --trust trusts the current checkpoint. A rollback, a fork or a faile
 
 --full also fetches every entry bundle and hash tile, re-validates every entry (schema,
 publisher signature), recomputes every leaf hash, tile and the root, and compares them with
-what the log signed and serves. Progress is kept in DIR/audit-full.json: a stopped run
+what the log signed and serves. It also recomputes each package's state from the entries
+and fails when a map-root entry (the last of each batch) commits to another map root or size,
+or when the checkpoint does not end with one. Progress is kept in DIR/audit-full.json: a stopped run
 resumes, and a later run checks only the entries added since.
 
 Exit codes: 0 verified; 1 verification failed or the log misbehaved; 2 usage or malformed

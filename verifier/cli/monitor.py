@@ -126,7 +126,9 @@ new checkpoint consistent with the stored one, and write JSON Lines events to st
 "release" for each release of a watched package and "alert" for a version or counter that
 does not grow (versions of packages given a --version-scheme are ordered under semver, PEP 440
 or Debian rules), a second artifact set for a version, a new publisher key, an invalid entry, an
-install window already closed when seen, or an inconsistent checkpoint. With --policy, the
+install window already closed when seen, an inconsistent checkpoint, or a package state map
+the log commits to (its map-root entries) that the entries do not make, or that a checkpoint
+does not end with (map_root_mismatch, map_root_missing). With --policy, the
 log's checkpoints must carry the quorum of cosignatures, and each policy witness that has a URL
 is asked for its latest cosigned view of the log: a view the log's checkpoint is not consistent
 with is alerted (witness_view_disagrees); an unreachable witness is a warning on stderr.

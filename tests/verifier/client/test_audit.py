@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.audit_support import LiveLog, MemoryLog, releases, write_log
+from tests.audit_support import LiveLog, MemoryLog, releases, with_map_roots, write_log
 from tests.support import free_port, make_release
 from verifier.cli import main as cli
 from verifier.cli.progress import ProgressLine
@@ -42,8 +42,9 @@ def open_log(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def history() -> list[bytes]:
-    """1100 valid release leaves, signed once for the whole module."""
-    return releases(generate_key("history-bot"), 1100, tag="h")
+    """1100 leaves, signed once for the whole module: valid releases in three batches, each
+    ending with its map-root entry (indices 299, 999, 1099), as the log writes them."""
+    return with_map_roots(releases(generate_key("history-bot"), 1097, tag="h"), [299, 699, 99])
 
 
 @pytest.fixture
@@ -87,12 +88,15 @@ def stored_size(state: Path, log: LiveLog) -> int:
     return open_checkpoint((state / "checkpoint").read_text(), log.signer.verifier()).size
 
 
-def rebuild(log: LiveLog, publisher: Signer, entries: int) -> None:
-    """The operator wipes the log and starts over under the same key with other entries."""
+def rebuild(log: LiveLog, publisher: Signer, size: int) -> None:
+    """The operator wipes the log and starts over under the same key with other entries:
+    a tree of `size` leaves, one batch ending with its map-root entry."""
     log.stop()
-    log.sql("TRUNCATE entries, tiles, checkpoints, cosignatures, published, witness_state")
+    log.sql("TRUNCATE entries, tiles, checkpoints, cosignatures, published, witness_state, "
+            "map_nodes")
+    write_log(log.database_url, log.signer,
+              with_map_roots(releases(publisher, size - 1, tag="rebuilt"), [size - 1]))
     log.start()
-    log.append(publisher, "rebuilt", entries)
 
 
 # -- the incremental audit -------------------------------------------------------------------
@@ -104,10 +108,11 @@ def test_first_audit_trusts_then_later_audit_proves_consistency(
     code, out, _ = run_audit(capsys, live, state)
     assert code == 0 and "size 300" in out and "trusted on first use" in out
     assert stored_size(state, live) == 300
-    live.append(publisher, "b", 40)
+    size = live.append(publisher, "b", 40)  # 40 entries and a map root per batch
+    assert size > 340
     code, out, _ = run_audit(capsys, live, state)
-    assert code == 0 and "size 340" in out and "consistent with the stored size 300" in out
-    assert stored_size(state, live) == 340
+    assert code == 0 and f"size {size}" in out and "consistent with the stored size 300" in out
+    assert stored_size(state, live) == size
     assert evidence_dirs(state) == []
 
 
@@ -193,13 +198,13 @@ def test_full_audit_checks_every_entry_then_only_new_ones(
     assert "OK audited 0..300 of log.example.org/test: entries 0..300 validated" in out
     assert "3 tiles and the root match" in out  # tile/0/000, edge 0/001.p/44 and 1/000.p/1
     assert err == ""  # not a terminal: the summary line only
-    live.append(publisher, "b", 100)
-    code, out, _ = run_audit(capsys, live, state, "--full", "--workers", "0")
-    assert code == 0
-    assert "OK audited 0..400: " not in out and "entries 300..400 validated" in out
+    size = live.append(publisher, "b", 100)  # and the server's map roots: they must check
+    code, out, err = run_audit(capsys, live, state, "--full", "--workers", "0")
+    assert code == 0, err
+    assert f"OK audited 0..{size}: " not in out and f"entries 300..{size} validated" in out
     assert "(0..300 by earlier runs)" in out
     code, out, _ = run_audit(capsys, live, state, "--full")
-    assert code == 0 and "no new entries since the full audit of 0..400" in out
+    assert code == 0 and f"no new entries since the full audit of 0..{size}" in out
 
 
 @pytest.mark.parametrize("rewrite", ["leaf", "leaf and leaf_hash"])

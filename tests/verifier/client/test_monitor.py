@@ -31,6 +31,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.audit_support import with_map_roots
 from tests.conftest import _create_database
 from tests.support import (
     Server,
@@ -125,12 +126,32 @@ class StaticLog:
 
     def __init__(self, root: Path, signer: Signer) -> None:
         self.root, self.signer = root, signer
+        self._entries: list[bytes] = []
+        self._batches: list[int] = []
+        self.leaves: list[bytes] = []
         handler = functools.partial(_QuietHandler, directory=str(root))
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
-    def publish(self, leaves: list[bytes]) -> None:
+    def publish(self, entries: list[bytes], *, map_roots: bool = True) -> list[bytes]:
+        """Publish `entries` as the log does: a batch of the entries not published before
+        (when `entries` extends the last call's; else all of them), ending with its honest
+        map-root entry. Returns the leaves published. Without map_roots: exactly `entries`."""
+        if map_roots:
+            done = self._entries
+            if entries[:len(done)] == done and len(entries) > len(done):
+                self._batches.append(len(entries) - len(done))
+            elif entries != done:
+                self._batches = [len(entries)]
+            self._entries = list(entries)
+            self.leaves = with_map_roots(entries, self._batches)
+        else:
+            self._entries, self._batches, self.leaves = [], [], list(entries)
+        self._publish(self.leaves)
+        return self.leaves
+
+    def _publish(self, leaves: list[bytes]) -> None:
         """Write every tile, bundle and the signed checkpoint of a tree of these leaves."""
         builder = TreeBuilder()
         for leaf in leaves:
@@ -186,12 +207,12 @@ def test_backfill_reports_every_entry_once_in_log_order_and_resumes_where_it_sto
     results = asyncio.run(submit_all([log.url], [
         make_release(publisher, f"pkg{i}", "1.0") for i in range(300)]))
     by_index = {r.body["index"]: r for r in results}
-    assert sorted(by_index) == list(range(300))
+    assert len(by_index) == 300  # and a map-root entry after each batch the log made of them
     state = tmp_path / "state"
 
     code, first = run(capsys, log.url, vkey, state, "--workers", "2")
     assert code == 0
-    assert [e["index"] for e in first] == list(range(300))
+    assert [e["index"] for e in first] == sorted(by_index)
     assert [e["seq"] for e in first] == list(range(1, 301))
     assert {e["type"] for e in first} == {"release"}
     assert list(first[0]) == ["type", "seq", "index", "package", "version", "counter",
@@ -205,7 +226,9 @@ def test_backfill_reports_every_entry_once_in_log_order_and_resumes_where_it_sto
     added = append(log.url, [make_release(publisher, f"late{i}", "1.0") for i in range(20)])
     code, third = run(capsys, log.url, vkey, state)
     assert code == 0
-    assert [e["index"] for e in third] == added == list(range(300, 320))
+    # One batch each: every release is followed by its batch's map-root entry.
+    first_new = max(by_index) + 2
+    assert [e["index"] for e in third] == added == list(range(first_new, first_new + 40, 2))
     assert [e["seq"] for e in third] == list(range(301, 321))
 
 
@@ -352,7 +375,7 @@ def test_a_log_that_rewrites_its_history_is_caught_with_evidence(
     files = {p.name for p in evidence.iterdir()}
     assert {"old-checkpoint", "new-checkpoint", "reason.txt"} <= files
     old = open_checkpoint((evidence / "old-checkpoint").read_text(), log_signer.verifier())
-    assert old.size == 5
+    assert old.size == 10  # 5 releases, each its own batch ending with a map-root entry
     assert str(evidence) in after[0]["message"]
 
 
@@ -389,15 +412,16 @@ def test_follow_reports_entries_appended_while_it_runs_and_stops_cleanly_on_sigt
         append(log.url, [make_release(publisher, "app", "1.1"),
                          make_release(publisher, "app", "1.0.5")])
         later = _take(lines, 3)
-        assert releases(later) == [(1, "app", "1.1"), (2, "app", "1.0.5")]
-        assert alerts(later) == [(2, "version_not_growing")]
+        # Each append is a batch of its own: a release, then its map-root entry.
+        assert releases(later) == [(2, "app", "1.1"), (4, "app", "1.0.5")]
+        assert alerts(later) == [(4, "version_not_growing")]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
             metrics = resp.read().decode()
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                    for family in text_string_to_metric_families(metrics)
                    for s in family.samples}
-        assert samples[("tlog_monitor_entries_scanned_total", ())] == 3
-        assert samples[("tlog_monitor_tree_size", ())] == 3
+        assert samples[("tlog_monitor_entries_scanned_total", ())] == 6
+        assert samples[("tlog_monitor_tree_size", ())] == 6
         assert samples[("tlog_monitor_events_total",
                         (("alert", "version_not_growing"), ("type", "alert")))] == 1
         proc.send_signal(signal.SIGTERM)
@@ -437,12 +461,16 @@ def test_follow_outlives_an_unreachable_log_and_one_shot_runs_fail_with_status_3
 def test_a_second_artifact_set_for_one_version_is_alerted(
         static_log: StaticLog, vkey: Path, tmp_path: Path, publisher: Signer,
         capsys: pytest.CaptureFixture[str]) -> None:
+    # A log that enforces nothing publishes no package state map either (a release made
+    # twice makes no state): the missing map root is alerted too.
     static_log.publish([leaf(make_release(publisher, "app", "1.0", payload=b"a")),
-                        leaf(make_release(publisher, "app", "1.0", payload=b"b"))])
+                        leaf(make_release(publisher, "app", "1.0", payload=b"b"))],
+                       map_roots=False)
     code, events = run(capsys, static_log.url, vkey, tmp_path / "state")
-    assert code == 0
-    assert alerts(events) == [(1, "version_not_growing"), (1, "second_artifact_set")]
-    assert events[-1]["previous_index"] == 0
+    assert code == 1
+    assert alerts(events) == [(1, "version_not_growing"), (1, "second_artifact_set"),
+                              (1, "map_root_missing")]
+    assert events[-2]["previous_index"] == 0
 
 
 def test_an_invalid_entry_is_alerted_once_with_evidence_that_proves_it_was_logged(
@@ -466,8 +494,8 @@ def test_an_invalid_entry_is_alerted_once_with_evidence_that_proves_it_was_logge
 
     static_log.publish([*good, leaf(make_release(publisher, "app", "1.2"))])
     code, events = run(capsys, static_log.url, vkey, state)
-    assert code == 0
-    assert [(e["type"], e["index"], e["seq"]) for e in events] == [("release", 2, 2)]
+    assert code == 0  # entry 2 is the first batch's map root, which leaves out the bad entry
+    assert [(e["type"], e["index"], e["seq"]) for e in events] == [("release", 3, 2)]
 
 
 def test_entries_that_do_not_hash_to_the_signed_tree_are_never_reported(
@@ -475,7 +503,8 @@ def test_entries_that_do_not_hash_to_the_signed_tree_are_never_reported(
         capsys: pytest.CaptureFixture[str]) -> None:
     static_log.publish([leaf(make_release(publisher, "app", f"1.{i}")) for i in range(3)])
     swapped = [leaf(make_release(publisher, "app", f"6.{i}")) for i in range(3)]
-    (static_log.root / tile_path(ENTRIES_LEVEL, 0, 3)).write_bytes(encode_bundle(swapped))
+    swapped.append(static_log.leaves[3])  # the map-root entry stays
+    (static_log.root / tile_path(ENTRIES_LEVEL, 0, 4)).write_bytes(encode_bundle(swapped))
     code, events = run(capsys, static_log.url, vkey, tmp_path / "state")
     assert code == 1
     assert alerts(events) == [(None, "checkpoint_inconsistent")]
@@ -811,11 +840,11 @@ def test_a_run_with_nothing_new_says_so_on_stderr(
     assert (code, len(out)) == (0, 3) and "no new entries" not in err
     code, out, err = run_err(capsys, static_log.url, vkey, state)
     assert (code, out) == (0, [])
-    assert "no new entries (the log has 3 entries)" in err
+    assert "no new entries (the log has 4 entries)" in err  # 3 and their map root
     static_log.publish([leaf(make_release(publisher, f"pkg{i}", "1.0")) for i in range(5)])
     code, out, err = run_err(capsys, static_log.url, vkey, state, "--package", "com.*")
     assert (code, out) == (0, [])
-    assert "2 new entries scanned, none to report (the log has 5 entries)" in err
+    assert "3 new entries scanned, none to report (the log has 7 entries)" in err
 
 
 def test_a_new_package_glob_on_an_existing_state_says_it_applies_to_new_entries_only(
@@ -827,7 +856,7 @@ def test_a_new_package_glob_on_an_existing_state_says_it_applies_to_new_entries_
     code, out, err = run_err(capsys, static_log.url, vkey, state, "--package", "pkg1")
     assert (code, out) == (0, [])  # pkg1's entry was scanned before: not reported now
     assert "--package changed from pkg0 to pkg1" in err
-    assert "the new globs apply from entry 3 on" in err
+    assert "the new globs apply from entry 4 on" in err
     code, out, err = run_err(capsys, static_log.url, vkey, state, "--package", "pkg1")
     assert "--package changed" not in err
 

@@ -31,7 +31,9 @@ from verifier.client.statedir import StateDir
 from verifier.errors import LogMisbehaviour, VerificationFailed, VerifyError
 from verifier.protocol.checkpoint import Checkpoint
 from verifier.protocol.leaves import Fetched, check_leaves, hash_leaves
+from verifier.protocol.map_replay import MapItem, MapMismatch, MapReplay, map_item
 from verifier.protocol.merkle import HASH_SIZE, ProofError, leaf_hash, verify_inclusion
+from verifier.protocol.package_state import map_root_entry
 from verifier.protocol.receipt import format_tlog_proof
 from verifier.protocol.state import Trusted, evidence, evidence_parts
 from verifier.protocol.tiles import (
@@ -67,13 +69,15 @@ def _check_bundle(item: Fetched, validate: bool) -> Chunk:
     alone, only hash) the entries and hash the level-0 tile up; comparing is left to the
     process that keeps the tree, and so is gathering evidence."""
     first, leaves = item.first, item.leaves
+    items: tuple[MapItem, ...] = ()
     if validate:
         checked = check_leaves(first, leaves)
         hashes = b"".join(c.leaf_hash for c in checked)
         errors = tuple((c.index, c.error) for c in checked if c.error)
+        items = tuple(i for c in checked if (i := map_item(c)) is not None)
     else:
         hashes, errors = b"".join(hash_leaves(first, leaves)), ()
-    return Chunk(first, hashes, _tile_hash(first, hashes), errors, item.tile)
+    return Chunk(first, hashes, _tile_hash(first, hashes), errors, item.tile, items)
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -137,7 +141,8 @@ def full_audit(client: LogClient, trusted: Trusted, state: StateDir | None = Non
     """
     started = time.monotonic()
     begin = resume_point(client, trusted, state)
-    run = _Run(client, trusted, state, Tree(begin.next, begin.edge))
+    run = _Run(client, trusted, state, Tree(begin.next, begin.edge), begin.replay)
+    run.validate = validate
     run.scan(default_workers() if workers is None else workers, validate, progress,
              prefetch, save_every)
     run.finish()
@@ -149,11 +154,15 @@ class _Run:
     """One full-audit run over entries tree.size .. trusted.size - 1."""
 
     def __init__(self, client: LogClient, trusted: Trusted, state: StateDir | None,
-                 tree: Tree) -> None:
+                 tree: Tree, replay: MapReplay) -> None:
         self.client, self.trusted, self.state, self.tree = client, trusted, state, tree
+        # The package state map recomputed from the entries (validated runs only: a run
+        # that only hashes parses no entry).
+        self.replay = replay
         self.start = tree.size
         self.compared = 0
         self._clean = True  # the tree is at a chunk boundary, everything in it checked
+        self.validate = True
 
     def scan(self, workers: int, validate: bool, progress: Progress | None, prefetch: int,
              save_every: int) -> None:
@@ -195,6 +204,8 @@ class _Run:
             self._compare(key, mine, theirs)
         if chunk.errors:
             self._invalid_entries(chunk.errors)
+        for mismatch in self.replay.feed(chunk.items):
+            self._wrong_map_root(mismatch)
         self._clean = True
 
     def finish(self) -> None:
@@ -208,13 +219,18 @@ class _Run:
             self._fail(f"the entries 0..{size} the log serves hash to root {root.hex()}, but "
                        f"its signed checkpoint of size {size} has root "
                        f"{self.trusted.root.hex()}", {"computed-root": root.hex() + "\n"})
+        if self.validate and not self.replay.ends_with_map_root(size):
+            self._fail(f"the log's signed checkpoint of size {size} does not end with a "
+                       f"map-root entry: entry {size - 1} is not one, so the checkpoint "
+                       "commits to no package states", self._entry_evidence(size - 1))
         # Durability: a crash before this write leaves the last periodic save, so the next
         # run re-checks the entries after it; after it, the next run starts at `size`.
         self._save()
 
     def _save(self) -> None:
         if self.state is not None:
-            self.state.write_json(PROGRESS_FILE, progress_json(self.trusted, self.tree))
+            self.state.write_json(PROGRESS_FILE,
+                                  progress_json(self.trusted, self.tree, self.replay))
 
     def _compare(self, key: TileKey, mine: bytes, theirs: bytes) -> None:
         self.compared += 1
@@ -235,6 +251,17 @@ class _Run:
         last = first + (1 << (TILE_HEIGHT * level)) - 1
         self._fail(f"the log's {path} differs from the tree recomputed from its entries at "
                    f"hash {slot} (entries {first}..{last}): the tile was rewritten", files)
+
+    def _wrong_map_root(self, mismatch: MapMismatch) -> NoReturn:
+        """Fail on a map-root entry that is not what the entries before it make."""
+        index = mismatch.index
+        facts = [f"{k} {v}" for k, v in mismatch.evidence().items()]
+        where, files = self._inclusion(index)
+        if not files:  # the leaf is canonical: rebuilt from what it commits to
+            files = evidence_parts(entries={
+                index: map_root_entry(mismatch.size, mismatch.committed_root)})
+        self._fail(f"{mismatch.message()} ({where} that entry)", {**files, "map-root.txt": "".join(
+            f"{line}\n" for line in [f"index {index}", *facts])})
 
     def _invalid_entries(self, errors: tuple[tuple[int, str], ...]) -> NoReturn:
         """Report invalid entries, with what shows whether the first is in the signed tree."""

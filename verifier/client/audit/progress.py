@@ -9,7 +9,7 @@ its new checkpoint extends the recorded one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from verifier.client.audit.tree import Tree
@@ -18,6 +18,7 @@ from verifier.client.statedir import StateDir
 from verifier.client.tracking import prove_extends
 from verifier.errors import UsageError
 from verifier.protocol.checkpoint import parse_checkpoint
+from verifier.protocol.map_replay import MapReplay, record_from_json, record_json
 from verifier.protocol.note import parse_note
 from verifier.protocol.state import Trusted
 from verifier.protocol.tiles import TreeBuilder
@@ -35,10 +36,12 @@ class Saved:
     target: Trusted
     next: int
     edge: dict[int, bytes]
+    replay: MapReplay = field(default_factory=MapReplay)  # the package states of [0, next)
 
 
-def progress_json(target: Trusted, tree: Tree) -> dict[str, Any]:
-    """The progress file's content: `tree` is the audited part of `target`'s tree."""
+def progress_json(target: Trusted, tree: Tree, replay: MapReplay) -> dict[str, Any]:
+    """The progress file's content: `tree` is the audited part of `target`'s tree, `replay`
+    the package states its entries make (kept whole: the next map root covers them all)."""
     return {
         "format": PROGRESS_FORMAT,
         "checkpoint": target.note,
@@ -46,6 +49,8 @@ def progress_json(target: Trusted, tree: Tree) -> dict[str, Any]:
         "root": target.root.hex(),
         "next": tree.size,
         "edge": {str(level): data.hex() for level, data in sorted(tree.edge().items())},
+        "map": {"states": replay.states, "last_root": replay.last_root,
+                "pending": [record_json(r) for r in replay.pending]},
     }
 
 
@@ -66,7 +71,20 @@ def _parse_progress(raw: Any) -> Saved:
         raise ValueError(f"next index {nxt!r} is outside the checkpoint")
     edge = {int(level): bytes.fromhex(data) for level, data in raw["edge"].items()}
     TreeBuilder(nxt, edge)  # the edge must fit a tree of `next` leaves
-    return Saved(Trusted(cp, note), nxt, edge)
+    if "map" not in raw:
+        # Written before the package state map: the states of [0, next) are unknown, and
+        # every map root covers all entries, so the audit starts over.
+        return Saved(Trusted(cp, note), 0, {})
+    saved = raw["map"]
+    last_root = saved["last_root"]
+    if last_root is not None and (not isinstance(last_root, int) or last_root >= nxt):
+        raise ValueError(f"map root index {last_root!r} is not audited yet")
+    states = saved["states"]
+    if not isinstance(states, dict):
+        raise TypeError("map states must be an object")
+    replay = MapReplay.restore(states, [record_from_json(r) for r in saved["pending"]],
+                               last_root)
+    return Saved(Trusted(cp, note), nxt, edge, replay)
 
 
 def _load_progress(state: StateDir | None) -> Saved | None:

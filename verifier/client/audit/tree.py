@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
 from verifier.client.log import LogClient
+from verifier.protocol.map_replay import MapItem
 from verifier.protocol.merkle import HASH_SIZE
 from verifier.protocol.tiles import (
     TILE_HEIGHT,
@@ -37,6 +38,7 @@ class Chunk(NamedTuple):
     tile_hash: bytes | None  # hash_up of `hashes` when they are exactly one level-0 tile
     errors: tuple[tuple[int, str], ...]  # (index, reason) of each invalid entry
     served: bytes | None  # the log's level-0 tile that these entries complete, if they do
+    items: tuple[MapItem, ...] = ()  # what the package state map needs of them (map_replay)
 
     @property
     def end(self) -> int:

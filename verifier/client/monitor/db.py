@@ -3,9 +3,11 @@
 It holds the position (the log's origin, the next entry to scan, the next seq and the tree's
 right edge over the entries scanned), the per-package knowledge (watch.PackageState), the
 artifact digest and first index of every (package, version), the replayed publisher registry,
-and an outbox of event lines committed but maybe not printed yet. Every save is one durable
-transaction (synchronous=FULL, WAL): run.Monitor commits a group's knowledge together with its
-events, prints them, then clears the outbox, which is what makes delivery at least once.
+the package states recomputed from the entries (maproots.MapWatch: the map is rebuilt from
+their hashes on load), and an outbox of event lines committed but maybe not printed yet.
+Every save is one durable transaction (synchronous=FULL, WAL): run.Monitor commits a group's
+knowledge together with its events, prints them, then clears the outbox, which is what makes
+delivery at least once.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from verifier.client.monitor.halts import Intent
 from verifier.client.monitor.summary import lines_text
 from verifier.client.monitor.watch import PackageState, Watcher
 from verifier.errors import UsageError
+from verifier.protocol.map_replay import MapReplay, record_from_json, record_json
 from verifier.protocol.merkle import RightEdge
 
 DB_FILE = "monitor.db"
@@ -74,6 +77,22 @@ CREATE TABLE IF NOT EXISTS halts (
     result  TEXT                   -- NULL until the log answered; then the halt event's
 ) WITHOUT ROWID;                   -- members (logged or refused), as JSON
 """
+# Added with the package state map (maproots): each package's state over the entries scanned
+# up to the last map-root entry, the records scanned since it, and whether the states are
+# known at all (a file that had scanned entries before this table existed does not know them).
+_SCHEMA_MAP = """
+CREATE TABLE IF NOT EXISTS map_states (
+    package TEXT PRIMARY KEY,
+    state   TEXT NOT NULL          -- the package state (package_state), JSON
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS map_position (
+    onerow    INTEGER PRIMARY KEY CHECK (onerow = 1),
+    known     INTEGER NOT NULL,    -- 1: the states cover every entry scanned
+    last_root INTEGER,             -- index of the last map-root entry scanned
+    pending   TEXT NOT NULL        -- JSON list of map_replay.record_json since it
+);
+INSERT OR IGNORE INTO map_position SELECT 1, next_index = 0, NULL, '[]' FROM position;
+"""
 
 
 @dataclass
@@ -87,6 +106,7 @@ class Loaded:
     packages: dict[str, PackageState]
     outbox: list[str]
     registry: dict[str, Any]
+    replay: MapReplay | None = None  # None: the package states are not known (see _SCHEMA_MAP)
 
 
 class MonitorDB:
@@ -113,6 +133,7 @@ class MonitorDB:
             self.conn.executescript(_SCHEMA_HALTS)
             self.conn.execute("INSERT OR IGNORE INTO position VALUES (1, ?, NULL, 0, 1, '[]')",
                               (DB_FORMAT,))
+            self.conn.executescript(_SCHEMA_MAP)
         except sqlite3.Error as exc:
             raise UsageError(f"couldn't open the monitor state {path}: {exc}") from exc
 
@@ -136,9 +157,20 @@ class MonitorDB:
             row = self.conn.execute("SELECT state FROM registry").fetchone()
             return Loaded(origin, next_index, next_seq,
                           RightEdge(next_index, [bytes.fromhex(h) for h in json.loads(edge)]),
-                          packages, outbox, json.loads(row[0]) if row else {})
+                          packages, outbox, json.loads(row[0]) if row else {},
+                          self._load_map())
         except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"{self.path} is not a usable monitor state: {exc}") from exc
+
+    def _load_map(self) -> MapReplay | None:
+        known, last_root, pending = self.conn.execute(
+            "SELECT known, last_root, pending FROM map_position").fetchone()
+        if not known:
+            return None
+        states = {p: json.loads(text) for p, text in
+                  self.conn.execute("SELECT package, state FROM map_states")}
+        return MapReplay.restore(states, [record_from_json(r) for r in json.loads(pending)],
+                                 last_root)
 
     def swap_watched(self, patterns: Sequence[str]) -> list[str] | None:
         """Store the run's --package globs; return the previous run's (None on the first)."""
@@ -157,7 +189,7 @@ class MonitorDB:
         return {name: (digest, idx) for name, digest, idx in rows}
 
     def save(self, watcher: Watcher, edge: RightEdge, origin: str, lines: Sequence[str],
-             halts: Sequence[Intent] = ()) -> None:
+             halts: Sequence[Intent] = (), replay: MapReplay | None = None) -> None:
         """Commit the watcher's changes, the position, the next seq, `lines` to the outbox and
         the halt intents the alerts call for (in the same transaction: an alert's halt is
         decided exactly when the alert is)."""
@@ -173,10 +205,20 @@ class MonitorDB:
                 c.execute("INSERT OR REPLACE INTO registry VALUES (1, ?)",
                           (json.dumps(watcher.registry.to_json()),))
                 watcher.registry_changed = False
+            if replay is not None:
+                self._save_map(c, replay)
             c.execute("UPDATE position SET origin = ?, next_index = ?, next_seq = ?, edge = ?",
                       (origin, watcher.next_index, watcher.next_seq,
                        json.dumps([h.hex() for h in edge.hashes])))
             self._add_outbox(c, watcher.next_seq, lines)
+
+    @staticmethod
+    def _save_map(c: sqlite3.Connection, replay: MapReplay) -> None:
+        c.executemany("INSERT OR REPLACE INTO map_states VALUES (?, ?)",
+                      [(p, json.dumps(s, sort_keys=True))
+                       for p, s in replay.take_changed().items()])
+        c.execute("UPDATE map_position SET last_root = ?, pending = ?",
+                  (replay.last_root, json.dumps([record_json(r) for r in replay.pending])))
 
     def save_alerts(self, next_seq: int, lines: Sequence[str]) -> None:
         """Commit events that change no knowledge (checkpoint alerts) and the next seq."""

@@ -52,6 +52,7 @@ from verifier.client.monitor.halts import (
     read_external,
     submit_halt,
 )
+from verifier.client.monitor.maproots import MapWatch
 from verifier.client.monitor.metrics import Metrics
 from verifier.client.monitor.summary import (
     Event,
@@ -65,6 +66,7 @@ from verifier.client.monitor.watch import (
     CHECKPOINT_INCONSISTENT,
     CHECKPOINT_STALE,
     INVALID_ENTRY,
+    MAP_ROOT_MISMATCH,
     WITNESS_VIEW_DISAGREES,
     Watcher,
 )
@@ -139,8 +141,10 @@ class Monitor:
         self.watcher = Watcher(patterns, next_index=loaded.next_index,
                                next_seq=loaded.next_seq, packages=loaded.packages,
                                registry=registry, schemes=schemes)
+        self.maps = MapWatch(loaded.replay, loaded.next_index)
         self._unprinted = loaded.outbox
         self._stale_alerted = False
+        self._last: Seen | None = None  # the last entry scanned by this run
         self._printed = 0
         self._note_changed_globs(db.swap_watched(patterns), list(patterns), loaded.next_index)
 
@@ -196,6 +200,8 @@ class Monitor:
         self.metrics.tree_size.set(trusted.size)
         start, printed = self.watcher.next_index, self._printed
         self._scan(trusted)
+        if self.watcher.next_index == trusted.size:  # not stopped half way
+            self._check_map_root(trusted)
         if self.halts is not None:
             self._external_halts()
             self._run_halts()
@@ -251,12 +257,14 @@ class Monitor:
         events: list[str | Event] = []
         for s in seen:
             events += watcher.report(s, now)
+            events += self.maps.check(s, watcher, self.state, trusted)
+        self._last = seen[-1]
         where = {s.entry_index: self._invalid_evidence(s, proofs[s.entry_index], trusted)
                  for s in invalid}
         lines = [e if isinstance(e, str) else _encode_alert(e, where) for e in events]
         halts = self._alert_halts(events, seen)
         # durability point 1 (with the halts decided: the intent is durable before any submission)
-        self.db.save(watcher, edge, trusted.checkpoint.origin, lines, halts)
+        self.db.save(watcher, edge, trusted.checkpoint.origin, lines, halts, self.maps.replay)
         self.edge = edge
         watcher.forget_versions()
         self.metrics.entries.inc(len(seen))
@@ -269,6 +277,17 @@ class Monitor:
             first = invalid[0]
             raise VerificationFailed(f"entry {first.entry_index} of the log fails validation: "
                                      f"{first.error}; evidence saved in {where[first.entry_index]}")
+        wrong = [e for e in events if isinstance(e, dict) and e.get("alert") == MAP_ROOT_MISMATCH]
+        if wrong:
+            raise LogMisbehaviour(str(wrong[0]["message"]), {})
+
+    def _check_map_root(self, trusted: Trusted) -> None:
+        """Alert map_root_missing, and raise LogMisbehaviour, when the scanned checkpoint
+        does not end with a map-root entry."""
+        alert = self.maps.missing(trusted, self._last, self.watcher, self.state)
+        if alert is not None:
+            self._alert_now([alert])
+            raise LogMisbehaviour(str(alert["message"]), {})
 
     def _alert_halts(self, events: list[str | Event], seen: list[Seen]) -> list[Intent]:
         """The halt intents the group's alerts call for (--halt-on), not decided before."""

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 from verifier.protocol.entries.kinds import LIFECYCLE_KINDS, REGISTRY_KINDS
 from verifier.protocol.entries.release import KIND
 from verifier.protocol.leaves import Checked, Fetched, check_leaves
+from verifier.protocol.package_state import MAP_ROOT_KIND
 from verifier.protocol.tiles import range_hashes
 
 RELEASE = "release"  # the "type" of a release event
@@ -77,9 +78,11 @@ class Seen(NamedTuple):
 
     For an invalid entry, `error` is the reason, `leaf` its bytes (for the evidence), and the
     other members are empty; for a valid entry of another kind than release/v1, only `kind`,
-    `key` and `registry` are set besides the index and leaf hash. A release's `body` is its
-    event's JSON text after the "index" member (release_body): the worker encodes it, so the
-    main process, which writes an event per entry, only adds the seq and the index.
+    `key` and `registry` are set besides the index and leaf hash; for the log's map-root/v1
+    entries, `counter` is the size it covers and `digest` the map root in hex. A release's
+    `body` is its event's JSON text after the "index" member (release_body): the worker
+    encodes it, so the main process, which writes an event per entry, only adds the seq and
+    the index.
     """
 
     entry_index: int
@@ -173,6 +176,10 @@ def summarize(checked: Checked, leaf: bytes | None = None) -> Seen:
     if entry.get("kind") in REGISTRY_KINDS:
         return Seen(checked.index, checked.leaf_hash, None, None, str(entry.get("kind")),
                     "", "", None, None, str(entry.get("key", "")), "", None, "", entry)
+    if entry.get("kind") == MAP_ROOT_KIND:
+        # The log's own entry: what it commits to travels as counter (size) and digest (root).
+        return Seen(checked.index, checked.leaf_hash, None, None, MAP_ROOT_KIND, "", "", None,
+                    entry["size"], "", entry["root"], None)
     if entry.get("kind") in LIFECYCLE_KINDS:
         # Proven and counted like every entry; no events of their own yet.
         return Seen(checked.index, checked.leaf_hash, None, None, str(entry["kind"]),

@@ -52,14 +52,20 @@ events (summary.release_line) and
   - `checkpoint_inconsistent`: the log's new checkpoint does not extend the stored one, or the
     entries it serves do not hash to its signed tree; the message names the evidence
     directory (signed checkpoints, proof). Exit status 1.
+  - `map_root_mismatch`: the log's map-root/v1 entry commits to a map root other than the one
+    the monitor recomputes from the entries before it (package_state, map_replay), or claims
+    to cover another number of entries than its index (leaf_hash, committed_size,
+    committed_root, recomputed_root; evidence). Exit status 1.
+  - `map_root_missing`: the log's checkpoint does not end with a map-root entry, so it
+    commits to no package states (size, leaf_hash of its last entry; evidence). Exit status 1.
   - `witness_view_disagrees`: a policy witness's cosigned checkpoint of the log (its read
     endpoint) and the log's checkpoint are not consistent: a fork (witness; evidence: the
     directory holding both signed notes and the failed proof). Exit status 1.
 - Release events are written for packages matching a --package glob (fnmatch, case-sensitive;
-  every package when none is given); entry alerts for the same packages; invalid_entry and
-  checkpoint_inconsistent always. What the monitor learns does not depend on the globs, so
-  they may change between runs. Valid entries of other kinds than release/v1 are proven
-  and counted but produce no events.
+  every package when none is given); entry alerts for the same packages; invalid_entry,
+  checkpoint_inconsistent, map_root_mismatch and map_root_missing always. What the monitor
+  learns does not depend on the globs, so they may change between runs. Valid entries of
+  other kinds than release/v1 are proven and counted but produce no events.
 """
 
 from __future__ import annotations
@@ -87,6 +93,7 @@ from verifier.protocol.entries.kinds import (
 from verifier.protocol.entries.registry_kinds import PACKAGE_PATTERN
 from verifier.protocol.leaves import Checked
 from verifier.protocol.lookalike import confusable_with, mixes_scripts
+from verifier.protocol.package_state import MAP_ROOT_KIND
 from verifier.protocol.registry import Change, Refusal, Registry, patterns_overlap
 from verifier.protocol.rfc3339 import parse_time
 from verifier.protocol.versions import SchemeMap, VersionError, sort_key
@@ -104,6 +111,8 @@ CHECKPOINT_INCONSISTENT = "checkpoint_inconsistent"
 CHECKPOINT_STALE = "checkpoint_stale"
 LOOKALIKE_PUBLISHER = "lookalike_publisher"
 WITNESS_VIEW_DISAGREES = "witness_view_disagrees"
+MAP_ROOT_MISMATCH = "map_root_mismatch"
+MAP_ROOT_MISSING = "map_root_missing"
 
 
 @dataclass
@@ -209,7 +218,8 @@ class Watcher:
                                f"{seen.error}", seen.entry_index, leaf_hash=seen.leaf_hash.hex())]
         if seen.kind in REGISTRY_KINDS:
             return [*self._registry_events(seen)]
-        if seen.kind in LIFECYCLE_KINDS:
+        if seen.kind in LIFECYCLE_KINDS or seen.kind == MAP_ROOT_KIND:
+            # map roots are checked by maproots.MapWatch, which needs every entry
             return []  # statements about a release: no monitor rule looks at them yet
         problems = self._learn(seen, now)
         unauthorized = self.registry.release_problem(seen.key.split("+", 1)[0], seen.package,
