@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from tlog.config import Config
+from tlog.config import Config, quorum_rule
 from tlog.http.access import Buckets, ClientInFlight, InFlight, client_identity
 from tlog.http.admin import add_admin_routes
 from tlog.http.checkpoints import add_checkpoint_routes
@@ -45,10 +45,18 @@ from tlog.http.handlers import (
     release_write_slot,
 )
 from tlog.http.metrics import Metrics
+from tlog.http.outage import (
+    LAST_CHECKPOINT,
+    OUTAGE,
+    LastCheckpoint,
+    OutageReport,
+    database_unavailable_error,
+)
 from tlog.http.packages import add_package_routes
 from tlog.http.tokens import TokenAuthority
 from tlog.log.sequencer import RefusedError, UnavailableError
 from tlog.log.startup import running_log
+from tlog.store.outage import RETRY_AFTER, database_unavailable
 from tlog.store.tilecache import TileFiles
 from tlog.store.tilecache import namespace as tile_namespace
 
@@ -125,12 +133,15 @@ async def _respond(request: web.Request, handler: Handler) -> web.StreamResponse
             return ApiError("internal", "internal error; the operator has the details").response()
         return ApiError(exc.code, str(exc)).response()
     except UnavailableError as exc:
-        return ApiError("unavailable", str(exc)).response()
+        # The append path keeps its code; a failed batch is most often the database away.
+        return ApiError("unavailable", str(exc), retry_after=RETRY_AFTER).response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return _http_error(request, exc)
-    except Exception:
+    except Exception as exc:
+        if database_unavailable(exc):  # an outage, not a bug: no traceback per request
+            return database_unavailable_error(request, exc).response()
         log.exception("internal error on %s %s", request.method, request.path)
         return ApiError("internal", "internal error; the operator has the details").response()
 
@@ -175,10 +186,25 @@ async def get_metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def _tie_to_database(app: web.Application) -> None:
+    """Fill what answers while the database is away (the last published checkpoint) and
+    tie it, and the tile files, to the database they come from (tlog.store.identity)."""
+    reader, last = app[READER], app[LAST_CHECKPOINT]
+    latest = await reader.latest_checkpoint()
+    policy = app[CONFIG].witness_policy
+    last.seen(await reader.latest_published(quorum_rule(policy)) if policy else latest)
+    reader.on_swap(last.forget)
+    files = app.get(TILE_FILES)
+    if files is not None:
+        await files.bind(reader.identity(), reader.checkpoint_at, latest)
+        reader.on_swap(files.drop)
+
+
 def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[errors_and_metrics], client_max_size=config.max_body)
     metrics = Metrics()
     app[METRICS] = metrics
+    app[LAST_CHECKPOINT], app[OUTAGE] = LastCheckpoint(), OutageReport()
     app[REQUEST_METRICS] = RequestMetrics(metrics)
     app[VKEY] = config.signer.verifier().text()
     if config.tile_cache is not None:
@@ -208,6 +234,7 @@ def create_app(config: Config) -> web.Application:
                 app[SEQUENCER] = running.sequencer
                 if running.witnesses is not None:
                     app[WITNESS_STATUS] = running.witnesses.status
+                await _tie_to_database(app)
                 yield
         finally:
             app[PAGE_THREADS].shutdown(wait=False, cancel_futures=True)
