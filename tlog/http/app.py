@@ -133,8 +133,7 @@ async def _respond(request: web.Request, handler: Handler) -> web.StreamResponse
             return ApiError("internal", "internal error; the operator has the details").response()
         return ApiError(exc.code, str(exc)).response()
     except UnavailableError as exc:
-        # The append path keeps its code; a failed batch is most often the database away.
-        return ApiError("unavailable", str(exc), retry_after=RETRY_AFTER).response()
+        return ApiError("unavailable", str(exc)).response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
