@@ -56,7 +56,7 @@ from tlog.http.packages import add_package_routes
 from tlog.http.tokens import TokenAuthority
 from tlog.log.sequencer import RefusedError, UnavailableError
 from tlog.log.startup import running_log
-from tlog.store.outage import RETRY_AFTER, database_unavailable
+from tlog.store.outage import database_unavailable
 from tlog.store.tilecache import TileFiles
 from tlog.store.tilecache import namespace as tile_namespace
 
@@ -189,13 +189,13 @@ async def _tie_to_database(app: web.Application) -> None:
     """Fill what answers while the database is away (the last published checkpoint) and
     tie it, and the tile files, to the database they come from (tlog.store.identity)."""
     reader, last = app[READER], app[LAST_CHECKPOINT]
-    latest = await reader.latest_checkpoint()
     policy = app[CONFIG].witness_policy
-    last.seen(await reader.latest_published(quorum_rule(policy)) if policy else latest)
+    last.seen(await reader.latest_published(quorum_rule(policy)) if policy
+              else await reader.latest_checkpoint())
     reader.on_swap(last.forget)
     files = app.get(TILE_FILES)
     if files is not None:
-        await files.bind(reader.identity(), reader.checkpoint_at, latest)
+        await files.bind(reader.identity(), reader.checkpoint_at)
         reader.on_swap(files.drop)
 
 

@@ -42,7 +42,7 @@ def database_unavailable(exc: BaseException) -> bool:
     for _ in range(_CHAIN):
         if seen is None:
             return False
-        if isinstance(seen, OSError | _POSTGRES_UNAVAILABLE):
+        if isinstance(seen, (OSError, *_POSTGRES_UNAVAILABLE)):
             return True
         if isinstance(seen, asyncpg.InterfaceError) and any(w in str(seen) for w in _LOST):
             return True

@@ -51,10 +51,10 @@ class TileFiles:
         self.anchor: tuple[int, bytes] | None = None
 
     async def bind(self, database: str | None,
-                   checkpoint_at: Callable[[int], Awaitable[StoredCheckpoint | None]],
-                   latest: StoredCheckpoint | None) -> None:
+                   checkpoint_at: Callable[[int], Awaitable[StoredCheckpoint | None]]) -> None:
         """Start using the files for `database` (tlog.store.identity), keeping those it
-        still stands behind; `checkpoint_at` and `latest` are its reads."""
+        still stands behind (`checkpoint_at` is its read); the record is written with the
+        first tile kept (advance)."""
         record = self._record()
         keep = False
         if record is not None and record[0] == database:
@@ -65,8 +65,6 @@ class TileFiles:
                         "database, or it no longer holds the tree they belong to", self.dir)
             self._delete()
         self.database, self.anchor = database, record[1:] if keep and record else None
-        if database is not None and latest is not None:
-            self.advance(latest.size, latest.root)
 
     def covers(self, end: int) -> bool:
         """Whether a tile ending at leaf `end` is within the anchor's tree (may be kept)."""
