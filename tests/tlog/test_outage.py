@@ -15,7 +15,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,8 @@ from tests.support import make_release
 from tlog.cli.pgcluster import Cluster
 from tlog.config import Config
 from tlog.http.app import create_app
-from tlog.http.handlers import READER
 from verifier.protocol.checkpoint import open_checkpoint
-from verifier.protocol.note import Signer, generate_key
+from verifier.protocol.note import Signer
 from verifier.protocol.tiles import TILE_WIDTH
 
 Client = TestClient[web.Request, web.Application]
