@@ -67,6 +67,7 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 # Pages of entries built at once, each in a thread: with 4 MiB pages, what they hold at most
 # (the rows, the answer) stays in the tens of MB; further page requests wait their turn.
 PAGES_AT_ONCE = 2
+WATCH_EVERY = 5.0  # seconds between two checks that the database is the same one
 
 
 class RequestMetrics:
@@ -199,6 +200,19 @@ async def _tie_to_database(app: web.Application) -> None:
         reader.on_swap(files.drop)
 
 
+async def _watch_database(app: web.Application, every: float = WATCH_EVERY) -> None:
+    """Every few seconds, whether the database is still the one the caches came from: a
+    swap under a running server (renamed databases, a pooler sending us elsewhere) breaks
+    no connection of ours, and cache hits make no query that would notice."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await app[READER].check_database()
+        except Exception as exc:  # an outage: the requests meeting it answer 503
+            if not database_unavailable(exc):
+                log.exception("checking which database answers failed")
+
+
 def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[errors_and_metrics], client_max_size=config.max_body)
     metrics = Metrics()
@@ -234,7 +248,12 @@ def create_app(config: Config) -> web.Application:
                 if running.witnesses is not None:
                     app[WITNESS_STATUS] = running.witnesses.status
                 await _tie_to_database(app)
-                yield
+                watch = asyncio.create_task(_watch_database(app), name="tlog-watch-database")
+                try:
+                    yield
+                finally:
+                    watch.cancel()
+                    await asyncio.gather(watch, return_exceptions=True)
         finally:
             app[PAGE_THREADS].shutdown(wait=False, cancel_futures=True)
 

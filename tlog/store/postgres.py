@@ -228,6 +228,10 @@ class Storage(CosignedStore):
     def on_swap(self, callback: Callable[[str], None]) -> None:
         self.guard.on_change(callback)
 
+    async def check_database(self) -> None:
+        async with self.pool.acquire(timeout=2) as conn:
+            await self.guard.check(conn)
+
     def _drop_caches(self, reason: str) -> None:
         self.tile_cache.clear()
         self.bundle_cache.clear()

@@ -126,6 +126,12 @@ class LogReader(Protocol):
         one read so far: whatever was kept from it (a checkpoint, tiles) must go."""
         ...
 
+    async def check_database(self) -> None:
+        """Check now that storage is still the database read so far (on_swap's callbacks
+        run if not): cache hits need no query, so nothing else would tell. Raises when
+        storage cannot be reached."""
+        ...
+
 
 @dataclass(frozen=True)
 class TokenRecord:
