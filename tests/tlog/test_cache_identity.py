@@ -23,6 +23,7 @@ from tests.support import make_release
 from tlog.cli.pgcluster import Cluster
 from tlog.config import Config
 from tlog.http.app import create_app
+from tlog.store.identity import read_identity
 from tlog.store.tilecache import RECORD
 from verifier.protocol.note import Signer
 from verifier.protocol.tiles import TILE_WIDTH
@@ -172,3 +173,25 @@ async def test_a_database_swapped_under_a_running_server_empties_its_caches(
     assert await read(a, "/checkpoint") == checkpoint_b
     assert tile_files(tiles) == [] or all(  # deleted (in a thread) and none kept since
         p.read_bytes()[:-32] in (bundle_b, tile_b) for p in tile_files(tiles))
+
+
+async def test_a_role_that_may_not_read_the_cluster_identifier_still_gets_an_identity(
+        pg_cluster: Cluster) -> None:
+    """pg_control_system() may be refused to a role: the database's OID still tells."""
+    _, url = await new_database(pg_cluster)
+    role = f"plain{os.getpid()}_{next(_numbers)}"
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute("REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC")
+        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
+        full = await read_identity(admin)
+        rest = url.partition("@")[2]
+        plain = await asyncpg.connect(f"postgresql://{role}:pw@{rest}")
+        try:
+            assert await read_identity(plain) == "/" + full.split("/")[1]
+        finally:
+            await plain.close()
+        assert full.split("/")[0].isdigit()
+    finally:
+        await admin.execute(f"DROP ROLE {role}")
+        await admin.close()

@@ -23,17 +23,20 @@ from typing import Any
 
 log = logging.getLogger("tlog.store")
 
+# Two statements: PostgreSQL checks the right to call a function of a plan before running
+# any of it, so a CASE around pg_control_system() would not spare a role without the right.
 SQL_IDENTITY = (
-    "SELECT CASE WHEN has_function_privilege('pg_control_system()', 'EXECUTE') "
-    "THEN (SELECT system_identifier::text FROM pg_control_system()) ELSE '' END AS system, "
+    "SELECT has_function_privilege('pg_control_system()', 'EXECUTE') AS may_read_system, "
     "(SELECT oid::text FROM pg_database WHERE datname = current_database()) AS database")
+SQL_SYSTEM = "SELECT system_identifier::text FROM pg_control_system()"
 SQL_ROOT_AT = "SELECT root FROM checkpoints WHERE tree_size = $1"
 
 
 async def read_identity(conn: Any) -> str:
     """The database's identity as "<system identifier>/<database OID>"."""
     row = await conn.fetchrow(SQL_IDENTITY)
-    return f"{row['system']}/{row['database']}"
+    system = await conn.fetchval(SQL_SYSTEM) if row["may_read_system"] else ""
+    return f"{system}/{row['database']}"
 
 
 async def holds_anchor(conn: Any, size: int, root: bytes) -> bool:
