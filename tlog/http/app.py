@@ -140,10 +140,21 @@ async def _respond(request: web.Request, handler: Handler) -> web.StreamResponse
             raise
         return _http_error(request, exc)
     except Exception as exc:
+        if _hung_up(request, exc):  # the client's doing: no error, no traceback
+            log.debug("the client hung up during %s %s", request.method, request.path)
+            return ApiError("bad_request", "the client closed the connection", close=True
+                            ).response()
         if database_unavailable(exc):  # an outage, not a bug: no traceback per request
             return database_unavailable_error(request, exc).response()
         log.exception("internal error on %s %s", request.method, request.path)
         return ApiError("internal", "internal error; the operator has the details").response()
+
+
+def _hung_up(request: web.Request, exc: Exception) -> bool:
+    """Whether `exc` is this request's client gone (a reset from the database is not)."""
+    transport = request.transport
+    return isinstance(exc, ConnectionResetError) and (transport is None
+                                                      or transport.is_closing())
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
