@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from tlog.config import Config
+from tlog.config import Config, quorum_rule
 from tlog.http.access import Buckets, ClientInFlight, InFlight, client_identity
 from tlog.http.admin import add_admin_routes
 from tlog.http.checkpoints import add_checkpoint_routes
@@ -45,10 +45,18 @@ from tlog.http.handlers import (
     release_write_slot,
 )
 from tlog.http.metrics import Metrics
+from tlog.http.outage import (
+    LAST_CHECKPOINT,
+    OUTAGE,
+    LastCheckpoint,
+    OutageReport,
+    database_unavailable_error,
+)
 from tlog.http.packages import add_package_routes
 from tlog.http.tokens import TokenAuthority
 from tlog.log.sequencer import RefusedError, UnavailableError
 from tlog.log.startup import running_log
+from tlog.store.outage import database_unavailable
 from tlog.store.tilecache import TileFiles
 from tlog.store.tilecache import namespace as tile_namespace
 
@@ -59,6 +67,7 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 # Pages of entries built at once, each in a thread: with 4 MiB pages, what they hold at most
 # (the rows, the answer) stays in the tens of MB; further page requests wait their turn.
 PAGES_AT_ONCE = 2
+WATCH_EVERY = 5.0  # seconds between two checks that the database is the same one
 
 
 class RequestMetrics:
@@ -130,9 +139,22 @@ async def _respond(request: web.Request, handler: Handler) -> web.StreamResponse
         if exc.status < 400:
             raise
         return _http_error(request, exc)
-    except Exception:
+    except Exception as exc:
+        if _hung_up(request, exc):  # the client's doing: no error, no traceback
+            log.debug("the client hung up during %s %s", request.method, request.path)
+            return ApiError("bad_request", "the client closed the connection", close=True
+                            ).response()
+        if database_unavailable(exc):  # an outage, not a bug: no traceback per request
+            return database_unavailable_error(request, exc).response()
         log.exception("internal error on %s %s", request.method, request.path)
         return ApiError("internal", "internal error; the operator has the details").response()
+
+
+def _hung_up(request: web.Request, exc: Exception) -> bool:
+    """Whether `exc` is this request's client gone (a reset from the database is not)."""
+    transport = request.transport
+    return isinstance(exc, ConnectionResetError) and (transport is None
+                                                      or transport.is_closing())
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -175,10 +197,38 @@ async def get_metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def _tie_to_database(app: web.Application) -> None:
+    """Fill what answers while the database is away (the last published checkpoint) and
+    tie it, and the tile files, to the database they come from (tlog.store.identity)."""
+    reader, last = app[READER], app[LAST_CHECKPOINT]
+    policy = app[CONFIG].witness_policy
+    last.seen(await reader.latest_published(quorum_rule(policy)) if policy
+              else await reader.latest_checkpoint())
+    reader.on_swap(last.forget)
+    files = app.get(TILE_FILES)
+    if files is not None:
+        await files.bind(reader.identity(), reader.checkpoint_at)
+        reader.on_swap(files.drop)
+
+
+async def _watch_database(app: web.Application, every: float = WATCH_EVERY) -> None:
+    """Every few seconds, whether the database is still the one the caches came from: a
+    swap under a running server (renamed databases, a pooler sending us elsewhere) breaks
+    no connection of ours, and cache hits make no query that would notice."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await app[READER].check_database()
+        except Exception as exc:  # an outage: the requests meeting it answer 503
+            if not database_unavailable(exc):
+                log.exception("checking which database answers failed")
+
+
 def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[errors_and_metrics], client_max_size=config.max_body)
     metrics = Metrics()
     app[METRICS] = metrics
+    app[LAST_CHECKPOINT], app[OUTAGE] = LastCheckpoint(), OutageReport()
     app[REQUEST_METRICS] = RequestMetrics(metrics)
     app[VKEY] = config.signer.verifier().text()
     if config.tile_cache is not None:
@@ -208,7 +258,13 @@ def create_app(config: Config) -> web.Application:
                 app[SEQUENCER] = running.sequencer
                 if running.witnesses is not None:
                     app[WITNESS_STATUS] = running.witnesses.status
-                yield
+                await _tie_to_database(app)
+                watch = asyncio.create_task(_watch_database(app), name="tlog-watch-database")
+                try:
+                    yield
+                finally:
+                    watch.cancel()
+                    await asyncio.gather(watch, return_exceptions=True)
         finally:
             app[PAGE_THREADS].shutdown(wait=False, cancel_futures=True)
 

@@ -32,6 +32,9 @@ from tlog.http.handlers import (
     parse_uint,
     query,
 )
+from tlog.http.outage import LAST_CHECKPOINT, OUTAGE
+from tlog.store.outage import database_unavailable
+from tlog.store.reader import StoredCheckpoint
 
 
 def _witnessed(request: web.Request) -> bool:
@@ -51,18 +54,35 @@ async def get_checkpoint(request: web.Request) -> web.Response:
     """The latest checkpoint; with a witness policy, the latest its quorum cosigned (the
     log's note and the cosignature lines, the freshest ones published), which trails the
     integrated one by a round. Only notes published under the current policy count, so
-    after a policy change this is 503 until the log publishes under it."""
+    after a policy change this is 503 until the log publishes under it.
+
+    While the database is away: the last checkpoint this server read and served (a
+    checkpoint the log did publish, perhaps not the latest), else 503
+    database_unavailable."""
+    last = request.app[LAST_CHECKPOINT]
+    try:
+        latest = await _latest(request)
+    except Exception as exc:
+        if not database_unavailable(exc) or last.checkpoint is None:
+            raise
+        request.app[OUTAGE].failed(request, exc)
+        return _note_response(last.checkpoint.note, CHECKPOINT_CACHE)
+    last.seen(latest)
+    return _note_response(latest.note, CHECKPOINT_CACHE)
+
+
+async def _latest(request: web.Request) -> StoredCheckpoint:
     reader = request.app[READER]
     if _witnessed(request):
         latest = await reader.latest_published(_rule(request))
         if latest is None:
             raise ApiError("not_ready", "no checkpoint has been cosigned by the witness "
                            "quorum yet", retry_after=request.app[CONFIG].witness_interval)
-        return _note_response(latest.note, CHECKPOINT_CACHE)
+        return latest
     latest = await reader.latest_checkpoint()
     if latest is None:
         raise ApiError("not_ready", "the log has not published a checkpoint yet")
-    return _note_response(latest.note, CHECKPOINT_CACHE)
+    return latest
 
 
 def _note_response(note: str, cache: str) -> web.Response:

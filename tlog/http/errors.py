@@ -72,6 +72,7 @@ STATUS: dict[str, int] = {
     "overloaded": 503,
     "unavailable": 503,
     "not_ready": 503,
+    "database_unavailable": 503,
     "internal": 500,
     # The registry replay's refusals (verifier.protocol.registry.Refusal.code): 403 for who
     # may sign what, 409 for a conflict with the log's state, 422 for what the entry lacks.

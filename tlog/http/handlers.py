@@ -22,6 +22,7 @@ from tlog.http.pages import build_page, entry_item
 from tlog.http.tokens import TokenAuthority, TokenClaims, TokenError, bearer
 from tlog.log.proofs import consistency_proof, inclusion_proof
 from tlog.log.sequencer import ConflictError, Receipt, Sequencer, UnavailableError
+from tlog.store.outage import RETRY_AFTER, database_unavailable
 from tlog.store.reader import LogReader, TokenLedger
 from tlog.store.tilecache import TileFiles
 from verifier.protocol.entries.errors import EntryError
@@ -124,7 +125,7 @@ async def get_tile(request: web.Request) -> web.Response:
         else:
             body = await _hash_tile(request, level, n, width)
         if files is not None:
-            files.put(tile_path(level, n), body)
+            await _keep_tile(request, files, level, n, body)
     cache = IMMUTABLE if full else PARTIAL
     return web.Response(body=body, content_type="application/octet-stream",
                         headers={"Cache-Control": cache})
@@ -140,6 +141,23 @@ async def _kept_tile(request: web.Request, files: TileFiles, level: int, n: int)
     if not await request.app[READER].published_at_least((n + 1) << shift):
         return None
     return files.get(tile_path(level, n))
+
+
+async def _keep_tile(request: web.Request, files: TileFiles, level: int, n: int,
+                     body: bytes) -> None:
+    """Keep a full tile just read from the database in the tile files; the files' record
+    first moves to the latest checkpoint if the tile lies beyond it (tlog.store.tilecache)."""
+    end = (n + 1) << (TILE_HEIGHT * (max(level, 0) + 1))  # the tile's leaves end here
+    if not files.covers(end):
+        try:
+            latest = await request.app[READER].latest_checkpoint()
+        except Exception as exc:
+            if database_unavailable(exc):
+                return  # the tile is answered all the same, only not kept
+            raise
+        if latest is not None:
+            files.advance(latest.size, latest.root)
+    files.put(tile_path(level, n), body, end)
 
 
 async def _hash_tile(request: web.Request, level: int, n: int, width: int) -> bytes:
@@ -417,16 +435,28 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready when a write could commit now: the database answers on a pooled connection
+    (as appends get one), takes writes (not read-only, not a standby in recovery), and the
+    sequencer has not stopped appends. `database` and `appends` say which failed."""
     seq = request.app[SEQUENCER]
+    appends = "running" if seq.failed is None else "stopped"
     try:
-        await request.app[READER].ping()
+        health = await request.app[READER].health()
     except Exception as exc:
-        raise ApiError("not_ready", f"database unreachable: {type(exc).__name__}") from exc
+        raise ApiError("not_ready", f"database unreachable: {type(exc).__name__}",
+                       retry_after=RETRY_AFTER, database={"reachable": False},
+                       appends=appends) from exc
+    state: dict[str, Any] = {"database": health.json(), "appends": appends}
     if seq.failed is not None:
-        raise ApiError("not_ready", f"appends are stopped: {seq.failed}")
+        raise ApiError("not_ready", f"appends are stopped: {seq.failed}", retry_after=None,
+                       **state)
+    if not health.writable:
+        why = "a standby in recovery" if health.in_recovery else "read-only"
+        raise ApiError("not_ready", f"the database is {why}: writes cannot commit",
+                       retry_after=RETRY_AFTER, **state)
     # Witness trouble is reported, never "not ready": the log still appends and serves.
     extra = request.app[WITNESS_STATUS]() if WITNESS_STATUS in request.app else {}
-    return web.json_response({"status": "ready", "origin": seq.signer.name, **extra})
+    return web.json_response({"status": "ready", "origin": seq.signer.name, **state, **extra})
 
 
 def add_routes(app: web.Application) -> None:

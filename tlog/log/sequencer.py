@@ -20,6 +20,7 @@ from tlog.log.metrics import AppendMetrics
 from tlog.log.proofs import consistency_proof, inclusion_proofs
 from tlog.log.registry import ReplayError, replay
 from tlog.log.statemap import MapError, next_map_root
+from tlog.store.outage import database_unavailable
 from tlog.store.postgres import AppendTx, NewEntry, Storage
 from tlog.store.reader import StoredCheckpoint, TokenRecord
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
@@ -193,6 +194,9 @@ class Sequencer:
         if isinstance(exc, SelfCheckError):
             self.failed = str(exc)
             log.critical("self-check failed, appends stopped: %s", exc)
+        elif database_unavailable(exc):  # an outage, not a bug: no traceback per batch
+            log.warning("append batch of %d failed, the database is unavailable: %s: %s",
+                        len(batch), type(exc).__name__, exc)
         else:
             log.exception("append batch of %d failed", len(batch), exc_info=exc)
         self.metrics.append_failures.inc()

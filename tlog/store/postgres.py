@@ -8,16 +8,19 @@ across processes by a transaction-scoped advisory lock.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from tlog.store.caches import FULL_TILE_BYTES as FULL_TILE_BYTES  # tests read it here
+from tlog.store.caches import LruCache, TileCache
 from tlog.store.cosigned import CosignedStore
+from tlog.store.identity import CacheGuard
+from tlog.store.outage import DatabaseHealth, database_health
 from tlog.store.reader import (
     LogReader,
     RevokeOutcome,
@@ -31,8 +34,6 @@ from verifier.protocol.package_state import MAP_ROOT_KIND
 from verifier.protocol.tiles import MAX_ENTRY_SIZE, TILE_WIDTH, TileKey
 
 APPEND_LOCK = 0x746C6F67_0002  # advisory lock id serializing appends ("tlog", 2)
-FULL_TILE_BYTES = 32 * TILE_WIDTH
-TILE_CACHE_SIZE = 4096  # full tiles kept in memory (8 KiB each, immutable)
 TILE_READAHEAD = 64  # full tiles read at once by a sequential reader (512 KiB)
 BUNDLE_CACHE_SIZE = 64  # full entry bundles kept in memory (~120 KiB each, immutable)
 BUNDLE_READAHEAD = 8  # full entry bundles read at once by a sequential reader
@@ -116,9 +117,6 @@ SQL_REVOKE_TOKEN = (
     "EXISTS (SELECT 1 FROM tokens WHERE jti = $1) AS known")
 
 
-KeyT = TypeVar("KeyT")
-
-
 @dataclass(frozen=True)
 class ExistingEntry:
     index: int
@@ -164,37 +162,6 @@ def _checkpoint(row: asyncpg.Record | None) -> StoredCheckpoint | None:
     return StoredCheckpoint(int(row["tree_size"]), bytes(row["root"]), str(row["note"]))
 
 
-class LruCache(Generic[KeyT]):
-    """A bounded LRU of immutable byte strings."""
-
-    def __init__(self, capacity: int) -> None:
-        self._items: OrderedDict[KeyT, bytes] = OrderedDict()
-        self._capacity = capacity
-
-    def get(self, key: KeyT) -> bytes | None:
-        data = self._items.get(key)
-        if data is not None:
-            self._items.move_to_end(key)
-        return data
-
-    def put(self, key: KeyT, data: bytes) -> None:
-        self._items[key] = data
-        self._items.move_to_end(key)
-        while len(self._items) > self._capacity:
-            self._items.popitem(last=False)
-
-
-class TileCache(LruCache[TileKey]):
-    """An LRU of full tiles: they never change once written, so caching is always safe."""
-
-    def __init__(self, capacity: int = TILE_CACHE_SIZE) -> None:
-        super().__init__(capacity)
-
-    def put(self, key: TileKey, data: bytes) -> None:
-        if len(data) == FULL_TILE_BYTES:
-            super().put(key, data)
-
-
 async def _fetch_tiles(conn: Any, keys: Sequence[TileKey], cache: TileCache,
                        populate: bool) -> dict[TileKey, bytes]:
     """Read tiles by key in one query, serving full tiles from `cache` where possible.
@@ -224,11 +191,14 @@ class Storage(CosignedStore):
     """Reads for the API (a LogReader), the token ledger, witness cosignatures
     (tlog.store.cosigned), and `append()` transactions for the sequencer."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, guard: CacheGuard | None = None) -> None:
         self.pool = pool
         self.tile_cache = TileCache()
         self.bundle_cache: LruCache[int] = LruCache(BUNDLE_CACHE_SIZE)
         self.published = 0  # the largest tree size seen published: sizes only ever grow
+        # The caches above hold only what this database published (tlog.store.identity).
+        self.guard = guard or CacheGuard()
+        self.guard.on_change(self._drop_caches)
 
     @classmethod
     async def connect(cls, url: str, min_size: int = 2, max_size: int = 10) -> Storage:
@@ -237,9 +207,10 @@ class Storage(CosignedStore):
             # default reset query on every release would be pure overhead.
             return None
 
+        guard = CacheGuard()
         pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
-                                         reset=no_reset, command_timeout=60)
-        return cls(pool)
+                                         reset=no_reset, command_timeout=60, init=guard.check)
+        return cls(pool, guard)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -248,10 +219,38 @@ class Storage(CosignedStore):
         async with self.pool.acquire(timeout=2) as conn:
             await conn.fetchval("SELECT 1")
 
+    async def health(self) -> DatabaseHealth:
+        return await database_health(self.pool)
+
+    def identity(self) -> str | None:
+        return self.guard.identity
+
+    def on_swap(self, callback: Callable[[str], None]) -> None:
+        self.guard.on_change(callback)
+
+    async def check_database(self) -> None:
+        async with self.pool.acquire(timeout=2) as conn:
+            await self.guard.check(conn)
+
+    def _drop_caches(self, reason: str) -> None:
+        self.tile_cache.clear()
+        self.bundle_cache.clear()
+        self.published = 0
+
+    def _seen(self, latest: StoredCheckpoint | None) -> None:
+        """Note a latest checkpoint read: one smaller than a size already seen published
+        means another database (a restore) is answering now: the caches go."""
+        if latest is None:
+            return
+        if latest.size < self.published:
+            self.guard.changed(f"the latest checkpoint went back from size {self.published} "
+                               f"to {latest.size}")
+        self.published = max(self.published, latest.size)
+        self.guard.seen(latest.size, latest.root)
+
     async def latest_checkpoint(self) -> StoredCheckpoint | None:
         latest = _checkpoint(await self.pool.fetchrow(SQL_LATEST_CHECKPOINT))
-        if latest is not None and latest.size > self.published:
-            self.published = latest.size
+        self._seen(latest)
         return latest
 
     async def published_at_least(self, size: int) -> bool:

@@ -12,11 +12,12 @@ audit trail the append transaction checks tokens against), is the TokenLedger.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from tlog.store.outage import DatabaseHealth
 from verifier.protocol.tiles import TILE_WIDTH, TileKey
 
 # What revoking a token did: revoking one that is already revoked changes nothing and is no
@@ -109,6 +110,26 @@ class LogReader(Protocol):
 
     async def ping(self) -> None:
         """Return if storage answers now; raise otherwise (for /readyz)."""
+        ...
+
+    async def health(self) -> DatabaseHealth:
+        """Whether a write could commit now (read-only, recovering); raises when storage
+        cannot be reached (for /readyz)."""
+        ...
+
+    def identity(self) -> str | None:
+        """Which database answers (tlog.store.identity); None before the first connection."""
+        ...
+
+    def on_swap(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(reason)` when storage turns out to be another database than the
+        one read so far: whatever was kept from it (a checkpoint, tiles) must go."""
+        ...
+
+    async def check_database(self) -> None:
+        """Check now that storage is still the database read so far (on_swap's callbacks
+        run if not): cache hits need no query, so nothing else would tell. Raises when
+        storage cannot be reached."""
         ...
 
 

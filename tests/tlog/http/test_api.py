@@ -892,7 +892,9 @@ async def test_healthz_and_readyz_answer_200(client: Client, log_signer: Signer)
     assert await resp.json() == {"status": "ok"}
     resp = await client.get("/readyz")
     assert resp.status == 200
-    assert await resp.json() == {"status": "ready", "origin": log_signer.name}
+    assert await resp.json() == {
+        "status": "ready", "origin": log_signer.name, "appends": "running",
+        "database": {"reachable": True, "read_only": False, "in_recovery": False}}
 
 
 async def test_registry_listing_pages_through_registry_entries_only(

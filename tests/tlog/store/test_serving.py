@@ -34,6 +34,7 @@ from tlog.store.postgres import (
     SQL_REGISTRY_PAGE,
     Storage,
 )
+from tlog.store.tilecache import RECORD
 from tlog.store.tilecache import namespace as tile_namespace
 from verifier.protocol.entries.kinds import KINDS, REGISTRY_KINDS
 from verifier.protocol.entries.release import validate_entry
@@ -336,8 +337,9 @@ async def cached_client(aiohttp_client: object, database_url: str, log_signer: S
 
 
 def kept_files(root: Path) -> dict[str, Path]:
+    """The tile files (not the record of the database they came from)."""
     return {str(p.relative_to(next(root.iterdir()))): p
-            for p in root.rglob("*") if p.is_file()}
+            for p in root.rglob("*") if p.is_file() and p.name != RECORD}
 
 
 async def test_full_tiles_are_kept_on_disk_and_served_from_there_without_the_database(
