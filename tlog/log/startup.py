@@ -160,10 +160,12 @@ async def running_log(config: Config, metrics: AppendMetrics,
                 witness_metrics or WitnessMetrics(CollectorRegistry()),
                 config.witness_interval, config.witness_timeout,
                 config.witness_refresh, on_rollback=functools.partial(_stop_appends, seq))
-        seq.start()
         try:
+            # Witnesses first: their first round (tlog.log.witness._probe) may find the
+            # database behind what they cosigned, and stop appends before any is taken.
             if witnesses is not None:
                 await witnesses.start()
+            seq.start()
             yield RunningLog(storage, seq, witnesses)
         finally:
             if witnesses is not None:

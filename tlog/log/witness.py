@@ -117,7 +117,8 @@ class WitnessTask:
 
     async def start(self) -> None:
         """Load what the database knows (each witness's size, the latest published
-        size), then run each witness's loop and the publication check in the background."""
+        size), ask each witness once (_probe), then run each witness's loop and the
+        publication check in the background."""
         sizes = await self.storage.witness_sizes()
         for view in self.views:
             view.size = sizes.get(view.ident, 0)
@@ -126,11 +127,22 @@ class WitnessTask:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.timeout),
             connector=aiohttp.TCPConnector(limit_per_host=2))
+        await self._probe()
         self._tasks = [asyncio.create_task(self._every_interval("publication", self.check),
                                            name="tlog-witness-publication")]
         self._tasks += [asyncio.create_task(
             self._every_interval(f"witness {v.witness.name}", functools.partial(self.turn, v)),
             name=f"tlog-witness-{v.witness.name}") for v in self.views]
+
+    async def _probe(self) -> None:
+        """Ask every witness once, whatever the stored cosignatures say, before appends
+        start (tlog.log.startup starts this task first; it takes at most the timeout). The
+        stored ones come from the database, which may be a restored backup: a witness that
+        cosigned more than it holds answers 409 with its size (RollbackAlarm, appends
+        stopped) before the log could sign a tree forking what the witness saw."""
+        latest = await self.storage.latest_checkpoint()
+        if latest is not None:
+            await asyncio.gather(*(self._ask(view, latest) for view in self.views))
 
     async def stop(self) -> None:
         for task in self._tasks:
