@@ -38,6 +38,7 @@ from tlog.log.proofs import consistency_proof
 from tlog.log.sequencer import SelfCheckError
 from tlog.store.postgres import Storage
 from tlog.store.reader import StoredCheckpoint
+from verifier.client.files import atomic_write
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint
 from verifier.protocol.merkle import ProofError, verify_consistency
 from verifier.protocol.note import Verifier
@@ -122,12 +123,14 @@ class HighWater:
                     raise HighWaterError(f"{self.path} holds another root for size {cp.size} "
                                          "than the database's")
                 return
-            _write_atomically(self.path, cp.note.encode())
+            # temporary file, fsync, rename, directory fsync: the old note or the new
+            atomic_write(self.path, cp.note.encode(), durable=True, mode=0o644)
             self.size = cp.size
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise HighWaterError(
@@ -165,24 +168,6 @@ async def _compare(storage: Storage, latest: StoredCheckpoint, published: Checkp
             f"the database's tree of size {latest.size} does not extend the checkpoint of "
             f"size {n} this log published (recorded in {path}): this is another log's "
             f"database ({exc})") from exc
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that a crash leaves the old or the new file, never a
-    mix: write a temporary file, fsync it, rename it over, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 async def record_or_stop(high: HighWater, cp: StoredCheckpoint) -> None:

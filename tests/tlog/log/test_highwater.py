@@ -66,7 +66,7 @@ async def test_the_published_file_never_goes_backwards(log_signer: Signer,
     await second.record(checkpoint(log_signer, 5))
     cp = HighWater(path, log_signer.verifier()).read()
     assert cp is not None and cp.size == 9
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.published", "log.published.lock"]
     with pytest.raises(HighWaterError, match="another root for size 9"):
         await HighWater(path, log_signer.verifier()).record(checkpoint(log_signer, 9, fill=2))
 
