@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.support import make_release
+from tests.support import make_release, write_key
 from tests.test_backup import pg_dump, restore
 from tests.tlog.log.test_witness import (
     INTERVAL,
@@ -26,7 +26,7 @@ from tests.tlog.log.test_witness import (
     witnessed_config,
 )
 from tlog.cli.pgcluster import Cluster
-from tlog.config import Config
+from tlog.config import Config, from_options
 from tlog.http.app import create_app
 from tlog.log.highwater import HighWater, HighWaterError
 from tlog.store.reader import StoredCheckpoint
@@ -146,3 +146,18 @@ async def test_witnesses_catch_a_restore_older_than_what_they_cosigned(
     assert resp.status == 503 and "published more than it holds" in await resp.text()
     assert any(r.levelname == "CRITICAL" and "appends stopped" in r.getMessage()
                for r in caplog.records)
+
+
+def test_the_published_file_defaults_to_beside_the_log_key(
+        log_signer: Signer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A default the operator already keeps: the log key's directory, not the database's."""
+    key = write_key(tmp_path / "prod.key", log_signer)
+    monkeypatch.delenv("TLOG_PUBLISHED_FILE", raising=False)
+    config = from_options("postgresql:///x", str(key), None, policy="open")
+    assert config.published_file == tmp_path / "prod.published"
+    monkeypatch.setenv("TLOG_PUBLISHED_FILE", str(tmp_path / "state" / "p"))
+    assert from_options("postgresql:///x", str(key), None,
+                        policy="open").published_file == tmp_path / "state" / "p"
+    given = from_options("postgresql:///x", str(key), None, policy="open",
+                         published_file=str(tmp_path / "given"))
+    assert given.published_file == tmp_path / "given"
