@@ -46,6 +46,8 @@ from verifier.protocol.note import Verifier
 log = logging.getLogger("tlog.highwater")
 
 MAX_FILE_BYTES = 64 * 1024  # a checkpoint note is a few hundred bytes
+WHERE = ("the log keeps the largest checkpoint it published in a file outside its database: "
+         "give --published-file PATH on persistent storage it may write")
 
 
 class HighWaterError(RuntimeError):
@@ -54,13 +56,6 @@ class HighWaterError(RuntimeError):
 
 class BehindError(HighWaterError):
     """The database is a prefix-sized restore: smaller than the published size."""
-
-
-def default_path(key_file: str | Path) -> Path:
-    """Beside the log's key (or vkey) file: the key is the log's identity and outlives any
-    database, so its directory is where the operator already keeps per-log state."""
-    key = Path(key_file).absolute()
-    return key.with_name(key.stem + ".published")
 
 
 class HighWater:
@@ -82,7 +77,7 @@ class HighWater:
             return None
         except OSError as exc:
             raise HighWaterError(f"couldn't read the published-checkpoint file "
-                                 f"{self.path}: {exc}") from exc
+                                 f"{self.path}: {exc}; {WHERE}") from exc
         try:
             if len(data) > MAX_FILE_BYTES:
                 raise ValueError("the file is too large for a checkpoint")
@@ -105,7 +100,9 @@ class HighWater:
         published = await asyncio.to_thread(self.read)
         if published is not None:
             await _compare(storage, latest, published, self.path)
-        await self.record(latest)
+        # Always through the lock, even when nothing is newer: a file the log cannot
+        # write is found now, not at the first append.
+        await asyncio.to_thread(self._record, latest)
 
     async def record(self, cp: StoredCheckpoint) -> None:
         """Make the file hold `cp` unless it holds a larger one (a thread: it fsyncs)."""
@@ -134,9 +131,7 @@ class HighWater:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise HighWaterError(
-                f"couldn't open {self.lock_path}: {exc}; the log keeps the largest "
-                "checkpoint it published in a file outside the database: give "
-                "--published-file PATH on persistent storage it may write") from exc
+                f"couldn't open {self.lock_path}: {exc}; {WHERE}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

@@ -29,6 +29,7 @@ from tlog.cli.pgcluster import Cluster
 from tlog.config import Config, from_options
 from tlog.http.app import create_app
 from tlog.log.highwater import HighWater, HighWaterError
+from tlog.log.startup import StartupError
 from tlog.store.reader import StoredCheckpoint
 from verifier.protocol.checkpoint import Checkpoint, sign_checkpoint
 from verifier.protocol.note import Signer, generate_key
@@ -161,3 +162,14 @@ def test_the_published_file_defaults_to_beside_the_log_key(
     given = from_options("postgresql:///x", str(key), None, policy="open",
                          published_file=str(tmp_path / "given"))
     assert given.published_file == tmp_path / "given"
+
+
+async def test_serve_refuses_to_start_without_a_published_file_it_can_write(
+        aiohttp_client: ClientFactory, database_url: str, log_signer: Signer,
+        tmp_path: Path) -> None:
+    """Found at startup, not at the first append: without the file, a restore of an old
+    backup would go unnoticed."""
+    (tmp_path / "ro").write_text("a file where the directory should be")
+    config = open_config(database_url, log_signer, tmp_path / "ro" / "log.published")
+    with pytest.raises(StartupError, match="--published-file PATH"):
+        await aiohttp_client(create_app(config))
