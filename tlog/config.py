@@ -97,6 +97,12 @@ class Config:
     witness_interval: float = 2.0
     witness_timeout: float = 10.0
     witness_refresh: float = DEFAULT_WITNESS_REFRESH
+    # The largest checkpoint the log published, kept outside the database
+    # (tlog.log.highwater): a database restored from an older backup is refused. None: not
+    # kept (tests that build a Config by hand); `tlog serve` always has one.
+    published_file: Path | None = None
+    # Serve a database behind published_file for reads only, appends refused (never signs).
+    allow_behind_published: bool = False
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -291,7 +297,20 @@ def from_options(database_url: str | None, key: str | None, listen: str | None,
                       if access.get("admin_token_file") else None),
         tls=_tls(access), quotas=quotas_from_options(access), tile_cache=_tile_cache(access),
         max_page_bytes=_given(access.get("max_page_bytes"), MAX_PAGE_BYTES),
+        published_file=published_file(key_file, access),
+        allow_behind_published=bool(access.get("allow_behind_published")),
         **_witness_options(access))
+
+
+def published_file(key_file: str, access: dict[str, Any]) -> Path:
+    """--published-file, TLOG_PUBLISHED_FILE, or KEYSTEM.published beside the log's key
+    (or vkey) file: the key is the log's identity and outlives any database, so its
+    directory is per-log state the operator keeps (and does not restore with the database)."""
+    given = access.get("published_file") or os.environ.get("TLOG_PUBLISHED_FILE")
+    if given:
+        return Path(given).absolute()
+    key = Path(key_file).absolute()
+    return key.with_name(key.stem + ".published")
 
 
 def _tile_cache(access: dict[str, Any]) -> Path | None:

@@ -77,7 +77,9 @@ def dev_config(home: Path, url: str, host: str, port: int, policy: str,
     secret = read_secret_file(_ensure_admin_token(home), "admin token file")
     return Config(database_url=url, signer=signer, host=host, port=port, policy=policy,
                   admin_keys=(load_vkey(admin.with_suffix(".vkey")),), token_signer=token_key,
-                  admin_secret=secret, tile_cache=home / "tile-cache", quotas=quotas)
+                  admin_secret=secret, tile_cache=home / "tile-cache", quotas=quotas,
+                  # the high-water mark of what it published (tlog.log.highwater)
+                  published_file=home / "log.published")
 
 
 def _publish_recipe(url: str, home: Path, policy: str, witnessed: bool) -> list[str]:

@@ -171,7 +171,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 ACCESS_OPTIONS = ("policy", "admin_key", "token_key", "admin_token_file", "tls_cert", "tls_key",
                   "client_ca", "admin_cn", *QUOTA_OPTIONS, "max_page_bytes", "tile_cache",
-                  "witness_policy", "witness_interval", "witness_timeout", "witness_refresh")
+                  "witness_policy", "witness_interval", "witness_timeout", "witness_refresh",
+                  "published_file", "allow_behind_published")
 
 
 def add_access_options(s: argparse.ArgumentParser) -> None:
@@ -198,6 +199,18 @@ def add_access_options(s: argparse.ArgumentParser) -> None:
                    help="keep every full tile and entry bundle served in DIR (or "
                         "TLOG_TILE_CACHE), so serving it again needs no database query; "
                         "delete DIR after restoring the database from a backup")
+    b = s.add_argument_group(
+        "backup and restore",
+        "The log keeps the signed note of the largest checkpoint it published in a file "
+        "outside its database, and refuses to serve a database restored from a backup older "
+        "than it (docs/BACKUP.md).")
+    b.add_argument("--published-file", metavar="PATH",
+                   help="that file (or TLOG_PUBLISHED_FILE; default KEYSTEM.published beside "
+                        "--key): on persistent storage, never restored with the database")
+    b.add_argument("--allow-behind-published", action="store_true",
+                   help="serve a database behind the published size for reads only: "
+                        "appends are refused (the log never signs a tree that could fork "
+                        "the published one) until a database holding it is restored")
     w = s.add_argument_group(
         "witnesses",
         "With a witness policy, the log asks the policy's witnesses to cosign its latest "

@@ -12,7 +12,7 @@ import asyncio
 import copy
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tlog.log.edge import EdgeError, load_edge
@@ -106,6 +106,8 @@ class Sequencer:
         self.max_wait = max_wait
         self.max_pending = max_pending
         self.failed: str | None = None
+        # Called after each COMMIT, before the batch's replies (tlog.log.highwater).
+        self.after_commit: Callable[[StoredCheckpoint], Awaitable[None]] | None = None
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -235,6 +237,11 @@ class Sequencer:
         self.registry, self.registry_next = registry, builder.size
         if latest is None:  # only possible for an empty batch, which _next_batch never makes
             raise UnavailableError("the log has no checkpoint yet")
+        if self.after_commit is not None:
+            # The published high-water mark: written before anyone is answered, so it
+            # covers every checkpoint a reply carries. A crash here leaves it one batch
+            # behind the database, a batch no one got a reply for.
+            await self.after_commit(latest)
         self.metrics.tree_size.set(latest.size)
         return plan.outcome, latest
 

@@ -3,11 +3,15 @@ size-0 checkpoint, and the running sequencer.
 
 Nothing is served from a database whose latest checkpoint does not verify with the log's
 key, whose entry count disagrees with it, or whose right edge (tiles and leaves) does not
-reproduce its root: serving it would spread a broken tree (StartupError).
+reproduce its root: serving it would spread a broken tree (StartupError). Nor one behind
+or beside the largest checkpoint the log published (tlog.log.highwater): a database
+restored from an older backup, or another log's.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from tlog.config import Config
 from tlog.log.edge import EdgeError, edge_builder, read_edge
+from tlog.log.highwater import BehindError, HighWater, HighWaterError, record_or_stop
 from tlog.log.metrics import AppendMetrics, WitnessMetrics
 from tlog.log.registry import ReplayError, replay_registry
 from tlog.log.sequencer import Sequencer
@@ -26,6 +31,8 @@ from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_check
 from verifier.protocol.merkle import EMPTY_ROOT
 from verifier.protocol.note import NoteSigner, Verifier
 from verifier.protocol.tiles import TILE_WIDTH, split_hashes
+
+log = logging.getLogger("tlog.startup")
 
 
 class StartupError(RuntimeError):
@@ -86,6 +93,34 @@ async def publish_empty(storage: Storage, signer: NoteSigner) -> None:
             await tx.put_checkpoint(0, EMPTY_ROOT, note)
 
 
+async def _check_published(storage: Storage, config: Config, seq: Sequencer) -> None:
+    """Compare the database with the published high-water file (tlog.log.highwater) and
+    hook the file's updates into the sequencer. A database behind it is refused, or with
+    allow_behind_published served with appends stopped (nothing is ever signed then)."""
+    assert config.published_file is not None
+    high = HighWater(config.published_file, config.signer.verifier())
+    latest = await storage.latest_checkpoint()
+    if latest is None:
+        raise StartupError("the database has no checkpoint after startup")
+    try:
+        await high.check(storage, latest)
+    except BehindError as exc:
+        if not config.allow_behind_published:
+            raise StartupError(f"{exc}; or, to serve it for reads only with appends "
+                               "refused, --allow-behind-published") from exc
+        _stop_appends(seq, f"{exc} (serving reads only: --allow-behind-published)")
+        return
+    except (HighWaterError, OSError) as exc:
+        raise StartupError(str(exc)) from exc
+    seq.after_commit = functools.partial(record_or_stop, high)
+
+
+def _stop_appends(seq: Sequencer, why: str) -> None:
+    """Appends answer 503 with `why` (and /readyz says not ready) until a restart."""
+    log.critical("appends stopped: %s", why)
+    seq.failed = why
+
+
 @dataclass(frozen=True)
 class RunningLog:
     storage: Storage
@@ -115,6 +150,8 @@ async def running_log(config: Config, metrics: AppendMetrics,
         seq.registry_next = size
         if size == 0:
             await publish_empty(storage, config.signer)
+        if config.published_file is not None:
+            await _check_published(storage, config, seq)
         metrics.tree_size.set(size)
         witnesses = None
         if config.witness_policy is not None:
@@ -122,11 +159,13 @@ async def running_log(config: Config, metrics: AppendMetrics,
                 storage, config.witness_policy, config.signer.verifier(),
                 witness_metrics or WitnessMetrics(CollectorRegistry()),
                 config.witness_interval, config.witness_timeout,
-                config.witness_refresh)
-        seq.start()
+                config.witness_refresh, on_rollback=functools.partial(_stop_appends, seq))
         try:
+            # Witnesses first: their first round (tlog.log.witness._probe) may find the
+            # database behind what they cosigned, and stop appends before any is taken.
             if witnesses is not None:
                 await witnesses.start()
+            seq.start()
             yield RunningLog(storage, seq, witnesses)
         finally:
             if witnesses is not None:

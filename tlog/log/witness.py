@@ -68,6 +68,13 @@ class ForkAlarm(Exception):
     root at a size it did: a split view or a leaked log key. Not retried."""
 
 
+class RollbackAlarm(ForkAlarm):
+    """A witness cosigned a size of this log larger than its database holds: the log
+    published more than it has, i.e. the database was restored from an older backup (or
+    lost committed data). Appending would sign trees that fork the published one, so the
+    task's on_rollback stops appends."""
+
+
 @dataclass
 class WitnessView:
     """What this process knows of one witness."""
@@ -92,8 +99,9 @@ class WitnessView:
 class WitnessTask:
     def __init__(self, storage: Storage, policy: Policy, log_key: Verifier,
                  metrics: WitnessMetrics, interval: float, timeout: float,
-                 refresh: float) -> None:
+                 refresh: float, on_rollback: Callable[[str], None] | None = None) -> None:
         self.storage, self.policy, self.metrics = storage, policy, metrics
+        self.on_rollback = on_rollback  # called with the reason on a RollbackAlarm
         self.trust = PolicyTrust(policy, log_key)
         self.rule = quorum_rule(policy)  # published rows are per policy
         self.interval, self.timeout, self.refresh = interval, timeout, refresh
@@ -109,7 +117,8 @@ class WitnessTask:
 
     async def start(self) -> None:
         """Load what the database knows (each witness's size, the latest published
-        size), then run each witness's loop and the publication check in the background."""
+        size), ask each witness once (_probe), then run each witness's loop and the
+        publication check in the background."""
         sizes = await self.storage.witness_sizes()
         for view in self.views:
             view.size = sizes.get(view.ident, 0)
@@ -118,11 +127,22 @@ class WitnessTask:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.timeout),
             connector=aiohttp.TCPConnector(limit_per_host=2))
+        await self._probe()
         self._tasks = [asyncio.create_task(self._every_interval("publication", self.check),
                                            name="tlog-witness-publication")]
         self._tasks += [asyncio.create_task(
             self._every_interval(f"witness {v.witness.name}", functools.partial(self.turn, v)),
             name=f"tlog-witness-{v.witness.name}") for v in self.views]
+
+    async def _probe(self) -> None:
+        """Ask every witness once, whatever the stored cosignatures say, before appends
+        start (tlog.log.startup starts this task first; it takes at most the timeout). The
+        stored ones come from the database, which may be a restored backup: a witness that
+        cosigned more than it holds answers 409 with its size (RollbackAlarm, appends
+        stopped) before the log could sign a tree forking what the witness saw."""
+        latest = await self.storage.latest_checkpoint()
+        if latest is not None:
+            await asyncio.gather(*(self._ask(view, latest) for view in self.views))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -198,6 +218,8 @@ class WitnessTask:
             self.metrics.fork_alarms.labels(name).inc()
             self.metrics.requests.labels(name, "fork").inc()
             log.critical("FORK ALARM from witness %s: %s", name, exc)
+            if isinstance(exc, RollbackAlarm) and self.on_rollback is not None:
+                self.on_rollback(f"witness {name} {exc}")
         except Exception as exc:
             said = str(exc) if isinstance(exc, WitnessError) \
                 else f"{type(exc).__name__}: {exc}"[:300]
@@ -245,6 +267,12 @@ class WitnessTask:
                 raise ForkAlarm(f"it holds another root for size {old} than this log's")
             raise WitnessError(f"409 Conflict without a usable size (we sent old {old})")
         if said > 0 and await self.storage.checkpoint_at(said) is None:
+            latest = await self.storage.latest_checkpoint()
+            if latest is None or said > latest.size:
+                raise RollbackAlarm(
+                    f"cosigned size {said} of this log, but its database holds only "
+                    f"{0 if latest is None else latest.size} entries: the log published "
+                    "more than it holds (restored from an older backup?)")
             raise ForkAlarm(f"it cosigned size {said}, a tree this log never integrated "
                             f"(this log is at {cp.size})")
         # Its truth replaces ours, even when smaller (a witness restored from a backup).
