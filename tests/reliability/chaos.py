@@ -22,7 +22,7 @@ from pathlib import Path
 import asyncpg
 
 from tests.reliability.invariants import Report, check
-from tests.reliability.load import Load, Stats
+from tests.reliability.load import Load, Stats, Submission
 from tests.support import Server, free_port, start_server, write_key
 from tlog.cli.pgcluster import Cluster
 from tlog.store import migrate
@@ -36,9 +36,12 @@ class Outcome:
     scenario: str
     disruptions: int  # kills, crashes or failures survived
     stats: Stats
-    submissions: int
-    acknowledged: int
+    submitted: list[Submission]  # with every receipt the log returned
     report: Report
+
+    @property
+    def acknowledged(self) -> int:
+        return sum(s.acknowledged for s in self.submitted)
 
 
 class LogUnderTest:
@@ -109,8 +112,7 @@ async def run(name: str, log: LogUnderTest, action: Action, *, clients: int = 8,
     report = await asyncio.to_thread(check, log.database_url, log.live_url(),
                                      log.signer.verifier(), log.vkey_file, load.submissions,
                                      log.workdir)
-    return Outcome(name, disruptions, load.stats, len(load.submissions), load.acknowledged,
-                   report)
+    return Outcome(name, disruptions, load.stats, load.submissions, report)
 
 
 async def progress(load: Load, more: int, timeout: float = 60) -> None:
@@ -190,6 +192,21 @@ CREATE CONSTRAINT TRIGGER chaos_fail_commit AFTER INSERT ON checkpoints
 """
 HEAL_COMMIT_SQL = ("DROP TRIGGER chaos_fail_commit ON checkpoints; "
                    "DROP FUNCTION chaos_fail_commit();")
+
+
+def refuse_commits(probability: float, acknowledged: int) -> Action:
+    """PostgreSQL refuses a share of the COMMITs while `acknowledged` more are acknowledged
+    (installed once the log has started: publishing its first checkpoint must succeed)."""
+
+    async def act(log: LogUnderTest, load: Load) -> int:
+        await sql(log.database_url, FAILING_COMMIT_SQL.format(probability=probability))
+        try:
+            await progress(load, acknowledged, timeout=120)
+        finally:
+            await sql(log.database_url, HEAL_COMMIT_SQL)
+        return log.output().count("chaos: COMMIT refused")
+
+    return act
 
 
 async def sql(database_url: str, statements: str) -> None:

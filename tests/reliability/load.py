@@ -26,6 +26,7 @@ from verifier.protocol.note import Signer
 
 REQUEST_TIMEOUT = 15.0  # seconds for one attempt: a stuck request counts as an outage
 GIVE_UP = 90.0  # seconds after the stop a client keeps retrying its last submission
+HUNG_UP = "hung up (client)"
 
 
 @dataclass
@@ -122,7 +123,8 @@ class Load:
             if outcome.startswith("4"):
                 sub.rejected.append(outcome)
                 return
-            self.stats.failures[outcome] += 1
+            if outcome != HUNG_UP:  # our own doing: counted in stats.disconnects
+                self.stats.failures[outcome] += 1
             target += 1
             await asyncio.sleep(self.rng.uniform(0.02, 0.15))
 
@@ -131,7 +133,7 @@ class Load:
         """One POST: the receipt, or what went wrong ("503", "ClientConnectorError", ...)."""
         if self.rng.random() < self.disconnect_rate:
             await self._hang_up(session, url, body)
-            return "hung up (client)"
+            return HUNG_UP
         try:
             async with session.post(url, data=body,
                                     headers={"Content-Type": "application/json"}) as resp:

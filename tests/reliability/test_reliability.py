@@ -20,7 +20,8 @@ import pytest
 
 from tests.reliability import chaos
 from tests.reliability.chaos import LogUnderTest, Outcome
-from tests.reliability.invariants import REPO
+from tests.reliability.invariants import REPO, check
+from tests.reliability.load import Submission
 from tlog.log.faults import MODES, POINTS, FaultConfigError, from_env
 from verifier.protocol.note import Signer
 
@@ -80,12 +81,9 @@ def test_three_servers_on_one_database_with_one_killed(log: LogUnderTest) -> Non
 
 def test_commit_refused_by_postgres_leaves_no_trace_and_retries_succeed(
         log: LogUnderTest) -> None:
-    asyncio.run(chaos.sql(log.database_url,
-                          chaos.FAILING_COMMIT_SQL.format(probability=0.3)))
     log.start()
     try:
-        outcome = asyncio.run(chaos.run("commitfail", log, chaos.keep_loading(150)))
-        asyncio.run(chaos.sql(log.database_url, chaos.HEAL_COMMIT_SQL))
+        outcome = asyncio.run(chaos.run("commitfail", log, chaos.refuse_commits(0.3, 150)))
     finally:
         log.stop()
     assert "chaos: COMMIT refused" in log.output()
@@ -135,3 +133,26 @@ def test_fault_injection_cannot_be_turned_on_by_accident(log: LogUnderTest) -> N
         capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode != 0
     assert "TLOG_FAULTS_I_KNOW=1" in run.stderr
+
+
+def test_the_checker_sees_a_moved_receipt_and_a_lost_entry(log: LogUnderTest) -> None:
+    """The invariants are not vacuous: a receipt whose index moved, and an acknowledged
+    entry deleted from the database, both fail them."""
+    log.start()
+    try:
+        outcome = asyncio.run(chaos.run("checker", log, chaos.keep_loading(20)))
+        assert_promise_kept(outcome)
+        sub = next(s for s in outcome.submitted if s.receipts)
+        moved = Submission(sub.body, [*sub.receipts, {**sub.receipts[0],
+                                                      "index": sub.receipts[0]["index"] + 1}])
+        report = check(log.database_url, log.live_url(), log.signer.verifier(),
+                       log.vkey_file, [moved], log.workdir)
+        assert report.lost == 1 and report.duplicates == 1, report.explain()
+        asyncio.run(chaos.sql(log.database_url, "DELETE FROM entries WHERE idx = "
+                              f"{sub.receipts[0]['index']}"))
+        report = check(log.database_url, log.live_url(), log.signer.verifier(),
+                       log.vkey_file, [sub], log.workdir)
+    finally:
+        log.stop()
+    assert report.lost == 1 and not report.audit_ok, report.explain()
+    assert any("not dense" in p for p in report.problems), report.explain()
