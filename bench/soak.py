@@ -31,11 +31,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.reliability import chaos  # noqa: E402
-from tests.reliability.chaos import LogUnderTest, Outcome  # noqa: E402
-from tests.reliability.load import Load  # noqa: E402
-from tlog.log.faults import POINTS  # noqa: E402
-from verifier.protocol.note import generate_key  # noqa: E402
+from tests.reliability import chaos
+from tests.reliability.chaos import LogUnderTest, Outcome
+from tests.reliability.load import Load
+from tlog.log.faults import POINTS
+from verifier.protocol.note import generate_key
 
 FAULT_ODDS = 0.2  # per batch, for each of "fail" and "fail-after" at the point
 
@@ -63,7 +63,7 @@ def scenario(args: argparse.Namespace, name: str, rng: random.Random) -> Outcome
         log.start(servers)
         try:
             outcome = asyncio.run(chaos.run(name, log, action, clients=clients,
-                                            disconnect_rate=hangups, seed=rng.random()))
+                                            disconnect_rate=hangups, seed=rng.randrange(2**32)))
         finally:
             log.stop()
         if name.startswith("fault-"):
