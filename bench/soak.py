@@ -9,8 +9,9 @@ tests.reliability.invariants (every receipt still true, dense indices, no duplic
 answered the same index, every checkpoint consistent with the last, `tlog-verify audit
 --full`). It prints one row per scenario:
 
-    scenario, kills/crashes/failures survived, requests sent, acknowledged, retried,
-    answers during the outages by status, entries lost (must be 0), duplicates (0), audit.
+    scenario, kills/crashes/failures survived, requests sent, acknowledged, retried requests,
+    submissions found on retry (appended by an attempt the client saw fail), answers during
+    the trouble by status, entries lost (must be 0), duplicates (0), audit.
 
 Usage: python bench/soak.py [--kills 50] [--crashes 5] [--rounds 3] [--acks 2000]
        [--clients 16] [--only SCENARIO ...] [--seed N]
@@ -96,11 +97,11 @@ def _rounds_of_kills(rounds: int, rng: random.Random) -> chaos.Action:
 def row(o: Outcome, seconds: float) -> list[str]:
     answers = ", ".join(f"{k}: {v}" for k, v in o.stats.failures.most_common()) or "-"
     return [o.scenario, str(o.disruptions), str(o.stats.sent), str(o.acknowledged),
-            str(o.stats.retried), answers, str(o.report.lost), str(o.report.duplicates),
-            "OK" if o.report.audit_ok else "FAILED", f"{seconds:.0f}"]
+            str(o.stats.retried), str(o.found_on_retry), answers, str(o.report.lost),
+            str(o.report.duplicates), "OK" if o.report.audit_ok else "FAILED", f"{seconds:.0f}"]
 
 
-HEADER = ["scenario", "survived", "requests", "acknowledged", "retried",
+HEADER = ["scenario", "survived", "requests", "acknowledged", "retried", "found on retry",
           "answers during trouble", "lost", "duplicates", "audit", "s"]
 
 

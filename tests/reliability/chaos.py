@@ -43,6 +43,11 @@ class Outcome:
     def acknowledged(self) -> int:
         return sum(s.acknowledged for s in self.submitted)
 
+    @property
+    def found_on_retry(self) -> int:
+        """Submissions the log had appended although the client saw the attempt fail."""
+        return sum(s.found_on_retry for s in self.submitted)
+
 
 class LogUnderTest:
     """`tlog serve` processes on one database; `urls` is the list the load clients use."""

@@ -144,6 +144,9 @@ def _check_submission(sub: Submission, hashes: list[bytes], notes: dict[int, str
     if not sub.receipts:
         return
     report.acknowledged += 1
+    if 201 in sub.statuses[1:]:
+        report.duplicates += 1
+        report.problem("one submission was answered 201 (newly logged) twice")
     indices = {r["index"] for r in sub.receipts}
     if len(indices) > 1:
         report.duplicates += 1

@@ -35,12 +35,19 @@ class Submission:
 
     body: bytes
     receipts: list[dict[str, Any]] = field(default_factory=list)  # every 200/201 body
+    statuses: list[int] = field(default_factory=list)  # the status of each receipt
     attempts: int = 0
     rejected: list[str] = field(default_factory=list)  # 4xx answers: never expected
 
     @property
     def acknowledged(self) -> bool:
         return bool(self.receipts)
+
+    @property
+    def found_on_retry(self) -> bool:
+        """Its first acknowledgment was a 200 (already logged): an attempt that failed for
+        the client had appended it, and the retry got its index back."""
+        return bool(self.statuses) and self.statuses[0] == 200
 
 
 @dataclass
@@ -117,8 +124,9 @@ class Load:
             self.stats.sent += 1
             url = self.urls[target % len(self.urls)] + "/v1/entries"
             outcome = await self._attempt(session, url, sub.body)
-            if isinstance(outcome, dict):
-                sub.receipts.append(outcome)
+            if isinstance(outcome, tuple):
+                sub.statuses.append(outcome[0])
+                sub.receipts.append(outcome[1])
                 return
             if outcome.startswith("4"):
                 sub.rejected.append(outcome)
@@ -129,8 +137,8 @@ class Load:
             await asyncio.sleep(self.rng.uniform(0.02, 0.15))
 
     async def _attempt(self, session: aiohttp.ClientSession, url: str,
-                       body: bytes) -> dict[str, Any] | str:
-        """One POST: the receipt, or what went wrong ("503", "ClientConnectorError", ...)."""
+                       body: bytes) -> tuple[int, dict[str, Any]] | str:
+        """One POST: (status, receipt), or what went wrong ("503", "ClientConnectorError")."""
         if self.rng.random() < self.disconnect_rate:
             await self._hang_up(session, url, body)
             return HUNG_UP
@@ -140,7 +148,7 @@ class Load:
                 text = await resp.text()
                 if resp.status in (200, 201):
                     receipt: dict[str, Any] = json.loads(text)
-                    return receipt
+                    return resp.status, receipt
                 return f"{resp.status} {text[:200]}" if resp.status < 500 else str(resp.status)
         except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
             return type(exc).__name__

@@ -26,6 +26,7 @@ from tlog.log.faults import MODES, POINTS, FaultConfigError, from_env
 from verifier.protocol.note import Signer
 
 FAULT_ENV = {"TLOG_FAULTS_I_KNOW": "1"}
+PERSISTING = {"commit", "reply"}  # the points whose failure can come after COMMIT
 
 
 def assert_promise_kept(outcome: Outcome) -> None:
@@ -114,6 +115,10 @@ def test_fault_at_each_durability_point_before_and_after_the_step(
     for mode in MODES:
         assert f"injected fault {point}:{mode}\n" in log.output(), f"{mode} never fired"
     assert_promise_kept(outcome)
+    if point in PERSISTING:  # some failed attempts had appended: their retries found them
+        assert outcome.found_on_retry > 0
+    else:  # nothing of a failed batch persisted: every first acknowledgment created it
+        assert outcome.found_on_retry == 0
 
 
 def test_fault_injection_cannot_be_turned_on_by_accident(log: LogUnderTest) -> None:
