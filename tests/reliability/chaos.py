@@ -182,6 +182,24 @@ def keep_loading(acknowledged: int) -> Action:
     return act
 
 
+def keep_loading_until(done: Callable[[LogUnderTest, Load], bool], acknowledged: int,
+                       timeout: float = 120) -> Action:
+    """Load until `acknowledged` more are acknowledged and `done` says what had to happen
+    did (a random fault fired, say), so that a test does not depend on luck."""
+
+    async def act(log: LogUnderTest, load: Load) -> int:
+        await progress(load, acknowledged, timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not done(log, load):
+            if loop.time() > deadline:
+                raise TimeoutError("what the test waits for never happened")
+            await progress(load, load.clients, timeout)
+        return 0
+
+    return act
+
+
 # A COMMIT that PostgreSQL itself refuses: a deferred constraint trigger runs at COMMIT and
 # fails a share of the append transactions (each writes one checkpoint).
 FAILING_COMMIT_SQL = """

@@ -21,7 +21,7 @@ import pytest
 from tests.reliability import chaos
 from tests.reliability.chaos import LogUnderTest, Outcome
 from tests.reliability.invariants import REPO, check
-from tests.reliability.load import Submission
+from tests.reliability.load import Load, Submission
 from tlog.log.faults import MODES, POINTS, FaultConfigError, from_env
 from verifier.protocol.note import Signer
 
@@ -107,9 +107,16 @@ def test_clients_hanging_up_mid_request_get_their_index_on_retry(log: LogUnderTe
 def test_fault_at_each_durability_point_before_and_after_the_step(
         point: str, log: LogUnderTest) -> None:
     log.env = {**FAULT_ENV, "TLOG_FAULTS": f"{point}:fail:0.2,{point}:fail-after:0.2"}
+
+    def both_fired(log: LogUnderTest, load: Load) -> bool:
+        output = log.output()
+        return (all(f"injected fault {point}:{mode}\n" in output for mode in MODES)
+                and (point not in PERSISTING or any(s.found_on_retry for s in load.submissions)))
+
     log.start()
     try:
-        outcome = asyncio.run(chaos.run(f"fault-{point}", log, chaos.keep_loading(120)))
+        outcome = asyncio.run(chaos.run(f"fault-{point}", log,
+                                        chaos.keep_loading_until(both_fired, 100)))
     finally:
         log.stop()
     for mode in MODES:
