@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,15 +77,18 @@ class Server:
 
 
 def start_server(database_url: str, key_file: Path, workdir: Path, timeout: float = 30,
-                 extra: Sequence[str] = ("--policy", "open"), scheme: str = "http") -> Server:
-    """Start `tlog serve` (an open log unless `extra` says otherwise) and wait until ready."""
-    port = free_port()
+                 extra: Sequence[str] = ("--policy", "open"), scheme: str = "http",
+                 env: Mapping[str, str] | None = None, port: int | None = None) -> Server:
+    """Start `tlog serve` (an open log unless `extra` says otherwise) and wait until ready;
+    `env` adds to the environment, `port` reuses a port (a restart the clients find)."""
+    port = port or free_port()
     log_path = workdir / f"serve-{port}.log"
-    out = log_path.open("wb")
+    out = log_path.open("ab")  # a restart on the same port appends to the same log
     proc = subprocess.Popen(
         [sys.executable, "-m", "tlog", "serve", "--database-url", database_url,
          "--key", str(key_file), "--listen", f"127.0.0.1:{port}", *extra],
-        stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        stdout=out, stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     server = Server(proc, f"{scheme}://127.0.0.1:{port}", log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tlog.log.edge import EdgeError, load_edge
+from tlog.log.faults import NO_FAULTS, Faults
 from tlog.log.metrics import AppendMetrics
 from tlog.log.proofs import consistency_proof, inclusion_proofs
 from tlog.log.registry import ReplayError, replay
@@ -96,8 +97,10 @@ class _Plan:
 class Sequencer:
     def __init__(self, storage: Storage, signer: NoteSigner, metrics: AppendMetrics,
                  registry: Registry, *,
-                 max_batch: int = 512, max_wait: float = 0.005, max_pending: int = 20000) -> None:
+                 max_batch: int = 512, max_wait: float = 0.005, max_pending: int = 20000,
+                 faults: Faults = NO_FAULTS) -> None:
         self.storage = storage
+        self.faults = faults  # test-only (tlog.log.faults); none unless TLOG_FAULTS is on
         self.registry = registry  # replayed up to registry_next; replaced only after a commit
         self.registry_next = 0
         self.signer = signer
@@ -144,7 +147,9 @@ class Sequencer:
             started = time.perf_counter()
             try:
                 outcome, published = await self._append(batch)
+                self.faults.before("reply")
                 receipts = await self._receipts(batch, outcome, published)
+                self.faults.after("reply")
             except Exception as exc:  # one failed batch must not stop the loop
                 self._fail_batch(batch, exc)
                 continue
@@ -220,17 +225,27 @@ class Sequencer:
             if plan.new:
                 # The batch ends with the log's map-root/v1 entry (tlog.log.statemap), its
                 # map nodes written in this same transaction.
+                self.faults.before("map")
                 new = [*plan.new, await self._map_root(tx, builder.size, plan.new)]
+                self.faults.after("map")
                 for entry in new:
                     builder.append(entry.leaf_hash)
+                self.faults.before("entries")
                 await tx.insert_entries(new)
+                self.faults.after("entries")
                 changed = builder.take_changed()
+                self.faults.before("tiles")
                 await tx.put_tiles(changed)
+                self.faults.after("tiles")
                 note = sign_checkpoint(
                     Checkpoint(self.signer.name, builder.size, builder.root()), self.signer)
                 await self._self_check(tx, latest, note, builder, changed)
+                self.faults.before("checkpoint")
                 await tx.put_checkpoint(builder.size, builder.root(), note)
+                self.faults.after("checkpoint")
                 latest = StoredCheckpoint(builder.size, builder.root(), note)
+            self.faults.before("commit")  # raising here rolls the whole batch back
+        self.faults.after("commit")  # as if COMMIT's answer were lost: the batch is durable
         # COMMIT done: entries, tiles and the checkpoint are durable together. A crash from
         # here on loses only the replies; retries find the entries through dedup. Only now
         # may the registry replay move on: a rolled-back batch must leave no trace in it.

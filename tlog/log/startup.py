@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from tlog.config import Config
+from tlog.log import faults
 from tlog.log.edge import EdgeError, edge_builder, read_edge
 from tlog.log.highwater import BehindError, HighWater, HighWaterError, record_or_stop
 from tlog.log.metrics import AppendMetrics, WitnessMetrics
@@ -135,6 +136,10 @@ async def running_log(config: Config, metrics: AppendMetrics,
     """The checked, open log of `config`, its running sequencer and (with a witness policy)
     its witness task, stopped and closed on exit. Raises StartupError (or
     migrate.SchemaError) for a log that must not be served."""
+    try:
+        injected = faults.from_env()  # test-only; refuses without its consent variable
+    except faults.FaultConfigError as exc:
+        raise StartupError(str(exc)) from exc
     storage = await Storage.connect(config.database_url)
     try:
         async with storage.pool.acquire() as conn:
@@ -146,7 +151,8 @@ async def running_log(config: Config, metrics: AppendMetrics,
         except ReplayError as exc:
             raise StartupError(str(exc)) from exc
         seq = Sequencer(storage, config.signer, metrics, registry,
-                        max_batch=config.max_batch, max_wait=config.max_wait)
+                        max_batch=config.max_batch, max_wait=config.max_wait,
+                        faults=injected)
         seq.registry_next = size
         if size == 0:
             await publish_empty(storage, config.signer)
