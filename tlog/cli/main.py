@@ -171,7 +171,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 ACCESS_OPTIONS = ("policy", "admin_key", "token_key", "admin_token_file", "tls_cert", "tls_key",
                   "client_ca", "admin_cn", *QUOTA_OPTIONS, "max_page_bytes", "tile_cache",
-                  "witness_policy", "witness_interval", "witness_timeout", "witness_refresh")
+                  "witness_policy", "witness_interval", "witness_timeout", "witness_refresh",
+                  "read_database_url", "database_pooler")
 
 
 def add_access_options(s: argparse.ArgumentParser) -> None:
@@ -198,6 +199,15 @@ def add_access_options(s: argparse.ArgumentParser) -> None:
                    help="keep every full tile and entry bundle served in DIR (or "
                         "TLOG_TILE_CACHE), so serving it again needs no database query; "
                         "delete DIR after restoring the database from a backup")
+    r = s.add_argument_group("scaling reads")
+    r.add_argument("--read-database-url", metavar="URL",
+                   help="a PostgreSQL streaming-replication standby of --database-url (or "
+                        "TLOG_READ_DATABASE_URL): proof, entry, tile, bundle, package-state "
+                        "and search reads about sizes it has replayed go to it; the rest, "
+                        "and whatever it cannot answer, to the primary")
+    r.add_argument("--database-pooler", choices=["none", "pgbouncer"],
+                   help="pgbouncer (or TLOG_DATABASE_POOLER): the database URLs lead to "
+                        "PgBouncer in transaction mode (no prepared statement cache)")
     w = s.add_argument_group(
         "witnesses",
         "With a witness policy, the log asks the policy's witnesses to cosign its latest "

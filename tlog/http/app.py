@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from tlog.config import Config
+from tlog.config import Config, pool_options
 from tlog.http.access import Buckets, ClientInFlight, InFlight, client_identity
 from tlog.http.admin import add_admin_routes
 from tlog.http.checkpoints import add_checkpoint_routes
@@ -49,6 +49,7 @@ from tlog.http.packages import add_package_routes
 from tlog.http.tokens import TokenAuthority
 from tlog.log.sequencer import RefusedError, UnavailableError
 from tlog.log.startup import running_log
+from tlog.store.routing import standby_reader
 from tlog.store.tilecache import TileFiles
 from tlog.store.tilecache import namespace as tile_namespace
 
@@ -208,7 +209,14 @@ def create_app(config: Config) -> web.Application:
                 app[SEQUENCER] = running.sequencer
                 if running.witnesses is not None:
                     app[WITNESS_STATUS] = running.witnesses.status
-                yield
+                if config.read_database_url is None:
+                    yield
+                    return
+                async with standby_reader(running.storage, config.read_database_url,
+                                          metrics.count_standby, pool_options(config)) as reads:
+                    metrics.standby_lag.set_function(lambda: reads.lag)
+                    app[READER] = reads
+                    yield
         finally:
             app[PAGE_THREADS].shutdown(wait=False, cancel_futures=True)
 

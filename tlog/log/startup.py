@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from tlog.config import Config
+from tlog.config import Config, pool_options
 from tlog.log.edge import EdgeError, edge_builder, read_edge
 from tlog.log.metrics import AppendMetrics, WitnessMetrics
 from tlog.log.registry import ReplayError, replay_registry
@@ -100,7 +100,7 @@ async def running_log(config: Config, metrics: AppendMetrics,
     """The checked, open log of `config`, its running sequencer and (with a witness policy)
     its witness task, stopped and closed on exit. Raises StartupError (or
     migrate.SchemaError) for a log that must not be served."""
-    storage = await Storage.connect(config.database_url)
+    storage = await Storage.connect(config.database_url, **pool_options(config))
     try:
         async with storage.pool.acquire() as conn:
             await migrate.check_version(conn)

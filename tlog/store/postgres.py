@@ -231,14 +231,15 @@ class Storage(CosignedStore):
         self.published = 0  # the largest tree size seen published: sizes only ever grow
 
     @classmethod
-    async def connect(cls, url: str, min_size: int = 2, max_size: int = 10) -> Storage:
+    async def connect(cls, url: str, min_size: int = 2, max_size: int = 10,
+                      **options: Any) -> Storage:
         async def no_reset(conn: asyncpg.Connection) -> None:
             # Handlers leave no session state (no SET, LISTEN or session locks), so the
             # default reset query on every release would be pure overhead.
             return None
 
         pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
-                                         reset=no_reset, command_timeout=60)
+                                         reset=no_reset, command_timeout=60, **options)
         return cls(pool)
 
     async def close(self) -> None:
