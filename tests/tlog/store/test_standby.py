@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.audit_support import releases, write_log
 from tests.standby_support import (
     Replicated,
     create_database,
@@ -30,6 +31,7 @@ from tests.standby_support import (
 )
 from tests.support import Server, make_release, start_server, submit_all, write_key
 from verifier.protocol.checkpoint import open_checkpoint
+from tlog.cli.pgcluster import Cluster
 from verifier.protocol.merkle import verify_inclusion
 from verifier.protocol.note import Signer, generate_key
 
@@ -184,5 +186,26 @@ def test_a_killed_standby_sends_reads_to_the_primary_and_writes_continue(
         for receipt in more:
             check_receipt_reads(server, log_signer, receipt)
         assert routed(server)["standby"] > before["standby"]
+    finally:
+        server.stop()
+
+
+def test_a_read_database_holding_another_log_is_never_read(
+        pg_cluster: Cluster, database_url: str, log_signer: Signer, tmp_path: Path) -> None:
+    """Wrong or forked standby: a --read-database-url whose checkpoint is not the primary's
+    of the same size (here a longer history signed with the same key) answers nothing; the
+    primary answers every read, and the operator finds it in the log and the metrics."""
+    other = f"forked{next(_names)}"
+    asyncio.run(create_database(pg_cluster, other))
+    write_log(pg_cluster.url(other), log_signer, releases(generate_key("fork-bot"), 20))
+    server = serve((database_url, pg_cluster.url(other)), log_signer, tmp_path)
+    try:
+        receipts = append(server, generate_key("honest-bot"), "e", 3)
+        for receipt in receipts:
+            check_receipt_reads(server, log_signer, receipt)
+        counts = routed(server)
+        assert counts.get("standby", 0) == 0
+        assert counts.get("unavailable", 0) > 0
+        assert "is not the primary's" in server.output()
     finally:
         server.stop()
