@@ -161,20 +161,21 @@ class RoutingReader:
         self.replayed = max(self.replayed, mine.size)
 
     async def latest_checkpoint(self) -> StoredCheckpoint | None:
-        if await self._caught_up():
+        """The standby's latest when it is not older than what this process knows was
+        published (its own receipts included): an answer never goes back in time."""
+        self._learn(0)
+        if not self._usable():
+            self.count("unavailable")
+        else:
             try:
-                latest = await self.standby.latest_checkpoint()
-            except STANDBY_ERRORS as exc:
-                self._mark_down(type(exc).__name__)
+                latest = await self._survey()  # one query: the answer is its replayed size
+            except STANDBY_ERRORS:
                 self.count("error")
             else:
-                # Never older than what this process already answered about.
-                if latest is not None and latest.size >= self.known:
+                if self.verified and latest is not None and latest.size >= self.known:
                     self.count("standby")
                     return latest
                 self.count("behind")
-        else:
-            self.count("behind" if self._usable() else "unavailable")
         latest = await self.primary.latest_checkpoint()
         self._learn(0 if latest is None else latest.size)
         return latest
