@@ -72,3 +72,4 @@ def test_two_servers_append_through_pgbouncer_in_transaction_mode(
 def _root_at(url: str, size: int, signer: Signer) -> bytes:
     with urllib.request.urlopen(f"{url}/v1/checkpoints/{size}") as resp:
         return open_checkpoint(resp.read(), signer.verifier()).root
+
