@@ -21,8 +21,9 @@ standby. Then each read goes to the standby only if it is about a size it has re
   without a new tree size, so they stay on the primary.
 
 Whatever the standby cannot answer now (a query error, a dropped connection, a replay
-conflict) is asked of the primary instead, and the standby is left alone for a few
-seconds: clients see no error while the primary answers. Every fallback is counted by
+conflict) is asked of the primary instead, and the standby is left alone until the
+background refresh finds it answering again: clients see no error while the primary
+answers, and only the reads in flight when it failed wait for it. Every fallback is counted by
 reason, and the lag (sizes the standby is behind) is refreshed every REFRESH seconds.
 
 A standby whose checkpoint differs from the primary's of the same size is another log (or
@@ -48,7 +49,6 @@ log = logging.getLogger("tlog.standby")
 T = TypeVar("T")
 REFRESH = 1.0  # seconds between checks of the standby's replayed size (and the lag metric)
 RESURVEY = 0.01  # seconds: an on-demand check of the replayed size is shared this long
-DOWN_SECONDS = 3.0  # after a standby error, reads go to the primary this long
 CONNECT_TIMEOUT = 2.0  # seconds; a standby that does not answer must not hold reads long
 # What the standby fails with when it cannot answer now; anything else is a bug to see.
 STANDBY_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -64,8 +64,9 @@ class RoutingReader:
         self.count = count
         self.replayed = -1  # the standby's replayed size; -1 until known (and verified)
         self.known = 0  # the largest size this process knows the log published
-        self.down_until = 0.0
+        self.down = False  # set by a standby error, cleared when refresh() reaches it
         self._surveyed = 0.0
+        self._refused_size = -1  # the mismatching size last logged
         # Whether the standby's checkpoint was found on the primary (refresh checks it every
         # round): what a verified standby replays later comes from the same primary.
         self.verified = False
@@ -79,7 +80,7 @@ class RoutingReader:
         self.known = max(self.known, size, self.primary.published)
 
     def _usable(self) -> bool:
-        return self.replayed >= 0 and time.monotonic() >= self.down_until
+        return self.replayed >= 0 and not self.down
 
     async def _replayed_at_least(self, size: int) -> bool:
         """Whether the standby replayed a tree of `size`; asks it again (once per RESURVEY
@@ -105,10 +106,10 @@ class RoutingReader:
         return latest
 
     def _mark_down(self, why: str) -> None:
-        if time.monotonic() >= self.down_until:
-            log.warning("standby unavailable (%s): reads go to the primary for %.0f s",
-                        why, DOWN_SECONDS)
-        self.down_until = time.monotonic() + DOWN_SECONDS
+        if not self.down:
+            log.warning("standby unavailable (%s): reads go to the primary until it "
+                        "answers again", why)
+        self.down = True
 
     async def _read(self, on_standby: bool, read: Callable[[Storage], Awaitable[T]],
                     reason: str = "behind") -> T:
@@ -150,14 +151,19 @@ class RoutingReader:
             theirs = await self.primary.checkpoint_at(mine.size)
         except STANDBY_ERRORS:  # the primary is out: the check waits for the next round
             if self.verified:
+                self.down = False
                 self.replayed = max(self.replayed, mine.size)
             return
         if theirs is None or theirs.root != mine.root:
-            log.error("the standby's checkpoint of size %d is not the primary's: it is not "
-                      "a copy of this log, and is not read", mine.size)
+            if self._refused_size != mine.size:
+                log.error("the standby's checkpoint of size %d is not the primary's: it is "
+                          "not a copy of this log, and is not read", mine.size)
+            self._refused_size = mine.size
             self.verified, self.replayed = False, -1
             return
-        self.verified = True
+        if self.down:
+            log.warning("standby answers again: reads about sizes it replayed go to it")
+        self.verified, self.down = True, False
         self.replayed = max(self.replayed, mine.size)
 
     async def latest_checkpoint(self) -> StoredCheckpoint | None:
