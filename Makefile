@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck unit bench bench-verifier clean postgres softhsm
+.PHONY: run test lint typecheck unit bench bench-verifier clean postgres softhsm pgbouncer
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tlog needs Python >= 3.11")'
@@ -18,6 +18,9 @@ postgres:
 softhsm:
 	@deploy/ensure-softhsm.sh
 
+pgbouncer:
+	@deploy/ensure-pgbouncer.sh
+
 run: $(STAMP) postgres
 	$(BIN)/tlog dev
 
@@ -27,7 +30,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) postgres softhsm
+unit: $(STAMP) postgres softhsm pgbouncer
 	$(BIN)/pytest -q
 
 test: lint typecheck unit

@@ -29,6 +29,7 @@ MAX_WITNESS_INTERVAL = 3600.0  # seconds between cosigning rounds, at most
 MAX_WITNESS_TIMEOUT = 300.0  # seconds one witness request may take, at most
 DEFAULT_WITNESS_REFRESH = 60.0  # seconds; an idle log's witnessed time is about this old
 MAX_WITNESS_REFRESH = 86400.0
+POOLERS = ("none", "pgbouncer")
 PKCS11_OPTIONS = ("pkcs11_module", "pkcs11_token", "pkcs11_key", "pkcs11_pin_file")
 
 
@@ -103,8 +104,16 @@ class Config:
     published_file: Path | None = None
     # Serve a database behind published_file for reads only, appends refused (never signs).
     allow_behind_published: bool = False
+    # Reads about sizes a streaming-replication standby has replayed go to it
+    # (tlog.store.routing); everything else stays on database_url.
+    read_database_url: str | None = None
+    # "pgbouncer": the URLs lead to PgBouncer in transaction mode, which hands each
+    # transaction any server connection, so no prepared statement may outlive one.
+    database_pooler: str = "none"
 
     def __post_init__(self) -> None:
+        if self.database_pooler not in POOLERS:
+            raise ConfigError(f"--database-pooler must be one of {', '.join(POOLERS)}")
         if self.policy not in POLICIES:
             raise ConfigError(f"--policy must be one of {', '.join(POLICIES)}")
         if self.policy == "registered" and (not self.admin_keys or self.token_signer is None):
@@ -129,6 +138,16 @@ class Config:
     @property
     def origin(self) -> str:
         return self.signer.name
+
+
+def pool_options(config: Config) -> dict[str, Any]:
+    """asyncpg pool options for the configured pooler. Behind PgBouncer in transaction
+    mode a named prepared statement lives on one server connection while the next
+    transaction may get another: asyncpg's statement cache must be off (it then sends
+    unnamed statements, parsed and run before the transaction ends). The append lock is
+    transaction-scoped (pg_advisory_xact_lock) and no session state is used, so
+    transaction pooling keeps the single-writer guarantee."""
+    return {"statement_cache_size": 0} if config.database_pooler == "pgbouncer" else {}
 
 
 def quorum_witnesses(policy: Policy, name: str | None = None) -> set[str]:
@@ -299,6 +318,10 @@ def from_options(database_url: str | None, key: str | None, listen: str | None,
         max_page_bytes=_given(access.get("max_page_bytes"), MAX_PAGE_BYTES),
         published_file=published_file(key_file, access),
         allow_behind_published=bool(access.get("allow_behind_published")),
+        read_database_url=(access.get("read_database_url")
+                           or os.environ.get("TLOG_READ_DATABASE_URL") or None),
+        database_pooler=(access.get("database_pooler")
+                         or os.environ.get("TLOG_DATABASE_POOLER") or "none"),
         **_witness_options(access))
 
 

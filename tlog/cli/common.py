@@ -48,6 +48,15 @@ def run_app(app: web.Application, host: str, port: int, banner: str | None = Non
         print(f"tlog: refusing to serve: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (OSError, asyncpg.PostgresError) as exc:
-        print(f"tlog: couldn't start: {exc}", file=sys.stderr)
+        print(f"tlog: couldn't start: {exc}{_pooler_hint(exc)}", file=sys.stderr)
         return EXIT_TRANSPORT
     return EXIT_OK
+
+
+def _pooler_hint(exc: BaseException) -> str:
+    """What to do when prepared statements break: the URL leads to a transaction pooler."""
+    if isinstance(exc, (asyncpg.DuplicatePreparedStatementError,
+                        asyncpg.InvalidSQLStatementNameError)):
+        return ("\ntlog: is the database behind PgBouncer in transaction mode? "
+                "Run with --database-pooler pgbouncer")
+    return ""

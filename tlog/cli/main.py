@@ -172,7 +172,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
 ACCESS_OPTIONS = ("policy", "admin_key", "token_key", "admin_token_file", "tls_cert", "tls_key",
                   "client_ca", "admin_cn", *QUOTA_OPTIONS, "max_page_bytes", "tile_cache",
                   "witness_policy", "witness_interval", "witness_timeout", "witness_refresh",
-                  "published_file", "allow_behind_published")
+                  "published_file", "allow_behind_published", "read_database_url",
+                  "database_pooler")
 
 
 def add_access_options(s: argparse.ArgumentParser) -> None:
@@ -211,6 +212,15 @@ def add_access_options(s: argparse.ArgumentParser) -> None:
                    help="serve a database behind the published size for reads only: "
                         "appends are refused (the log never signs a tree that could fork "
                         "the published one) until a database holding it is restored")
+    r = s.add_argument_group("scaling reads")
+    r.add_argument("--read-database-url", metavar="URL",
+                   help="a PostgreSQL streaming-replication standby of --database-url (or "
+                        "TLOG_READ_DATABASE_URL): proof, entry, tile, bundle, package-state "
+                        "and search reads about sizes it has replayed go to it; the rest, "
+                        "and whatever it cannot answer, to the primary")
+    r.add_argument("--database-pooler", choices=["none", "pgbouncer"],
+                   help="pgbouncer (or TLOG_DATABASE_POOLER): the database URLs lead to "
+                        "PgBouncer in transaction mode (no prepared statement cache)")
     w = s.add_argument_group(
         "witnesses",
         "With a witness policy, the log asks the policy's witnesses to cosign its latest "

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from tlog.config import Config, quorum_rule
+from tlog.config import Config, pool_options, quorum_rule
 from tlog.http.access import Buckets, ClientInFlight, InFlight, client_identity
 from tlog.http.admin import add_admin_routes
 from tlog.http.checkpoints import add_checkpoint_routes
@@ -57,6 +57,7 @@ from tlog.http.tokens import TokenAuthority
 from tlog.log.sequencer import RefusedError, UnavailableError
 from tlog.log.startup import running_log
 from tlog.store.outage import database_unavailable
+from tlog.store.routing import standby_reader
 from tlog.store.tilecache import TileFiles
 from tlog.store.tilecache import namespace as tile_namespace
 
@@ -211,14 +212,15 @@ async def _tie_to_database(app: web.Application) -> None:
         reader.on_swap(files.drop)
 
 
-async def _watch_database(app: web.Application, every: float = WATCH_EVERY) -> None:
+async def _watch_database(check: Callable[[], Awaitable[None]],
+                          every: float = WATCH_EVERY) -> None:
     """Every few seconds, whether the database is still the one the caches came from: a
     swap under a running server (renamed databases, a pooler sending us elsewhere) breaks
     no connection of ours, and cache hits make no query that would notice."""
     while True:
         await asyncio.sleep(every)
         try:
-            await app[READER].check_database()
+            await check()
         except Exception as exc:  # an outage: the requests meeting it answer 503
             if not database_unavailable(exc):
                 log.exception("checking which database answers failed")
@@ -259,9 +261,18 @@ def create_app(config: Config) -> web.Application:
                 if running.witnesses is not None:
                     app[WITNESS_STATUS] = running.witnesses.status
                 await _tie_to_database(app)
-                watch = asyncio.create_task(_watch_database(app), name="tlog-watch-database")
+                watch = asyncio.create_task(_watch_database(running.storage.check_database),
+                                            name="tlog-watch-database")
                 try:
-                    yield
+                    if config.read_database_url is None:
+                        yield
+                    else:
+                        async with standby_reader(running.storage, config.read_database_url,
+                                                  metrics.count_standby,
+                                                  pool_options(config)) as reads:
+                            metrics.standby_lag.set_function(lambda: reads.lag)
+                            app[READER] = reads
+                            yield
                 finally:
                     watch.cancel()
                     await asyncio.gather(watch, return_exceptions=True)

@@ -258,6 +258,8 @@ class Sequencer:
             # behind the database, a batch no one got a reply for.
             await self.after_commit(latest)
         self.metrics.tree_size.set(latest.size)
+        # Published now: reads of this process (a standby's router among them) know it.
+        self.storage.published = max(self.storage.published, latest.size)
         return plan.outcome, latest
 
     async def _map_root(self, tx: AppendTx, size: int, new: Sequence[NewEntry]) -> NewEntry:

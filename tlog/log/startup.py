@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from tlog.config import Config
+from tlog.config import Config, pool_options
 from tlog.log import faults
 from tlog.log.edge import EdgeError, edge_builder, read_edge
 from tlog.log.highwater import BehindError, HighWater, HighWaterError, record_or_stop
@@ -140,7 +140,7 @@ async def running_log(config: Config, metrics: AppendMetrics,
         injected = faults.from_env()  # test-only; refuses without its consent variable
     except faults.FaultConfigError as exc:
         raise StartupError(str(exc)) from exc
-    storage = await Storage.connect(config.database_url)
+    storage = await Storage.connect(config.database_url, **pool_options(config))
     try:
         async with storage.pool.acquire() as conn:
             await migrate.check_version(conn)

@@ -201,7 +201,8 @@ class Storage(CosignedStore):
         self.guard.on_change(self._drop_caches)
 
     @classmethod
-    async def connect(cls, url: str, min_size: int = 2, max_size: int = 10) -> Storage:
+    async def connect(cls, url: str, min_size: int = 2, max_size: int = 10,
+                      **options: Any) -> Storage:
         async def no_reset(conn: asyncpg.Connection) -> None:
             # Handlers leave no session state (no SET, LISTEN or session locks), so the
             # default reset query on every release would be pure overhead.
@@ -209,7 +210,8 @@ class Storage(CosignedStore):
 
         guard = CacheGuard()
         pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
-                                         reset=no_reset, command_timeout=60, init=guard.check)
+                                         reset=no_reset, command_timeout=60, init=guard.check,
+                                         **options)
         return cls(pool, guard)
 
     async def close(self) -> None:
