@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck unit bench bench-verifier clean postgres softhsm
+.PHONY: run test lint typecheck unit bench bench-verifier bench-mirror clean postgres softhsm nginx
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tlog needs Python >= 3.11")'
@@ -18,6 +18,9 @@ postgres:
 softhsm:
 	@deploy/ensure-softhsm.sh
 
+nginx:
+	@deploy/ensure-nginx.sh
+
 run: $(STAMP) postgres
 	$(BIN)/tlog dev
 
@@ -27,7 +30,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) postgres softhsm
+unit: $(STAMP) postgres softhsm nginx
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
@@ -38,6 +41,9 @@ bench: $(STAMP) postgres
 bench-verifier: $(STAMP) postgres
 	$(BIN)/python bench/build_log.py
 	$(BIN)/python bench/verifier_bench.py --skip-build
+
+bench-mirror: $(STAMP) postgres nginx
+	$(BIN)/python bench/mirror_bench.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
