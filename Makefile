@@ -42,7 +42,8 @@ bench-verifier: $(STAMP) postgres
 	$(BIN)/python bench/build_log.py
 	$(BIN)/python bench/verifier_bench.py --skip-build
 
-bench-mirror: $(STAMP) postgres nginx
+bench-mirror: $(STAMP) postgres
+	@deploy/ensure-nginx.sh --with-wrk
 	$(BIN)/python bench/mirror_bench.py
 
 clean:
