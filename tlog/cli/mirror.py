@@ -203,7 +203,10 @@ def _partial(got: dict[str, bytes], level: int, n: int, width: int) -> bytes:
     data = got.get(tile_path(level, n, width))
     if data is not None:
         return data
-    full = got[tile_path(level, n)]
+    full = got.get(tile_path(level, n))
+    if full is None:  # unreachable: the audit fetched one of them, or failed
+        raise VerificationFailed(f"the log served neither {tile_path(level, n, width)} "
+                                 f"nor {tile_path(level, n)}")
     if level == ENTRIES_LEVEL:
         return encode_bundle(decode_bundle(full, TILE_WIDTH)[:width])
     return full[:32 * width]
