@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from tests.audit_support import LiveLog
 from tests.conftest import SHARED
 from tests.mirror_support import NGINX, Nginx, start_nginx
 from tests.support import free_port
+from tests.witness_support import TiledLog, policy_text, witnesses
 from tlog.cli.mirror import PROGRESS_FILE, mirror_once
 from verifier.client.fetch import FailoverFetcher, Fetcher, MemoryFetcher, NotFound
 from verifier.client.http import HttpFetcher
@@ -248,3 +250,27 @@ def test_failover_goes_on_transport_errors_in_order_and_stays_with_who_answered(
         f.fetch("tile/0/001", 10)
     with pytest.raises(TransportError, match="exceeds the limit"):
         f.fetch("tile/0/000", 0)
+
+
+def test_a_mirror_under_a_witness_policy_copies_only_quorum_cosigned_checkpoints(
+        log_signer: Signer, publisher: Signer, tmp_path: Path) -> None:
+    a, b = witnesses("a", "b")
+    policy = tmp_path / "policy"
+    policy.write_text(policy_text(log_signer, "g", [a, b], extra="group g all a b"))
+    upstream = TiledLog(tmp_path / "log", log_signer)
+    upstream.releases(publisher, *(f"1.{i}" for i in range(300)))
+    now = int(time.time())
+    upstream.serve(upstream.cosign(300, {a: now, b: now}))
+    out = tmp_path / "mirror"
+    done = run("mirror", "--log", upstream.file_url, "--policy", str(policy), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    copied = (out / "checkpoint").read_text()
+    assert copied == upstream.cosigned[300]  # the cosignature lines kept: clients need them
+    # The log moves on with only one witness's cosignature: short of the quorum, not copied.
+    upstream.releases(publisher, *(f"2.{i}" for i in range(300)))
+    upstream.serve(upstream.cosign(600, {a: now}))
+    refused = run("mirror", "--log", upstream.file_url, "--policy", str(policy), "--out",
+                  str(out))
+    assert refused.returncode == 1 and "short of quorum" in refused.stderr, refused.stderr
+    assert (out / "checkpoint").read_text() == copied
+    assert not (out / "tile" / "entries" / "001").exists()
