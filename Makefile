@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck unit bench bench-verifier clean postgres softhsm pgbouncer
+.PHONY: run test lint typecheck unit bench bench-verifier bench-mirror clean postgres softhsm pgbouncer nginx
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tlog needs Python >= 3.11")'
@@ -20,6 +20,8 @@ softhsm:
 
 pgbouncer:
 	@deploy/ensure-pgbouncer.sh
+nginx:
+	@deploy/ensure-nginx.sh
 
 run: $(STAMP) postgres
 	$(BIN)/tlog dev
@@ -30,7 +32,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) postgres softhsm pgbouncer
+unit: $(STAMP) postgres softhsm pgbouncer nginx
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
@@ -41,6 +43,10 @@ bench: $(STAMP) postgres
 bench-verifier: $(STAMP) postgres
 	$(BIN)/python bench/build_log.py
 	$(BIN)/python bench/verifier_bench.py --skip-build
+
+bench-mirror: $(STAMP) postgres
+	@deploy/ensure-nginx.sh --with-wrk
+	$(BIN)/python bench/mirror_bench.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

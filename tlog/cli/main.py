@@ -15,6 +15,7 @@ import asyncpg
 
 from tlog.cli.common import run_app, write_keypair
 from tlog.cli.lifecycle import add_lifecycle_commands
+from tlog.cli.mirror import add_mirror_command
 from tlog.cli.pgcluster import ClusterError
 from tlog.cli.proof import LOG_KEY_HELP
 from tlog.cli.registry import add_operator_commands
@@ -333,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_operator_commands(sub)
     add_lifecycle_commands(sub)
+    add_mirror_command(sub)
 
     d = sub.add_parser("dev", help="run a local log with its own PostgreSQL (the embedded default)")
     d.add_argument("--home", default=".tlog", help="state directory (default ./.tlog)")

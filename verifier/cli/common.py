@@ -5,10 +5,12 @@ LogClient and LogTrust those options describe."""
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from datetime import UTC, datetime
 
-from verifier.client.log import LogClient
+from verifier.client.fetch import FailoverFetcher
+from verifier.client.log import LogClient, open_source
 from verifier.client.statedir import StateDir, load_policy, load_vkey
 from verifier.errors import UsageError
 from verifier.protocol.duration import parse_duration
@@ -23,8 +25,10 @@ def add_common(p: argparse.ArgumentParser, log: bool = True) -> None:
     """Add --log (unless `log` is false), --key, --policy, --max-age, --timeout and
     --retries to `p`."""
     if log:
-        p.add_argument("--log", required=True,
-                       help="the log's base URL (or a file: URL of a local copy of its tiles)")
+        p.add_argument("--log", required=True, action="append", metavar="URL",
+                       help="the log's base URL (or a file: URL of a local copy of its "
+                            "tiles); repeat it to name mirrors, asked in turn when one "
+                            "cannot be reached (never when one's answer does not verify)")
     p.add_argument("--key", help="the log's verifier key file (pinned by you); required "
                                  "unless --policy names the log")
     p.add_argument("--policy", metavar="FILE",
@@ -40,9 +44,18 @@ def add_common(p: argparse.ArgumentParser, log: bool = True) -> None:
 
 
 def client_for(args: argparse.Namespace, state: StateDir | None = None) -> LogClient:
-    """The client of --log; with `state`, tiles are cached in its tiles/ directory."""
+    """The client of --log (several: failing over between them in order on transport
+    errors); with `state`, tiles are cached in its tiles/ directory."""
     cache = state.path / "tiles" if state is not None else None
-    return LogClient(args.log, cache_dir=cache, timeout=args.timeout, retries=args.retries)
+    if len(args.log) == 1:
+        return LogClient(args.log[0], cache_dir=cache, timeout=args.timeout,
+                         retries=args.retries)
+    sources = [open_source(url, timeout=args.timeout, retries=args.retries) for url in args.log]
+    return LogClient(FailoverFetcher(sources, _say), cache_dir=cache)
+
+
+def _say(message: str) -> None:
+    print(f"tlog-verify: failed over: {message}", file=sys.stderr, flush=True)
 
 
 def now_of(args: argparse.Namespace) -> datetime:

@@ -107,7 +107,8 @@ def _halts(args: argparse.Namespace) -> HaltConfig | None:
                  if args.halt_token_file else os.environ.get("TLOG_TOKEN") or None)
     except KeyFileError as exc:
         raise UsageError(str(exc)) from exc
-    log = HttpFetcher(args.log, timeout=args.timeout, retries=args.retries)
+    # Halts are writes: they go to the first --log, the log itself (mirrors take no writes).
+    log = HttpFetcher(args.log[0], timeout=args.timeout, retries=args.retries)
     return HaltConfig(signer, rules, files, log, token)
 
 

@@ -13,8 +13,10 @@ class ProgressLine:
     """A `Progress` for people: a bar redrawn in place on a terminal, at most 5 times a
     second; otherwise (a log file, CI) one line a minute. `close` ends the bar's line."""
 
-    def __init__(self, stream: TextIO, tty: bool | None = None) -> None:
+    def __init__(self, stream: TextIO, tty: bool | None = None,
+                 label: str = "tlog-verify: audit") -> None:
         self.stream = stream
+        self.label = label
         self.tty = stream.isatty() if tty is None else tty
         self.interval = 0.2 if self.tty else 60.0
         self.started = time.monotonic()
@@ -32,7 +34,7 @@ class ProgressLine:
             self.stream.write("\r" + text + "\x1b[K")
             self._drawn = True
         else:
-            self.stream.write(f"tlog-verify: audit {text}\n")
+            self.stream.write(f"{self.label} {text}\n")
         self.stream.flush()
 
     @staticmethod

@@ -9,11 +9,13 @@ against a checkpoint verified with a pinned key. Three sources exist:
 - `verifier.client.http.HttpFetcher`: a log or any cache or CDN in front of it (libcurl);
 - `DirectoryFetcher`: a static copy of the tiles in a local directory (a mirror, an archive);
 - `MemoryFetcher`: resources held in memory (for embedding and tests).
+
+`FailoverFetcher` asks several sources of one log (the log, its mirrors) in turn.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
@@ -85,6 +87,53 @@ class MemoryFetcher:
 
     def copy(self) -> MemoryFetcher:
         return self
+
+
+class FailoverFetcher:
+    """Several sources of one log (the log itself, static mirrors, caches), asked in order.
+
+    A fetch goes to the source that answered last (the first one to begin with); on a
+    TransportError (unreachable, a timeout, 5xx after its retries, a missing file) the other
+    sources are tried in their order, and the first that answers becomes the one asked
+    next. Only transport failures fail over: the bytes are checked above this seam, and a
+    source whose bytes do not verify fails the check, whatever the other sources would say
+    (falling back on a bad answer would let any one bad source pick what is believed).
+    `say` is told, in a sentence, each time another source answered (for stderr).
+    """
+
+    def __init__(self, sources: Sequence[Fetcher], say: Callable[[str], None]) -> None:
+        if not sources:
+            raise ValueError("no source to fetch from")
+        self.sources = list(sources)
+        self.say = say
+        self.current = 0
+
+    def where(self, path: str) -> str:
+        return self.sources[self.current].where(path)
+
+    def fetch(self, path: str, limit: int) -> bytes:
+        order = [self.current] + [i for i in range(len(self.sources)) if i != self.current]
+        failures: list[TransportError] = []
+        for i in order:
+            try:
+                data = self.sources[i].fetch(path, limit)
+            except TransportError as exc:
+                failures.append(exc)
+                continue
+            if failures:
+                self.say(f"{self.sources[i].where(path)} answered after "
+                         f"{'; '.join(map(str, failures))}")
+            self.current = i
+            return data
+        reasons = "; ".join(map(str, failures))
+        if all(isinstance(exc, NotFound) for exc in failures):
+            raise NotFound(f"no source has {path}: {reasons}")
+        raise TransportError(f"no source could give {path}: {reasons}")
+
+    def copy(self) -> FailoverFetcher:
+        twin = FailoverFetcher([s.copy() for s in self.sources], self.say)
+        twin.current = self.current
+        return twin
 
 
 def _capped(data: bytes, limit: int, where: str) -> bytes:
