@@ -20,6 +20,7 @@ softhsm:
 
 pgbouncer:
 	@deploy/ensure-pgbouncer.sh
+
 nginx:
 	@deploy/ensure-nginx.sh
 
