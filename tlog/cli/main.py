@@ -200,7 +200,8 @@ def add_access_options(s: argparse.ArgumentParser) -> None:
     c.add_argument("--tile-cache", metavar="DIR",
                    help="keep every full tile and entry bundle served in DIR (or "
                         "TLOG_TILE_CACHE), so serving it again needs no database query; "
-                        "delete DIR after restoring the database from a backup")
+                        "files from another database, or a restore without their tree, are "
+                        "deleted at startup")
     b = s.add_argument_group(
         "backup and restore",
         "The log keeps the signed note of the largest checkpoint it published in a file "
