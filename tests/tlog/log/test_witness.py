@@ -245,7 +245,10 @@ async def test_an_invalid_cosignature_is_not_stored_and_does_not_count(
     setup.witnesses[1].witness.corrupt = True
     await append(log, publisher, "1")
     await asyncio.sleep(4 * INTERVAL)
-    assert await published(log) is None
+    # The empty tree may have been cosigned by both when the log asked them at startup,
+    # before w2 turned bad; the tree holding the release must not be published.
+    got = await published(log)
+    assert got is None or got[0] < leaves(1), got
     assert await stored_cosigners(database_url, leaves(1)) == ["witness1.example"]
     assert "invalid cosignature" in (await readyz(log))["witnesses"]["w2"]["last_error"]
     setup.witnesses[1].witness.corrupt = False

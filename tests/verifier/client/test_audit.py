@@ -92,6 +92,9 @@ def rebuild(log: LiveLog, publisher: Signer, size: int) -> None:
     """The operator wipes the log and starts over under the same key with other entries:
     a tree of `size` leaves, one batch ending with its map-root entry."""
     log.stop()
+    # A lying operator also throws away the log's own record of what it published, which
+    # would otherwise refuse the wiped database (tlog.log.highwater): clients must catch it.
+    (log.workdir / "log.published").unlink()
     log.sql("TRUNCATE entries, tiles, checkpoints, cosignatures, published, witness_state, "
             "map_nodes")
     write_log(log.database_url, log.signer,

@@ -362,6 +362,9 @@ def test_a_log_that_rewrites_its_history_is_caught_with_evidence(
         server.stop()
     assert code == 0 and len(before) == 5
     asyncio.run(_wipe(database_url))
+    # The lying operator also removes the log's record of what it published
+    # (tlog.log.highwater), which would refuse the wiped database: the monitor must catch it.
+    (tmp_path / "log.published").unlink()
     server = start_server(database_url, key, tmp_path)
     try:
         append(server.url, [make_release(publisher, "app", f"9.{i}") for i in range(7)])
