@@ -111,7 +111,12 @@ class Sequencer:
         self.failed: str | None = None
         # Called after each COMMIT, before the batch's replies (tlog.log.highwater).
         self.after_commit: Callable[[StoredCheckpoint], Awaitable[None]] | None = None
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        # Groups of submissions: one for POST /v1/entries, all valid entries of a request for
+        # POST /v1/entries/batch. A group is never split between batches (it shares one
+        # checkpoint); `_carry` is a group taken that did not fit the batch being gathered.
+        self._queue: asyncio.Queue[list[_Pending]] = asyncio.Queue()
+        self._carry: list[_Pending] | None = None
+        self.waiting = 0  # submissions queued (carry included), not yet in a batch
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -121,8 +126,11 @@ class Sequencer:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        groups = [self._carry] if self._carry else []
+        self._carry = None
         while not self._queue.empty():
-            pending = self._queue.get_nowait()
+            groups.append(self._queue.get_nowait())
+        for pending in (p for group in groups for p in group):
             if not pending.future.done():
                 pending.future.set_exception(UnavailableError("the log is shutting down"))
 
@@ -132,14 +140,37 @@ class Sequencer:
         `token_id` is the id of the submission token that was verified for it, if any; the
         batch checks it is still on record and not revoked, inside the append transaction.
         """
+        [result] = await self.submit_many([(entry, token_id)])
+        if isinstance(result, ConflictError | RefusedError):
+            raise result
+        return result
+
+    async def submit_many(self, items: Sequence[tuple[LogEntry, str | None]]
+                          ) -> list[Receipt | ConflictError | RefusedError]:
+        """Log many (entry, token_id) at once, in one batch: each one's receipt or refusal, in
+        order. All are queued together or none (UnavailableError): a request whose entries do
+        not fit in max_pending waits nowhere and takes no one else's room. A failed batch
+        raises UnavailableError for all of them; entries of a committed batch stay logged and
+        a retry finds them (200)."""
+        if not items:
+            return []
         if self.failed is not None:
             raise UnavailableError(f"appends are stopped: {self.failed}")
-        if self._queue.qsize() >= self.max_pending:
+        if self.waiting + len(items) > self.max_pending:
             raise UnavailableError("too many submissions waiting; retry shortly")
-        pending = _Pending(entry, token_id)
-        self._queue.put_nowait(pending)
-        # shield: a client that hangs up must not cancel the future the batch will resolve.
-        return await asyncio.shield(pending.future)
+        group = [_Pending(entry, token_id) for entry, token_id in items]
+        self._queue.put_nowait(group)
+        self.waiting += len(group)
+        # shield: a client that hangs up must not cancel the futures the batch will resolve.
+        done = await asyncio.shield(asyncio.gather(*(p.future for p in group),
+                                                   return_exceptions=True))
+        out: list[Receipt | ConflictError | RefusedError] = []
+        for result in done:
+            if isinstance(result, Receipt | ConflictError | RefusedError):
+                out.append(result)
+            else:  # the batch failed (UnavailableError) or a bug: the whole request fails
+                raise result
+        return out
 
     async def _run(self) -> None:
         while True:
@@ -181,20 +212,28 @@ class Sequencer:
         return out
 
     async def _next_batch(self) -> list[_Pending]:
-        """Wait for one submission, then gather more for at most max_wait seconds."""
-        batch = [await self._queue.get()]
+        """Wait for one group, then gather more for at most max_wait seconds, up to
+        max_batch submissions. A group is taken whole: one larger than max_batch is a batch
+        of its own, one that would overflow the batch waits for the next."""
+        first, self._carry = self._carry or await self._queue.get(), None
+        batch = list(first)
         deadline = time.monotonic() + self.max_wait
         while len(batch) < self.max_batch:
             if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-                continue
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+                group = self._queue.get_nowait()
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    group = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            if len(batch) + len(group) > self.max_batch:
+                self._carry = group
                 break
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except TimeoutError:
-                break
+            batch.extend(group)
+        self.waiting -= len(batch)
         return batch
 
     def _fail_batch(self, batch: Sequence[_Pending], exc: Exception) -> None:
