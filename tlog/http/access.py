@@ -84,16 +84,20 @@ class Buckets:
         self.rate, self.burst = rate, burst
         self._state: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
-    def take(self, key: str, what: str, doing: str = "submissions") -> None:
-        """Spend one token for `key`, or raise AccessError 429 with the wait in Retry-After."""
+    def take(self, key: str, what: str, doing: str = "submissions", n: int = 1) -> None:
+        """Spend `n` tokens for `key` (all or none), or raise AccessError 429 with the wait
+        in Retry-After; more than the burst can never be spent at once: 429, no Retry-After."""
         tokens, now = self._refilled(key)
-        if tokens < 1.0:
+        if tokens < n:
             self._state[key] = (tokens, now)
+            if n > self.burst:
+                raise AccessError("rate_limited", f"{n} {doing} at once are more than "
+                                  f"{what} may send at once ({self.burst}); send fewer")
             # Whole seconds, rounded up: the body says what the Retry-After header says.
-            wait = max(1, math.ceil((1.0 - tokens) / self.rate))
+            wait = max(1, math.ceil((n - tokens) / self.rate))
             raise AccessError("rate_limited", f"too many {doing} for {what}; "
                               f"retry in {wait} s", retry_after=wait)
-        self._store(key, tokens - 1.0, now)
+        self._store(key, tokens - n, now)
 
     def charge(self, key: str, cost: float) -> None:
         """Spend `cost` more tokens for `key` (a negative cost refunds); a bucket may go below

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from tlog.config import Config, pool_options, quorum_rule
 from tlog.http.access import Buckets, ClientInFlight, InFlight, client_identity
 from tlog.http.admin import add_admin_routes
+from tlog.http.batch import add_batch_routes
 from tlog.http.checkpoints import add_checkpoint_routes
 from tlog.http.errors import ERROR_CODE, HTTP_ERROR, HTTP_EXCEPTION_CODES, STATUS, ApiError
 from tlog.http.handlers import (
@@ -247,6 +248,7 @@ def create_app(config: Config) -> web.Application:
     app[READ_BUCKETS] = Buckets(q.read_rate, q.read_burst)
     app[PAGE_SLOTS] = asyncio.Semaphore(PAGES_AT_ONCE)
     add_routes(app)
+    add_batch_routes(app)
     add_checkpoint_routes(app)
     add_package_routes(app)
     add_admin_routes(app)

@@ -29,6 +29,7 @@ STATUS: dict[str, int] = {
     "bad_range": 400,
     "beyond_tree": 400,
     "bad_token_id": 400,
+    "invalid_batch": 400,  # POST /v1/entries/batch: not {"entries": [1..1000 entries]}
     # What was asked for is not there.
     "not_found": 404,
     "not_in_tree": 404,
@@ -39,6 +40,7 @@ STATUS: dict[str, int] = {
     "method_not_allowed": 405,
     "body_timeout": 408,
     "body_too_large": 413,
+    "too_many_entries": 413,  # POST /v1/entries/batch: more than 1000
     "unsupported_media_type": 415,
     # Entries: the codes of verifier's EntryError (an entry code not listed here: 422).
     "invalid_json": 400,

@@ -265,9 +265,11 @@ async def paged(request: web.Request,
         in_progress.leave(client)
 
 
-async def read_json_body(request: web.Request) -> bytes:
+async def read_json_body(request: web.Request,
+                         read: Callable[[], Awaitable[bytes]] | None = None) -> bytes:
     """The raw body of a JSON request: UTF-8 application/json within the size limit, received
-    within the body deadline; then the request holds a slot of the write cap (IN_FLIGHT)."""
+    within the body deadline; then the request holds a slot of the write cap (IN_FLIGHT).
+    `read` reads the body (default: request.read, within the app's client_max_size)."""
     charset = (request.charset or "utf-8").lower()
     if request.content_type != "application/json" or charset not in ("utf-8", "utf8"):
         raise ApiError("unsupported_media_type",
@@ -275,7 +277,7 @@ async def read_json_body(request: web.Request) -> bytes:
     deadline = request.app[CONFIG].quotas.body_timeout
     try:
         async with asyncio.timeout(deadline):
-            body = await request.read()
+            body = await (read or request.read)()
     except TimeoutError as exc:
         # Part of the body may still be on its way: the connection cannot carry another request.
         raise ApiError("body_timeout", f"the request body did not arrive within {deadline:g} s",
@@ -333,23 +335,32 @@ async def post_entry(request: web.Request) -> web.Response:
 
 async def authorize_submission(request: web.Request, entry: LogEntry) -> str:
     """In a registered log: a valid token of the entry's publisher covering its package."""
-    if isinstance(entry, RegistryEntry) and entry.kind == PUBLISHER_KIND:
-        raise ApiError("admin_only", "publisher registration goes through the admin API "
-                                     "(POST /v1/admin/entries)")
+    refuse_publisher_kind(entry)
     claims = request.app[TOKENS].verify(bearer(request.headers.get("Authorization")))
+    require_covered(claims, entry)
     publisher = entry.publisher
-    if claims.publisher != publisher:
-        raise TokenError("token_wrong_publisher",
-                         f"the token is for {claims.publisher!r}, the entry is {publisher!r}'s")
-    if isinstance(entry, Release | Lifecycle) and not claims.covers(entry.package):
-        raise TokenError("token_out_of_scope",
-                         f"the token does not cover package {entry.package!r}")
     # Only a token the log stands behind may spend its publisher's quota: a revoked one
     # would otherwise keep draining it. (The append transaction checks again: a revocation
     # may land between here and the batch.)
     await check_token_record(request, claims)
     request.app[PUBLISHER_BUCKETS].take(publisher, f"publisher {publisher!r}")
     return claims.jti
+
+
+def refuse_publisher_kind(entry: LogEntry) -> None:
+    if isinstance(entry, RegistryEntry) and entry.kind == PUBLISHER_KIND:
+        raise ApiError("admin_only", "publisher registration goes through the admin API "
+                                     "(POST /v1/admin/entries)")
+
+
+def require_covered(claims: TokenClaims, entry: LogEntry) -> None:
+    """The token is for the entry's publisher and its scopes cover the entry's package."""
+    if claims.publisher != entry.publisher:
+        raise TokenError("token_wrong_publisher", f"the token is for {claims.publisher!r}, "
+                         f"the entry is {entry.publisher!r}'s")
+    if isinstance(entry, Release | Lifecycle) and not claims.covers(entry.package):
+        raise TokenError("token_out_of_scope",
+                         f"the token does not cover package {entry.package!r}")
 
 
 async def check_token_record(request: web.Request, claims: TokenClaims) -> None:
