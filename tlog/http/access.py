@@ -90,7 +90,7 @@ class Buckets:
         tokens, now = self._refilled(key)
         if tokens < n:
             self._state[key] = (tokens, now)
-            if n > self.burst:
+            if n > max(self.burst, 1):  # a single one always waits for its token
                 raise AccessError("rate_limited", f"{n} {doing} at once are more than "
                                   f"{what} may send at once ({self.burst}); send fewer")
             # Whole seconds, rounded up: the body says what the Retry-After header says.

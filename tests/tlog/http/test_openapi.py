@@ -379,6 +379,17 @@ async def test_answers_match_the_documented_statuses_bodies_and_headers(
                headers=json_type)                                                # 413
     await post(data=b"x" * 140000, headers=json_type)                            # 413
     await spec.check(await client.put("/v1/entries"), "/v1/entries", "post")     # 405
+    call, batch = Caller(client, spec), "/v1/entries/batch"
+    results = (await call.post(batch, 200, json={"entries": [
+        entry, make_release(publisher, "com.acme.app", "1.0", payload=b"x"), {},
+        make_release(publisher, "com.acme.app", "1.1")]}))["results"]
+    assert [r["status"] for r in results] == [200, 409, 422, 201]
+    await call.post(batch, 400, "invalid_json", data=b"{", headers=json_type)
+    await call.post(batch, 400, "invalid_batch", json={"entries": []})
+    await call.post(batch, 413, "too_many_entries", json={"entries": [entry] * 1001})
+    await call.post(batch, 415, "unsupported_media_type", data=b"{}",
+                    headers={"Content-Type": "text/plain"})
+    await spec.check(await client.put(batch), batch, "post")                     # 405
     await spec.check(await client.get("/v1/entries?package=com.acme.app&limit=1"),
                      "/v1/entries")
     await spec.check(await client.get("/v1/entries?package=a&x=1"), "/v1/entries")
@@ -555,6 +566,24 @@ async def test_a_registered_log_and_its_admin_api_answer_as_documented(
                     json=make_release(ghost, "com.acme.lib", "1.0"))
     await call.post(submit, 403, "admin_only", headers=acme_token,
                     json=registration("acme", ["com.acme.*"], [acme]))
+    # The batch route answers each of those entries as the single route did.
+    batch = "/v1/entries/batch"
+    await call.post(batch, 401, "token_missing", json={"entries": [release]})
+    refusals = [(200, None, release),
+                (409, "conflict", make_release(acme, "com.acme.app", "1.0", counter=6,
+                                               payload=b"x")),
+                (409, "counter_not_increasing", make_release(acme, "com.acme.app", "1.1",
+                                                             counter=5)),
+                (422, "counter_required", make_release(acme, "com.acme.app", "1.2")),
+                (403, "token_out_of_scope", make_release(acme, "acme-cli", "1.0")),
+                (403, "package_not_owned", make_release(acme, "org.acme.app", "1.0")),
+                (403, "key_not_valid", make_release(acme2, "com.acme.lib", "1.0")),
+                (403, "token_wrong_publisher", make_release(ghost, "com.acme.lib", "1.0")),
+                (403, "admin_only", registration("acme", ["com.acme.*"], [acme]))]
+    results = (await call.post(batch, 200, headers=acme_token,
+                               json={"entries": [e for _, _, e in refusals]}))["results"]
+    assert [(r["status"], r.get("error", {}).get("code")) for r in results] == \
+        [(status, code) for status, code, _ in refusals]
     ghost_token, _ = await token("ghost", ["ghost-app"])
     await call.post(submit, 403, "publisher_not_registered", headers=ghost_token,
                     json=make_release(ghost, "ghost-app", "1.0"))
