@@ -3,6 +3,7 @@
 Prints entries/s per round (each round a fresh database, PostgreSQL with fsync on, client
 quotas raised) and the latency of one batch request. The issue's goal: >= 15,000 entries/s.
 Usage: python bench/batch_appends.py [--batches 20] [--concurrency 4] [--rounds 3]
+       [--packages N]
 """
 
 from __future__ import annotations
@@ -53,12 +54,14 @@ async def send(url: str, bodies: list[bytes], concurrency: int) -> list[float]:
     return seconds
 
 
-def run_round(cluster: Cluster, work: Path, batches: int, concurrency: int, round_no: int) -> float:
+def run_round(cluster: Cluster, work: Path, args: argparse.Namespace, round_no: int) -> float:
+    batches, concurrency = args.batches, args.concurrency
     url = asyncio.run(_database(cluster, f"batch{round_no}"))
     key = write_key(work / f"log{round_no}.key", generate_key("bench.example/log"))
     publisher = generate_key("bench-publisher")
     bodies = [json.dumps({"entries": [
-        make_release(publisher, f"pkg{i % 100}", f"{round_no}.{b}.{i}") for i in range(BATCH)
+        make_release(publisher, _package(args.packages, b * BATCH + i), f"{round_no}.{b}.{i}")
+        for i in range(BATCH)
     ]}).encode() for b in range(batches)]
     server = start_server(url, key, work, extra=RAISED)
     try:
@@ -74,14 +77,22 @@ def run_round(cluster: Cluster, work: Path, batches: int, concurrency: int, roun
     return rate
 
 
+def _package(packages: int, n: int) -> str:
+    """A package name: `packages` names in turn, or (0) a new one for every entry."""
+    return f"pkg{n % packages}" if packages else f"pkg{n}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--packages", type=int, default=0,
+                    help="releases spread over this many packages (default: one package "
+                         "each, as in a distribution's archive)")
     args = ap.parse_args()
     with fsync_cluster("tlog-batch-bench-") as (cluster, work):
-        rates = [run_round(cluster, work, args.batches, args.concurrency, r)
+        rates = [run_round(cluster, work, args, r)
                  for r in range(args.rounds)]
     print(f"median of {len(rates)} rounds: {statistics.median(rates):,.0f} entries/s")
 

@@ -44,11 +44,17 @@ async def inclusion_proofs(indices: Sequence[int], size: int,
     Neighbouring leaves share most of their proof nodes: each node is hashed once for all
     (building every proof on its own hashed the same subtrees again for each leaf, 40% of
     the event loop's time with batches of 1,000), and many proofs are built in a thread."""
+    if len(indices) < IN_THREAD:
+        proofs, keys = _plan_all(indices, size)
+        return _finish_all(proofs, await fetch(keys))
+    proofs, keys = await asyncio.to_thread(_plan_all, indices, size)
+    return await asyncio.to_thread(_finish_all, proofs, await fetch(keys))
+
+
+def _plan_all(indices: Sequence[int], size: int
+              ) -> tuple[dict[int, TileProof], list[TileKey]]:
     proofs = {i: inclusion_from_tiles(i, size) for i in set(indices)}
-    tiles = await fetch(sorted({key for p in proofs.values() for key in p.tiles}))
-    if len(proofs) < IN_THREAD:
-        return _finish_all(proofs, tiles)
-    return await asyncio.to_thread(_finish_all, proofs, tiles)
+    return proofs, sorted({key for p in proofs.values() for key in p.tiles})
 
 
 def _finish_all(proofs: Mapping[int, TileProof],
