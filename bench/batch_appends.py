@@ -14,11 +14,13 @@ import json
 import statistics
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.concurrent_appends import _database, fsync_cluster
 from tests.support import make_release, start_server, write_key
@@ -68,13 +70,25 @@ def run_round(cluster: Cluster, work: Path, args: argparse.Namespace, round_no: 
         started = time.perf_counter()
         lat = asyncio.run(send(server.url, bodies, concurrency))
         elapsed = time.perf_counter() - started
+        appending = _append_seconds(server.url)
     finally:
         server.stop()
     rate = batches * BATCH / elapsed
     print(f"round {round_no}: {batches} x {BATCH} entries, {concurrency} at once, in "
           f"{elapsed:.2f} s = {rate:,.0f} entries/s; per request median "
-          f"{statistics.median(lat) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms", flush=True)
+          f"{statistics.median(lat) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms; the "
+          f"sequencer busy {appending:.2f} s ({appending / elapsed:.0%})", flush=True)
     return rate
+
+
+def _append_seconds(url: str) -> float:
+    """The sequencer's time in append batches, lock to commit and proofs (from /metrics)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    for family in text_string_to_metric_families(text):
+        if family.name == "tlog_append_batch_seconds":
+            return sum(s.value for s in family.samples if s.name.endswith("_sum"))
+    raise SystemExit("no tlog_append_batch_seconds in /metrics")
 
 
 def _package(packages: int, n: int) -> str:
