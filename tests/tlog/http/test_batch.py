@@ -18,6 +18,7 @@ from tests.tlog.sizes import size_after
 from tlog.config import Config
 from tlog.http.app import create_app
 from tlog.http.batch import MAX_ENTRIES
+from tlog.http.handlers import CLIENT_BUCKETS, SEQUENCER
 from verifier.protocol.checkpoint import open_checkpoint
 from verifier.protocol.merkle import leaf_hash, verify_inclusion
 from verifier.protocol.note import Signer, generate_key
@@ -178,3 +179,24 @@ async def test_a_token_not_covering_an_entry_refuses_that_entry_alone(
         "token_out_of_scope", "token_wrong_publisher", "admin_only"]
     for i in (0, 4):
         assert check_receipt(results[i], entries[i], log_signer) == before[0] + 3
+
+
+async def test_a_batch_that_does_not_fit_the_queue_is_503_and_takes_no_room(
+        client: Client, publisher: Signer) -> None:
+    """A 1000-entry request cannot push the queue past max_pending and starve others."""
+    client.app[SEQUENCER].max_pending = 2
+    entries = [make_release(publisher, "com.acme.app", f"1.{i}") for i in range(3)]
+    resp = await client.post(BATCH, json={"entries": entries})
+    await expect_error(resp, 503, "unavailable")
+    assert resp.headers["Retry-After"] == "1"
+    assert client.app[SEQUENCER].waiting == 0
+    assert [r["status"] for r in await post_batch(client, entries[:2])] == [201, 201]
+
+
+async def test_each_entry_of_a_batch_costs_the_client_one_submission(
+        client: Client, publisher: Signer) -> None:
+    buckets = client.app[CLIENT_BUCKETS]
+    buckets.burst, buckets.rate = 3, 1e-6  # a full bucket holds 3, and hardly refills
+    entries = [make_release(publisher, "com.acme.app", f"1.{i}") for i in range(4)]
+    assert len(await post_batch(client, entries[:3])) == 3
+    await refused(client, "POST", BATCH, 429, "rate_limited", json={"entries": entries[3:]})
