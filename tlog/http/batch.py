@@ -113,8 +113,14 @@ async def post_batch(request: web.Request) -> web.Response:
     answers: list[object] = list(results)  # each LogEntry is replaced by its outcome
     for (i, _), result in zip(going, outcome, strict=True):
         answers[i] = result
-    return web.Response(body=json.dumps({"results": [_answer(a) for a in answers]}),
-                        content_type="application/json", charset="utf-8")
+    # A megabyte or two of JSON for 1,000 receipts: built in a thread, the sequencer's
+    # coroutines share the event loop.
+    body = await asyncio.to_thread(_results_body, answers)
+    return web.Response(body=body, content_type="application/json", charset="utf-8")
+
+
+def _results_body(answers: list[object]) -> bytes:
+    return json.dumps({"results": [_answer(a) for a in answers]}).encode()
 
 
 async def _authorize(request: web.Request, results: list[Result]) -> str | None:
