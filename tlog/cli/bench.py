@@ -175,6 +175,9 @@ def _figures(name: str, r: dict[str, Any]) -> list[str]:
            + (f", {r['entries_per_s']:.1f} entries/s" if "entries_per_s" in r else ""),
            f"    latency ms: p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  "
            f"max {lat['max']}"]
+    for kind, k in r.get("by_kind", {}).items():
+        out.append(f"    {kind}: {k['requests']} requests, latency ms p50 {k['p50']}  "
+                   f"p99 {k['p99']}")
     problems = [f"HTTP {s} x{n}" for s, n in r["errors"].items()]
     problems += [f"{name} x{n}" for name, n in r["transport_errors"].items()]
     problems += [f"entry HTTP {s} x{n}" for s, n in r.get("entry_statuses", {}).items()

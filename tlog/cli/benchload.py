@@ -49,6 +49,7 @@ class Stats:
     entry_statuses: Counter[int] = field(default_factory=Counter)
     transport: Counter[str] = field(default_factory=Counter)
     reply_bytes: dict[str, list[int]] = field(default_factory=dict)
+    kind_latencies: dict[str, list[float]] = field(default_factory=dict)
     entries: int = 0  # entries acknowledged (201 or 200) by the log
 
     @property
@@ -76,6 +77,9 @@ class Stats:
         if self.entries or self.entry_statuses:
             out["entries"] = self.entries
             out["entries_per_s"] = round(self.entries / seconds, 1)
+        if len(self.kind_latencies) > 1:  # a mix: which kind of request costs what
+            out["by_kind"] = {kind: {"requests": len(lat), **latency_ms(lat)}
+                              for kind, lat in sorted(self.kind_latencies.items())}
         if self.entry_statuses:
             out["entry_statuses"] = {str(s): n for s, n in sorted(self.entry_statuses.items())}
         return out
@@ -164,16 +168,20 @@ class Load:
                 body = await resp.read()
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            stats.latencies.append(time.perf_counter() - due)
+            self._took(req.kind, time.perf_counter() - due)
             stats.transport[type(exc).__name__] += 1
             return
-        stats.latencies.append(time.perf_counter() - due)
+        self._took(req.kind, time.perf_counter() - due)
         stats.statuses[status] += 1
         if 200 <= status < 300:
             sizes = stats.reply_bytes.setdefault(req.kind, [0, 0])
             sizes[0] += len(body)
             sizes[1] += 1
             self._count_entries(req, status, body)
+
+    def _took(self, kind: str, seconds: float) -> None:
+        self.stats.latencies.append(seconds)
+        self.stats.kind_latencies.setdefault(kind, []).append(seconds)
 
     def _count_entries(self, req: Request, status: int, body: bytes) -> None:
         if not req.entries:

@@ -86,6 +86,9 @@ def test_read_mixes_proofs_tiles_bundles_and_checkpoints(log: Server) -> None:
     assert r["tree_size_after"] == r["tree_size_before"] > 0
     assert "entries" not in r
     assert_figures(r)
+    kinds = r["by_kind"]
+    assert set(kinds) == {"proof", "tile", "bundle", "checkpoint"}
+    assert sum(k["requests"] for k in kinds.values()) == 200
 
 
 def test_mixed_appends_and_reads(log: Server) -> None:
