@@ -13,6 +13,7 @@ from pathlib import Path
 
 import asyncpg
 
+from tlog.cli.bench import add_bench_command
 from tlog.cli.common import run_app, write_keypair
 from tlog.cli.lifecycle import add_lifecycle_commands
 from tlog.cli.mirror import add_mirror_command
@@ -336,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_operator_commands(sub)
     add_lifecycle_commands(sub)
     add_mirror_command(sub)
+    add_bench_command(sub)
 
     d = sub.add_parser("dev", help="run a local log with its own PostgreSQL (the embedded default)")
     d.add_argument("--home", default=".tlog", help="state directory (default ./.tlog)")
