@@ -17,8 +17,10 @@ any of release/v1's optional members (`counter`, `metadata`, `install_window`, `
 the publisher's key signs it (`key` and `signature` are added here). Releases go to the log
 in chunks of at most 1000 through `POST /v1/entries/batch`; a log without that endpoint
 (404/405) gets them one by one through `POST /v1/entries`, `concurrency` at a time, after a
-notice. Submitting is idempotent (an entry already logged is answered 200 with its receipt),
-so transport failures and 503/429 are retried with backoff.
+notice; either way a package's releases with counters are logged in the order given (give
+them in counter order: a registered log refuses a counter that does not grow). Submitting
+is idempotent (an entry already logged is answered 200 with its receipt), so transport
+failures and 503/429 are retried with backoff.
 
 Every answer is checked before it is returned: the leaf hash is our entry's, the
 checkpoint is signed by the pinned log key, and the inclusion proof puts the entry under
@@ -175,7 +177,8 @@ class Publisher:
     async def publish_many(self, releases: Iterable[Mapping[str, Any]]) -> list[Outcome]:
         """Sign and log every release; one Outcome per release, in order. EntryError before
         anything is sent if a release is invalid."""
-        prepared = [prepare(r, self.key) for r in releases]
+        releases = list(releases)
+        prepared = await self._thread(lambda: [prepare(r, self.key) for r in releases])
         outcomes: list[Outcome] = []
         async for chunk in self.submit(prepared):
             outcomes.extend(chunk)
@@ -198,13 +201,27 @@ class Publisher:
             self._batch = False
             self._notice("the log has no POST /v1/entries/batch; submitting one entry per "
                          "request to POST /v1/entries instead (slower)")
+        return await self._one_by_one(chunk)
+
+    async def _one_by_one(self, chunk: Sequence[Prepared]) -> list[tuple[int, Any]]:
+        """Each entry in its own request, `concurrency` at a time; a package's entries with
+        counters in the order given, each once the one before is logged: a registered log
+        refuses a counter that does not grow, so they must not overtake each other."""
+        answers: list[tuple[int, Any]] = [(-1, None)] * len(chunk)
+        chains: dict[str, list[int]] = {}
+        for i, p in enumerate(chunk):
+            # Entries without a counter have no order to keep: each is a chain of its own.
+            chain = p.package if "counter" in p.entry else f"#{i}"
+            chains.setdefault(chain, []).append(i)
         limit = asyncio.Semaphore(self.concurrency)
 
-        async def one(p: Prepared) -> tuple[int, Any]:
-            async with limit:
-                return await self._post("/v1/entries", p.entry, _REPLY_LIMIT)
+        async def in_order(indices: list[int]) -> None:
+            for i in indices:
+                async with limit:
+                    answers[i] = await self._post("/v1/entries", chunk[i].entry, _REPLY_LIMIT)
 
-        return list(await asyncio.gather(*(one(p) for p in chunk)))
+        await asyncio.gather(*(in_order(indices) for indices in chains.values()))
+        return answers
 
     async def _post_batch(self, chunk: Sequence[Prepared]) -> list[tuple[int, Any]] | None:
         """Per-entry (status, answer) of one batch request; None if the log lacks it."""
