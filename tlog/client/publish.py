@@ -128,8 +128,8 @@ class Publisher:
     """
 
     def __init__(self, log_url: str, key: Signer, log_key: Verifier, token: str | None = None,
-                 *, tls: Tls | None = None, chunk_size: int = 500, concurrency: int = 16,
-                 retries: int = 4, notice: Callable[[str], None] | None = None) -> None:
+                 *, tls: Tls | None = None, chunk_size: int = 500, concurrency: int = 64,
+                 retries: int = 6, notice: Callable[[str], None] | None = None) -> None:
         if not 1 <= chunk_size <= MAX_BATCH:
             raise UsageError(f"chunk size must be 1..{MAX_BATCH}, not {chunk_size}")
         if not 1 <= concurrency <= 256:
