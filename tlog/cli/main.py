@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", metavar="FILE", help="the JSON Lines file of releases")
     b.add_argument("--receipts", metavar="FILE",
                    help="JSON Lines file of receipts (default FILE.receipts.jsonl)")
-    b.add_argument("--chunk-size", type=int, default=500, metavar="N",
+    b.add_argument("--chunk-size", type=int, metavar="N",
                    help="releases per request and per fsync of the receipts (1-1000, "
                         "default 500)")
     pub.add_argument("artifacts", nargs="*", metavar="ARTIFACT",

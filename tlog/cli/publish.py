@@ -144,6 +144,8 @@ def publish(args: argparse.Namespace) -> int:
 
         return publish_batch(args)
     try:
+        if args.receipts or args.chunk_size is not None:
+            raise UsageError("--receipts and --chunk-size go with --batch FILE")
         if not args.package or not args.version:
             raise UsageError("give --package and --version (or --batch FILE)")
         artifacts = _artifacts(args)

@@ -151,7 +151,10 @@ async def _publish(args: argparse.Namespace, publisher: Publisher, todo: list[Pr
                    receipts: Path) -> tuple[list[Outcome], Progress]:
     progress = Progress(len(todo), sys.stderr)
     outcomes: list[Outcome] = []
+    new_file = not receipts.exists()
     with receipts.open("ab") as f:
+        if new_file:
+            _fsync_dir(receipts.parent)  # the file's name survives a crash, not only its data
         async with publisher:
             async for chunk in publisher.submit(todo):
                 append_receipts(f, chunk)
@@ -161,10 +164,19 @@ async def _publish(args: argparse.Namespace, publisher: Publisher, todo: list[Pr
     return outcomes, progress
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _check_options(args: argparse.Namespace) -> None:
     given = [flag for name, flag in SINGLE_OPTIONS.items() if getattr(args, name, None)]
     if given:
         raise UsageError(f"--batch takes its releases from the file: drop {', '.join(given)}")
+    args.chunk_size = 500 if args.chunk_size is None else args.chunk_size
     if not 1 <= args.chunk_size <= 1000:
         raise UsageError(f"--chunk-size must be 1..1000, not {args.chunk_size}")
 

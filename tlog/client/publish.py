@@ -230,6 +230,17 @@ class Publisher:
                                          _BATCH_REPLY_LIMIT)
         if status in _ABSENT and self._batch is None:
             return None
+        if status == 413 and len(chunk) == 1:
+            return [(status, reply)]  # this entry alone is over the log's cap: its refusal
+        if status == 413:
+            # Too many entries, or too many bytes (large metadata) for the log's body cap:
+            # halves until each fits. A single entry too large is its own refusal (413).
+            half = len(chunk) // 2
+            first = await self._post_batch(chunk[:half])
+            second = await self._post_batch(chunk[half:])
+            if first is None or second is None:
+                return None
+            return first + second
         if status != 200:
             raise VerificationFailed(f"the log refused the batch: {_refusal(status, reply)}")
         results = reply.get("results") if isinstance(reply, dict) else None

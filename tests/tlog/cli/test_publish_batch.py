@@ -201,6 +201,27 @@ def test_an_interrupted_batch_resumes_where_its_receipts_end(world: Any,
     assert len(logged) == 400 and len({v for _, v, _ in logged}) == 400
 
 
+def test_a_chunk_over_the_logs_body_cap_is_split_until_it_fits(
+        tmp_path: Path, log_signer: Signer, database_url: str) -> None:
+    """A log whose batch body cap (--max-in-flight-bytes) is below a chunk of releases with
+    large metadata answers 413; the client halves the chunk until each part fits."""
+    log_vkey = tmp_path / "log.vkey"
+    log_vkey.write_text(log_signer.verifier().text() + "\n")
+    server = start_server(database_url, write_key(tmp_path / "log.key", log_signer), tmp_path,
+                          extra=["--policy", "open", "--max-in-flight-bytes", "131072"])
+    try:
+        releases = [{**release(i), "metadata": {"notes": "x" * 4000}} for i in range(40)]
+        batch = write_batch(tmp_path / "big.jsonl", releases)
+        proc = tlog(*batch_args(server, log_vkey, write_key(tmp_path / "acme.key", ACME),
+                                batch, "--chunk-size", "40"))
+        assert_path_taken(server, proc.stderr)
+    finally:
+        server.stop()
+    assert proc.returncode == 0, proc.stderr
+    assert "logged 40 new" in proc.stdout
+    assert len(receipts_of(tmp_path / "big.jsonl.receipts.jsonl", log_signer.verifier())) == 40
+
+
 def test_a_bad_line_is_refused_upfront_with_its_line_number(world: Any,
                                                             tmp_path: Path) -> None:
     server, log_vkey, key = world
