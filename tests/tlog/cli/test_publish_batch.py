@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -195,8 +196,11 @@ def test_an_interrupted_batch_resumes_where_its_receipts_end(world: Any,
         f.write(b'{"entry": {"kind": "release/v1", "package": "com.ac')
     again = tlog(*batch_args(server, log_vkey, key, batch, "--chunk-size", "10"))
     assert again.returncode == 0, again.stderr
-    assert f"{400 - before} new, 0 already logged, {before} skipped" in again.stdout \
-        or f"{before} skipped" in again.stdout, again.stdout
+    # The chunk in flight at the kill may be logged without its receipts: answered 200 now.
+    counts = re.search(r"logged (\d+) new, (\d+) already logged, (\d+) skipped", again.stdout)
+    assert counts is not None, again.stdout
+    new, old, skipped = map(int, counts.groups())
+    assert skipped == before and new + old == 400 - before and old <= 10
     logged = receipts_of(receipts, read_vkey(log_vkey))
     assert len(logged) == 400 and len({v for _, v, _ in logged}) == 400
 
