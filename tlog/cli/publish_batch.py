@@ -43,6 +43,7 @@ from verifier.protocol.trust import KeyTrust
 MAX_LINE = 256 * 1024  # an entry's leaf is at most 64 KiB
 MAX_LINES = 1_000_000
 MAX_LISTED = 20  # bad lines or refusals printed; the count says how many more
+RESUME = "the receipts so far are in {}: run the same command again to resume"
 Key = tuple[str, str, str]  # package, version, leaf hash (hex)
 
 SINGLE_OPTIONS = {"package": "--package", "version": "--version", "counter": "--counter",
@@ -147,7 +148,7 @@ def append_receipts(f: Any, outcomes: list[Outcome]) -> None:
     os.fsync(f.fileno())
 
 
-async def _publish(args: argparse.Namespace, publisher: Publisher, todo: list[Prepared],
+async def _publish(publisher: Publisher, todo: list[Prepared],
                    receipts: Path) -> tuple[list[Outcome], Progress]:
     progress = Progress(len(todo), sys.stderr)
     outcomes: list[Outcome] = []
@@ -200,7 +201,7 @@ def publish_batch(args: argparse.Namespace) -> int:
         line_of = {_key(p): n for n, p in lines}
         publisher = Publisher(args.log, key, log_key, token, tls=tls_files(args),
                               chunk_size=args.chunk_size, notice=_notice)
-        outcomes, progress = asyncio.run(_publish(args, publisher, todo, receipts))
+        outcomes, progress = asyncio.run(_publish(publisher, todo, receipts))
     except BadLines as exc:
         for number, reason in exc.problems[:MAX_LISTED]:
             print(f"tlog publish: {batch}:{number}: {reason}", file=sys.stderr)
@@ -211,9 +212,15 @@ def publish_batch(args: argparse.Namespace) -> int:
     except RemoteError as exc:
         print(f"tlog publish: {exc}", file=sys.stderr)
         return exc.code
-    except (TransportError, VerificationFailed, UsageError) as exc:
+    except TransportError as exc:
+        print(f"tlog publish: {exc}\ntlog publish: {RESUME.format(receipts)}", file=sys.stderr)
+        return exc.exit_code
+    except (VerificationFailed, UsageError) as exc:
         print(f"tlog publish: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"tlog publish: interrupted; {RESUME.format(receipts)}", file=sys.stderr)
+        return 130
     except (OSError, NoteError, EntryError) as exc:
         print(f"tlog publish: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -231,4 +238,7 @@ def _report(outcomes: list[Outcome], progress: Progress, skipped: int, receipts:
     for o in refused[:MAX_LISTED]:
         print(f"tlog publish: {batch}:{line_of[_key(o.prepared)]}: {o.prepared.package} "
               f"{o.prepared.version} refused: {o.error}", file=sys.stderr)
+    if len(refused) > MAX_LISTED:
+        print(f"tlog publish: ... and {len(refused) - MAX_LISTED} more refused",
+              file=sys.stderr)
     return EXIT_FAILED if refused else EXIT_OK
