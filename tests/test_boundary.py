@@ -195,6 +195,9 @@ TLOG_LAYERS = {
     "tlog.store": ("tlog.log", "tlog.http", "tlog.cli"),
     "tlog.log": ("tlog.http", "tlog.cli"),
     "tlog.http": ("tlog.cli",),
+    # A client of the log (what `tlog publish` is built on) talks HTTP: it never reaches
+    # into the server's layers, nor into the command line built on it.
+    "tlog.client": ("tlog.store", "tlog.log", "tlog.http", "tlog.cli", "tlog.config"),
 }
 
 

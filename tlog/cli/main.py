@@ -316,8 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--log", required=True, help="the log's base URL")
     pub.add_argument("--key", required=True, help="the publisher's private key file")
     pub.add_argument("--log-key", help=LOG_KEY_HELP)
-    pub.add_argument("--package", required=True)
-    pub.add_argument("--version", required=True)
+    pub.add_argument("--package", help="the release's package (not with --batch)")
+    pub.add_argument("--version", help="the release's version (not with --batch)")
     pub.add_argument("--counter", type=int, help="release counter; must grow between releases")
     pub.add_argument("--out", help="receipt file (default: FIRST_ARTIFACT.tlog-receipt.json)")
     pub.add_argument("--wait-cosigned", action="store_true",
@@ -331,7 +331,25 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how long --wait-cosigned waits (default 5m; like 90s, 15m)")
     add_token_options(pub, "file holding the submission token (registered logs)")
     add_connection_options(pub)
-    pub.add_argument("artifacts", nargs="+", metavar="ARTIFACT")
+    pub.add_argument("--artifact", action="append", dest="artifact_specs",
+                     metavar="NAME:SHA256:SIZE",
+                     help="an artifact not on this machine, by name, SHA-256 (64 lowercase hex) "
+                          "and size in bytes, instead of FILE arguments (repeatable)")
+    b = pub.add_argument_group(
+        "bulk publishing",
+        "--batch FILE publishes every line of FILE (JSON Lines, one release a line: package, "
+        "version, artifacts [{name, sha256, size}] and any of counter, metadata, "
+        "install_window, rollout), signed with --key, through POST /v1/entries/batch. Every "
+        "line is checked before anything is sent. Each receipt is verified and appended to "
+        "--receipts; a rerun skips the lines whose receipt is there.")
+    b.add_argument("--batch", metavar="FILE", help="the JSON Lines file of releases")
+    b.add_argument("--receipts", metavar="FILE",
+                   help="JSON Lines file of receipts (default FILE.receipts.jsonl)")
+    b.add_argument("--chunk-size", type=int, metavar="N",
+                   help="releases per request and per fsync of the receipts (1-1000, "
+                        "default 500)")
+    pub.add_argument("artifacts", nargs="*", metavar="ARTIFACT",
+                     help="the release's files, hashed here")
     pub.set_defaults(func=cmd_publish)
 
     add_operator_commands(sub)

@@ -1,9 +1,11 @@
-"""`tlog publish`: hash artifacts, sign a release/v1 entry, log it, verify the receipt."""
+"""`tlog publish`: hash artifacts (or take them from --artifact NAME:SHA256:SIZE), sign a
+release/v1 entry, log it, verify the receipt. `--batch FILE` is tlog.cli.publish_batch."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,11 +32,63 @@ def describe_artifact(path: Path) -> dict[str, Any]:
     return {"name": path.name, "sha256": digest.sha256, "size": digest.size}
 
 
-def _entry(args: argparse.Namespace, artifacts: list[Path]) -> dict[str, Any]:
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SIZE = re.compile(r"[0-9]{1,16}")
+MAX_NAME = 256  # release/v1: artifact names are 1-256 characters
+MAX_SIZE = 2**53 - 1
+
+
+def parse_artifact_spec(spec: str) -> dict[str, Any]:
+    """{name, sha256, size} of `--artifact NAME:SHA256:SIZE` (the name may hold colons);
+    UsageError naming what is wrong."""
+    parts = spec.rsplit(":", 2)
+    if len(parts) != 3:
+        raise UsageError(f"--artifact {spec!r}: expected NAME:SHA256:SIZE")
+    name, digest, size = parts
+    if not 1 <= len(name) <= MAX_NAME:
+        raise UsageError(f"--artifact {spec!r}: the name must be 1-{MAX_NAME} characters")
+    if not _SHA256.fullmatch(digest):
+        raise UsageError(f"--artifact {name}: SHA256 must be 64 lowercase hex digits, "
+                         f"not {digest[:80]!r}")
+    if not _SIZE.fullmatch(size) or int(size) > MAX_SIZE:
+        raise UsageError(f"--artifact {name}: SIZE must be a decimal byte count "
+                         f"(0-{MAX_SIZE}), not {size[:40]!r}")
+    return {"name": name, "sha256": digest, "size": int(size)}
+
+
+def _artifacts(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The entry's artifacts: hashed from the FILE arguments, or given by --artifact."""
+    if args.artifact_specs and args.artifacts:
+        raise UsageError("give FILE arguments or --artifact NAME:SHA256:SIZE, not both")
+    if args.artifact_specs:
+        return [parse_artifact_spec(s) for s in args.artifact_specs]
+    if not args.artifacts:
+        raise UsageError("give the release's files (FILE ...), or --artifact "
+                         "NAME:SHA256:SIZE for files not here, or --batch FILE")
+    for p in map(Path, args.artifacts):
+        if not p.is_file():
+            raise RemoteError(EXIT_USAGE, f"{p}: not a file")
+    return [describe_artifact(Path(p)) for p in args.artifacts]
+
+
+def _out(args: argparse.Namespace, artifacts: list[dict[str, Any]]) -> Path:
+    """--out, else FIRST_ARTIFACT.tlog-receipt.json beside the file (for --artifact: here)."""
+    if args.out:
+        return Path(args.out)
+    if args.artifacts:
+        first = Path(args.artifacts[0])
+        return first.with_name(first.name + ".tlog-receipt.json")
+    base = Path(artifacts[0]["name"]).name
+    if not base or base in (".", ".."):
+        raise UsageError("the first --artifact name is no file name: give --out FILE")
+    return Path(base + ".tlog-receipt.json")
+
+
+def _entry(args: argparse.Namespace, artifacts: list[dict[str, Any]]) -> dict[str, Any]:
     signer = read_private_key(args.key, owner_only=False)
     fields: dict[str, Any] = {
         "kind": "release/v1", "package": args.package, "version": args.version,
-        "artifacts": [describe_artifact(p) for p in artifacts]}
+        "artifacts": artifacts}
     if args.counter is not None:
         fields["counter"] = args.counter
     entry = sign_entry(fields, signer)
@@ -85,11 +139,17 @@ def _wait_timeout(args: argparse.Namespace) -> float:
 
 
 def publish(args: argparse.Namespace) -> int:
-    artifacts = [Path(a) for a in args.artifacts]
+    if args.batch:
+        from tlog.cli.publish_batch import publish_batch
+
+        return publish_batch(args)
     try:
-        for p in artifacts:
-            if not p.is_file():
-                raise RemoteError(EXIT_USAGE, f"{p}: not a file")
+        if args.receipts or args.chunk_size is not None:
+            raise UsageError("--receipts and --chunk-size go with --batch FILE")
+        if not args.package or not args.version:
+            raise UsageError("give --package and --version (or --batch FILE)")
+        artifacts = _artifacts(args)
+        out = _out(args, artifacts)
         trust = _policy_trust(args)
         timeout = _wait_timeout(args)
         log_key = trust.log if trust is not None else proof.log_key(args, "tlog publish")
@@ -105,8 +165,6 @@ def publish(args: argparse.Namespace) -> int:
     except (OSError, NoteError, EntryError, UsageError) as exc:
         print(f"tlog publish: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    out = Path(args.out) if args.out else artifacts[0].with_name(
-        artifacts[0].name + ".tlog-receipt.json")
     out.write_text(json.dumps(receipt, indent=2) + "\n", encoding="utf-8")
     state = "logged" if status == 201 else "already logged:"
     tree = "cosigned tree size" if trust is not None else "tree size"
