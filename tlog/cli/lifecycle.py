@@ -166,21 +166,19 @@ def add_lifecycle_commands(sub: Any) -> None:
     r.add_argument("--start-time", metavar="T",
                    help="RFC 3339 UTC time before which clients do not install it, "
                         "like 2026-01-31T12:00:00Z")
-    h = sub.add_parser("halt", help="halt the rollout of a logged release",
-                       description="Log a halt/v1 statement: clients stop installing the "
-                                   "version until a tlog resume (or a new tlog rollout).")
-    _common(h, HALT_KIND, halt_key)
-    h.add_argument("--reason", required=True, help="why, 1-1000 characters (public)")
-    h.add_argument("--rollback-version", metavar="V",
-                   help="a logged, known-good version of the package to go back to")
-    y = sub.add_parser("yank", help="withdraw a logged release for good",
-                       description="Log a yank/v1 statement: clients never install the "
-                                   "version again and are pointed to --rollback-version; the "
-                                   "log accepts no rollout, halt or resume of it afterwards.")
-    _common(y, YANK_KIND, halt_key)
-    y.add_argument("--reason", required=True, help="why, 1-1000 characters (public)")
-    y.add_argument("--rollback-version", metavar="V",
-                   help="a logged, known-good version of the package to go back to")
+    stops = (("halt", HALT_KIND, "halt the rollout of a logged release",
+              "Log a halt/v1 statement: clients stop installing the version until a tlog "
+              "resume (or a new tlog rollout)."),
+             ("yank", YANK_KIND, "withdraw a logged release for good",
+              "Log a yank/v1 statement: clients never install the version again and are "
+              "pointed to --rollback-version; the log accepts no rollout, halt or resume of "
+              "it afterwards."))
+    for name, kind, summary, description in stops:  # the same options, another statement
+        h = sub.add_parser(name, help=summary, description=description)
+        _common(h, kind, halt_key)
+        h.add_argument("--reason", required=True, help="why, 1-1000 characters (public)")
+        h.add_argument("--rollback-version", metavar="V",
+                       help="a logged, known-good version of the package to go back to")
     u = sub.add_parser("resume", help="resume a halted rollout",
                        description="Log a resume/v1 statement: the latest rollout stage of "
                                    "the version applies again.")
