@@ -22,7 +22,6 @@ from pathlib import Path
 import asyncpg
 
 from tlog.cli.pgcluster import PORT, SERVER_USER, Cluster, find_bindir
-from tlog.store import migrate
 
 
 def as_server(cmd: list[str]) -> list[str]:
@@ -66,20 +65,6 @@ def replicated_clusters() -> Iterator[Replicated]:
         standby.stop(mode="immediate")
         primary.stop(mode="immediate")
         shutil.rmtree(root, ignore_errors=True)
-
-
-async def create_database(primary: Cluster, name: str) -> None:
-    """A migrated database on the primary (the standby gets it by replication)."""
-    conn = await asyncpg.connect(primary.url("postgres"))
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    conn = await asyncpg.connect(primary.url(name))
-    try:
-        await migrate.migrate(conn)
-    finally:
-        await conn.close()
 
 
 async def wait_replayed(pair: Replicated, timeout: float = 20) -> None:

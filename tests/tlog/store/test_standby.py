@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from tests.audit_support import releases, write_log
+from tests.conftest import _create_database as create_database
 from tests.standby_support import (
     Replicated,
-    create_database,
     replicated_clusters,
     run_sql,
     wait_replayed,
