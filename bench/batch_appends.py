@@ -70,25 +70,37 @@ def run_round(cluster: Cluster, work: Path, args: argparse.Namespace, round_no: 
         started = time.perf_counter()
         lat = asyncio.run(send(server.url, bodies, concurrency))
         elapsed = time.perf_counter() - started
-        appending = _append_seconds(server.url)
+        appending, phases = _append_seconds(server.url)
     finally:
         server.stop()
     rate = batches * BATCH / elapsed
     print(f"round {round_no}: {batches} x {BATCH} entries, {concurrency} at once, in "
           f"{elapsed:.2f} s = {rate:,.0f} entries/s; per request median "
           f"{statistics.median(lat) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms; the "
-          f"sequencer busy {appending:.2f} s ({appending / elapsed:.0%})", flush=True)
+          f"sequencer busy {appending:.2f} s ({appending / elapsed:.0%}); per batch, ms: "
+          + ", ".join(f"{k} {v * 1000:.0f}" for k, v in phases.items()), flush=True)
     return rate
 
 
-def _append_seconds(url: str) -> float:
-    """The sequencer's time in append batches, lock to commit and proofs (from /metrics)."""
+def _append_seconds(url: str) -> tuple[float, dict[str, float]]:
+    """The sequencer's time in append batches, lock to commit and proofs, and the mean
+    seconds per batch of each phase (from /metrics)."""
     with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
         text = resp.read().decode()
-    for family in text_string_to_metric_families(text):
-        if family.name == "tlog_append_batch_seconds":
-            return sum(s.value for s in family.samples if s.name.endswith("_sum"))
-    raise SystemExit("no tlog_append_batch_seconds in /metrics")
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    if "tlog_append_batch_seconds" not in families:
+        raise SystemExit("no tlog_append_batch_seconds in /metrics")
+    total = sum(s.value for s in families["tlog_append_batch_seconds"].samples
+                if s.name.endswith("_sum"))
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for s in families["tlog_append_phase_seconds"].samples:
+        phase = s.labels["phase"]
+        if s.name.endswith("_sum"):
+            sums[phase] = s.value
+        elif s.name.endswith("_count"):
+            counts[phase] = s.value
+    return total, {p: sums[p] / counts[p] for p in sums if counts.get(p)}
 
 
 def _package(packages: int, n: int) -> str:

@@ -23,6 +23,12 @@ class AppendMetrics:
         self.batch_seconds = Histogram(
             "tlog_append_batch_seconds", "Time to append one batch, lock to commit and proofs",
             buckets=LATENCIES, registry=registry)
+        # Where a batch's time goes, for profiles and for operators: prepare (lock, edge,
+        # registry, dedup), map (package states), write (entries, tiles, checkpoint),
+        # commit, receipts (proofs after COMMIT).
+        self.phase_seconds = Histogram(
+            "tlog_append_phase_seconds", "Time of each phase of an append batch", ["phase"],
+            buckets=LATENCIES, registry=registry)
         self.append_failures = Counter(
             "tlog_append_failures", "Append batches that failed and were not committed",
             registry=registry)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from tlog.log.edge import EdgeError, load_edge
 from tlog.log.faults import NO_FAULTS, Faults
+from tlog.log.mapcache import MapBatch, MapCache
 from tlog.log.metrics import AppendMetrics
 from tlog.log.proofs import consistency_proof, inclusion_proofs
 from tlog.log.registry import ReplayError, replay
@@ -109,6 +110,7 @@ class Sequencer:
         self.max_wait = max_wait
         self.max_pending = max_pending
         self.failed: str | None = None
+        self.map_cache = MapCache()  # filled only from committed batches
         # Called after each COMMIT, before the batch's replies (tlog.log.highwater).
         self.after_commit: Callable[[StoredCheckpoint], Awaitable[None]] | None = None
         # Groups of submissions: one for POST /v1/entries, all valid entries of a request for
@@ -179,7 +181,9 @@ class Sequencer:
             try:
                 outcome, published = await self._append(batch)
                 self.faults.before("reply")
+                replied = time.perf_counter()
                 receipts = await self._receipts(batch, outcome, published)
+                self._phase("receipts", replied)
                 self.faults.after("reply")
             except Exception as exc:  # one failed batch must not stop the loop
                 self._fail_batch(batch, exc)
@@ -254,6 +258,7 @@ class Sequencer:
     async def _append(self, batch: Sequence[_Pending]
                       ) -> tuple[dict[int, _Outcome], StoredCheckpoint]:
         """Append one batch in one transaction; return each outcome and the checkpoint."""
+        at = time.perf_counter()
         async with self.storage.append() as tx:
             # Lock held, nothing written yet. A crash from here to COMMIT leaves the
             # database exactly as the previous batch left it; no one got a reply.
@@ -261,12 +266,16 @@ class Sequencer:
             builder = await self._load_edge(tx, latest)
             registry = await self._synced_registry(tx, batch)
             plan = await self._plan(tx, batch, builder.size, registry)
+            at = self._phase("prepare", at)
+            map_batch: MapBatch | None = None
             if plan.new:
                 # The batch ends with the log's map-root/v1 entry (tlog.log.statemap), its
                 # map nodes written in this same transaction.
                 self.faults.before("map")
-                new = [*plan.new, await self._map_root(tx, builder.size, plan.new)]
+                map_root, map_batch = await self._map_root(tx, builder.size, plan.new)
+                new = [*plan.new, map_root]
                 self.faults.after("map")
+                at = self._phase("map", at)
                 for entry in new:
                     builder.append(entry.leaf_hash)
                 self.faults.before("entries")
@@ -283,12 +292,16 @@ class Sequencer:
                 await tx.put_checkpoint(builder.size, builder.root(), note)
                 self.faults.after("checkpoint")
                 latest = StoredCheckpoint(builder.size, builder.root(), note)
+                at = self._phase("write", at)
             self.faults.before("commit")  # raising here rolls the whole batch back
+        self._phase("commit", at)
         self.faults.after("commit")  # as if COMMIT's answer were lost: the batch is durable
         # COMMIT done: entries, tiles and the checkpoint are durable together. A crash from
         # here on loses only the replies; retries find the entries through dedup. Only now
         # may the registry replay move on: a rolled-back batch must leave no trace in it.
         self.registry, self.registry_next = registry, builder.size
+        if map_batch is not None:
+            self.map_cache.commit(map_batch)
         if latest is None:  # only possible for an empty batch, which _next_batch never makes
             raise UnavailableError("the log has no checkpoint yet")
         if self.after_commit is not None:
@@ -301,9 +314,15 @@ class Sequencer:
         self.storage.published = max(self.storage.published, latest.size)
         return plan.outcome, latest
 
-    async def _map_root(self, tx: AppendTx, size: int, new: Sequence[NewEntry]) -> NewEntry:
+    def _phase(self, name: str, since: float) -> float:
+        now = time.perf_counter()
+        self.metrics.phase_seconds.labels(name).observe(now - since)
+        return now
+
+    async def _map_root(self, tx: AppendTx, size: int, new: Sequence[NewEntry]
+                        ) -> tuple[NewEntry, MapBatch]:
         try:
-            return await next_map_root(tx.state_map, size, new)
+            return await next_map_root(tx.state_map, size, new, self.map_cache)
         except MapError as exc:
             raise SelfCheckError(str(exc)) from exc
 

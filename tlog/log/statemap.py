@@ -13,14 +13,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from tlog.log.mapcache import MapBatch, MapCache
 from tlog.store.postgres import NewEntry
 from tlog.store.statemap import MapStore
 from verifier.protocol.merkle import leaf_hash
 from verifier.protocol.package_state import (
     MAP_ROOT_KIND,
+    PackageState,
     Record,
     StateBuilder,
     StateError,
+    build_states,
     map_root_entry,
     package_key,
     parse_map_root_entry,
@@ -32,30 +35,54 @@ class MapError(Exception):
     """The map cannot be extended from what is stored: the log's own state is wrong."""
 
 
-async def next_map_root(store: MapStore, size: int, new: Sequence[NewEntry]) -> NewEntry:
+async def next_map_root(store: MapStore, size: int, new: Sequence[NewEntry],
+                        cache: MapCache | None = None) -> tuple[NewEntry, MapBatch]:
     """The map-root/v1 entry ending a batch: `size` entries were logged before it, `new`
-    are the batch's (indices size, size + 1, ...), and it takes the next index."""
+    are the batch's (indices size, size + 1, ...), and it takes the next index. The MapBatch
+    goes to cache.commit once the batch's COMMIT succeeded."""
+    cache = cache if cache is not None else MapCache(max_nodes=0, max_states=0)
     index = size + len(new)
     root, rebuild = await _previous_root(store, size)
     batch = [Record(e.index, e.leaf_hash, e.kind, e.package, e.version, e.counter)
              for e in new if e.package is not None and e.version is not None]
+    packages = sorted({r.package for r in batch})
     if rebuild:
-        earlier = await store.all_records(size)
-        packages = sorted({r.package for r in earlier} | {r.package for r in batch})
+        seed = build_states(await store.all_records(size))
+        packages = sorted(set(seed) | set(packages))
     else:
-        packages = sorted({r.package for r in batch})
-        earlier = await store.records(packages, size) if packages else []
+        seed = cache.states_at(size, packages)
+        uncached = [p for p in packages if p not in seed]
+        seed.update(build_states(await store.records(uncached, size)) if uncached else {})
+    done = MapBatch(size, index + 1, {}, {})
     if packages:
-        nodes = await store.paths(root, [package_key(p) for p in packages])
+        nodes = await _paths(store, cache, root, [package_key(p) for p in packages], done)
         if root != EMPTY and (ROOT_ID not in nodes or stored_hash(nodes[ROOT_ID]) != root):
             raise MapError(f"the map root of entry {size - 1} is not in the stored map")
         # Hashing states and nodes is CPU work: off the event loop.
-        update = await asyncio.to_thread(_update, [*earlier, *batch], packages, nodes)
-        await store.put_nodes({stored_hash(node): node for node in update.writes.values()})
+        update, states = await asyncio.to_thread(_update, seed, size, batch, packages, nodes)
+        written = {stored_hash(node): node for node in update.writes.values()}
+        # A node already stored (the same subtree as before) is not written twice.
+        await store.put_nodes({h: n for h, n in written.items() if h not in cache.nodes})
+        done.nodes.update(written)
+        done.states.update(states)
         root = update.root
     # A batch of registry entries only changes no package: the map, and its root, stay.
     leaf = map_root_entry(index, root)
-    return NewEntry(index, leaf, leaf_hash(leaf), None, None, kind=MAP_ROOT_KIND)
+    return NewEntry(index, leaf, leaf_hash(leaf), None, None, kind=MAP_ROOT_KIND), done
+
+
+async def _paths(store: MapStore, cache: MapCache, root: bytes, keys: list[bytes],
+                 done: MapBatch) -> dict[int, bytes]:
+    """The nodes on the keys' paths: from the cache, and the rest from the database (kept
+    for the cache: stored nodes are durable whatever this batch becomes)."""
+    if root == EMPTY:
+        return {}
+    nodes, missing = cache.walk(root, keys)
+    if missing:
+        stored = await store.paths(root, missing)
+        nodes.update(stored)
+        done.nodes.update((stored_hash(n), n) for n in stored.values())
+    return nodes
 
 
 async def _previous_root(store: MapStore, size: int) -> tuple[bytes, bool]:
@@ -75,15 +102,18 @@ async def _previous_root(store: MapStore, size: int) -> tuple[bytes, bool]:
     return root, False
 
 
-def _update(records: list[Record], packages: list[str], nodes: dict[int, bytes]) -> Update:
-    """The map's update for the packages' states after `records`, over the stored `nodes`
-    on their paths."""
-    builder = StateBuilder()
+def _update(seed: dict[str, PackageState], size: int, batch: list[Record],
+            packages: list[str], nodes: dict[int, bytes]
+            ) -> tuple[Update, dict[str, PackageState]]:
+    """The map's update for the packages' states after the batch's records, over the stored
+    `nodes` on their paths; and those states."""
+    builder = StateBuilder(seed, after=size - 1)
     try:
-        builder.apply(records)
+        builder.apply(batch)
     except StateError as exc:
         raise MapError(f"the entries do not make a package state: {exc}") from exc
     try:
-        return SparseMap(nodes).update(builder.updates(packages))
+        update = SparseMap(nodes).update(builder.updates(packages))
     except LookupError as exc:
         raise MapError(f"the stored map is incomplete: {exc}") from exc
+    return update, {p: builder.states[p] for p in packages}

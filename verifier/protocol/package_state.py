@@ -84,6 +84,59 @@ def state_bytes(state: Mapping[str, Any]) -> bytes:
     return bytes(rfc8785.dumps(dict(state)))
 
 
+def built_state_hash(state: Mapping[str, Any]) -> bytes:
+    """state_hash of a state built here from records (whose numbers are all integers),
+    faster: a package with thousands of releases is hashed again at every batch that
+    touches it, and rfc8785 spends milliseconds on each. A state received from a log is
+    hashed with state_hash, which refuses what JCS cannot represent."""
+    fast = _ascii_jcs(state)
+    data = fast if fast is not None else state_bytes(state)
+    return hashlib.sha256(STATE_PREFIX + data).digest()
+
+
+def _ascii_jcs(state: Mapping[str, Any]) -> bytes | None:
+    """JCS by the standard library's C encoder. For a state of integers, strings and nulls
+    it writes RFC 8785's bytes whenever every string is ASCII with no escapes beyond
+    \\" \\\\ \\n \\r \\t \\b \\f (then code point and UTF-16 key order agree too), which
+    schema-valid entries guarantee. None: anything else, left to rfc8785.
+
+    "releases" sorts last of the state's four members, so the text is the other three
+    followed by the releases' own texts, kept from when each was added (_Release)."""
+    releases = state.get("releases")
+    if set(state) != _STATE_MEMBERS or not isinstance(releases, list) or not all(
+            type(r) is _Release and r.jcs is not None for r in releases):
+        whole = _ascii_text(state)  # e.g. a state read back from JSON
+        return None if whole is None else whole.encode()
+    head = _ascii_text({k: v for k, v in state.items() if k != "releases"})
+    if head is None:
+        return None
+    return (head[:-1] + ',"releases":[' + ",".join(r.jcs for r in releases) + "]}").encode()
+
+
+def _ascii_text(value: Mapping[str, Any]) -> str | None:
+    """JCS of a flat-enough object by json.dumps, or None where the two might differ."""
+    counter = value.get("counter")
+    if counter is not None and not (type(counter) is int and abs(counter) <= _MAX_SIZE):
+        return None
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    if "\\u" in text:  # a non-ASCII or control character: JCS escapes those differently
+        return None
+    return text
+
+
+class _Release(dict[str, Any]):
+    """A release in a state, with its JCS text made once: a state is hashed again at every
+    batch that changes it, but its releases never change once added."""
+
+    jcs: str | None = None
+
+
+_STATE_MEMBERS = frozenset({"package", "releases", "lifecycle", "counter"})
+
+
 def state_hash(state: Mapping[str, Any]) -> bytes:
     """The value the map commits to for a package."""
     return hashlib.sha256(STATE_PREFIX + state_bytes(state)).digest()
@@ -99,11 +152,16 @@ class StateBuilder:
     `apply` takes the records of one batch and returns the packages it changed, so the log
     (or a monitor) updates only their map leaves. `last_index` guards the log order: a record
     at or before an index already applied is refused rather than reordered.
+
+    `seed` (states after every record before `after`, e.g. kept from an earlier batch) is
+    never modified: a seeded state is copied when a record first changes it, so a batch that
+    is rolled back leaves the seed as it was.
     """
 
-    def __init__(self) -> None:
-        self.states: dict[str, PackageState] = {}
-        self.last_index = -1
+    def __init__(self, seed: Mapping[str, PackageState] | None = None, after: int = -1) -> None:
+        self.states: dict[str, PackageState] = dict(seed or {})
+        self.last_index = after
+        self._versions: dict[str, set[str]] = {}  # of the states this builder owns
 
     def apply(self, records: Iterable[Record]) -> set[str]:
         touched: set[str] = set()
@@ -114,43 +172,55 @@ class StateBuilder:
 
     def updates(self, packages: Iterable[str]) -> list[tuple[bytes, bytes]]:
         """(map key, value hash) of each named package, for SparseMap.update."""
-        return [(package_key(p), state_hash(self.states[p])) for p in sorted(set(packages))]
+        return [(package_key(p), built_state_hash(self.states[p]))
+                for p in sorted(set(packages))]
 
     def _apply_one(self, record: Record) -> None:
         if record.index <= self.last_index:
             raise StateError(f"entry {record.index} is not after entry {self.last_index}")
         if len(record.leaf_hash) != 32:
             raise StateError(f"entry {record.index}: leaf hash is not 32 bytes")
-        state = self.states.get(record.package)
         if record.kind == RELEASE_KIND:
-            state = state if state is not None else empty_state(record.package)
+            state, versions = self._own(record.package)
+            if record.version in versions:
+                # The log refuses a second release of a version; a monitor replaying such
+                # a log must not paper over it by choosing one.
+                raise StateError(f"entry {record.index}: {record.package} {record.version} "
+                                 "released twice")
             _add_release(state, record)
+            versions.add(record.version)
         elif record.kind in LIFECYCLE_KINDS:
-            if state is None or not _released(state, record.version):
+            if record.package not in self.states or record.version not in self._own(
+                    record.package)[1]:
                 raise StateError(
                     f"entry {record.index}: {record.kind} for {record.package} "
                     f"{record.version}, which is not logged before it"
                 )
-            _add_statement(state, record)
+            _add_statement(self.states[record.package], record)
         else:
             raise StateError(f"entry {record.index}: kind {record.kind!r} has no package state")
-        self.states[record.package] = state
         self.last_index = record.index
+
+    def _own(self, package: str) -> tuple[PackageState, set[str]]:
+        """The package's state, this builder's own copy, and its released versions (a set:
+        a package with n releases must not cost n comparisons per release)."""
+        versions = self._versions.get(package)
+        if versions is not None:
+            return self.states[package], versions
+        seeded = self.states.get(package)
+        state = empty_state(package) if seeded is None else {
+            "package": seeded["package"], "releases": list(seeded["releases"]),
+            "lifecycle": dict(seeded["lifecycle"]), "counter": seeded["counter"]}
+        versions = {r["version"] for r in state["releases"]}
+        self.states[package], self._versions[package] = state, versions
+        return state, versions
 
 
 def _add_release(state: PackageState, record: Record) -> None:
-    if _released(state, record.version):
-        # The log refuses a second release of a version; a monitor replaying such a log
-        # must not paper over it by choosing one.
-        raise StateError(f"entry {record.index}: {record.package} {record.version} released twice")
-    state["releases"].append(
-        {
-            "version": record.version,
-            "index": record.index,
-            "leaf_hash": record.leaf_hash.hex(),
-            "counter": record.counter,
-        }
-    )
+    release = _Release(version=record.version, index=record.index,
+                       leaf_hash=record.leaf_hash.hex(), counter=record.counter)
+    release.jcs = _ascii_text(release)
+    state["releases"].append(release)
     if record.counter is not None and (
         state["counter"] is None or record.counter > state["counter"]
     ):
@@ -174,10 +244,6 @@ def _add_statement(state: PackageState, record: Record) -> None:
         if rollout is not None:
             latest["rollout"] = rollout
     state["lifecycle"][record.version] = latest
-
-
-def _released(state: PackageState, version: str) -> bool:
-    return any(r["version"] == version for r in state["releases"])
 
 
 def build_states(records: Iterable[Record]) -> dict[str, PackageState]:

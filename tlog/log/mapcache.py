@@ -1,0 +1,93 @@
+"""What the sequencer keeps between batches so the package-state map costs no more than the
+batch's own entries: map nodes by hash, and the states of recently changed packages.
+
+Both are only ever filled with what is durable: nodes read from the database, or written by a
+batch whose COMMIT succeeded (`MapCache.commit`), never a batch's work before COMMIT. So a
+rolled-back batch leaves no trace here, and a process that dies loses only a cache.
+
+- Nodes are addressed by their hash, so a cached node is right for any root, whoever wrote it
+  (another process appending to the same database included). A node missing here is read from
+  the database.
+- States are valid for one log size: they are the packages' states after every entry below
+  `size`. When the log has grown since (another process appended), they are dropped, and the
+  sequencer rebuilds what it needs from the entries as before.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from verifier.protocol.package_state import PackageState
+from verifier.protocol.statemap import EMPTY, bit, node_id
+
+MAX_NODES = 100_000  # about 25 MB: the upper levels, which every batch walks, stay in
+MAX_STATES = 4_096  # packages; a package with many releases is the one worth keeping
+
+
+@dataclass
+class MapBatch:
+    """A batch's map work, kept for the cache until its COMMIT is known."""
+
+    start: int  # the log size before the batch
+    size: int  # and after it
+    nodes: dict[bytes, bytes]  # hash -> node, read or written
+    states: dict[str, PackageState]  # the batch's packages after it
+
+
+@dataclass
+class MapCache:
+    max_nodes: int = MAX_NODES
+    max_states: int = MAX_STATES
+    nodes: dict[bytes, bytes] = field(default_factory=dict)  # insertion order = age
+    states: dict[str, PackageState] = field(default_factory=dict)
+    size: int = -1  # the log size `states` are valid for
+
+    def states_at(self, size: int, packages: Iterable[str]) -> dict[str, PackageState]:
+        """The cached states of `packages` after every entry below `size` (those it has)."""
+        if size != self.size:
+            self.states.clear()
+            return {}
+        return {p: self.states[p] for p in packages if p in self.states}
+
+    def walk(self, root: bytes, keys: Iterable[bytes]) -> tuple[dict[int, bytes], list[bytes]]:
+        """The cached nodes on the paths of `keys` from `root`, by node id (as
+        tlog.store.statemap.map_paths gives them), and the keys whose path left the cache."""
+        found: dict[int, bytes] = {}
+        missing: list[bytes] = []
+        for key in keys:
+            if not self._walk_one(root, key, found):
+                missing.append(key)
+        return found, missing
+
+    def _walk_one(self, root: bytes, key: bytes, found: dict[int, bytes]) -> bool:
+        at, depth = root, 0
+        while True:
+            node = self.nodes.get(at)
+            if node is None:
+                return False
+            found[node_id(key, depth)] = node
+            if node[:1] != b"N":  # a leaf: the key's own or another's
+                return True
+            at = node[33:65] if bit(key, depth) else node[1:33]
+            depth += 1
+            if at == EMPTY:
+                return True
+
+    def commit(self, batch: MapBatch) -> None:
+        """The batch is durable: keep its nodes and states."""
+        self._add_nodes(batch.nodes)
+        if batch.start != self.size:  # another process appended in between
+            self.states.clear()
+        self.states.update(batch.states)
+        self.size = batch.size
+        while len(self.states) > self.max_states:
+            del self.states[next(iter(self.states))]
+
+    def _add_nodes(self, nodes: Mapping[bytes, bytes]) -> None:
+        self.nodes.update(nodes)
+        excess = len(self.nodes) - self.max_nodes
+        if excess > 0:
+            for old in list(itertools.islice(self.nodes, excess)):
+                del self.nodes[old]
