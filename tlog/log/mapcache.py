@@ -34,6 +34,7 @@ class MapBatch:
     size: int  # and after it
     nodes: dict[bytes, bytes]  # hash -> node, read or written
     states: dict[str, PackageState]  # the batch's packages after it
+    root: bytes = EMPTY  # the map root after it
 
 
 @dataclass
@@ -42,7 +43,12 @@ class MapCache:
     max_states: int = MAX_STATES
     nodes: dict[bytes, bytes] = field(default_factory=dict)  # insertion order = age
     states: dict[str, PackageState] = field(default_factory=dict)
-    size: int = -1  # the log size `states` are valid for
+    size: int = -1  # the log size `states` and `root` are valid for
+    root: bytes | None = None  # the map root in the log's leaf size - 1
+
+    def root_at(self, size: int) -> bytes | None:
+        """The map root of leaf size - 1, when this process wrote that leaf."""
+        return self.root if size == self.size else None
 
     def states_at(self, size: int, packages: Iterable[str]) -> dict[str, PackageState]:
         """The cached states of `packages` after every entry below `size` (those it has)."""
@@ -81,7 +87,7 @@ class MapCache:
         if batch.start != self.size:  # another process appended in between
             self.states.clear()
         self.states.update(batch.states)
-        self.size = batch.size
+        self.size, self.root = batch.size, batch.root
         while len(self.states) > self.max_states:
             del self.states[next(iter(self.states))]
 

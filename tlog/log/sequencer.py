@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from tlog.log.edge import EdgeError, load_edge
+from tlog.log.edge import EdgeError, edge_builder, load_edge
 from tlog.log.faults import NO_FAULTS, Faults
 from tlog.log.mapcache import MapBatch, MapCache
 from tlog.log.metrics import AppendMetrics
@@ -111,6 +111,8 @@ class Sequencer:
         self.max_pending = max_pending
         self.failed: str | None = None
         self.map_cache = MapCache()  # filled only from committed batches
+        # (size, root, edge) of the tree this process's last batch committed
+        self._tip: tuple[int, bytes, dict[int, bytes]] | None = None
         # Called after each COMMIT, before the batch's replies (tlog.log.highwater).
         self.after_commit: Callable[[StoredCheckpoint], Awaitable[None]] | None = None
         # Groups of submissions: one for POST /v1/entries, all valid entries of a request for
@@ -120,6 +122,7 @@ class Sequencer:
         self._carry: list[_Pending] | None = None
         self.waiting = 0  # submissions queued (carry included), not yet in a batch
         self._task: asyncio.Task[None] | None = None
+        self._replying: set[asyncio.Task[None]] = set()  # committed batches being answered
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="tlog-sequencer")
@@ -128,6 +131,7 @@ class Sequencer:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(*self._replying, return_exceptions=True)  # committed: answer
         groups = [self._carry] if self._carry else []
         self._carry = None
         while not self._queue.empty():
@@ -180,23 +184,35 @@ class Sequencer:
             started = time.perf_counter()
             try:
                 outcome, published = await self._append(batch)
-                self.faults.before("reply")
-                replied = time.perf_counter()
-                receipts = await self._receipts(batch, outcome, published)
-                self._phase("receipts", replied)
-                self.faults.after("reply")
             except Exception as exc:  # one failed batch must not stop the loop
                 self._fail_batch(batch, exc)
                 continue
-            for pending, result in zip(batch, receipts, strict=True):
-                if pending.future.done():
-                    continue
-                if isinstance(result, ConflictError | RefusedError):
-                    pending.future.set_exception(result)
-                else:
-                    pending.future.set_result(result)
-            self.metrics.batch_size.observe(len(batch))
-            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            # The batch is durable. Its proofs and replies are made beside the next batch's
+            # append, which needs nothing from them.
+            task = asyncio.create_task(self._reply(batch, outcome, published, started))
+            self._replying.add(task)
+            task.add_done_callback(self._replying.discard)
+
+    async def _reply(self, batch: Sequence[_Pending], outcome: Mapping[int, _Outcome],
+                     published: StoredCheckpoint, started: float) -> None:
+        try:
+            self.faults.before("reply")
+            replied = time.perf_counter()
+            receipts = await self._receipts(batch, outcome, published)
+            self._phase("receipts", replied)
+            self.faults.after("reply")
+        except Exception as exc:  # durable, but the submitters retry to get their receipts
+            self._fail_batch(batch, exc)
+            return
+        for pending, result in zip(batch, receipts, strict=True):
+            if pending.future.done():
+                continue
+            if isinstance(result, ConflictError | RefusedError):
+                pending.future.set_exception(result)
+            else:
+                pending.future.set_result(result)
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
     async def _receipts(self, batch: Sequence[_Pending], outcome: Mapping[int, _Outcome],
                         published: StoredCheckpoint
@@ -264,7 +280,7 @@ class Sequencer:
             # database exactly as the previous batch left it; no one got a reply.
             latest = await tx.latest_checkpoint()
             builder = await self._load_edge(tx, latest)
-            registry = await self._synced_registry(tx, batch)
+            registry = await self._synced_registry(tx, batch, builder.size)
             plan = await self._plan(tx, batch, builder.size, registry)
             at = self._phase("prepare", at)
             map_batch: MapBatch | None = None
@@ -304,6 +320,7 @@ class Sequencer:
             self.map_cache.commit(map_batch)
         if latest is None:  # only possible for an empty batch, which _next_batch never makes
             raise UnavailableError("the log has no checkpoint yet")
+        self._tip = (latest.size, latest.root, builder.edge())
         if self.after_commit is not None:
             # The published high-water mark: written before anyone is answered, so it
             # covers every checkpoint a reply carries. A crash here leaves it one batch
@@ -331,15 +348,20 @@ class Sequencer:
 
         Read under the append lock before anything is written: a SelfCheckError here rolls
         back nothing but the lock, leaves the database as the last batch left it, and stops
-        appends (readyz and submitters see why).
+        appends (readyz and submitters see why). When this process committed that tree, the
+        edge it kept is used instead of reading the tiles (and still checked against the
+        root).
         """
+        size, root = (latest.size, latest.root) if latest else (0, None)
         try:
-            return await load_edge(tx.tiles, latest.size if latest else 0,
-                                   latest.root if latest else None)
+            if self._tip is not None and self._tip[:2] == (size, root):
+                return edge_builder(size, self._tip[2], root)
+            return await load_edge(tx.tiles, size, root)
         except EdgeError as exc:
             raise SelfCheckError(str(exc)) from exc
 
-    async def _synced_registry(self, tx: AppendTx, batch: Sequence[_Pending]) -> Registry:
+    async def _synced_registry(self, tx: AppendTx, batch: Sequence[_Pending], size: int
+                               ) -> Registry:
         """The registry replayed to the end of the log (other processes may have appended).
 
         Publishers change only through registry entries, so the registry is copied (and the
@@ -347,7 +369,9 @@ class Sequencer:
         counters are not carried between batches at all (_plan reads them per batch). A stored
         entry that does not replay (tlog.log.registry.ReplayError) stops appends.
         """
-        stored = await tx.registry_entries(self.registry_next)
+        # Nothing to replay when the log has not grown since this process's last batch.
+        stored = [] if size == self.registry_next else await tx.registry_entries(
+            self.registry_next)
         changing = stored or any(p.entry.kind in REGISTRY_KINDS for p in batch)
         registry = copy.deepcopy(self.registry) if changing else self.registry
         try:

@@ -42,7 +42,8 @@ async def next_map_root(store: MapStore, size: int, new: Sequence[NewEntry],
     goes to cache.commit once the batch's COMMIT succeeded."""
     cache = cache if cache is not None else MapCache(max_nodes=0, max_states=0)
     index = size + len(new)
-    root, rebuild = await _previous_root(store, size)
+    known = cache.root_at(size)
+    root, rebuild = (known, False) if known is not None else await _previous_root(store, size)
     batch = [Record(e.index, e.leaf_hash, e.kind, e.package, e.version, e.counter)
              for e in new if e.package is not None and e.version is not None]
     packages = sorted({r.package for r in batch})
@@ -67,6 +68,7 @@ async def next_map_root(store: MapStore, size: int, new: Sequence[NewEntry],
         done.states.update(states)
         root = update.root
     # A batch of registry entries only changes no package: the map, and its root, stay.
+    done.root = root
     leaf = map_root_entry(index, root)
     return NewEntry(index, leaf, leaf_hash(leaf), None, None, kind=MAP_ROOT_KIND), done
 

@@ -304,6 +304,11 @@ class TreeBuilder:
             tile.clear()
             level += 1
 
+    def edge(self) -> dict[int, bytes]:
+        """Level -> data of each non-empty partial tile: what TreeBuilder(size, edge) resumes
+        from, so a writer can keep its edge instead of reading it back."""
+        return {level: b"".join(tile) for level, tile in enumerate(self._edge) if tile}
+
     def take_changed(self) -> dict[TileKey, bytes]:
         """Every tile changed since the last call, with its full current data.
 
