@@ -131,7 +131,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"tlog serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
     app = create_app(config)
-    return run_app(app, config.host, config.port, ssl_context=ssl_context)
+    return run_app(app, config.host, config.port, ssl_context=ssl_context,
+                   event_loop=args.event_loop)
 
 
 def server_ssl_context(config: Config) -> ssl.SSLContext | None:
@@ -308,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--key", help="the log's private key file (or TLOG_KEY); its name is the origin."
                    " With --pkcs11-module: the log's vkey file instead")
     s.add_argument("--listen", help=f"HOST:PORT (or TLOG_LISTEN; default {DEFAULT_LISTEN})")
+    s.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop",
+                   help="the event loop to serve on (default uvloop; asyncio: the standard "
+                        "library's)")
     add_access_options(s)
     add_pkcs11_options(s)
     s.set_defaults(func=cmd_serve)

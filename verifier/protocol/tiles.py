@@ -167,8 +167,33 @@ def nodes_from_tiles(nodes: Iterable[Node], tiles: Mapping[TileKey, bytes]) -> d
         data = tiles.get((level, n))
         if data is None or len(data) < HASH_SIZE * (start + count):
             raise ValueError(f"tile {level}/{n} is missing or too short for node {node}")
-        out[node] = hash_up(split_hashes(data[HASH_SIZE * start:HASH_SIZE * (start + count)]))
+        if len(data) == FULL_TILE_SIZE:
+            out[node] = _full_tile_levels(data)[count.bit_length() - 1][start // count]
+        else:
+            out[node] = hash_up(split_hashes(data[HASH_SIZE * start:HASH_SIZE * (start + count)]))
     return out
+
+
+FULL_TILE_SIZE = HASH_SIZE * TILE_WIDTH
+_LEVELS_KEPT = 512  # full tiles whose subtree hashes are kept (about 16 KiB each)
+_levels: dict[bytes, list[list[bytes]]] = {}
+
+
+def _full_tile_levels(data: bytes) -> list[list[bytes]]:
+    """Every subtree hash of a full tile, level by level (levels[k][i]: the 2**k hashes from
+    i·2**k). A proof needs up to 8 of them per tile, which cost 247 hashes to make from the
+    tile; full tiles never change, and the upper ones are in every proof, so a few hundred
+    are kept by their content (keying by content keeps this pure and always right)."""
+    levels = _levels.get(data)
+    if levels is None:
+        levels = [split_hashes(data)]
+        while len(levels[-1]) > 1:
+            below = levels[-1]
+            levels.append([node_hash(below[i], below[i + 1]) for i in range(0, len(below), 2)])
+        if len(_levels) >= _LEVELS_KEPT:  # the oldest goes (threads may race: no matter)
+            _levels.pop(next(iter(_levels), b""), None)
+        _levels[data] = levels
+    return levels
 
 
 class TileProof:

@@ -339,3 +339,19 @@ def test_nodes_from_tiles_refuses_a_missing_or_short_tile() -> None:
         nodes_from_tiles([(0, 299)], {**tiles, (0, 1): tiles[(0, 1)][:32]})
     with pytest.raises(ValueError, match="missing or too short"):
         nodes_from_tiles([(8, 0)], {})
+
+
+def test_kept_subtree_hashes_of_full_tiles_are_the_tiles_own() -> None:
+    """Node hashes come from kept levels for full tiles: they must equal hashing the tile's
+    hashes afresh, for every node of two different full tiles and a partial one."""
+    from verifier.protocol.tiles import hash_up, nodes_from_tiles, split_hashes
+    tiles = {(0, n): bytes((n * 7 + i) % 256 for i in range(32 * 256)) for n in range(2)}
+    tiles[(0, 2)] = bytes(range(32)) * 100
+    for _ in range(2):  # the second pass reads the kept levels
+        for n, width in ((0, 256), (1, 256), (2, 100)):
+            hashes = split_hashes(tiles[(0, n)])
+            for k in range(8):
+                for i in range(width >> k):
+                    node = (k, ((n * 256) >> k) + i)
+                    want = hash_up(hashes[i << k:(i + 1) << k])
+                    assert nodes_from_tiles([node], tiles)[node] == want
