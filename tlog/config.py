@@ -90,6 +90,7 @@ class Config:
     max_wait: float = 0.005
     max_body: int = MAX_BODY_BYTES
     tile_cache: Path | None = None  # where full tiles are kept once served (tlog.store.tilecache)
+    checkpoint_ttl: float = 0.25  # how old a checkpoint /checkpoint may serve (tlog.http.recent)
     max_page_bytes: int = MAX_PAGE_BYTES  # entries of one page, as answered
     # With a witness policy, /checkpoint serves only checkpoints its quorum cosigned
     # (tlog.log.witness asks the witnesses every witness_interval seconds, and asks
@@ -316,6 +317,7 @@ def from_options(database_url: str | None, key: str | None, listen: str | None,
                       if access.get("admin_token_file") else None),
         tls=_tls(access), quotas=quotas_from_options(access), tile_cache=_tile_cache(access),
         max_page_bytes=_given(access.get("max_page_bytes"), MAX_PAGE_BYTES),
+        checkpoint_ttl=_checkpoint_ttl(access.get("checkpoint_ttl")),
         published_file=published_file(key_file, access),
         allow_behind_published=bool(access.get("allow_behind_published")),
         read_database_url=(access.get("read_database_url")
@@ -334,6 +336,14 @@ def published_file(key_file: str, access: dict[str, Any]) -> Path:
         return Path(given).absolute()
     key = Path(key_file).absolute()
     return key.with_name(key.stem + ".published")
+
+
+def _checkpoint_ttl(given: float | None) -> float:
+    if given is None:
+        return Config.checkpoint_ttl
+    if not 0 <= given <= 60:
+        raise ConfigError("--checkpoint-ttl must be between 0 and 60 seconds")
+    return given
 
 
 def _tile_cache(access: dict[str, Any]) -> Path | None:

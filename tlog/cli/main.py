@@ -174,6 +174,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 ACCESS_OPTIONS = ("policy", "admin_key", "token_key", "admin_token_file", "tls_cert", "tls_key",
                   "client_ca", "admin_cn", *QUOTA_OPTIONS, "max_page_bytes", "tile_cache",
+                  "checkpoint_ttl",
                   "witness_policy", "witness_interval", "witness_timeout", "witness_refresh",
                   "published_file", "allow_behind_published", "read_database_url",
                   "database_pooler")
@@ -204,6 +205,10 @@ def add_access_options(s: argparse.ArgumentParser) -> None:
                         "TLOG_TILE_CACHE), so serving it again needs no database query; "
                         "files from another database, or a restore without their tree, are "
                         "deleted at startup")
+    c.add_argument("--checkpoint-ttl", type=float, metavar="SECONDS",
+                   help="serve GET /checkpoint and proofs without a tree size from a "
+                        "checkpoint read at most this long ago (default 0.25; 0 reads it for "
+                        "every request); never older than one this server published")
     b = s.add_argument_group(
         "backup and restore",
         "The log keeps the signed note of the largest checkpoint it published in a file "

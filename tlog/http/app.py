@@ -54,6 +54,7 @@ from tlog.http.outage import (
     database_unavailable_error,
 )
 from tlog.http.packages import add_package_routes
+from tlog.http.recent import RECENT, RecentCheckpoint
 from tlog.http.tokens import TokenAuthority
 from tlog.log.sequencer import RefusedError, UnavailableError
 from tlog.log.startup import running_log
@@ -259,6 +260,10 @@ def create_app(config: Config) -> web.Application:
         try:
             async with running_log(config, metrics.append, metrics.witness) as running:
                 app[READER] = app[TOKEN_LEDGER] = running.storage
+                app[RECENT] = RecentCheckpoint(lambda: app[READER].latest_checkpoint(),
+                                               lambda: running.storage.published,
+                                               config.checkpoint_ttl)
+                running.storage.on_swap(lambda _reason: app[RECENT].drop())
                 app[SEQUENCER] = running.sequencer
                 if running.witnesses is not None:
                     app[WITNESS_STATUS] = running.witnesses.status

@@ -33,6 +33,7 @@ from tlog.http.handlers import (
     query,
 )
 from tlog.http.outage import LAST_CHECKPOINT, OUTAGE
+from tlog.http.recent import RECENT
 from tlog.store.outage import database_unavailable
 from tlog.store.reader import StoredCheckpoint
 
@@ -79,7 +80,7 @@ async def _latest(request: web.Request) -> StoredCheckpoint:
             raise ApiError("not_ready", "no checkpoint has been cosigned by the witness "
                            "quorum yet", retry_after=request.app[CONFIG].witness_interval)
         return latest
-    latest = await reader.latest_checkpoint()
+    latest = await request.app[RECENT].get()
     if latest is None:
         raise ApiError("not_ready", "the log has not published a checkpoint yet")
     return latest

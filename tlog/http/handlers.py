@@ -19,6 +19,7 @@ from tlog.config import Config
 from tlog.http.access import Buckets, ClientInFlight, InFlight, client_identity, require_client_cert
 from tlog.http.errors import ApiError, entry_error
 from tlog.http.pages import build_page, entry_item
+from tlog.http.recent import RECENT
 from tlog.http.tokens import TokenAuthority, TokenClaims, TokenError, bearer
 from tlog.log.proofs import consistency_proof, inclusion_proof
 from tlog.log.sequencer import ConflictError, Receipt, Sequencer, UnavailableError
@@ -102,8 +103,10 @@ def parse_hash(name: str, text: str | None) -> bytes:
     return bytes.fromhex(text)
 
 
-async def latest_size(request: web.Request) -> int:
-    latest = await request.app[READER].latest_checkpoint()
+async def latest_size(request: web.Request, fresh: bool = False) -> int:
+    """The latest checkpoint's size, perhaps a moment old (tlog.http.recent) unless `fresh`."""
+    recent = request.app[RECENT]
+    latest = await (recent.fresh() if fresh else recent.get())
     return latest.size if latest else 0
 
 
@@ -166,7 +169,7 @@ async def _hash_tile(request: web.Request, level: int, n: int, width: int) -> by
     data = await request.app[READER].tile(level, n)
     if data is not None and len(data) >= 32 * width:
         return data[:32 * width]  # a wider stored tile starts with the same hashes
-    if tile_width(level, n, await latest_size(request)) >= width:
+    if tile_width(level, n, await latest_size(request, fresh=True)) >= width:
         raise RuntimeError(f"tile {level}/{n} of the published tree is missing from storage")
     raise ApiError("not_found", f"tile {level}/{n} has no {width} hashes yet")
 
@@ -399,6 +402,8 @@ async def get_inclusion(request: web.Request) -> web.Response:
     index = await reader.index_of(leaf)
     if index is None:
         raise ApiError("not_found", "no entry with that leaf hash")
+    if index >= size and q.get("tree_size") is None:  # perhaps published a moment ago
+        size = await latest_size(request, fresh=True)
     if index >= size:
         raise ApiError("not_in_tree", f"entry {index} is not in the tree of size {size}")
     hashes = await inclusion_proof(index, size, reader.tiles)
@@ -420,7 +425,7 @@ async def require_published(name: str, size: int, request: web.Request) -> None:
     """400 beyond_tree unless a tree of `size` is published; no query for a size at or below
     the largest already seen (a monitor asks for proofs to sizes it just fetched)."""
     if not await request.app[READER].published_at_least(size):
-        latest = await latest_size(request)
+        latest = await latest_size(request, fresh=True)
         raise ApiError("beyond_tree", f"{name} {size} is beyond the latest size {latest}")
 
 
