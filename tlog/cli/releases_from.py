@@ -211,8 +211,8 @@ def open_index(path: str) -> Iterable[bytes]:
     if head.startswith((LZ4, ZSTD)):
         kind = "lz4" if head.startswith(LZ4) else "zstd"
         raw.close()
-        raise IndexUnreadable(f"{path} is {kind}-compressed, which Python's standard library does "
-                          f"not read: " + DECOMPRESS_HINT.format(path))
+        raise IndexUnreadable(f"{path} is {kind}-compressed, which Python's standard library "
+                              f"does not read: " + DECOMPRESS_HINT.format(path))
     return raw
 
 
@@ -248,6 +248,10 @@ def cmd_debian(args: argparse.Namespace) -> int:
         print(f"tlog releases-from: cannot read the index: {exc}", file=sys.stderr)
         return EXIT_USAGE
     releases = list(result.releases.values())[:args.limit]
+    if not releases:
+        _summary(result, 0)
+        print("tlog releases-from: no release in the index; nothing written", file=sys.stderr)
+        return EXIT_FAILED
     data = jsonl(releases)
     try:
         if args.output:
@@ -259,9 +263,6 @@ def cmd_debian(args: argparse.Namespace) -> int:
         print(f"tlog releases-from: cannot write the releases: {exc}", file=sys.stderr)
         return EXIT_FAILED
     _summary(result, len(releases))
-    if not releases:
-        print("tlog releases-from: no release in the index", file=sys.stderr)
-        return EXIT_FAILED
     return EXIT_OK
 
 
