@@ -20,6 +20,7 @@ from tlog.cli.mirror import add_mirror_command
 from tlog.cli.pgcluster import ClusterError
 from tlog.cli.proof import LOG_KEY_HELP
 from tlog.cli.registry import add_operator_commands
+from tlog.cli.releases_from import add_releases_from_command
 from tlog.cli.remote import (
     StrictParser,
     add_connection_options,
@@ -365,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_lifecycle_commands(sub)
     add_mirror_command(sub)
     add_bench_command(sub)
+    add_releases_from_command(sub)
 
     d = sub.add_parser("dev", help="run a local log with its own PostgreSQL (the embedded default)")
     d.add_argument("--home", default=".tlog", help="state directory (default ./.tlog)")
