@@ -38,7 +38,7 @@ from verifier.protocol.entries.errors import EntryError
 from verifier.protocol.entries.strict_json import canonical, parse_json
 from verifier.protocol.note import NoteError, Verifier
 from verifier.protocol.receipt import verify_receipt
-from verifier.protocol.trust import KeyTrust
+from verifier.protocol.trust import KeyTrust, OpenedOnce
 
 MAX_LINE = 256 * 1024  # an entry's leaf is at most 64 KiB
 MAX_LINES = 1_000_000
@@ -102,7 +102,7 @@ def load_receipts(path: Path, log_key: Verifier) -> set[Key]:
             f.truncate(len(whole))
             os.fsync(f.fileno())
     done: set[Key] = set()
-    trust = KeyTrust(log_key)
+    trust = OpenedOnce(KeyTrust(log_key))  # a few dozen checkpoints for thousands of lines
     for number, line in enumerate(whole.splitlines(), start=1):
         try:
             verified = verify_receipt(parse_json(line), trust)

@@ -55,3 +55,30 @@ class KeyTrust:
 
     def latest(self, note: bytes | str) -> Checkpoint:
         return self.open(note)
+
+
+class OpenedOnce:
+    """A KeyTrust that opens each distinct note once: a file of thousands of receipts from
+    one log names a few dozen checkpoints, and checking the same signature again tells
+    nothing new (the answer is a pure function of the note and the key). Refusals are not
+    kept: they raise each time."""
+
+    def __init__(self, trust: KeyTrust) -> None:
+        self._trust = trust
+        self._opened: dict[bytes | str, Checkpoint] = {}
+
+    @property
+    def origin(self) -> str:
+        return self._trust.origin
+
+    def describe(self) -> str:
+        return self._trust.describe()
+
+    def open(self, note: bytes | str) -> Checkpoint:
+        opened = self._opened.get(note)
+        if opened is None:
+            opened = self._opened[note] = self._trust.open(note)
+        return opened
+
+    def latest(self, note: bytes | str) -> Checkpoint:
+        return self.open(note)
