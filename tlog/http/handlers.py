@@ -443,7 +443,7 @@ async def get_consistency(request: web.Request) -> web.Response:
 async def get_log(request: web.Request) -> web.Response:
     seq = request.app[SEQUENCER]
     return web.json_response({"origin": seq.signer.name, "vkey": request.app[VKEY],
-                              "tree_size": await latest_size(request)})
+                              "tree_size": await latest_size(request, fresh=True)})
 
 
 async def healthz(request: web.Request) -> web.Response:
