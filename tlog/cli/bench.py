@@ -48,7 +48,8 @@ KINDS = (MIX, *(kind for kind, _ in READ_KINDS))
 Make = Callable[[int], Request]
 MAX_BATCH = 1000  # the batch endpoint's limit
 SEED_INDEX = 10**12  # the release mixed puts in an empty log: beyond any run's numbers
-ROUND_SPAN = 10**9  # request numbers per round: more than any round sends
+ROUND_SPAN = 10**9  # request numbers per round: more than any round sends (and MAX_RUNS
+# rounds of every read kind stay below SEED_INDEX)
 
 
 def add_bench_command(sub: Any) -> None:
@@ -154,10 +155,11 @@ async def run_bench(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
     try:
         rounds: dict[str, list[dict[str, Any]]] = {label: [] for label in measures}
         for n in range(args.runs):  # log, baseline, log, baseline, ...
-            for label, make in measures.items():
+            for k, (label, make) in enumerate(measures.items()):
                 minimal = args.mode == "read" and label == "proof"
-                rounds[label].append(await one_round(numbered_from(make, n * ROUND_SPAN),
-                                                     base, plan, server, minimal, args.json))
+                first = (n * len(measures) + k) * ROUND_SPAN  # each round its own releases
+                rounds[label].append(await one_round(numbered_from(make, first), base, plan,
+                                                     server, minimal, args.json))
     finally:
         if server is not None:
             await asyncio.to_thread(server.stop)

@@ -166,6 +166,19 @@ def test_read_kinds_are_measured_each_on_its_own_with_their_baselines(log: Serve
         urllib.request.urlopen(f"{log.url}/checkpoint", timeout=10).read())
 
 
+def test_mixed_rounds_of_each_read_kind_append_releases_of_their_own(log: Server) -> None:
+    # Every round and kind numbers its releases apart: a version sent again with another
+    # digest would be refused (409) and count as the log's error.
+    r = bench_json("mixed", "--log", log.url, "--read-kind", "checkpoint,tile", "--count", "20",
+                   "--read-ratio", "0.5", "--runs", "2", "--concurrency", "4")
+    assert list(r["by_read_kind"]) == ["checkpoint", "tile"]
+    for k in r["by_read_kind"].values():
+        assert k["ok"] == k["requests"] == 40 and k["errors"] == {}, k
+        assert k["entries"] >= 2 and "append" in k["by_kind"]
+    appended = sum(k["entries"] for k in r["by_read_kind"].values())
+    assert r["tree_size_after"] - r["tree_size_before"] >= appended
+
+
 def test_runs_print_medians_and_every_round(log: Server) -> None:
     r = bench_json("append", "--log", log.url, "--count", "10", "--runs", "3",
                    "--concurrency", "2")
