@@ -24,6 +24,7 @@ import aiohttp
 TIMEOUT = 60  # one request, connect to last byte: a stuck log shows as transport errors
 PROGRESS_EVERY = 0.5
 LATE = 0.005  # a request sent this much after its due time was sent late
+LOOP_TICK = 0.01  # how often an open-loop run checks its own event loop
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,16 @@ class Schedule:
     waited_for_connection: int = 0
     client_late: int = 0
     lags: list[float] = field(default_factory=list)  # send time - due time
+    loop_lags: list[float] = field(default_factory=list)  # the client's event loop, late
+    client_cpu: float = 0.0  # the client process's CPU seconds per second of the run
+
+    def kept_up(self) -> bool:
+        """Whether the client itself kept to the schedule: under 1 % of the sends late with
+        a connection free, its event loop at most 2 LATE behind (p99), and its one process
+        not using a whole core (then it was the bottleneck, whatever the counts say)."""
+        loop_p99 = percentile(sorted(self.loop_lags), 99)
+        return (self.client_late <= self.scheduled // 100 and loop_p99 <= 2 * LATE
+                and self.client_cpu < 0.9)
 
     def json(self) -> dict[str, Any]:
         return {"rate": self.rate, "window_s": round(self.window, 3),
@@ -117,7 +128,8 @@ class Schedule:
                 "on_time": sum(1 for lag in self.lags if lag <= LATE),
                 "waited_for_connection": self.waited_for_connection,
                 "client_late": self.client_late, "send_lag_ms": latency_ms(self.lags),
-                "client_kept_up": self.client_late <= self.scheduled // 100}
+                "loop_lag_ms": latency_ms(self.loop_lags),
+                "client_cpu": round(self.client_cpu, 2), "client_kept_up": self.kept_up()}
 
 
 def percentile(ordered: list[float], p: float) -> float:
@@ -178,16 +190,31 @@ class Load:
             self.stats.schedule = Schedule(plan.rate, due / plan.rate, due)
 
     async def run(self, progress: TextIO | None = None) -> Stats:
-        self._start = time.perf_counter()
+        self._start, cpu = time.perf_counter(), time.process_time()
         ticker = asyncio.create_task(self._progress(progress)) if progress else None
+        schedule = self.stats.schedule
+        watch = asyncio.create_task(self._watch_loop(schedule)) if schedule else None
         try:
             await asyncio.gather(*(self._worker() for _ in range(self.plan.concurrency)))
         finally:
+            if watch is not None:
+                watch.cancel()
             if ticker is not None and progress is not None:
                 ticker.cancel()
                 progress.write("\r\033[K")
         self.stats.elapsed = time.perf_counter() - self._start
+        if schedule is not None:
+            schedule.client_cpu = (time.process_time() - cpu) / max(self.stats.elapsed, 1e-9)
         return self.stats
+
+    @staticmethod
+    async def _watch_loop(schedule: Schedule) -> None:
+        """How late the client's event loop wakes from a short sleep: a busy client shows
+        here before anywhere else."""
+        while True:
+            asked = time.perf_counter()
+            await asyncio.sleep(LOOP_TICK)
+            schedule.loop_lags.append(max(0.0, time.perf_counter() - asked - LOOP_TICK))
 
     def _claim(self) -> tuple[int, float] | None:
         """The next request's number and due time, or None once the plan is done."""

@@ -75,6 +75,9 @@ def _schedule(rs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"rate": rs[0]["rate"], **{c: sum(r[c] for r in rs) for c in counts},
             "send_lag_ms": {p: median([r["send_lag_ms"][p] for r in rs])
                             for p in PERCENTILES},
+            "loop_lag_ms": {p: median([r["loop_lag_ms"][p] for r in rs])
+                            for p in PERCENTILES},
+            "client_cpu": median([r["client_cpu"] for r in rs]),
             "client_kept_up": all(r["client_kept_up"] for r in rs)}
 
 
@@ -126,13 +129,14 @@ def _schedule_lines(c: dict[str, Any], indent: str) -> list[str]:
         out.append(f"{indent}  {c['waited_for_connection']:,} fell due while every connection "
                    "awaited the log's answer (the log's queue: in its latency; more "
                    "--concurrency sends them on time)")
+    loop = c["loop_lag_ms"]
+    out.append(f"{indent}  the client: {c['client_late']:,} left late with a connection free; "
+               f"its event loop late ms p50 {loop['p50']}  p99 {loop['p99']}  max "
+               f"{loop['max']}; CPU {c['client_cpu']:.2f} of one core")
     if not c["client_kept_up"]:
-        out.append(f"{indent}  WARNING: the client could not keep up: {c['client_late']:,} "
-                   "requests left late with a connection free (the client's own lag, in "
-                   "these latencies too)")
-    elif c["client_late"]:
-        out.append(f"{indent}  {c['client_late']:,} left late with a connection free "
-                   "(the client's own lag, under 1 %)")
+        out.append(f"{indent}  WARNING: the client could not keep up with the schedule (over "
+                   "1 % sent late with a connection free, its loop over 10 ms late at p99, or "
+                   "a whole core busy): these latencies include the client's own lag")
     return out
 
 
