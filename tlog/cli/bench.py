@@ -44,6 +44,8 @@ from verifier.protocol.note import generate_key
 MODES = ("append", "append-batch", "read", "mixed")
 MAX_CONCURRENCY = 4096
 MAX_RUNS = 100
+DEFAULT_PACKAGES = 1000
+MAX_PACKAGES = 1_000_000
 KINDS = (MIX, *(kind for kind, _ in READ_KINDS))
 Make = Callable[[int], Request]
 MAX_BATCH = 1000  # the batch endpoint's limit
@@ -77,7 +79,12 @@ def add_bench_command(sub: Any) -> None:
                         "the median over them, each round's too (default 1)")
     b.add_argument("--key", help="publisher private key file (default: a throwaway key, "
                                  "which an open log accepts)")
-    b.add_argument("--package", help="package to publish releases of (default bench-RANDOM)")
+    b.add_argument("--package", help="package to publish releases of (default bench-RANDOM); "
+                                     "with --packages N, the names PACKAGE-0 .. PACKAGE-N-1")
+    b.add_argument("--packages", type=int, default=DEFAULT_PACKAGES, metavar="N",
+                   help="spread the releases over N packages, in turn (default "
+                        f"{DEFAULT_PACKAGES}: a log's packages have a few versions each, and "
+                        "one package's thousands of versions would measure that package)")
     add_token_options(b, "file holding the submission token (registered logs)")
     b.add_argument("--baseline", action="store_true",
                    help="also measure a trivial aiohttp server with the same client and "
@@ -100,6 +107,8 @@ def plan_of(args: argparse.Namespace) -> Plan:
         raise bad(f"--batch-size must be 1..{MAX_BATCH}")
     if not 0 <= args.read_ratio <= 1:
         raise bad("--read-ratio must be between 0 and 1")
+    if not 1 <= args.packages <= MAX_PACKAGES:
+        raise bad(f"--packages must be 1..{MAX_PACKAGES}")
     if not 1 <= args.runs <= MAX_RUNS:
         raise bad(f"--runs must be 1..{MAX_RUNS}")
     args.read_kinds = read_kinds_of(args)
@@ -141,7 +150,7 @@ def releases_of(args: argparse.Namespace) -> Releases:
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    return Releases(signer, args.package or "", headers)
+    return Releases(signer, args.package or "", headers, args.packages)
 
 
 async def run_bench(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
@@ -170,6 +179,7 @@ async def run_bench(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
         "runs": args.runs, "tree_size_before": before, "tree_size_after": after}
     if args.mode != "read":
         result["package"] = releases.package
+        result["packages"] = releases.packages
     summaries = {label: summarize(rs) for label, rs in rounds.items()}
     if args.mode in ("read", "mixed"):
         result["read_kinds"] = list(summaries)

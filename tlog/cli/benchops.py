@@ -41,16 +41,21 @@ def spread(i: int) -> float:
 
 @dataclass
 class Releases:
-    """Unique release entries of one package, signed by `signer` (each has its own version
-    and a random artifact digest, so none is a duplicate of an earlier run's)."""
+    """Unique release entries of `packages` packages, signed by `signer` (each has its own
+    version and a random artifact digest, so none is a duplicate of an earlier run's)."""
 
     signer: Signer
     package: str
     headers: Mapping[str, str]
+    packages: int = 1  # release i goes to package i % packages (PACKAGE-k), or PACKAGE if 1
     run: str = field(default_factory=lambda: secrets.token_hex(4))
 
+    def package_of(self, i: int) -> str:
+        return self.package if self.packages == 1 else f"{self.package}-{i % self.packages}"
+
     def entry(self, i: int) -> dict[str, Any]:
-        fields = {"kind": "release/v1", "package": self.package, "version": f"0.{i}+{self.run}",
+        fields = {"kind": "release/v1", "package": self.package_of(i),
+                  "version": f"0.{i}+{self.run}",
                   "artifacts": [{"name": f"bench-{self.run}-{i}.tar.gz",
                                  "sha256": secrets.token_hex(32), "size": i}]}
         return sign_entry(fields, self.signer)

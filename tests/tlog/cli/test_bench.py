@@ -66,7 +66,8 @@ def assert_figures(r: dict[str, Any]) -> None:
 
 
 def test_appends_land_in_the_log(log: Server) -> None:
-    r = bench_json("append", "--log", log.url, "--count", "30", "--concurrency", "8")
+    r = bench_json("append", "--log", log.url, "--count", "30", "--concurrency", "8",
+                   "--packages", "1")
     assert r["requests"] == r["ok"] == r["entries"] == 30
     assert r["errors"] == {} and r["transport_errors"] == {}
     assert_figures(r)
@@ -76,6 +77,15 @@ def test_appends_land_in_the_log(log: Server) -> None:
     assert get_json(f"{log.url}/v1/log")["tree_size"] == r["tree_size_after"]
     page = get_json(f"{log.url}/v1/entries?package={r['package']}&limit=100")
     assert len(page["entries"]) == 30
+
+
+def test_appends_spread_over_packages(log: Server) -> None:
+    # One package's thousands of versions would measure that package, not the log.
+    r = bench_json("append", "--log", log.url, "--count", "9", "--packages", "3")
+    assert r["entries"] == 9 and r["packages"] == 3
+    for k in range(3):
+        page = get_json(f"{log.url}/v1/entries?package={r['package']}-{k}&limit=100")
+        assert len(page["entries"]) == 3
 
 
 def test_read_mixes_proofs_tiles_bundles_and_checkpoints(log: Server) -> None:
@@ -135,12 +145,13 @@ def test_rate_schedules_requests_in_time(log: Server) -> None:
 
 
 def test_rate_reports_requests_that_waited_for_a_connection(log: Server) -> None:
-    # One connection and 200 requests due within 0.2 s: most fall due while it is busy, and
+    # One connection and 200 requests due within 10 ms: most fall due while it is busy, and
     # the report must say so instead of quietly sending them later.
-    proc = bench("read", "--log", log.url, "--count", "200", "--rate", "1000",
+    bench("append", "--log", log.url, "--count", "5")  # something to read
+    proc = bench("read", "--log", log.url, "--count", "200", "--rate", "20000",
                  "--concurrency", "1")
     assert proc.returncode == 0, proc.stderr
-    assert "schedule: 200 requests due at 1000/s; 200 sent" in proc.stdout
+    assert "schedule: 200 requests due at 20000/s; 200 sent" in proc.stdout
     assert "fell due while every connection awaited the log's answer" in proc.stdout
 
 
@@ -203,7 +214,7 @@ def test_dead_log_exits_3_with_the_reason() -> None:
 @pytest.mark.parametrize("option", [("--concurrency", "0"), ("--duration", "10x"),
                                     ("--batch-size", "1001"), ("--read-ratio", "2"),
                                     ("--rate", "0"), ("--count", "0"), ("--runs", "0"),
-                                    ("--read-kind", "proofs")])
+                                    ("--read-kind", "proofs"), ("--packages", "0")])
 def test_bad_options_exit_2(option: tuple[str, str]) -> None:
     proc = bench("append", "--log", "http://127.0.0.1:9", *option)
     assert proc.returncode == 2
