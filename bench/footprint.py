@@ -30,13 +30,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import asyncpg
-
-from bench.growth import BATCH, RAISED, Build, cluster_in, fill_spool, keys, work_dir
+from bench.growth import (
+    BATCH,
+    MB,
+    RAISED,
+    Build,
+    cluster_in,
+    fill_spool,
+    keys,
+    storage_report,
+    work_dir,
+)
 from tests.support import start_server
 from verifier.protocol.duration import parse_duration
 
-MB = 1_000_000
 WINDOW = 60.0  # "first minute", "last minute"
 
 
@@ -102,35 +109,6 @@ def load_report(procs: list[subprocess.Popen[str]]) -> None:
               f"{r.get('entries', 0):,} entries appended, latency ms p50 {lat['p50']} p99 "
               f"{lat['p99']}, errors {r['errors'] or 'none'}; tree size "
               f"{r['tree_size_before']:,} -> {r['tree_size_after']:,}")
-
-
-async def storage_report(url: str) -> None:
-    """Bytes per entry of every table in the log's database (public schema)."""
-    conn = await asyncpg.connect(url)
-    try:
-        tables = await conn.fetch(
-            "SELECT c.relname AS name, pg_total_relation_size(c.oid) AS bytes, "
-            "pg_relation_size(c.oid) AS heap FROM pg_class c JOIN pg_namespace n ON "
-            "n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relkind = 'r' "
-            "ORDER BY bytes DESC")
-        row = await conn.fetchrow(
-            "SELECT count(*) AS n, avg(length(leaf))::float AS leaf, "
-            "count(*) FILTER (WHERE kind = 'release/v1') AS releases, "
-            "avg(length(leaf)) FILTER (WHERE kind = 'release/v1')::float AS release_leaf "
-            "FROM entries")
-    finally:
-        await conn.close()
-    n, leaf = int(row["n"]), float(row["leaf"] or 0)
-    total = sum(int(t["bytes"]) for t in tables)
-    print(f"PostgreSQL storage: {total / MB:,.1f} MB in {len(tables)} tables (with their "
-          f"indexes and TOAST), {n:,} entries ({int(row['releases']):,} releases, mean leaf "
-          f"{float(row['release_leaf'] or 0):.0f} bytes; the rest are map roots)")
-    for t in tables:
-        print(f"  {t['name']:<16} {int(t['bytes']):>14,} bytes  {int(t['bytes']) / max(n, 1):8.1f}"
-              f" per entry  (heap {int(t['heap']):,})")
-    per_entry = total / max(n, 1)
-    print(f"bytes per entry: {per_entry:,.0f}; mean entry (leaf) bytes {leaf:,.0f}; "
-          f"difference {per_entry - leaf:+,.0f} (goal: at most entry bytes + 150)")
 
 
 def main() -> None:

@@ -6,7 +6,9 @@ progress, total time and entries/s. At --small entries (default 10,000) and agai
 end it measures, with `tlog bench read`, the latency of inclusion proofs by leaf hash (one
 request at a time: the time one proof takes) and the throughput of the read mix (proofs,
 tiles, bundles, checkpoints at --read-concurrency), medians of --runs rounds, and prints the
-large log's figures as ratios to the small one's. The goal: within 1.2 x.
+large log's figures as ratios to the small one's. The goal: within 1.2 x. Last, what the
+large log costs PostgreSQL: every table's size and the bytes per entry (as
+bench/footprint.py prints them).
 
 Entries are bench/build_log.py's (1,000 packages, 1 to 3 artifacts, 8 publishers), signed
 in worker processes *before* the build into a spool of batch bodies, so the build times
@@ -39,6 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
+import asyncpg
 
 from bench.build_log import PUBLISHERS, _init_worker, generate
 from tests.support import Server, start_server, write_key
@@ -54,6 +57,7 @@ RAISED = ("--policy", "open", "--client-rate", "1000000", "--client-burst", "100
           "--publisher-rate", "1000000", "--publisher-burst", "1000000",
           "--read-rate", "1000000", "--read-burst", "1000000")
 PROGRESS_EVERY = 10.0  # seconds
+MB = 1_000_000
 
 
 # -- the spool: batch bodies signed ahead of the build ----------------------------------------
@@ -225,6 +229,35 @@ def measure(server: Server, args: argparse.Namespace, entries: int) -> dict[str,
     return figures
 
 
+async def storage_report(url: str) -> None:
+    """Bytes per entry of every table in the log's database (public schema)."""
+    conn = await asyncpg.connect(url)
+    try:
+        tables = await conn.fetch(
+            "SELECT c.relname AS name, pg_total_relation_size(c.oid) AS bytes, "
+            "pg_relation_size(c.oid) AS heap FROM pg_class c JOIN pg_namespace n ON "
+            "n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relkind = 'r' "
+            "ORDER BY bytes DESC")
+        row = await conn.fetchrow(
+            "SELECT count(*) AS n, avg(length(leaf))::float AS leaf, "
+            "count(*) FILTER (WHERE kind = 'release/v1') AS releases, "
+            "avg(length(leaf)) FILTER (WHERE kind = 'release/v1')::float AS release_leaf "
+            "FROM entries")
+    finally:
+        await conn.close()
+    n, leaf = int(row["n"]), float(row["leaf"] or 0)
+    total = sum(int(t["bytes"]) for t in tables)
+    print(f"PostgreSQL storage: {total / MB:,.1f} MB in {len(tables)} tables (with their "
+          f"indexes and TOAST), {n:,} entries ({int(row['releases']):,} releases, mean leaf "
+          f"{float(row['release_leaf'] or 0):.0f} bytes; the rest are map roots)")
+    for t in tables:
+        print(f"  {t['name']:<16} {int(t['bytes']):>14,} bytes  {int(t['bytes']) / max(n, 1):8.1f}"
+              f" per entry  (heap {int(t['heap']):,})")
+    per_entry = total / max(n, 1)
+    print(f"bytes per entry: {per_entry:,.0f}; mean entry (leaf) bytes {leaf:,.0f}; "
+          f"difference {per_entry - leaf:+,.0f} (goal: at most entry bytes + 150)")
+
+
 # -- setup -------------------------------------------------------------------------------------
 
 
@@ -317,6 +350,7 @@ def run(args: argparse.Namespace) -> None:
                 large = measure(server, args, args.entries)
             finally:
                 server.stop()
+            asyncio.run(storage_report(url))  # what the large log costs PostgreSQL
     if small is not None:
         print(f"{args.entries:,} vs {args.small:,} entries (goal: within 1.2 x): proof p50 "
               f"{large['proof_p50_ms'] / small['proof_p50_ms']:.2f} x, p99 "
