@@ -495,6 +495,13 @@ def report(rates: MachineRates, results: list[Measured], log: build_log.BenchLog
                  "verifications/s"
                  f" = {ceiling:,.0f}/s; {cores} x parse_leaf = "
                  f"{cores * rates.parse_leaf[0]:,.0f} entries/s")
+    # The goal for the clients that check signatures: a share of what this machine
+    # validates on 2 processes (parse_leaf), measured in the same run.
+    for m in results:
+        if m.name in ("full", "monitor") and rates.parse_leaf[1]:
+            lines.append(f"  {LABELS[m.name].strip()}: {m.rate / rates.parse_leaf[1]:.2f} x the "
+                         f"machine's 2-process entry validation ({rates.parse_leaf[1]:,.0f}/s;"
+                         " goal >= 0.8 x)")
     lines += ["",
               "entries/s: entries / wall time of the client process, start to exit. CPU: user + "
               "system time of the client",

@@ -2,9 +2,12 @@
 
 Modes: append (one signed release per POST /v1/entries), append-batch (POST
 /v1/entries/batch), read (inclusion proofs, full tiles, entry bundles, /checkpoint of what
-the log holds), mixed (appends and reads). With --baseline the same requests, client and
-concurrency also go to a trivial aiohttp server on this machine, and the log's throughput
-is printed as a ratio to it.
+the log holds), mixed (appends and reads). --read-kind measures one kind of read at a
+time. With --baseline the same requests, client and concurrency also go to a trivial aiohttp
+server on this machine (answering as many bytes as the log did; for inclusion proofs also
+an empty body, "the trivial GET"), and the log's throughput is printed as a ratio to it.
+--runs N repeats it all N times, the log's and the baseline's rounds interleaved, and prints
+medians.
 """
 
 from __future__ import annotations
@@ -14,19 +17,24 @@ import asyncio
 import json
 import secrets
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from tlog.cli.benchbase import start_baseline
-from tlog.cli.benchload import Load, Plan, Request, Stats, new_session, progress_stream
+from tlog.cli.benchbase import Baseline, start_baseline
+from tlog.cli.benchload import Load, Plan, Request, new_session, progress_stream
 from tlog.cli.benchops import (
+    MIX,
+    READ_KINDS,
     BenchError,
     Releases,
     check_batch_endpoint,
     for_baseline,
+    for_minimal,
     log_size,
     mixed,
     read_targets,
 )
+from tlog.cli.benchruns import describe, summarize
 from tlog.cli.remote import RemoteError, add_token_options, read_secret
 from verifier.client.keys import KeyFileError, read_private_key
 from verifier.errors import EXIT_OK, EXIT_USAGE
@@ -35,8 +43,15 @@ from verifier.protocol.note import generate_key
 
 MODES = ("append", "append-batch", "read", "mixed")
 MAX_CONCURRENCY = 4096
+MAX_RUNS = 100
+DEFAULT_PACKAGES = 1000
+MAX_PACKAGES = 1_000_000
+KINDS = (MIX, *(kind for kind, _ in READ_KINDS))
+Make = Callable[[int], Request]
 MAX_BATCH = 1000  # the batch endpoint's limit
 SEED_INDEX = 10**12  # the release mixed puts in an empty log: beyond any run's numbers
+ROUND_SPAN = 10**9  # request numbers per round: more than any round sends (and MAX_RUNS
+# rounds of every read kind stay below SEED_INDEX)
 
 
 def add_bench_command(sub: Any) -> None:
@@ -55,9 +70,21 @@ def add_bench_command(sub: Any) -> None:
                    help=f"entries per append-batch request (1..{MAX_BATCH}, default 100)")
     b.add_argument("--read-ratio", type=float, default=0.9,
                    help="mixed: the fraction of requests that are reads (default 0.9)")
+    b.add_argument("--read-kind", action="append", metavar="KIND",
+                   help=f"read and mixed: what to read, one of {', '.join(KINDS)} (default "
+                        f"{MIX}: proofs, tiles, bundles and checkpoints 4:3:1:2); repeat it "
+                        "or give a comma list to measure each kind on its own, in turn")
+    b.add_argument("--runs", type=int, default=1, metavar="N",
+                   help="rounds, the log's and the baseline's interleaved; figures print as "
+                        "the median over them, each round's too (default 1)")
     b.add_argument("--key", help="publisher private key file (default: a throwaway key, "
                                  "which an open log accepts)")
-    b.add_argument("--package", help="package to publish releases of (default bench-RANDOM)")
+    b.add_argument("--package", help="package to publish releases of (default bench-RANDOM); "
+                                     "with --packages N, the names PACKAGE-0 .. PACKAGE-N-1")
+    b.add_argument("--packages", type=int, default=DEFAULT_PACKAGES, metavar="N",
+                   help="spread the releases over N packages, in turn (default "
+                        f"{DEFAULT_PACKAGES}: a log's packages have a few versions each, and "
+                        "one package's thousands of versions would measure that package)")
     add_token_options(b, "file holding the submission token (registered logs)")
     b.add_argument("--baseline", action="store_true",
                    help="also measure a trivial aiohttp server with the same client and "
@@ -80,6 +107,11 @@ def plan_of(args: argparse.Namespace) -> Plan:
         raise bad(f"--batch-size must be 1..{MAX_BATCH}")
     if not 0 <= args.read_ratio <= 1:
         raise bad("--read-ratio must be between 0 and 1")
+    if not 1 <= args.packages <= MAX_PACKAGES:
+        raise bad(f"--packages must be 1..{MAX_PACKAGES}")
+    if not 1 <= args.runs <= MAX_RUNS:
+        raise bad(f"--runs must be 1..{MAX_RUNS}")
+    args.read_kinds = read_kinds_of(args)
     duration: float | None = None
     if args.duration is not None or args.count is None:
         try:
@@ -89,6 +121,23 @@ def plan_of(args: argparse.Namespace) -> Plan:
         if duration < 1:
             raise bad("--duration must be at least 1s")
     return Plan(args.concurrency, args.rate, duration, args.count)
+
+
+def read_kinds_of(args: argparse.Namespace) -> list[str]:
+    """The --read-kind values in order, each once; BenchError 2 for an unknown kind."""
+    kinds: list[str] = []
+    for value in args.read_kind or [MIX]:
+        for kind in filter(None, (k.strip() for k in value.split(","))):
+            if kind not in KINDS:
+                raise BenchError(EXIT_USAGE, f"--read-kind: {kind!r} is none of "
+                                             f"{', '.join(KINDS)}")
+            if kind not in kinds:
+                kinds.append(kind)
+    if not kinds:
+        raise BenchError(EXIT_USAGE, "--read-kind: no kind given")
+    if args.read_kind and args.mode not in ("read", "mixed"):
+        raise BenchError(EXIT_USAGE, "--read-kind applies to the read and mixed modes")
+    return kinds
 
 
 def releases_of(args: argparse.Namespace) -> Releases:
@@ -101,7 +150,7 @@ def releases_of(args: argparse.Namespace) -> Releases:
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    return Releases(signer, args.package or "", headers)
+    return Releases(signer, args.package or "", headers, args.packages)
 
 
 async def run_bench(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
@@ -110,80 +159,94 @@ async def run_bench(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
     releases.package = releases.package or f"bench-{releases.run}"
     async with new_session(plan.concurrency) as session:
         before = await log_size(session, base)
-        make = await requests_of(args, session, base, before, releases)
-        stats = await Load(session, base, make, plan).run(progress_stream(args.json))
+        measures = await measures_of(args, session, base, before, releases)
+    server = await start_trivial() if args.baseline else None
+    try:
+        rounds: dict[str, list[dict[str, Any]]] = {label: [] for label in measures}
+        for n in range(args.runs):  # log, baseline, log, baseline, ...
+            for k, (label, make) in enumerate(measures.items()):
+                minimal = args.mode == "read" and label == "proof"
+                first = (n * len(measures) + k) * ROUND_SPAN  # each round its own releases
+                rounds[label].append(await one_round(numbered_from(make, first), base, plan,
+                                                     server, minimal, args.json))
+    finally:
+        if server is not None:
+            await asyncio.to_thread(server.stop)
+    async with new_session(1) as session:
         after = await log_size(session, base)
     result: dict[str, Any] = {
         "mode": args.mode, "log": base, "concurrency": plan.concurrency, "rate": plan.rate,
-        "tree_size_before": before, "tree_size_after": after, **stats.json()}
+        "runs": args.runs, "tree_size_before": before, "tree_size_after": after}
     if args.mode != "read":
         result["package"] = releases.package
-    if args.baseline:
-        result["baseline"] = await baseline(make, stats, plan, args.json)
-        result["ratio"] = round(stats.ok / max(stats.elapsed, 1e-9)
-                                / max(result["baseline"]["throughput_rps"], 1e-9), 3)
+        result["packages"] = releases.packages
+    summaries = {label: summarize(rs) for label, rs in rounds.items()}
+    if args.mode in ("read", "mixed"):
+        result["read_kinds"] = list(summaries)
+    if len(summaries) == 1:
+        result.update(next(iter(summaries.values())))
+    else:
+        result["by_read_kind"] = summaries
     return result
 
 
-async def requests_of(args: argparse.Namespace, session: Any, base: str, size: int,
-                      releases: Releases) -> Any:
+def numbered_from(make: Make, first: int) -> Make:
+    """`make` numbering its requests from `first`: each round appends releases of its own
+    (a version sent again with another digest would be refused) and reads its own sample."""
+    return lambda i: make(first + i)
+
+
+async def start_trivial() -> Baseline:
+    try:
+        return await asyncio.to_thread(start_baseline)
+    except OSError as exc:
+        raise BenchError(1, f"--baseline: {exc}") from exc
+
+
+async def one_round(make: Make, base: str, plan: Plan, server: Baseline | None,
+                    minimal: bool, quiet: bool) -> dict[str, Any]:
+    """The log's figures, then (with a baseline server) the same requests to it: answering
+    as many bytes as the log did and, for inclusion proofs, also the minimal GET."""
+    async with new_session(plan.concurrency) as session:
+        stats = await Load(session, base, make, plan).run(progress_stream(quiet))
+    out = stats.json()
+    if server is None:
+        return out
+    sides = [("baseline", "ratio", for_baseline(make, stats))]
+    if minimal:
+        sides.append(("minimal_baseline", "minimal_ratio", for_minimal(make)))
+    for side, ratio, requests in sides:
+        async with new_session(plan.concurrency) as session:
+            trivial = await Load(session, server.url, requests, plan).run(progress_stream(quiet))
+        out[side] = {"server": "trivial aiohttp POST/GET handlers", **trivial.json()}
+        kinds = list(stats.reply_bytes)
+        if side == "baseline" and len(kinds) == 1:
+            out[side]["reply_bytes"] = stats.mean_reply(kinds[0])
+        out[ratio] = round(stats.ok / max(stats.elapsed, 1e-9)
+                           / max(out[side]["throughput_rps"], 1e-9), 3)
+    return out
+
+
+async def measures_of(args: argparse.Namespace, session: Any, base: str, size: int,
+                      releases: Releases) -> dict[str, Make]:
+    """What each measurement sends, by label: the mode's requests, or in read and mixed one
+    measurement per --read-kind."""
     if args.mode == "append":
-        return releases.append
+        return {args.mode: releases.append}
     if args.mode == "append-batch":
         await check_batch_endpoint(session, base, releases.headers)
-        return lambda i: releases.batch(i, args.batch_size)
+        return {args.mode: lambda i: releases.batch(i, args.batch_size)}
     if args.mode == "mixed" and size == 0:  # something to read: one release first
         async with session.post(base + "/v1/entries", data=releases.append(SEED_INDEX).body,
                                 headers=releases.headers) as resp:
             if resp.status not in (200, 201):
                 raise BenchError(1, f"the first append answered HTTP {resp.status}")
         size = await log_size(session, base)
-    reader = (await read_targets(session, base, size)).reader()
-    return reader if args.mode == "read" else mixed(releases.append, reader, args.read_ratio)
-
-
-async def baseline(make: Any, measured: Stats, plan: Plan, quiet: bool) -> dict[str, Any]:
-    try:
-        server = await asyncio.to_thread(start_baseline)
-    except OSError as exc:
-        raise BenchError(1, f"--baseline: {exc}") from exc
-    try:
-        async with new_session(plan.concurrency) as session:
-            stats = await Load(session, server.url, for_baseline(make, measured), plan).run(
-                progress_stream(quiet))
-    finally:
-        await asyncio.to_thread(server.stop)
-    return {"server": "trivial aiohttp POST/GET handlers", **stats.json()}
-
-
-def describe(result: dict[str, Any]) -> str:
-    lines = [f"tlog bench {result['mode']}: {result['log']}, concurrency "
-             f"{result['concurrency']}" + (f", rate {result['rate']}/s" if result["rate"]
-                                           else "")]
-    lines += _figures("log", result)
-    lines.append(f"  tree size {result['tree_size_before']} -> {result['tree_size_after']}")
-    if "baseline" in result:
-        lines += _figures("baseline (trivial aiohttp, same client)", result["baseline"])
-        lines.append(f"  log/baseline throughput: {result['ratio']:.3f}")
-    return "\n".join(lines)
-
-
-def _figures(name: str, r: dict[str, Any]) -> list[str]:
-    lat = r["latency_ms"]
-    out = [f"  {name}: {r['requests']} requests in {r['seconds']:.1f} s, {r['ok']} ok, "
-           f"{r['throughput_rps']:.1f} ok/s"
-           + (f", {r['entries_per_s']:.1f} entries/s" if "entries_per_s" in r else ""),
-           f"    latency ms: p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  "
-           f"max {lat['max']}"]
-    for kind, k in r.get("by_kind", {}).items():
-        out.append(f"    {kind}: {k['requests']} requests, latency ms p50 {k['p50']}  "
-                   f"p99 {k['p99']}")
-    problems = [f"HTTP {s} x{n}" for s, n in r["errors"].items()]
-    problems += [f"{name} x{n}" for name, n in r["transport_errors"].items()]
-    problems += [f"entry HTTP {s} x{n}" for s, n in r.get("entry_statuses", {}).items()
-                 if s not in ("200", "201")]
-    out.append("    errors: " + (", ".join(problems) if problems else "none"))
-    return out
+    targets = await read_targets(session, base, size)
+    if args.mode == "read":
+        return {kind: targets.reader(kind) for kind in args.read_kinds}
+    return {kind: mixed(releases.append, targets.reader(kind), args.read_ratio)
+            for kind in args.read_kinds}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

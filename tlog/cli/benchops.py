@@ -21,6 +21,8 @@ from verifier.protocol.tiles import ENTRIES_LEVEL, TILE_WIDTH, tile_path
 
 SAMPLED_LEAVES = 64  # leaf hashes read up front for inclusion proofs
 READ_KINDS = (("proof", 4), ("tile", 3), ("bundle", 1), ("checkpoint", 2))  # the read mix
+MIX = "mix"  # --read-kind for the weighted mix of READ_KINDS
+MINIMAL_REPLY = 0  # the body of "the trivial GET" proofs are also compared with
 
 
 class BenchError(Exception):
@@ -39,16 +41,21 @@ def spread(i: int) -> float:
 
 @dataclass
 class Releases:
-    """Unique release entries of one package, signed by `signer` (each has its own version
-    and a random artifact digest, so none is a duplicate of an earlier run's)."""
+    """Unique release entries of `packages` packages, signed by `signer` (each has its own
+    version and a random artifact digest, so none is a duplicate of an earlier run's)."""
 
     signer: Signer
     package: str
     headers: Mapping[str, str]
+    packages: int = 1  # release i goes to package i % packages (PACKAGE-k), or PACKAGE if 1
     run: str = field(default_factory=lambda: secrets.token_hex(4))
 
+    def package_of(self, i: int) -> str:
+        return self.package if self.packages == 1 else f"{self.package}-{i % self.packages}"
+
     def entry(self, i: int) -> dict[str, Any]:
-        fields = {"kind": "release/v1", "package": self.package, "version": f"0.{i}+{self.run}",
+        fields = {"kind": "release/v1", "package": self.package_of(i),
+                  "version": f"0.{i}+{self.run}",
                   "artifacts": [{"name": f"bench-{self.run}-{i}.tar.gz",
                                  "sha256": secrets.token_hex(32), "size": i}]}
         return sign_entry(fields, self.signer)
@@ -93,12 +100,14 @@ class ReadTargets:
             return [tile_path(ENTRIES_LEVEL, n) for n in range(full)]
         return [tile_path(ENTRIES_LEVEL, 0, self.size)]
 
-    def reader(self) -> Callable[[int], Request]:
+    def reader(self, only: str = MIX) -> Callable[[int], Request]:
+        """Reads of kind `only`, or (MIX) the weighted mix of READ_KINDS."""
         tiles, bundles = self.tiles(), self.bundles()
         weights = sum(w for _, w in READ_KINDS)
 
         def make(i: int) -> Request:
-            kind, slot = read_kind(int(spread(i) * weights)), int(spread(i + 1) * 1_000_003)
+            kind = read_kind(int(spread(i) * weights)) if only == MIX else only
+            slot = int(spread(i + 1) * 1_000_003)
             if kind == "proof":
                 leaf = self.leaf_hashes[slot % len(self.leaf_hashes)]
                 return Request(kind, "GET", f"/v1/proof/inclusion?leaf_hash={leaf}")
@@ -140,6 +149,17 @@ def for_baseline(make: Callable[[int], Request], measured: Stats) -> Callable[[i
             return Request(req.kind, "POST", f"/post?reply={reply}", req.body)
         return Request(req.kind, "GET", f"/get/{reply}")
     return make_baseline
+
+
+def for_minimal(make: Callable[[int], Request]) -> Callable[[int], Request]:
+    """The same requests for the baseline server, every GET answering MINIMAL_REPLY bytes:
+    the trivial GET whatever the log's answer weighs."""
+    def make_minimal(i: int) -> Request:
+        req = make(i)
+        if req.method == "POST":
+            return Request(req.kind, "POST", f"/post?reply={MINIMAL_REPLY}", req.body)
+        return Request(req.kind, "GET", f"/get/{MINIMAL_REPLY}")
+    return make_minimal
 
 
 async def log_size(session: aiohttp.ClientSession, base: str) -> int:

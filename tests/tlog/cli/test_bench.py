@@ -66,7 +66,8 @@ def assert_figures(r: dict[str, Any]) -> None:
 
 
 def test_appends_land_in_the_log(log: Server) -> None:
-    r = bench_json("append", "--log", log.url, "--count", "30", "--concurrency", "8")
+    r = bench_json("append", "--log", log.url, "--count", "30", "--concurrency", "8",
+                   "--packages", "1")
     assert r["requests"] == r["ok"] == r["entries"] == 30
     assert r["errors"] == {} and r["transport_errors"] == {}
     assert_figures(r)
@@ -76,6 +77,15 @@ def test_appends_land_in_the_log(log: Server) -> None:
     assert get_json(f"{log.url}/v1/log")["tree_size"] == r["tree_size_after"]
     page = get_json(f"{log.url}/v1/entries?package={r['package']}&limit=100")
     assert len(page["entries"]) == 30
+
+
+def test_appends_spread_over_packages(log: Server) -> None:
+    # One package's thousands of versions would measure that package, not the log.
+    r = bench_json("append", "--log", log.url, "--count", "9", "--packages", "3")
+    assert r["entries"] == 9 and r["packages"] == 3
+    for k in range(3):
+        page = get_json(f"{log.url}/v1/entries?package={r['package']}-{k}&limit=100")
+        assert len(page["entries"]) == 3
 
 
 def test_read_mixes_proofs_tiles_bundles_and_checkpoints(log: Server) -> None:
@@ -116,7 +126,7 @@ def test_baseline_prints_the_log_as_a_ratio_to_trivial_handlers(log: Server) -> 
     proc = bench("append", "--log", log.url, "--count", "40", "--concurrency", "4",
                  "--baseline")
     assert proc.returncode == 0, proc.stderr
-    assert "baseline (trivial aiohttp, same client)" in proc.stdout
+    assert "baseline (trivial aiohttp, same client" in proc.stdout
     assert "log/baseline throughput:" in proc.stdout
     r = bench_json("read", "--log", log.url, "--count", "100", "--baseline")
     assert r["baseline"]["ok"] == 100 and r["baseline"]["errors"] == {}
@@ -124,11 +134,75 @@ def test_baseline_prints_the_log_as_a_ratio_to_trivial_handlers(log: Server) -> 
 
 
 def test_rate_schedules_requests_in_time(log: Server) -> None:
+    bench("append", "--log", log.url, "--count", "5")  # something to read, whatever ran first
     started = time.monotonic()
     r = bench_json("read", "--log", log.url, "--count", "25", "--rate", "50")
     # 25 requests due 20 ms apart: the last is due at 0.48 s, whatever the concurrency.
     assert r["seconds"] >= 0.48 and time.monotonic() - started >= 0.48
     assert r["ok"] == 25
+    sched = r["schedule"]
+    assert sched["scheduled"] == sched["sent"] == 25 and sched["rate"] == 50
+    assert sched["on_time"] + sched["waited_for_connection"] + sched["client_late"] >= 25 - 1
+
+
+def test_rate_reports_requests_that_waited_for_a_connection(log: Server) -> None:
+    # One connection and 200 requests due within 10 ms: most fall due while it is busy, and
+    # the report must say so instead of quietly sending them later.
+    bench("append", "--log", log.url, "--count", "5")  # something to read
+    proc = bench("read", "--log", log.url, "--count", "200", "--rate", "20000",
+                 "--concurrency", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "schedule: 200 requests due at 20000/s; 200 sent" in proc.stdout
+    assert "fell due while every connection awaited the log's answer" in proc.stdout
+
+
+def test_read_kinds_are_measured_each_on_its_own_with_their_baselines(log: Server) -> None:
+    bench("append", "--log", log.url, "--count", "5")
+    r = bench_json("read", "--log", log.url, "--read-kind", "proof,tile", "--read-kind",
+                   "checkpoint", "--count", "30", "--concurrency", "4", "--runs", "2",
+                   "--baseline")
+    assert r["runs"] == 2 and r["read_kinds"] == ["proof", "tile", "checkpoint"]
+    kinds = r["by_read_kind"]
+    assert list(kinds) == ["proof", "tile", "checkpoint"]
+    for kind, k in kinds.items():
+        assert k["runs"] == 2 and len(k["rounds"]) == 2
+        assert [x["requests"] for x in k["rounds"]] == [30, 30] and k["ok"] == 60
+        assert "by_kind" not in k  # one kind of request each
+        assert all(x["baseline"]["ok"] == 30 for x in k["rounds"])
+        assert ("minimal_ratio" in k) == (kind == "proof")  # the trivial GET: proofs only
+    assert kinds["proof"]["minimal_baseline"]["ok"] == 60
+    # The same-size baseline answers as many bytes as the log's reply of that kind.
+    tile = kinds["tile"]["baseline"]["reply_bytes"]
+    assert tile > 0 and tile % 32 == 0
+    assert kinds["checkpoint"]["baseline"]["reply_bytes"] == len(
+        urllib.request.urlopen(f"{log.url}/checkpoint", timeout=10).read())
+
+
+def test_mixed_rounds_of_each_read_kind_append_releases_of_their_own(log: Server) -> None:
+    # Every round and kind numbers its releases apart: a version sent again with another
+    # digest would be refused (409) and count as the log's error.
+    r = bench_json("mixed", "--log", log.url, "--read-kind", "checkpoint,tile", "--count", "20",
+                   "--read-ratio", "0.5", "--runs", "2", "--concurrency", "4")
+    assert list(r["by_read_kind"]) == ["checkpoint", "tile"]
+    for k in r["by_read_kind"].values():
+        assert k["ok"] == k["requests"] == 40 and k["errors"] == {}, k
+        assert k["entries"] >= 2 and "append" in k["by_kind"]
+    appended = sum(k["entries"] for k in r["by_read_kind"].values())
+    assert r["tree_size_after"] - r["tree_size_before"] >= appended
+
+
+def test_runs_print_medians_and_every_round(log: Server) -> None:
+    r = bench_json("append", "--log", log.url, "--count", "10", "--runs", "3",
+                   "--concurrency", "2")
+    rounds = r["rounds"]
+    assert len(rounds) == 3 and r["entries"] == 30 and r["requests"] == 30
+    assert r["throughput_rps"] == sorted(x["throughput_rps"] for x in rounds)[1]
+    assert r["latency_ms"]["p99"] == sorted(x["latency_ms"]["p99"] for x in rounds)[1]
+    proc = bench("read", "--log", log.url, "--count", "20", "--runs", "2", "--baseline")
+    assert proc.returncode == 0, proc.stderr
+    assert "2 interleaved rounds (medians; each round in brackets)" in proc.stdout
+    assert proc.stdout.count("(median of 2) [") == 2  # the log's and the baseline's
+    assert "log/baseline throughput: " in proc.stdout
 
 
 def test_dead_log_exits_3_with_the_reason() -> None:
@@ -140,11 +214,18 @@ def test_dead_log_exits_3_with_the_reason() -> None:
 
 @pytest.mark.parametrize("option", [("--concurrency", "0"), ("--duration", "10x"),
                                     ("--batch-size", "1001"), ("--read-ratio", "2"),
-                                    ("--rate", "0"), ("--count", "0")])
+                                    ("--rate", "0"), ("--count", "0"), ("--runs", "0"),
+                                    ("--read-kind", "proofs"), ("--packages", "0")])
 def test_bad_options_exit_2(option: tuple[str, str]) -> None:
     proc = bench("append", "--log", "http://127.0.0.1:9", *option)
     assert proc.returncode == 2
     assert option[0] in proc.stderr
+
+
+def test_read_kind_is_refused_for_appends() -> None:
+    proc = bench("append", "--log", "http://127.0.0.1:9", "--read-kind", "tile")
+    assert proc.returncode == 2
+    assert "--read-kind applies to the read and mixed modes" in proc.stderr
 
 
 def test_percentiles_are_nearest_rank() -> None:
