@@ -90,6 +90,8 @@ def start_baseline() -> Baseline:
 def main() -> None:
     import asyncio
 
+    import uvloop
+
     async def serve() -> None:
         runner = web.AppRunner(make_app(), access_log=None)
         await runner.setup()
@@ -99,8 +101,10 @@ def main() -> None:
         print(f"PORT {sock.getsockname()[1]}", flush=True)
         await asyncio.Event().wait()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+    # The loop tlog serve runs on by default: the ceiling is measured like for like.
+    with (contextlib.suppress(KeyboardInterrupt),
+          asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner):
+        runner.run(serve())
 
 
 if __name__ == "__main__":

@@ -113,7 +113,8 @@ class Sequencer:
         self.map_cache = MapCache()  # filled only from committed batches
         # (size, root, edge) of the tree this process's last batch committed
         self._tip: tuple[int, bytes, dict[int, bytes]] | None = None
-        # Called after each COMMIT, before the batch's replies (tlog.log.highwater).
+        # Called after each COMMIT, before the batch's replies (tlog.log.highwater); beside
+        # the next batch's append, like the replies.
         self.after_commit: Callable[[StoredCheckpoint], Awaitable[None]] | None = None
         # Groups of submissions: one for POST /v1/entries, all valid entries of a request for
         # POST /v1/entries/batch. A group is never split between batches (it shares one
@@ -196,6 +197,12 @@ class Sequencer:
     async def _reply(self, batch: Sequence[_Pending], outcome: Mapping[int, _Outcome],
                      published: StoredCheckpoint, started: float) -> None:
         try:
+            if self.after_commit is not None:
+                # The published high-water mark: written before anyone is answered, so it
+                # covers every checkpoint a reply carries. A crash here leaves it behind
+                # the database by batches no one got a reply for. (It keeps the largest
+                # size, so batches answered out of order cannot move it back.)
+                await self.after_commit(published)
             self.faults.before("reply")
             replied = time.perf_counter()
             receipts = await self._receipts(batch, outcome, published)
@@ -321,11 +328,6 @@ class Sequencer:
         if latest is None:  # only possible for an empty batch, which _next_batch never makes
             raise UnavailableError("the log has no checkpoint yet")
         self._tip = (latest.size, latest.root, builder.edge())
-        if self.after_commit is not None:
-            # The published high-water mark: written before anyone is answered, so it
-            # covers every checkpoint a reply carries. A crash here leaves it one batch
-            # behind the database, a batch no one got a reply for.
-            await self.after_commit(latest)
         self.metrics.tree_size.set(latest.size)
         # Published now: reads of this process (a standby's router among them) know it.
         self.storage.published = max(self.storage.published, latest.size)
