@@ -20,8 +20,8 @@ CPU time `tlog serve` and PostgreSQL spent meanwhile. Prints a table with each t
 with --profile DIR the busiest frames of py-spy profiles of every client and of the server.
 
 Usage: python bench/verifier_bench.py [--entries 1000000] [--cache-dir /tmp/tlog-bench-log]
-       [--skip-build] [--workers 2] [--only hash,cached,full,monitor] [--profile DIR]
-       [--work-dir DIR] [--keep-work]
+       [--batch 50000] [--skip-build] [--workers 2] [--only hash,cached,full,monitor]
+       [--profile DIR] [--work-dir DIR] [--keep-work]
 """
 
 from __future__ import annotations
@@ -451,6 +451,25 @@ LABELS = {
 }
 
 
+GOAL_RATIO = 0.8  # issue 13: audit and monitor at >= 0.8 x the 2-process validation rate
+
+
+def ratio_lines(rates: MachineRates, results: list[Measured]) -> list[str]:
+    """Audit --full and monitor backfill as ratios to the machine's entry-validation rate
+    with two processes (parse_leaf: JSON, schema, JCS, Ed25519), measured in this run."""
+    ceiling = rates.parse_leaf[1]
+    found = {m.name: m for m in results if m.name in ("full", "monitor")}
+    if not found:
+        return []
+    lines = ["", f"ratios to the machine's 2-process entry-validation rate measured in this run "
+                 f"({ceiling:,.0f} parse_leaf/s; goal >= {GOAL_RATIO}):"]
+    for name, m in found.items():
+        label = LABELS[name].split(" (")[0]
+        lines.append(f"  {label + ' / validation-rate-2proc':<58} {m.rate / ceiling:5.2f} x "
+                     f"({m.rate:,.0f} / {ceiling:,.0f})")
+    return lines
+
+
 def report(rates: MachineRates, results: list[Measured], log: build_log.BenchLog, when: str,
            load: tuple[tuple[float, ...], tuple[float, ...]], workers: int) -> str:
     leaf = log.marker.get("leaf_bytes", {})
@@ -495,6 +514,7 @@ def report(rates: MachineRates, results: list[Measured], log: build_log.BenchLog
                  "verifications/s"
                  f" = {ceiling:,.0f}/s; {cores} x parse_leaf = "
                  f"{cores * rates.parse_leaf[0]:,.0f} entries/s")
+    lines += ratio_lines(rates, results)
     lines += ["",
               "entries/s: entries / wall time of the client process, start to exit. CPU: user + "
               "system time of the client",
@@ -566,6 +586,8 @@ def main() -> None:
                     help="log size to build or reuse (default 1,000,000)")
     ap.add_argument("--cache-dir", type=Path, default=build_log.DEFAULT_CACHE,
                     help=f"where build_log.py keeps the log (default {build_log.DEFAULT_CACHE})")
+    ap.add_argument("--batch", type=int, default=50_000,
+                    help="releases per batch (each ending with a map root) when building")
     ap.add_argument("--skip-build", action="store_true",
                     help="use the log already in --cache-dir, whatever its size")
     ap.add_argument("--workers", type=int, default=2,
@@ -585,7 +607,7 @@ def main() -> None:
     if args.skip_build:
         log = build_log.open_log(args.cache_dir)
     else:
-        log = build_log.build(args.cache_dir, args.entries)
+        log = build_log.build(args.cache_dir, args.entries, args.batch)
     size, w = log.size, args.workers
     when = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     load_before = os.getloadavg()

@@ -214,9 +214,9 @@ class MonitorDB:
 
     @staticmethod
     def _save_map(c: sqlite3.Connection, replay: MapReplay) -> None:
+        # The JCS text the replay keeps from hashing: not every release encoded again.
         c.executemany("INSERT OR REPLACE INTO map_states VALUES (?, ?)",
-                      [(p, json.dumps(s, sort_keys=True))
-                       for p, s in replay.take_changed().items()])
+                      [(p, replay.state_json(p)) for p in replay.take_changed()])
         c.execute("UPDATE map_position SET last_root = ?, pending = ?",
                   (replay.last_root, json.dumps([record_json(r) for r in replay.pending])))
 
