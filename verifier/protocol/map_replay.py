@@ -46,6 +46,7 @@ from verifier.protocol.package_state import (
 from verifier.protocol.statemap import SparseMap
 
 _STATE_MEMBERS = frozenset({"package", "releases", "lifecycle", "counter"})
+_MAX_INT = 2**53 - 1  # JCS writes integers up to this as digits
 
 
 class StateHasher:
@@ -97,12 +98,36 @@ class StateHasher:
             for release in releases[done:]:
                 if data:
                     data += b","
-                data += canonical(release)
-        except (EntryError, AttributeError):
+                data += _release_jcs(release)
+        except (EntryError, AttributeError, TypeError):
             return None  # not what StateBuilder makes: state_hash decides (and raises)
         if releases:
             self._kept[package] = (len(releases), releases[-1].get("index"), data)
         return head[:-1] + b',"releases":[', data
+
+
+_RELEASE_MEMBERS = frozenset({"version", "index", "leaf_hash", "counter"})
+_HEX = frozenset("0123456789abcdef")
+
+
+def _release_jcs(release: Mapping[str, Any]) -> bytes:
+    """JCS of one release of a state: the text its builder kept, if it did (`jcs`), or one
+    formatted here when every member is plain (what canonical's fast path checks: integers
+    within +-(2**53 - 1), a version json.dumps writes without \\u escapes), or canonical's."""
+    kept = getattr(release, "jcs", None)
+    if type(kept) is str:
+        return kept.encode("utf-8")
+    index, counter, leaf_hash, version = (release.get(k) for k in
+                                          ("index", "counter", "leaf_hash", "version"))
+    if (set(release) == _RELEASE_MEMBERS and type(index) is int and abs(index) <= _MAX_INT
+            and (counter is None or (type(counter) is int and abs(counter) <= _MAX_INT))
+            and type(leaf_hash) is str and _HEX.issuperset(leaf_hash)
+            and type(version) is str):
+        quoted = json.dumps(version)
+        if "\\u" not in quoted:
+            return (f'{{"counter":{"null" if counter is None else counter},"index":{index},'
+                    f'"leaf_hash":"{leaf_hash}","version":{quoted}}}').encode("ascii")
+    return canonical(dict(release))
 
 
 def state_text(state: PackageState) -> str:

@@ -96,7 +96,7 @@ def test_incremental_state_hashes_equal_state_hash_as_states_grow() -> None:
     rng = random.Random(7)
     versions = ["1.0", "2.0-rc.1", "é-1", "tab\there", "quote\"back\\slash", "\x7f\x01",
                 "𝟘.1", "u\u2028sep"]
-    builder, hasher, index = StateBuilder(), StateHasher(), 0
+    builder, hasher, plain, index = StateBuilder(), StateHasher(), StateHasher(), 0
     for step in range(60):
         package = rng.choice(["app", "lib", "ünï"])
         version = f"{rng.choice(versions)}.{step}"
@@ -110,6 +110,9 @@ def test_incremental_state_hashes_equal_state_hash_as_states_grow() -> None:
             state = builder.states[p]
             assert hasher.hash(state) == state_hash(state)
             assert json.loads(hasher.text(state)) == state
+            # Releases as plain dicts (read back from JSON) are encoded by the hasher itself.
+            copy = json.loads(json.dumps(state))
+            assert plain.hash(copy) == state_hash(state)
     # A state that is not the one kept (another state of the same package) is encoded afresh.
     other = build_states([rel(0, "app", "9.9")])["app"]
     assert hasher.hash(other) == state_hash(other)
