@@ -202,6 +202,10 @@ class MapReplay:
         self.pending: list[Record] = []
         self.last_root: int | None = None  # index of the last map-root leaf seen
         self.changed: set[str] = set()  # packages whose state changed since take_changed()
+        # The records applied since take_changed(): with the states it returned, they make
+        # the current states, so a caller may store these instead of every changed state.
+        self.journal: list[Record] = []
+        self._journaled = 0  # how many of them take_journal() returned
 
     @classmethod
     def restore(cls, states: Mapping[str, PackageState], pending: Iterable[Record],
@@ -248,6 +252,7 @@ class MapReplay:
         for record in self.pending:
             try:
                 touched |= self.builder.apply([record])
+                self.journal.append(record)
             except StateError as exc:
                 # A record the log could not have mapped either: not applied, and named in
                 # the mismatch this (almost surely) causes.
@@ -270,7 +275,16 @@ class MapReplay:
         """The states changed since the last call, for a caller that stores them."""
         changed = {p: self.builder.states[p] for p in sorted(self.changed)}
         self.changed = set()
+        self.journal, self._journaled = [], 0
         return changed
+
+    def take_journal(self) -> list[Record]:
+        """The records applied since the last take_journal() or take_changed(): a caller
+        that stored the states take_changed() returned, and every record this returned
+        since, restores the current states (restore, with these records before `pending`)."""
+        new = self.journal[self._journaled:]
+        self._journaled = len(self.journal)
+        return new
 
 
 def _last_index(state: PackageState) -> int:
