@@ -467,6 +467,14 @@ def ratio_lines(rates: MachineRates, results: list[Measured]) -> list[str]:
         label = LABELS[name].split(" (")[0]
         lines.append(f"  {label + ' / validation-rate-2proc':<58} {m.rate / ceiling:5.2f} x "
                      f"({m.rate:,.0f} / {ceiling:,.0f})")
+    # On a shared machine both rates move with the load; CPU time per entry hardly does.
+    validate_us = 1e6 / rates.parse_leaf[0]
+    lines.append(f"  in CPU time (parse_leaf's {validate_us:.1f} us on one core / the client's "
+                 "CPU us per entry: the ratio when CPU-bound):")
+    for name, m in found.items():
+        label = LABELS[name].split(" (")[0]
+        lines.append(f"  {label + ' (CPU)':<58} {validate_us / m.per_entry(m.cpu):5.2f} x "
+                     f"({validate_us:.1f} / {m.per_entry(m.cpu):.1f} us)")
     return lines
 
 
