@@ -5,7 +5,8 @@ right edge over the entries scanned), the per-package knowledge (watch.PackageSt
 artifact digest and first index of every (package, version), the replayed publisher registry,
 the package states recomputed from the entries (maproots.MapWatch: a snapshot of the states
 now and then, the records applied since in a journal; the states are rebuilt from both and
-the map from their hashes on load), and an outbox of event lines committed but maybe not printed yet.
+the map from their hashes on load), and an outbox of event lines committed but maybe not
+printed yet.
 Every save is one durable transaction (synchronous=FULL, WAL): run.Monitor commits a group's
 knowledge together with its events, prints them, then clears the outbox, which is what makes
 delivery at least once.
