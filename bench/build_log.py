@@ -1,16 +1,24 @@
 """Build (or reuse) a large, real tlog log for the verifier benchmark.
 
 The log lives in a throwaway PostgreSQL cluster under a cache directory (default
-/tmp/tlog-bench-log): N realistic release/v1 entries (default 1,000,000) from several
+/tmp/tlog-bench-log): N entries (default 1,000,000): realistic release/v1 entries from several
 publishers over ~1,000 packages with increasing versions and counters, each signed with
-verifier.protocol.entries.signing.sign_entry, appended in large batches exactly as the
-sequencer appends a batch (TreeBuilder over the leaf hashes, COPY of the entries, upsert of
-the changed tiles, one signed checkpoint per batch, all in one AppendTx) and finally checked
-by starting `tlog serve` on it, whose startup self-check must pass. Entry generation (JSON +
+verifier.protocol.entries.signing.sign_entry, appended in batches exactly as the sequencer
+appends a batch (the batch's map-root/v1 entry computed by tlog.log.statemap.next_map_root
+with its map nodes, TreeBuilder over the leaf hashes, COPY of the entries, upsert of the
+changed tiles, one signed checkpoint per batch, all in one AppendTx) and finally checked by
+starting `tlog serve` on it, whose startup self-check must pass. Entry generation (JSON +
 Ed25519 signing) runs in worker processes on every core while the main process appends.
 
-A second run with the same N finds the marker file and does nothing; a larger N extends the
-log (entry i is a deterministic function of i, so an interrupted build resumes where it left).
+Every batch is --batch releases and its map-root entry, so an auditor or monitor replays the
+package state map as it does for a real log. The map costs a reader per batch, for each
+package the batch touches, about the size of that package's state: smaller batches cost a
+reader more per entry (the sequencer's own batches hold at most 512 single submissions, or
+one request of up to 1,000 through the batch endpoint).
+
+A second run with the same N finds the marker file and does nothing; a larger N
+extends the log (release r is a deterministic function of r, so an interrupted build resumes
+where it left).
 
 Usage: python bench/build_log.py [--entries 1000000] [--cache-dir /tmp/tlog-bench-log]
        [--batch 50000] [--workers 2] [--rebuild]
@@ -29,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import cache, cached_property
@@ -46,6 +54,7 @@ from tests.support import start_server, write_key
 from tlog.cli.pgcluster import Cluster
 from tlog.log.edge import load_edge
 from tlog.log.startup import publish_empty
+from tlog.log.statemap import next_map_root
 from tlog.store import migrate
 from tlog.store.postgres import NewEntry, Storage
 from tlog.store.reader import StoredCheckpoint
@@ -71,6 +80,7 @@ ARTIFACT_WEIGHTS = (70, 22, 8)  # entries with 1, 2 and 3 artifacts
 CHUNK = 2000  # entries per worker task
 SAMPLE_EVERY = 64  # every 64th generated leaf is fully validated with parse_leaf
 MARKER = "marker.json"
+LAYOUT = "releases + map-root/v1 per batch"  # the marker's "layout"; older logs lack map roots
 
 Row = tuple[bytes, bytes, str, str, int]  # leaf, leaf hash, package, version, counter
 
@@ -154,7 +164,8 @@ def _round_order(round_no: int) -> list[int]:
 
 
 def entry_fields(index: int) -> tuple[dict[str, Any], int]:
-    """The release/v1 fields of entry `index` (deterministic) and its publisher number.
+    """The release/v1 fields of release number `index` (deterministic; not its log index,
+    since map-root entries come between batches) and its publisher number.
 
     Round r = index // PACKAGES is the r-th release of every package: version 1.0.0,
     1.0.1, ... and counter r + 1 grow with each release of a package.
@@ -186,7 +197,7 @@ def canonical(entry: dict[str, Any]) -> bytes:
 
 
 def generate(first: int, count: int) -> list[Row]:
-    """Signed entries first .. first+count-1 as (leaf, leaf hash, package, version, counter)."""
+    """Signed releases first .. first+count-1 as (leaf, leaf hash, package, version, counter)."""
     rows: list[Row] = []
     for index in range(first, first + count):
         fields, publisher = entry_fields(index)
@@ -202,21 +213,28 @@ def generate(first: int, count: int) -> list[Row]:
 
 
 def generated(pool: ProcessPoolExecutor, start: int, end: int,
-              in_flight: int) -> Iterator[Future[list[Row]]]:
-    """Futures for the chunks of [start, end), in order, at most `in_flight` outstanding."""
+              in_flight: int) -> Generator[Future[list[Row]], None, None]:
+    """Futures for the chunks of [start, end), in order, at most `in_flight` outstanding
+    (those not taken are cancelled when the generator is closed)."""
     pending: deque[Future[list[Row]]] = deque()
-    for first in range(start, end, CHUNK):
-        pending.append(pool.submit(generate, first, min(CHUNK, end - first)))
-        if len(pending) >= in_flight:
+    try:
+        for first in range(start, end, CHUNK):
+            pending.append(pool.submit(generate, first, min(CHUNK, end - first)))
+            if len(pending) >= in_flight:
+                yield pending.popleft()
+        while pending:
             yield pending.popleft()
-    yield from pending
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 # -- appending (main process) ---------------------------------------------------------------
 
 
 async def append_batch(storage: Storage, signer: Signer, rows: list[Row]) -> StoredCheckpoint:
-    """One batch in one transaction, as tlog.log.sequencer.Sequencer._append does it."""
+    """One batch in one transaction, as tlog.log.sequencer.Sequencer._append does it: the
+    releases, then the map-root entry over everything before it."""
     async with storage.append() as tx:
         latest = await tx.latest_checkpoint()
         if latest is None:
@@ -224,6 +242,7 @@ async def append_batch(storage: Storage, signer: Signer, rows: list[Row]) -> Sto
         builder = await load_edge(tx.tiles, latest.size, latest.root)
         new = [NewEntry(latest.size + i, leaf, lh, package, version, counter=counter)
                for i, (leaf, lh, package, version, counter) in enumerate(rows)]
+        new.append(await next_map_root(tx.state_map, latest.size, new))
         for entry in new:
             builder.append(entry.leaf_hash)
         await tx.insert_entries(new)
@@ -272,27 +291,40 @@ async def fill(url: str, signer: Signer, publishers: list[Signer], target: int, 
                              "; use --rebuild or another --cache-dir")
         if latest.size == target:
             return latest
+        released = await count_releases(url)
         print(f"appending entries {latest.size:,} .. {target - 1:,} in batches of {batch:,} "
-              f"({workers} generator processes)", flush=True)
+              f"releases and a map root ({workers} generator processes)", flush=True)
         started, done = time.perf_counter(), latest.size
         first = done
         ctx = get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                  initargs=([p.text() for p in publishers],)) as pool:
             rows: list[Row] = []
-            for future in generated(pool, latest.size, target, in_flight=4 * workers):
-                chunk: list[Row] = await asyncio.wrap_future(future)
-                rows.extend(chunk)
-                while len(rows) >= batch or (rows and done + len(rows) == target):
-                    latest = await append_batch(storage, signer, rows[:batch])
-                    done += len(rows[:batch])
-                    del rows[:batch]
-                    elapsed = time.perf_counter() - started
-                    print(f"  {done:>11,} / {target:,} entries  {elapsed:7.1f} s  "
-                          f"{(done - first) / elapsed:,.0f} entries/s", flush=True)
+            # At most target - size releases are needed (fewer: map roots take their places).
+            chunks = generated(pool, released, released + target - done, in_flight=4 * workers)
+            while done < target:
+                want = min(batch, target - done - 1)  # the batch's map root takes one index
+                while len(rows) < want:
+                    rows.extend(await asyncio.wrap_future(next(chunks)))
+                latest = await append_batch(storage, signer, rows[:want])
+                done += want + 1
+                del rows[:want]
+                elapsed = time.perf_counter() - started
+                print(f"  {done:>11,} / {target:,} entries  {elapsed:7.1f} s  "
+                      f"{(done - first) / elapsed:,.0f} entries/s", flush=True)
+            chunks.close()
         return latest
     finally:
         await storage.close()
+
+
+async def count_releases(url: str) -> int:
+    """Releases logged so far: the next release number to generate."""
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM entries WHERE package IS NOT NULL"))
+    finally:
+        await conn.close()
 
 
 async def table_stats(url: str) -> dict[str, Any]:
@@ -302,12 +334,15 @@ async def table_stats(url: str) -> dict[str, Any]:
         await conn.execute("VACUUM (ANALYZE) tiles")
         row = await conn.fetchrow(
             "SELECT count(*) AS n, avg(length(leaf))::float AS avg, min(length(leaf)) AS lo, "
-            "max(length(leaf)) AS hi, count(DISTINCT package) AS packages FROM entries")
+            "max(length(leaf)) AS hi, count(DISTINCT package) AS packages FROM entries "
+            "WHERE package IS NOT NULL")
+        map_roots = await conn.fetchval("SELECT count(*) FROM entries WHERE package IS NULL")
         db_bytes = await conn.fetchval("SELECT pg_database_size(current_database())")
         checkpoints = await conn.fetchval("SELECT count(*) FROM checkpoints")
     finally:
         await conn.close()
-    return {"count": int(row["n"]), "avg_leaf": float(row["avg"] or 0), "min_leaf": row["lo"],
+    return {"count": int(row["n"]) + int(map_roots), "map_roots": int(map_roots),
+            "avg_leaf": float(row["avg"] or 0), "min_leaf": row["lo"],
             "max_leaf": row["hi"], "packages": int(row["packages"]),
             "database_bytes": int(db_bytes), "checkpoints": int(checkpoints)}
 
@@ -364,6 +399,10 @@ def build(cache_dir: Path = DEFAULT_CACHE, entries: int = DEFAULT_ENTRIES, batch
             Cluster(cache_dir / "pg").stop()
         shutil.rmtree(cache_dir)
         marker = None
+    if marker is not None and marker.get("layout") != LAYOUT:
+        raise SystemExit(f"{cache_dir} holds a log built without map-root entries (the "
+                         "sequencer ends every batch with one since the package state map): "
+                         "use --rebuild or another --cache-dir")
     if marker is not None and marker.get("entries") == entries:
         print(f"{cache_dir} already holds a log of {entries:,} entries (built "
               f"{marker.get('built_at')} in {marker.get('build_seconds', 0):.0f} s, "
@@ -394,7 +433,8 @@ def build(cache_dir: Path = DEFAULT_CACHE, entries: int = DEFAULT_ENTRIES, batch
     finally:
         cluster.stop()
     total = time.perf_counter() - started
-    marker = {"entries": entries, "vkey": signer.verifier().text(), "database": DATABASE,
+    marker = {"entries": entries, "layout": LAYOUT, "map_roots": stats["map_roots"],
+              "vkey": signer.verifier().text(), "database": DATABASE,
               "schema_version": migrate.latest_version(),
               "root": latest.root.hex(), "built_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "build_seconds": round(total, 1), "batch": batch, "workers": workers,
@@ -405,7 +445,8 @@ def build(cache_dir: Path = DEFAULT_CACHE, entries: int = DEFAULT_ENTRIES, batch
     write_marker(cache_dir, marker)
     print(f"built {entries:,} entries in {total:.1f} s: leaves {stats['avg_leaf']:.0f} bytes on "
           f"average ({stats['min_leaf']}..{stats['max_leaf']}), {stats['packages']} packages, "
-          f"{len(publishers)} publishers, {stats['checkpoints']} checkpoints, database "
+          f"{len(publishers)} publishers, {stats['checkpoints']} checkpoints, "
+          f"{stats['map_roots']} map roots, database "
           f"{stats['database_bytes'] / 2**20:,.0f} MiB\nlog vkey: {marker['vkey']} "
           f"({p['vkey']})", flush=True)
     return open_log(cache_dir)
@@ -416,7 +457,8 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--entries", type=int, default=DEFAULT_ENTRIES)
     ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
-    ap.add_argument("--batch", type=int, default=50_000, help="entries per append transaction")
+    ap.add_argument("--batch", type=int, default=50_000,
+                    help="releases per append transaction, each followed by a map-root entry")
     ap.add_argument("--workers", type=int, default=None,
                     help="entry generator processes (default: one per core)")
     ap.add_argument("--rebuild", action="store_true", help="delete the cache dir and start over")

@@ -92,7 +92,7 @@ class StateDir:
     def save_trusted(self, trusted: Trusted) -> None:
         atomic_write(self.path / CHECKPOINT_FILE, trusted.note.encode("utf-8"), durable=True)
 
-    def read_json(self, name: str, default: Any) -> Any:
+    def read_json(self, name: str, default: Any, limit: int = MAX_STATE_FILE) -> Any:
         path = self.path / name
         try:
             data = path.read_bytes()
@@ -100,8 +100,8 @@ class StateDir:
             return default
         except OSError as exc:
             raise UsageError(f"couldn't read {path}: {exc}") from exc
-        if len(data) > MAX_STATE_FILE:
-            raise UsageError(f"{path} is larger than {MAX_STATE_FILE} bytes")
+        if len(data) > limit:
+            raise UsageError(f"{path} is larger than {limit} bytes")
         try:
             return json.loads(data)
         except ValueError as exc:
@@ -110,6 +110,10 @@ class StateDir:
     def write_json(self, name: str, value: Any) -> None:
         atomic_write(self.path / name, json.dumps(value, indent=1, sort_keys=True).encode(),
                      durable=True)
+
+    def write_text(self, name: str, text: str) -> None:
+        """Replace DIR/name with `text` (JSON the caller encoded), atomically and durably."""
+        atomic_write(self.path / name, text.encode("utf-8"), durable=True)
 
     def save_evidence(self, reason: str, files: dict[str, str | bytes]) -> Path:
         """Keep evidence in DIR/evidence/<time>-<reason>/; return that directory."""

@@ -11,27 +11,128 @@ map root, which every checkpoint's must be: a client takes its package states fr
 Records are collected between map roots rather than applied at once because a map root covers
 whole batches; applying them at the map root keeps the one `SparseMap.update` per batch the log
 makes. Everything here is pure; the caller persists `states`, `pending` and `last_root` if it
-must resume (`MapReplay.restore`).
+must resume (`MapReplay.restore`), the states best as `state_json` gives them.
+
+Cost: a map root rehashes the state of every package its batch touched, and a state lists all
+the package's releases, so a package with thousands of releases is hashed again at every
+batch. `StateHasher` keeps each package's releases encoded (JCS) from one map root to the
+next, so only the new ones are encoded and the rest is SHA-256 over bytes already there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from verifier.protocol.entries.errors import EntryError
+from verifier.protocol.entries.strict_json import canonical
 from verifier.protocol.leaves import Checked
 from verifier.protocol.package_state import (
     LIFECYCLE_KINDS,
     MAP_ROOT_KIND,
     RELEASE_KIND,
+    STATE_PREFIX,
     PackageState,
     Record,
     StateBuilder,
     StateError,
+    package_key,
+    state_hash,
 )
 from verifier.protocol.statemap import SparseMap
+
+_STATE_MEMBERS = frozenset({"package", "releases", "lifecycle", "counter"})
+_MAX_INT = 2**53 - 1  # JCS writes integers up to this as digits
+
+
+class StateHasher:
+    """package_state.state_hash of states that grow by appended releases, without encoding
+    the releases already encoded at an earlier call.
+
+    A state's JCS encoding is its members in order, "releases" last:
+    {"counter":..,"lifecycle":..,"package":..,"releases":[r0,r1,...]}, and JCS of an array
+    is its elements' JCS joined by commas. So the encoding is the JCS of the other three
+    members with the releases' kept encoding spliced in before the closing brace. A state
+    whose releases are not the kept ones plus new ones at the end (checked by count and the
+    last kept release's index) is encoded afresh; one of another shape is left to
+    state_hash.
+    """
+
+    def __init__(self) -> None:
+        # package -> (releases encoded, index of the last one, their JCS joined by commas)
+        self._kept: dict[str, tuple[int, int, bytearray]] = {}
+
+    def hash(self, state: PackageState) -> bytes:
+        parts = self._encode(state)
+        if parts is None:
+            return state_hash(state)
+        head, releases = parts
+        digest = hashlib.sha256(STATE_PREFIX)
+        digest.update(head)
+        digest.update(releases)
+        digest.update(b"]}")
+        return digest.digest()
+
+    def text(self, state: PackageState) -> str:
+        """The state's JCS encoding as text (JSON that parses back to the state)."""
+        parts = self._encode(state)
+        if parts is None:
+            return state_text(state)
+        head, releases = parts
+        return (head + releases + b"]}").decode("utf-8")
+
+    def _encode(self, state: PackageState) -> tuple[bytes, bytearray] | None:
+        if set(state) != _STATE_MEMBERS or type(state["releases"]) is not list:
+            return None
+        package, releases = state["package"], state["releases"]
+        try:
+            head = canonical({"counter": state["counter"], "lifecycle": state["lifecycle"],
+                              "package": package})
+            done, last, data = self._kept.get(package, (0, -1, bytearray()))
+            if done > len(releases) or (done and releases[done - 1].get("index") != last):
+                done, data = 0, bytearray()
+            for release in releases[done:]:
+                if data:
+                    data += b","
+                data += _release_jcs(release)
+        except (EntryError, AttributeError, TypeError):
+            return None  # not what StateBuilder makes: state_hash decides (and raises)
+        if releases:
+            self._kept[package] = (len(releases), releases[-1].get("index"), data)
+        return head[:-1] + b',"releases":[', data
+
+
+_RELEASE_MEMBERS = frozenset({"version", "index", "leaf_hash", "counter"})
+_HEX = frozenset("0123456789abcdef")
+
+
+def _release_jcs(release: Mapping[str, Any]) -> bytes:
+    """JCS of one release of a state: the text its builder kept, if it did (`jcs`), or one
+    formatted here when every member is plain (what canonical's fast path checks: integers
+    within +-(2**53 - 1), a version json.dumps writes without \\u escapes), or canonical's."""
+    kept = getattr(release, "jcs", None)
+    if type(kept) is str:
+        return kept.encode("utf-8")
+    index, counter, leaf_hash, version = (release.get(k) for k in
+                                          ("index", "counter", "leaf_hash", "version"))
+    if (set(release) == _RELEASE_MEMBERS and type(index) is int and abs(index) <= _MAX_INT
+            and (counter is None or (type(counter) is int and abs(counter) <= _MAX_INT))
+            and type(leaf_hash) is str and _HEX.issuperset(leaf_hash)
+            and type(version) is str):
+        quoted = json.dumps(version)
+        if "\\u" not in quoted:
+            return (f'{{"counter":{"null" if counter is None else counter},"index":{index},'
+                    f'"leaf_hash":"{leaf_hash}","version":{quoted}}}').encode("ascii")
+    return canonical(dict(release))
+
+
+def state_text(state: PackageState) -> str:
+    """A state as JSON text, when StateHasher cannot encode it."""
+    return json.dumps(state, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -96,10 +197,15 @@ class MapReplay:
 
     def __init__(self) -> None:
         self.builder = StateBuilder()
+        self.hasher = StateHasher()
         self.map = SparseMap({})
         self.pending: list[Record] = []
         self.last_root: int | None = None  # index of the last map-root leaf seen
         self.changed: set[str] = set()  # packages whose state changed since take_changed()
+        # The records applied since take_changed(): with the states it returned, they make
+        # the current states, so a caller may store these instead of every changed state.
+        self.journal: list[Record] = []
+        self._journaled = 0  # how many of them take_journal() returned
 
     @classmethod
     def restore(cls, states: Mapping[str, PackageState], pending: Iterable[Record],
@@ -111,12 +217,21 @@ class MapReplay:
         replay.pending = list(pending)
         replay.last_root = last_root
         if states:
-            replay.map.apply(replay.map.update(replay.builder.updates(states)))
+            replay.map.apply(replay.map.update(replay.updates(states)))
         return replay
 
     @property
     def states(self) -> dict[str, PackageState]:
         return self.builder.states
+
+    def updates(self, packages: Iterable[str]) -> list[tuple[bytes, bytes]]:
+        """(map key, value hash) of each named package: StateBuilder.updates, by the hasher."""
+        return [(package_key(p), self.hasher.hash(self.builder.states[p]))
+                for p in sorted(set(packages))]
+
+    def state_json(self, package: str) -> str:
+        """The package's state as JSON text (its JCS encoding, mostly kept from hashing)."""
+        return self.hasher.text(self.builder.states[package])
 
     def feed(self, items: Iterable[MapItem]) -> list[MapMismatch]:
         """Take consecutive items in log order; the map roots that do not match."""
@@ -137,12 +252,13 @@ class MapReplay:
         for record in self.pending:
             try:
                 touched |= self.builder.apply([record])
+                self.journal.append(record)
             except StateError as exc:
                 # A record the log could not have mapped either: not applied, and named in
                 # the mismatch this (almost surely) causes.
                 problems.append(str(exc))
         self.pending = []
-        self.map.apply(self.map.update(self.builder.updates(touched)))
+        self.map.apply(self.map.update(self.updates(touched)))
         self.changed |= touched
         self.last_root = leaf.index
         root = self.map.root()
@@ -159,7 +275,16 @@ class MapReplay:
         """The states changed since the last call, for a caller that stores them."""
         changed = {p: self.builder.states[p] for p in sorted(self.changed)}
         self.changed = set()
+        self.journal, self._journaled = [], 0
         return changed
+
+    def take_journal(self) -> list[Record]:
+        """The records applied since the last take_journal() or take_changed(): a caller
+        that stored the states take_changed() returned, and every record this returned
+        since, restores the current states (restore, with these records before `pending`)."""
+        new = self.journal[self._journaled:]
+        self._journaled = len(self.journal)
+        return new
 
 
 def _last_index(state: PackageState) -> int:

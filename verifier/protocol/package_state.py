@@ -127,6 +127,17 @@ def _ascii_text(value: Mapping[str, Any]) -> str | None:
     return text
 
 
+def _release_text(record: Record, leaf_hash: str) -> str | None:
+    """JCS of a release, formatted directly (json.dumps with options builds an encoder per
+    call, and this runs once per release in every replay); None where JCS might differ."""
+    counter, version = record.counter, json.dumps(record.version)
+    if "\\u" in version or type(record.index) is not int or abs(record.index) > _MAX_SIZE or (
+            counter is not None and not (type(counter) is int and abs(counter) <= _MAX_SIZE)):
+        return None
+    return (f'{{"counter":{"null" if counter is None else counter},"index":{record.index},'
+            f'"leaf_hash":"{leaf_hash}","version":{version}}}')
+
+
 class _Release(dict[str, Any]):
     """A release in a state, with its JCS text made once: a state is hashed again at every
     batch that changes it, but its releases never change once added."""
@@ -219,7 +230,7 @@ class StateBuilder:
 def _add_release(state: PackageState, record: Record) -> None:
     release = _Release(version=record.version, index=record.index,
                        leaf_hash=record.leaf_hash.hex(), counter=record.counter)
-    release.jcs = _ascii_text(release)
+    release.jcs = _release_text(record, release["leaf_hash"])
     state["releases"].append(release)
     if record.counter is not None and (
         state["counter"] is None or record.counter > state["counter"]

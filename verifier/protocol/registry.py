@@ -159,6 +159,8 @@ class Registry:
         self.releases: dict[tuple[str, str], ReleaseFacts] = {}
 
     def owners(self, package: str) -> list[str]:
+        if not self.publishers:  # an open log: asked once per release a monitor scans
+            return []
         return sorted(p.name for p in self.publishers.values()
                       if not p.revoked and p.owns(package))
 

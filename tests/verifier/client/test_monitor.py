@@ -538,6 +538,30 @@ def six_hundred(static_log: StaticLog, publisher: Signer,
     return static_log
 
 
+def test_package_states_restored_from_the_journal_still_match_the_honest_map_roots(
+        static_log: StaticLog, vkey: Path, tmp_path: Path, publisher: Signer,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without state snapshots every run restores the states from the journal of records
+    alone: a record lost or applied twice there would make the next honest map root look
+    wrong (exit 1, map_root_mismatch), and one the log left out would go unnoticed."""
+    from verifier.client.monitor import db as monitor_db
+
+    monkeypatch.setattr(monitor_run, "GROUP_BUNDLES", 1)
+    monkeypatch.setattr(monitor_db, "SNAPSHOT_SPACING", float("inf"))  # never due
+    state, entries = tmp_path / "state", []
+    for round_no in range(3):
+        entries += [leaf(make_release(publisher, f"pkg{i % 7}", f"{round_no}.{i}"))
+                    for i in range(300)]
+        static_log.publish(list(entries))
+        code, events = run(capsys, static_log.url, vkey, state)
+        assert code == 0, alerts(events)
+        assert len(releases(events)) == 300
+    db = MonitorDB(state / "monitor.db")
+    with db:
+        assert db.conn.execute("SELECT count(*) FROM map_states").fetchone() == (0,)
+        assert db.conn.execute("SELECT count(*) FROM map_journal").fetchone() == (900,)
+
+
 def test_a_crash_after_saving_and_before_printing_loses_and_repeats_nothing(
         six_hundred: StaticLog, vkey: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -49,6 +49,9 @@ from verifier.protocol.tiles import (
 __all__ = ["PREFETCH", "SAVE_EVERY", "FullAuditResult", "Progress", "full_audit"]
 
 SAVE_EVERY = 64  # bundles between progress saves (16,384 entries)
+# ... or more when a save is slow: it writes every package's state, which grows with the log,
+# so saves are spaced to take at most about 1 / SAVE_SPACING of the run.
+SAVE_SPACING = 20
 PREFETCH = 8  # entry bundles, and separately hash tiles, fetched ahead by threads
 MAX_REPORTED_ERRORS = 5
 
@@ -163,6 +166,8 @@ class _Run:
         self.compared = 0
         self._clean = True  # the tree is at a chunk boundary, everything in it checked
         self.validate = True
+        self._save_cost = 0.0  # seconds the last save took, and when it ended
+        self._saved_at = time.monotonic()
 
     def scan(self, workers: int, validate: bool, progress: Progress | None, prefetch: int,
              save_every: int) -> None:
@@ -174,7 +179,7 @@ class _Run:
             with closing(chunks):
                 for count, chunk in enumerate(chunks, 1):
                     self._step(chunk, feed)
-                    if count % save_every == 0:
+                    if count % save_every == 0 and self._save_due():
                         # Durability: a crash before this atomic write resumes from the save
                         # before it (re-checking the entries since); after it, from here.
                         # Either file claims only entries whose checks all passed.
@@ -227,10 +232,16 @@ class _Run:
         # run re-checks the entries after it; after it, the next run starts at `size`.
         self._save()
 
+    def _save_due(self) -> bool:
+        return time.monotonic() - self._saved_at >= SAVE_SPACING * self._save_cost
+
     def _save(self) -> None:
         if self.state is not None:
-            self.state.write_json(PROGRESS_FILE,
+            started = time.monotonic()
+            self.state.write_text(PROGRESS_FILE,
                                   progress_json(self.trusted, self.tree, self.replay))
+            self._saved_at = time.monotonic()
+            self._save_cost = self._saved_at - started
 
     def _compare(self, key: TileKey, mine: bytes, theirs: bytes) -> None:
         self.compared += 1

@@ -9,6 +9,7 @@ its new checkpoint extends the recorded one.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,9 @@ from verifier.protocol.tiles import TreeBuilder
 __all__ = ["PROGRESS_FILE", "Saved", "progress_json", "resume_point"]
 
 PROGRESS_FILE = "audit-full.json"
+# It holds every release of every package (about 100 bytes each): far above the limit of
+# the other state files.
+MAX_PROGRESS_FILE = 4 << 30
 PROGRESS_FORMAT = "tlog-verify audit-full v1"
 
 
@@ -39,19 +43,26 @@ class Saved:
     replay: MapReplay = field(default_factory=MapReplay)  # the package states of [0, next)
 
 
-def progress_json(target: Trusted, tree: Tree, replay: MapReplay) -> dict[str, Any]:
+def progress_json(target: Trusted, tree: Tree, replay: MapReplay) -> str:
     """The progress file's content: `tree` is the audited part of `target`'s tree, `replay`
-    the package states its entries make (kept whole: the next map root covers them all)."""
-    return {
+    the package states its entries make (kept whole: the next map root covers them all).
+
+    The states are most of it (every release of every package): each is spliced in as the
+    JCS text the replay keeps from hashing it, rather than encoded again on every save.
+    """
+    top = json.dumps({
         "format": PROGRESS_FORMAT,
         "checkpoint": target.note,
         "size": target.size,
         "root": target.root.hex(),
         "next": tree.size,
         "edge": {str(level): data.hex() for level, data in sorted(tree.edge().items())},
-        "map": {"states": replay.states, "last_root": replay.last_root,
-                "pending": [record_json(r) for r in replay.pending]},
-    }
+    }, sort_keys=True)
+    saved_map = json.dumps({"last_root": replay.last_root,
+                            "pending": [record_json(r) for r in replay.pending]})
+    states = ",".join(f"{json.dumps(p)}:{replay.state_json(p)}" for p in sorted(replay.states))
+    # Both objects are reopened before their closing braces to add members.
+    return f'{top[:-1]}, "map": {saved_map[:-1]}, "states": {{{states}}}}}}}'
 
 
 def _parse_progress(raw: Any) -> Saved:
@@ -90,7 +101,7 @@ def _parse_progress(raw: Any) -> Saved:
 def _load_progress(state: StateDir | None) -> Saved | None:
     if state is None:
         return None
-    raw = state.read_json(PROGRESS_FILE, None)
+    raw = state.read_json(PROGRESS_FILE, None, MAX_PROGRESS_FILE)
     if raw is None:
         return None
     try:

@@ -3,8 +3,10 @@
 It holds the position (the log's origin, the next entry to scan, the next seq and the tree's
 right edge over the entries scanned), the per-package knowledge (watch.PackageState), the
 artifact digest and first index of every (package, version), the replayed publisher registry,
-the package states recomputed from the entries (maproots.MapWatch: the map is rebuilt from
-their hashes on load), and an outbox of event lines committed but maybe not printed yet.
+the package states recomputed from the entries (maproots.MapWatch: a snapshot of the states
+now and then, the records applied since in a journal; the states are rebuilt from both and
+the map from their hashes on load), and an outbox of event lines committed but maybe not
+printed yet.
 Every save is one durable transaction (synchronous=FULL, WAL): run.Monitor commits a group's
 knowledge together with its events, prints them, then clears the outbox, which is what makes
 delivery at least once.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +96,18 @@ CREATE TABLE IF NOT EXISTS map_position (
 );
 INSERT OR IGNORE INTO map_position SELECT 1, next_index = 0, NULL, '[]' FROM position;
 """
+# Added later: every package's state is rewritten only now and then (a snapshot in
+# map_states), since a state lists every release of its package; the records applied since
+# the snapshot are kept here instead, and a run that loads the state applies them again.
+_SCHEMA_MAP_JOURNAL = """
+CREATE TABLE IF NOT EXISTS map_journal (
+    idx    INTEGER PRIMARY KEY,    -- entry index of the record
+    record TEXT NOT NULL           -- map_replay.record_json
+);
+"""
+# Snapshots of the states are spaced so that writing them takes at most about 1 / this of
+# the time (a snapshot writes all of a busy log's states: it grows with the log).
+SNAPSHOT_SPACING = 20
 
 
 @dataclass
@@ -114,6 +129,8 @@ class MonitorDB:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._snapshot_cost = 0.0  # seconds the last snapshot of the states took, and when
+        self._snapshot_at = time.monotonic()
         try:
             self.conn = sqlite3.connect(path, isolation_level=None)
             # For a new file only (no-op otherwise): a group's commit writes some 10 MB of
@@ -134,6 +151,7 @@ class MonitorDB:
             self.conn.execute("INSERT OR IGNORE INTO position VALUES (1, ?, NULL, 0, 1, '[]')",
                               (DB_FORMAT,))
             self.conn.executescript(_SCHEMA_MAP)
+            self.conn.executescript(_SCHEMA_MAP_JOURNAL)
         except sqlite3.Error as exc:
             raise UsageError(f"couldn't open the monitor state {path}: {exc}") from exc
 
@@ -169,8 +187,10 @@ class MonitorDB:
             return None
         states = {p: json.loads(text) for p, text in
                   self.conn.execute("SELECT package, state FROM map_states")}
-        return MapReplay.restore(states, [record_from_json(r) for r in json.loads(pending)],
-                                 last_root)
+        journal = [record_from_json(json.loads(text)) for (text,) in
+                   self.conn.execute("SELECT record FROM map_journal ORDER BY idx")]
+        return MapReplay.restore(
+            states, [*journal, *(record_from_json(r) for r in json.loads(pending))], last_root)
 
     def swap_watched(self, patterns: Sequence[str]) -> list[str] | None:
         """Store the run's --package globs; return the previous run's (None on the first)."""
@@ -194,6 +214,7 @@ class MonitorDB:
         the halt intents the alerts call for (in the same transaction: an alert's halt is
         decided exactly when the alert is)."""
         packages, versions = watcher.take_changes()
+        started, snapshot = time.monotonic(), False
         with self._transaction() as c:
             self._add_halts(c, halts)
             # Sorted: neighbouring inserts then share index pages (about a fifth faster).
@@ -206,19 +227,32 @@ class MonitorDB:
                           (json.dumps(watcher.registry.to_json()),))
                 watcher.registry_changed = False
             if replay is not None:
-                self._save_map(c, replay)
+                snapshot = self._save_map(c, replay)
             c.execute("UPDATE position SET origin = ?, next_index = ?, next_seq = ?, edge = ?",
                       (origin, watcher.next_index, watcher.next_seq,
                        json.dumps([h.hex() for h in edge.hashes])))
             self._add_outbox(c, watcher.next_seq, lines)
+        if snapshot:  # its cost is mostly the commit's: the states written to the WAL
+            self._snapshot_at = time.monotonic()
+            self._snapshot_cost = self._snapshot_at - started
 
-    @staticmethod
-    def _save_map(c: sqlite3.Connection, replay: MapReplay) -> None:
-        c.executemany("INSERT OR REPLACE INTO map_states VALUES (?, ?)",
-                      [(p, json.dumps(s, sort_keys=True))
-                       for p, s in replay.take_changed().items()])
+    def _save_map(self, c: sqlite3.Connection, replay: MapReplay) -> bool:
+        """Store the records applied since the last snapshot of the states (the journal), or
+        a new snapshot when one is due (returned: True); then the position in the map and
+        its pending records."""
+        snapshot = time.monotonic() - self._snapshot_at >= SNAPSHOT_SPACING * self._snapshot_cost
+        if snapshot:
+            # The JCS text the replay keeps from hashing: not every release encoded again.
+            c.executemany("INSERT OR REPLACE INTO map_states VALUES (?, ?)",
+                          [(p, replay.state_json(p)) for p in replay.take_changed()])
+            c.execute("DELETE FROM map_journal")
+        else:
+            # OR REPLACE: a run that restored from the journal applies its records again.
+            c.executemany("INSERT OR REPLACE INTO map_journal VALUES (?, ?)",
+                          [(r.index, json.dumps(record_json(r))) for r in replay.take_journal()])
         c.execute("UPDATE map_position SET last_root = ?, pending = ?",
                   (replay.last_root, json.dumps([record_json(r) for r in replay.pending])))
+        return snapshot
 
     def save_alerts(self, next_seq: int, lines: Sequence[str]) -> None:
         """Commit events that change no knowledge (checkpoint alerts) and the next seq."""
