@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from verifier.protocol.package_state import PackageState
 from verifier.protocol.statemap import EMPTY, bit, node_id
 
-MAX_NODES = 100_000  # about 25 MB: the upper levels, which every batch walks, stay in
-MAX_STATES = 4_096  # packages; a package with many releases is the one worth keeping
+MAX_NODES = 50_000  # about 12 MB: the upper levels, which every batch walks, stay in
+MAX_RELEASES = 20_000  # releases in the states kept (about 12 MB): bounds memory whatever
+# the packages' sizes, and still keeps a long-lived package, the one worth keeping
 
 
 @dataclass
@@ -40,9 +41,10 @@ class MapBatch:
 @dataclass
 class MapCache:
     max_nodes: int = MAX_NODES
-    max_states: int = MAX_STATES
+    max_releases: int = MAX_RELEASES
     nodes: dict[bytes, bytes] = field(default_factory=dict)  # insertion order = age
     states: dict[str, PackageState] = field(default_factory=dict)
+    releases: int = 0  # in `states`
     size: int = -1  # the log size `states` and `root` are valid for
     root: bytes | None = None  # the map root in the log's leaf size - 1
 
@@ -54,6 +56,7 @@ class MapCache:
         """The cached states of `packages` after every entry below `size` (those it has)."""
         if size != self.size:
             self.states.clear()
+            self.releases = 0
             return {}
         return {p: self.states[p] for p in packages if p in self.states}
 
@@ -86,10 +89,19 @@ class MapCache:
         self._add_nodes(batch.nodes)
         if batch.start != self.size:  # another process appended in between
             self.states.clear()
-        self.states.update(batch.states)
+            self.releases = 0
+        for package, state in batch.states.items():
+            self._drop(package)
+            self.states[package] = state  # the newest last
+            self.releases += len(state["releases"])
         self.size, self.root = batch.size, batch.root
-        while len(self.states) > self.max_states:
-            del self.states[next(iter(self.states))]
+        while self.releases > self.max_releases and self.states:
+            self._drop(next(iter(self.states)))
+
+    def _drop(self, package: str) -> None:
+        gone = self.states.pop(package, None)
+        if gone is not None:
+            self.releases -= len(gone["releases"])
 
     def _add_nodes(self, nodes: Mapping[bytes, bytes]) -> None:
         self.nodes.update(nodes)

@@ -40,7 +40,7 @@ async def next_map_root(store: MapStore, size: int, new: Sequence[NewEntry],
     """The map-root/v1 entry ending a batch: `size` entries were logged before it, `new`
     are the batch's (indices size, size + 1, ...), and it takes the next index. The MapBatch
     goes to cache.commit once the batch's COMMIT succeeded."""
-    cache = cache if cache is not None else MapCache(max_nodes=0, max_states=0)
+    cache = cache if cache is not None else MapCache(max_nodes=0, max_releases=0)
     index = size + len(new)
     known = cache.root_at(size)
     root, rebuild = (known, False) if known is not None else await _previous_root(store, size)

@@ -175,7 +175,7 @@ def nodes_from_tiles(nodes: Iterable[Node], tiles: Mapping[TileKey, bytes]) -> d
 
 
 FULL_TILE_SIZE = HASH_SIZE * TILE_WIDTH
-_LEVELS_KEPT = 512  # full tiles whose subtree hashes are kept (about 16 KiB each)
+_LEVELS_KEPT = 256  # full tiles whose subtree hashes are kept (about 16 KiB each)
 _levels: dict[bytes, list[list[bytes]]] = {}
 
 

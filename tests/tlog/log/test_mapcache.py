@@ -116,29 +116,32 @@ def test_a_batch_not_committed_leaves_the_cache_as_it_was() -> None:
     m = SparseMap()
     update = m.update([(package_key("a"), b"\x01" * 32)])
     nodes = {stored_hash(n): n for n in update.writes.values()}
-    cache.commit(MapBatch(0, 2, dict(nodes), {"a": {"package": "a"}}))
+    cache.commit(MapBatch(0, 2, dict(nodes), {"a": {"package": "a", "releases": []}}))
     pending = MapBatch(2, 4, {b"\x02" * 32: b"N" + b"\x00" * 64}, {"b": {"package": "b"}})
     del pending  # the batch rolled back: commit is never called
     assert set(cache.nodes) == set(nodes)
-    assert cache.states_at(2, ["a", "b"]) == {"a": {"package": "a"}}
+    assert cache.states_at(2, ["a", "b"]) == {"a": {"package": "a", "releases": []}}
     found, missing = cache.walk(update.root, [package_key("a"), package_key("b")])
     assert missing == [] and set(found.values()) <= set(nodes.values())
 
 
 def test_states_are_dropped_once_another_process_appended() -> None:
     cache = MapCache()
-    cache.commit(MapBatch(0, 2, {}, {"a": {"package": "a"}}))
-    assert cache.states_at(2, ["a"]) == {"a": {"package": "a"}}
+    a, b = {"package": "a", "releases": []}, {"package": "b", "releases": []}
+    cache.commit(MapBatch(0, 2, {}, {"a": a}))
+    assert cache.states_at(2, ["a"]) == {"a": a}
     assert cache.states_at(5, ["a"]) == {}  # the log grew elsewhere: rebuilt from entries
-    cache.commit(MapBatch(5, 7, {}, {"b": {"package": "b"}}))
-    assert cache.states_at(7, ["a", "b"]) == {"b": {"package": "b"}}
+    cache.commit(MapBatch(5, 7, {}, {"b": b}))
+    assert cache.states_at(7, ["a", "b"]) == {"b": b}
     cache.commit(MapBatch(9, 11, {}, {}))  # start is not 7: the states are dropped
     assert cache.states_at(11, ["b"]) == {}
 
 
 def test_the_cache_stays_within_its_bounds() -> None:
-    cache = MapCache(max_nodes=10, max_states=3)
+    cache = MapCache(max_nodes=10, max_releases=30)
     cache.commit(MapBatch(0, 2, {bytes([i]) * 32: b"L" + bytes(64) for i in range(25)},
-                 {f"p{i}": {} for i in range(8)}))
+                 {f"p{i}": {"releases": [{}] * 10} for i in range(8)}))
     assert len(cache.nodes) == 10 and bytes([24]) * 32 in cache.nodes
-    assert len(cache.states) == 3 and "p7" in cache.states
+    assert list(cache.states) == ["p5", "p6", "p7"] and cache.releases == 30
+    cache.commit(MapBatch(2, 4, {}, {"p5": {"releases": [{}] * 25}}))  # p5 grew: newest now
+    assert list(cache.states) == ["p5"] and cache.releases == 25
