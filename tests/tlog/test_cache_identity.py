@@ -8,7 +8,9 @@ files (tlog serve --tile-cache) may serve what the database now behind them did 
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
+import json
 import os
 import time
 from pathlib import Path
@@ -26,6 +28,7 @@ from tlog.http.app import create_app
 from tlog.store.identity import read_identity
 from tlog.store.tilecache import RECORD
 from verifier.protocol.note import Signer
+from verifier.protocol.package_state import verify_state
 from verifier.protocol.tiles import TILE_WIDTH
 
 Client = TestClient[web.Request, web.Application]
@@ -195,3 +198,49 @@ async def test_a_role_that_may_not_read_the_cluster_identifier_still_gets_an_ide
     finally:
         await admin.execute(f"DROP ROLE {role}")
         await admin.close()
+
+
+async def test_a_batch_made_again_on_a_restored_database_stores_its_map_nodes(
+        aiohttp_client: Any, pg_cluster: Cluster, log_signer: Signer, publisher: Signer) -> None:
+    """The sequencer keeps map nodes between batches. A database restored to before a batch
+    (here: a copy taken before it, swapped in), given the same entry again, gets the very
+    same nodes made again: they must be stored there too, or its package-state proofs break."""
+    name_a, url_a = await new_database(pg_cluster)
+    a = await serving(aiohttp_client, url_a, log_signer)
+    first = make_release(publisher, "pkg", "1.0")
+    assert (await a.post("/v1/entries", json=first)).status == 201
+    copy_name = f"{name_a}_copy"
+    admin = await asyncpg.connect(pg_cluster.url("postgres"))
+    try:  # the restore point: the log before the second release
+        await admin.execute(f'ALTER DATABASE "{name_a}" ALLOW_CONNECTIONS false')
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = $1", name_a)
+        for _ in range(100):
+            try:
+                await admin.execute(f'CREATE DATABASE "{copy_name}" TEMPLATE "{name_a}"')
+                break
+            except asyncpg.ObjectInUseError:
+                await asyncio.sleep(0.05)
+        await admin.execute(f'ALTER DATABASE "{name_a}" ALLOW_CONNECTIONS true')
+    finally:
+        await admin.close()
+    second = make_release(publisher, "pkg", "2.0")
+    for _ in range(100):  # the server reconnects after its sessions were ended
+        resp = await a.post("/v1/entries", json=second)
+        if resp.status == 201:
+            break
+        assert resp.status == 503, await resp.text()
+        await asyncio.sleep(0.1)
+    await swap(pg_cluster, name_a, copy_name)
+    for _ in range(100):  # the same entry again, on the database that never had it
+        resp = await a.post("/v1/entries", json=second)
+        if resp.status == 201:
+            break
+        assert resp.status == 503, await resp.text()
+        await asyncio.sleep(0.1)
+    assert resp.status == 201, await resp.text()
+    answer = json.loads(await read(a, "/v1/package-state?package=pkg"))
+    assert [r["version"] for r in answer["state"]["releases"]] == ["1.0", "2.0"]
+    # the proof verifies against the map root: the nodes are in this database
+    verify_state(bytes.fromhex(answer["map_root"]), "pkg", answer["state"],
+                 base64.b64decode(answer["proof"]))

@@ -34,6 +34,7 @@ class RecentCheckpoint:
         self.ttl = ttl
         self._value: StoredCheckpoint | None = None
         self._at = 0.0
+        self._generation = 0  # bumped by drop()
         self._reading: asyncio.Future[StoredCheckpoint | None] | None = None
 
     async def get(self) -> StoredCheckpoint | None:
@@ -41,11 +42,18 @@ class RecentCheckpoint:
         if (value is not None and time.monotonic() - self._at < self.ttl
                 and self._published() <= value.size):
             return value
-        return await self.fresh()
+        latest = await self.fresh()
+        if latest is not None and latest.size < self._published():
+            # the shared read began before this process's last COMMIT: one of our own
+            latest = await self.fresh()
+        return latest
 
     def drop(self) -> None:
-        """Forget the kept checkpoint: another database answers now (a restore, a swap)."""
+        """Forget the kept checkpoint: another database answers now (a restore, a swap).
+        A read under way then is not kept either."""
         self._value = None
+        self._generation += 1
+        self._reading = None
 
     async def fresh(self) -> StoredCheckpoint | None:
         """A read from the database (shared with the requests that asked meanwhile)."""
@@ -54,12 +62,13 @@ class RecentCheckpoint:
         return await asyncio.shield(self._reading)
 
     async def _read(self) -> StoredCheckpoint | None:
-        started = time.monotonic()
+        started, generation = time.monotonic(), self._generation
         try:
             latest = await self._fetch()
         finally:
-            self._reading = None
-        if latest is not None:  # a database that went back is the identity guard's concern
+            if generation == self._generation:
+                self._reading = None
+        if latest is not None and generation == self._generation:
             self._value, self._at = latest, started
         return latest
 

@@ -7,7 +7,9 @@ rolled-back batch leaves no trace here, and a process that dies loses only a cac
 
 - Nodes are addressed by their hash, so a cached node is right for any root, whoever wrote it
   (another process appending to the same database included). A node missing here is read from
-  the database.
+  the database. Reading one from here never needs it to be stored: a batch walks from the
+  root of the log's last leaf, whose nodes that database holds, and writes every node it
+  makes.
 - States are valid for one log size: they are the packages' states after every entry below
   `size`. When the log has grown since (another process appended), they are dropped, and the
   sequencer rebuilds what it needs from the entries as before.
@@ -22,8 +24,8 @@ from dataclasses import dataclass, field
 from verifier.protocol.package_state import PackageState
 from verifier.protocol.statemap import EMPTY, bit, node_id
 
-MAX_NODES = 50_000  # about 12 MB: the upper levels, which every batch walks, stay in
-MAX_RELEASES = 20_000  # releases in the states kept (about 12 MB): bounds memory whatever
+MAX_NODES = 20_000  # about 5 MB: the upper levels, which every batch walks, stay in
+MAX_RELEASES = 10_000  # releases in the states kept (about 6 MB): bounds memory whatever
 # the packages' sizes, and still keeps a long-lived package, the one worth keeping
 
 
@@ -47,6 +49,13 @@ class MapCache:
     releases: int = 0  # in `states`
     size: int = -1  # the log size `states` and `root` are valid for
     root: bytes | None = None  # the map root in the log's leaf size - 1
+
+    def forget_states(self) -> None:
+        """The log changed elsewhere: states and root are rebuilt from the database."""
+        self.states.clear()
+        self.releases = 0
+        self.root = None
+        self.size = -1
 
     def root_at(self, size: int) -> bytes | None:
         """The map root of leaf size - 1, when this process wrote that leaf."""

@@ -36,6 +36,8 @@ from verifier.protocol.tiles import TileKey, TreeBuilder
 
 log = logging.getLogger("tlog.sequencer")
 
+MAX_REPLYING = 2  # committed batches being answered at once
+
 
 class ConflictError(Exception):
     """Another entry for the same (package, version) is already in the log."""
@@ -124,6 +126,8 @@ class Sequencer:
         self.waiting = 0  # submissions queued (carry included), not yet in a batch
         self._task: asyncio.Task[None] | None = None
         self._replying: set[asyncio.Task[None]] = set()  # committed batches being answered
+        self._recorded: asyncio.Future[None] | None = None  # the last one's published file
+        storage.on_swap(self.forget)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="tlog-sequencer")
@@ -189,20 +193,29 @@ class Sequencer:
                 self._fail_batch(batch, exc)
                 continue
             # The batch is durable. Its proofs and replies are made beside the next batch's
-            # append, which needs nothing from them.
-            task = asyncio.create_task(self._reply(batch, outcome, published, started))
+            # append, which needs nothing from them but the published file (awaited before
+            # its COMMIT). Two at most: a slow disk must slow the appends, not pile up work.
+            if len(self._replying) >= MAX_REPLYING:
+                await asyncio.wait(self._replying, return_when=asyncio.FIRST_COMPLETED)
+            self._recorded = asyncio.get_running_loop().create_future()
+            task = asyncio.create_task(self._reply(batch, outcome, published, started,
+                                                   self._recorded))
             self._replying.add(task)
             task.add_done_callback(self._replying.discard)
 
     async def _reply(self, batch: Sequence[_Pending], outcome: Mapping[int, _Outcome],
-                     published: StoredCheckpoint, started: float) -> None:
+                     published: StoredCheckpoint, started: float,
+                     recorded: asyncio.Future[None]) -> None:
         try:
-            if self.after_commit is not None:
-                # The published high-water mark: written before anyone is answered, so it
-                # covers every checkpoint a reply carries. A crash here leaves it behind
-                # the database by batches no one got a reply for. (It keeps the largest
-                # size, so batches answered out of order cannot move it back.)
-                await self.after_commit(published)
+            try:
+                if self.after_commit is not None:
+                    # The published high-water mark: written before anyone is answered, so
+                    # it covers every checkpoint a reply carries; and before the next
+                    # batch's COMMIT, so a crash leaves it at most this one batch behind
+                    # the database, a batch no one got a reply for.
+                    await self.after_commit(published)
+            finally:
+                recorded.set_result(None)
             self.faults.before("reply")
             replied = time.perf_counter()
             receipts = await self._receipts(batch, outcome, published)
@@ -287,7 +300,8 @@ class Sequencer:
             # database exactly as the previous batch left it; no one got a reply.
             latest = await tx.latest_checkpoint()
             builder = await self._load_edge(tx, latest)
-            registry = await self._synced_registry(tx, batch, builder.size)
+            ours = self._ours(latest)
+            registry = await self._synced_registry(tx, batch, ours)
             plan = await self._plan(tx, batch, builder.size, registry)
             at = self._phase("prepare", at)
             map_batch: MapBatch | None = None
@@ -316,6 +330,7 @@ class Sequencer:
                 self.faults.after("checkpoint")
                 latest = StoredCheckpoint(builder.size, builder.root(), note)
                 at = self._phase("write", at)
+            await self._previous_recorded()
             self.faults.before("commit")  # raising here rolls the whole batch back
         self._phase("commit", at)
         self.faults.after("commit")  # as if COMMIT's answer were lost: the batch is durable
@@ -332,6 +347,20 @@ class Sequencer:
         # Published now: reads of this process (a standby's router among them) know it.
         self.storage.published = max(self.storage.published, latest.size)
         return plan.outcome, latest
+
+    async def _previous_recorded(self) -> None:
+        """Wait until the previous batch is in the published file; a file that could not be
+        written stops appends (tlog.log.startup.record_or_stop), and this batch rolls back."""
+        if self._recorded is not None:
+            await asyncio.shield(self._recorded)
+        if self.failed is not None:
+            raise UnavailableError(self.failed)
+
+    def forget(self, reason: str = "") -> None:
+        """Drop what was kept from this process's own batches: another database answers
+        now (tlog.store.identity), so the next batch reads everything from it."""
+        self.map_cache = MapCache()
+        self._tip = None
 
     def _phase(self, name: str, since: float) -> float:
         now = time.perf_counter()
@@ -362,7 +391,16 @@ class Sequencer:
         except EdgeError as exc:
             raise SelfCheckError(str(exc)) from exc
 
-    async def _synced_registry(self, tx: AppendTx, batch: Sequence[_Pending], size: int
+    def _ours(self, latest: StoredCheckpoint | None) -> bool:
+        """Whether the latest checkpoint is the one this process's last batch committed
+        (size and root): then nothing was appended since, by anyone, to this database."""
+        ours = (latest is not None and self._tip is not None
+                and self._tip[:2] == (latest.size, latest.root))
+        if not ours:
+            self.map_cache.forget_states()
+        return ours
+
+    async def _synced_registry(self, tx: AppendTx, batch: Sequence[_Pending], ours: bool
                                ) -> Registry:
         """The registry replayed to the end of the log (other processes may have appended).
 
@@ -372,8 +410,7 @@ class Sequencer:
         entry that does not replay (tlog.log.registry.ReplayError) stops appends.
         """
         # Nothing to replay when the log has not grown since this process's last batch.
-        stored = [] if size == self.registry_next else await tx.registry_entries(
-            self.registry_next)
+        stored = [] if ours else await tx.registry_entries(self.registry_next)
         changing = stored or any(p.entry.kind in REGISTRY_KINDS for p in batch)
         registry = copy.deepcopy(self.registry) if changing else self.registry
         try:

@@ -62,8 +62,9 @@ async def next_map_root(store: MapStore, size: int, new: Sequence[NewEntry],
         # Hashing states and nodes is CPU work: off the event loop.
         update, states = await asyncio.to_thread(_update, seed, size, batch, packages, nodes)
         written = {stored_hash(node): node for node in update.writes.values()}
-        # A node already stored (the same subtree as before) is not written twice.
-        await store.put_nodes({h: n for h, n in written.items() if h not in cache.nodes})
+        # Every node is written, even one the cache holds: the cache may have it from
+        # another database (a restore), and the insert ignores one already stored.
+        await store.put_nodes(written)
         done.nodes.update(written)
         done.states.update(states)
         root = update.root

@@ -13,7 +13,7 @@ from typing import Generic, TypeVar
 from verifier.protocol.tiles import TILE_WIDTH, TileKey
 
 FULL_TILE_BYTES = 32 * TILE_WIDTH
-TILE_CACHE_SIZE = 4096  # full tiles kept in memory (8 KiB each, immutable)
+TILE_CACHE_SIZE = 1024  # full tiles kept in memory (8 KiB each, immutable; --tile-cache keeps all)
 
 KeyT = TypeVar("KeyT")
 

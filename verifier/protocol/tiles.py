@@ -20,6 +20,7 @@ appended. Nothing here does I/O.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 
@@ -175,8 +176,9 @@ def nodes_from_tiles(nodes: Iterable[Node], tiles: Mapping[TileKey, bytes]) -> d
 
 
 FULL_TILE_SIZE = HASH_SIZE * TILE_WIDTH
-_LEVELS_KEPT = 256  # full tiles whose subtree hashes are kept (about 16 KiB each)
+_LEVELS_KEPT = 64  # full tiles whose subtree hashes are kept (about 40 KB each)
 _levels: dict[bytes, list[list[bytes]]] = {}
+_levels_lock = threading.Lock()
 
 
 def _full_tile_levels(data: bytes) -> list[list[bytes]]:
@@ -190,9 +192,10 @@ def _full_tile_levels(data: bytes) -> list[list[bytes]]:
         while len(levels[-1]) > 1:
             below = levels[-1]
             levels.append([node_hash(below[i], below[i + 1]) for i in range(0, len(below), 2)])
-        if len(_levels) >= _LEVELS_KEPT:  # the oldest goes (threads may race: no matter)
-            _levels.pop(next(iter(_levels), b""), None)
-        _levels[data] = levels
+        with _levels_lock:  # proofs are built in threads
+            if len(_levels) >= _LEVELS_KEPT:
+                _levels.pop(next(iter(_levels)))
+            _levels[data] = levels
     return levels
 
 
