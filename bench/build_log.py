@@ -242,7 +242,8 @@ async def append_batch(storage: Storage, signer: Signer, rows: list[Row]) -> Sto
         builder = await load_edge(tx.tiles, latest.size, latest.root)
         new = [NewEntry(latest.size + i, leaf, lh, package, version, counter=counter)
                for i, (leaf, lh, package, version, counter) in enumerate(rows)]
-        new.append(await next_map_root(tx.state_map, latest.size, new))
+        map_root, _ = await next_map_root(tx.state_map, latest.size, new)
+        new.append(map_root)
         for entry in new:
             builder.append(entry.leaf_hash)
         await tx.insert_entries(new)
