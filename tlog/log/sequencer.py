@@ -20,18 +20,18 @@ from tlog.log.faults import NO_FAULTS, Faults
 from tlog.log.mapcache import MapBatch, MapCache
 from tlog.log.metrics import AppendMetrics
 from tlog.log.proofs import consistency_proof, inclusion_proofs
-from tlog.log.registry import ReplayError, replay
+from tlog.log.registry import ReplayError, release_facts, replay
 from tlog.log.statemap import MapError, next_map_root
 from tlog.store.outage import database_unavailable
 from tlog.store.postgres import AppendTx, NewEntry, Storage
 from tlog.store.reader import StoredCheckpoint, TokenRecord
 from verifier.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
-from verifier.protocol.entries.kinds import REGISTRY_KINDS, LogEntry, parse_log_leaf
-from verifier.protocol.entries.lifecycle import YANK_KIND, Lifecycle
+from verifier.protocol.entries.kinds import REGISTRY_KINDS, LogEntry
+from verifier.protocol.entries.lifecycle import Lifecycle
 from verifier.protocol.entries.release import Release
 from verifier.protocol.merkle import ProofError, verify_consistency
 from verifier.protocol.note import NoteSigner
-from verifier.protocol.registry import Refusal, Registry, ReleaseFacts
+from verifier.protocol.registry import Refusal, Registry
 from verifier.protocol.tiles import TileKey, TreeBuilder
 
 log = logging.getLogger("tlog.sequencer")
@@ -431,7 +431,7 @@ class Sequencer:
         # memory that a rolled-back batch may have touched (nor pile up in an open log).
         registry.max_counter = (await tx.max_counters(sorted({n[0] for n in names}))
                                 if registry.enforce and names else {})
-        registry.releases = await _release_facts(tx, entries)
+        registry.releases = await release_facts(tx, entries)
         by_hash: dict[bytes, int] = {e.leaf_hash: e.index for e in found}
         by_name: dict[tuple[str, str], int] = {(e.package, e.version): e.index for e in found}
         plan = _Plan()
@@ -497,27 +497,3 @@ class Sequencer:
         except ProofError as exc:
             raise SelfCheckError(f"new tree of size {cp.size} is not consistent with the "
                                  f"published size {latest.size}: {exc}") from exc
-
-
-async def _release_facts(tx: AppendTx, entries: Sequence[LogEntry]
-                         ) -> dict[tuple[str, str], ReleaseFacts]:
-    """The logged releases (and their yanks) that the batch's lifecycle statements name,
-    read inside the append transaction: the registry checks each statement against them,
-    and adds the batch's own releases and yanks as it goes."""
-    names: set[tuple[str, str]] = set()
-    for e in entries:
-        if isinstance(e, Lifecycle):
-            names.add((e.package, e.version))
-            if e.rollback_version is not None:
-                names.add((e.package, e.rollback_version))
-    facts: dict[tuple[str, str], ReleaseFacts] = {}
-    if not names:
-        return facts
-    for index, kind, package, version, leaf in await tx.release_facts(sorted(names)):
-        if kind == YANK_KIND:
-            if (package, version) in facts:
-                facts[(package, version)].yanked = True
-            continue
-        # The stored leaf was checked when it was appended; its publisher is its key's name.
-        facts[(package, version)] = ReleaseFacts(parse_log_leaf(leaf).publisher, index)
-    return facts

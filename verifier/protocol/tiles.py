@@ -19,8 +19,8 @@ appended. Nothing here does I/O.
 
 from __future__ import annotations
 
+import contextlib
 import re
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 
@@ -178,7 +178,6 @@ def nodes_from_tiles(nodes: Iterable[Node], tiles: Mapping[TileKey, bytes]) -> d
 FULL_TILE_SIZE = HASH_SIZE * TILE_WIDTH
 _LEVELS_KEPT = 64  # full tiles whose subtree hashes are kept (about 40 KB each)
 _levels: dict[bytes, list[list[bytes]]] = {}
-_levels_lock = threading.Lock()
 
 
 def _full_tile_levels(data: bytes) -> list[list[bytes]]:
@@ -192,10 +191,11 @@ def _full_tile_levels(data: bytes) -> list[list[bytes]]:
         while len(levels[-1]) > 1:
             below = levels[-1]
             levels.append([node_hash(below[i], below[i + 1]) for i in range(0, len(below), 2)])
-        with _levels_lock:  # proofs are built in threads
-            if len(_levels) >= _LEVELS_KEPT:
-                _levels.pop(next(iter(_levels)))
-            _levels[data] = levels
+        if len(_levels) >= _LEVELS_KEPT:
+            # the oldest goes; proofs are built in threads, which may race here: no matter
+            with contextlib.suppress(RuntimeError, StopIteration):
+                _levels.pop(next(iter(_levels)), None)
+        _levels[data] = levels
     return levels
 
 
