@@ -29,6 +29,7 @@ both versions as evidence in the state directory.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import threading
@@ -167,6 +168,11 @@ class _Progress(StateDir):
         if name == PROGRESS_FILE:
             self.flush(int(value["next"]))
         super().write_json(name, value)
+
+    def write_text(self, name: str, text: str) -> None:
+        if name == PROGRESS_FILE:  # how the audit writes its progress now
+            self.flush(int(json.loads(text)["next"]))
+        super().write_text(name, text)
 
 
 class MirrorResult:
