@@ -21,118 +21,23 @@ next, so only the new ones are encoded and the rest is SHA-256 over bytes alread
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from verifier.protocol.entries.errors import EntryError
-from verifier.protocol.entries.strict_json import canonical
 from verifier.protocol.leaves import Checked
 from verifier.protocol.package_state import (
     LIFECYCLE_KINDS,
     MAP_ROOT_KIND,
     RELEASE_KIND,
-    STATE_PREFIX,
     PackageState,
     Record,
     StateBuilder,
     StateError,
-    package_key,
-    state_hash,
+    StateHasher,
 )
 from verifier.protocol.statemap import SparseMap
-
-_STATE_MEMBERS = frozenset({"package", "releases", "lifecycle", "counter"})
-_MAX_INT = 2**53 - 1  # JCS writes integers up to this as digits
-
-
-class StateHasher:
-    """package_state.state_hash of states that grow by appended releases, without encoding
-    the releases already encoded at an earlier call.
-
-    A state's JCS encoding is its members in order, "releases" last:
-    {"counter":..,"lifecycle":..,"package":..,"releases":[r0,r1,...]}, and JCS of an array
-    is its elements' JCS joined by commas. So the encoding is the JCS of the other three
-    members with the releases' kept encoding spliced in before the closing brace. A state
-    whose releases are not the kept ones plus new ones at the end (checked by count and the
-    last kept release's index) is encoded afresh; one of another shape is left to
-    state_hash.
-    """
-
-    def __init__(self) -> None:
-        # package -> (releases encoded, index of the last one, their JCS joined by commas)
-        self._kept: dict[str, tuple[int, int, bytearray]] = {}
-
-    def hash(self, state: PackageState) -> bytes:
-        parts = self._encode(state)
-        if parts is None:
-            return state_hash(state)
-        head, releases = parts
-        digest = hashlib.sha256(STATE_PREFIX)
-        digest.update(head)
-        digest.update(releases)
-        digest.update(b"]}")
-        return digest.digest()
-
-    def text(self, state: PackageState) -> str:
-        """The state's JCS encoding as text (JSON that parses back to the state)."""
-        parts = self._encode(state)
-        if parts is None:
-            return state_text(state)
-        head, releases = parts
-        return (head + releases + b"]}").decode("utf-8")
-
-    def _encode(self, state: PackageState) -> tuple[bytes, bytearray] | None:
-        if set(state) != _STATE_MEMBERS or type(state["releases"]) is not list:
-            return None
-        package, releases = state["package"], state["releases"]
-        try:
-            head = canonical({"counter": state["counter"], "lifecycle": state["lifecycle"],
-                              "package": package})
-            done, last, data = self._kept.get(package, (0, -1, bytearray()))
-            if done > len(releases) or (done and releases[done - 1].get("index") != last):
-                done, data = 0, bytearray()
-            for release in releases[done:]:
-                if data:
-                    data += b","
-                data += _release_jcs(release)
-        except (EntryError, AttributeError, TypeError):
-            return None  # not what StateBuilder makes: state_hash decides (and raises)
-        if releases:
-            self._kept[package] = (len(releases), releases[-1].get("index"), data)
-        return head[:-1] + b',"releases":[', data
-
-
-_RELEASE_MEMBERS = frozenset({"version", "index", "leaf_hash", "counter"})
-_HEX = frozenset("0123456789abcdef")
-
-
-def _release_jcs(release: Mapping[str, Any]) -> bytes:
-    """JCS of one release of a state: the text its builder kept, if it did (`jcs`), or one
-    formatted here when every member is plain (what canonical's fast path checks: integers
-    within +-(2**53 - 1), a version json.dumps writes without \\u escapes), or canonical's."""
-    kept = getattr(release, "jcs", None)
-    if type(kept) is str:
-        return kept.encode("utf-8")
-    index, counter, leaf_hash, version = (release.get(k) for k in
-                                          ("index", "counter", "leaf_hash", "version"))
-    if (set(release) == _RELEASE_MEMBERS and type(index) is int and abs(index) <= _MAX_INT
-            and (counter is None or (type(counter) is int and abs(counter) <= _MAX_INT))
-            and type(leaf_hash) is str and _HEX.issuperset(leaf_hash)
-            and type(version) is str):
-        quoted = json.dumps(version)
-        if "\\u" not in quoted:
-            return (f'{{"counter":{"null" if counter is None else counter},"index":{index},'
-                    f'"leaf_hash":"{leaf_hash}","version":{quoted}}}').encode("ascii")
-    return canonical(dict(release))
-
-
-def state_text(state: PackageState) -> str:
-    """A state as JSON text, when StateHasher cannot encode it."""
-    return json.dumps(state, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -225,9 +130,8 @@ class MapReplay:
         return self.builder.states
 
     def updates(self, packages: Iterable[str]) -> list[tuple[bytes, bytes]]:
-        """(map key, value hash) of each named package: StateBuilder.updates, by the hasher."""
-        return [(package_key(p), self.hasher.hash(self.builder.states[p]))
-                for p in sorted(set(packages))]
+        """(map key, value hash) of each named package, by the kept hasher."""
+        return self.builder.updates(packages, self.hasher)
 
     def state_json(self, package: str) -> str:
         """The package's state as JSON text (its JCS encoding, mostly kept from hashing)."""

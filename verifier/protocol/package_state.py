@@ -47,6 +47,8 @@ from typing import Any
 
 import rfc8785
 
+from verifier.protocol.entries.errors import EntryError
+from verifier.protocol.entries.strict_json import canonical
 from verifier.protocol.statemap import MapProofError, verify_absence, verify_inclusion
 
 RELEASE_KIND = "release/v1"
@@ -85,57 +87,96 @@ def state_bytes(state: Mapping[str, Any]) -> bytes:
 
 
 def built_state_hash(state: Mapping[str, Any]) -> bytes:
-    """state_hash of a state built here from records (whose numbers are all integers),
-    faster: a package with thousands of releases is hashed again at every batch that
-    touches it, and rfc8785 spends milliseconds on each. A state received from a log is
-    hashed with state_hash, which refuses what JCS cannot represent."""
-    fast = _ascii_jcs(state)
-    data = fast if fast is not None else state_bytes(state)
-    return hashlib.sha256(STATE_PREFIX + data).digest()
+    """state_hash of one state built here from records, by StateHasher (see there)."""
+    return StateHasher().hash(state)
 
 
-def _ascii_jcs(state: Mapping[str, Any]) -> bytes | None:
-    """JCS by the standard library's C encoder. For a state of integers, strings and nulls
-    it writes RFC 8785's bytes whenever every string is ASCII with no escapes beyond
-    \\" \\\\ \\n \\r \\t \\b \\f (then code point and UTF-16 key order agree too), which
-    schema-valid entries guarantee. None: anything else, left to rfc8785.
+class StateHasher:
+    """state_hash of states that grow by appended releases, without encoding again the
+    releases encoded at an earlier call: a package with thousands of releases is hashed
+    again at every batch that touches it, and rfc8785 spends milliseconds on each.
 
-    "releases" sorts last of the state's four members, so the text is the other three
-    followed by the releases' own texts, kept from when each was added (_Release)."""
-    releases = state.get("releases")
-    if set(state) != _STATE_MEMBERS or not isinstance(releases, list) or not all(
-            type(r) is _Release and r.jcs is not None for r in releases):
-        whole = _ascii_text(state)  # e.g. a state read back from JSON
-        return None if whole is None else whole.encode()
-    head = _ascii_text({k: v for k, v in state.items() if k != "releases"})
-    if head is None:
+    A state's JCS encoding is its members in order, "releases" last:
+    {"counter":..,"lifecycle":..,"package":..,"releases":[r0,r1,...]}, and JCS of an array
+    is its elements' JCS joined by commas. So the encoding is the JCS of the other three
+    members with the releases' encoding spliced in before the closing brace. Each release's
+    is the text kept when it was added (_Release), else formatted here. A state whose
+    releases are not the kept ones plus new ones at the end (checked by count and the last
+    kept release's index) is encoded afresh; one of another shape is left to state_hash.
+    """
+
+    def __init__(self) -> None:
+        # package -> (releases encoded, index of the last one, their JCS joined by commas)
+        self._kept: dict[str, tuple[int, int, bytearray]] = {}
+
+    def hash(self, state: Mapping[str, Any]) -> bytes:
+        parts = self._encode(state)
+        if parts is None:
+            return state_hash(state)
+        head, releases = parts
+        digest = hashlib.sha256(STATE_PREFIX)
+        digest.update(head)
+        digest.update(releases)
+        digest.update(b"]}")
+        return digest.digest()
+
+    def text(self, state: Mapping[str, Any]) -> str:
+        """The state's JCS encoding as text (JSON that parses back to the state)."""
+        parts = self._encode(state)
+        if parts is None:
+            return json.dumps(state, sort_keys=True, separators=(",", ":"))
+        head, releases = parts
+        return (head + releases + b"]}").decode("utf-8")
+
+    def _encode(self, state: Mapping[str, Any]) -> tuple[bytes, bytearray] | None:
+        if set(state) != _STATE_MEMBERS or type(state["releases"]) is not list:
+            return None
+        package, releases = state["package"], state["releases"]
+        try:
+            head = canonical({"counter": state["counter"], "lifecycle": state["lifecycle"],
+                              "package": package})
+            done, last, data = self._kept.get(package, (0, -1, bytearray()))
+            if done > len(releases) or (done and releases[done - 1].get("index") != last):
+                done, data = 0, bytearray()
+            for release in releases[done:]:
+                if data:
+                    data += b","
+                data += _release_jcs(release)
+        except (EntryError, AttributeError, TypeError):
+            return None  # not what StateBuilder makes: state_hash decides (and raises)
+        if releases:
+            self._kept[package] = (len(releases), releases[-1].get("index"), data)
+        return head[:-1] + b',"releases":[', data
+
+
+def _release_jcs(release: Mapping[str, Any]) -> bytes:
+    """JCS of one release of a state: the text kept when it was added, the same formatted
+    here (a state read back from JSON), or canonical's for anything else."""
+    kept = getattr(release, "jcs", None)
+    if type(kept) is str:
+        return kept.encode("utf-8")
+    if set(release) == _RELEASE_MEMBERS:
+        text = _release_text(release["version"], release["index"], release["leaf_hash"],
+                             release["counter"])
+        if text is not None:
+            return text.encode("ascii")
+    return canonical(dict(release))
+
+
+def _release_text(version: Any, index: Any, leaf_hash: Any, counter: Any) -> str | None:
+    """A release's JCS, formatted directly (json.dumps with options builds an encoder per
+    call, and this runs once per release in every replay); None where JCS might differ:
+    a number beyond +-(2**53 - 1), a string json.dumps writes with \\u escapes."""
+    if type(index) is not int or abs(index) > _MAX_SIZE or (counter is not None and not (
+            type(counter) is int and abs(counter) <= _MAX_SIZE)):
         return None
-    return (head[:-1] + ',"releases":[' + ",".join(r.jcs for r in releases) + "]}").encode()
-
-
-def _ascii_text(value: Mapping[str, Any]) -> str | None:
-    """JCS of a flat-enough object by json.dumps, or None where the two might differ."""
-    counter = value.get("counter")
-    if counter is not None and not (type(counter) is int and abs(counter) <= _MAX_SIZE):
+    if type(leaf_hash) is not str or not _HEX.issuperset(leaf_hash) or type(version) is not str:
         return None
-    try:
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError):
+    quoted = json.dumps(version)
+    if "\\u" in quoted:
         return None
-    if "\\u" in text:  # a non-ASCII or control character: JCS escapes those differently
-        return None
-    return text
-
-
-def _release_text(record: Record, leaf_hash: str) -> str | None:
-    """JCS of a release, formatted directly (json.dumps with options builds an encoder per
-    call, and this runs once per release in every replay); None where JCS might differ."""
-    counter, version = record.counter, json.dumps(record.version)
-    if "\\u" in version or type(record.index) is not int or abs(record.index) > _MAX_SIZE or (
-            counter is not None and not (type(counter) is int and abs(counter) <= _MAX_SIZE)):
-        return None
-    return (f'{{"counter":{"null" if counter is None else counter},"index":{record.index},'
-            f'"leaf_hash":"{leaf_hash}","version":{version}}}')
+    return (f'{{"counter":{"null" if counter is None else counter},"index":{index},'
+            f'"leaf_hash":"{leaf_hash}","version":{quoted}}}')
 
 
 class _Release(dict[str, Any]):
@@ -146,6 +187,8 @@ class _Release(dict[str, Any]):
 
 
 _STATE_MEMBERS = frozenset({"package", "releases", "lifecycle", "counter"})
+_RELEASE_MEMBERS = frozenset({"version", "index", "leaf_hash", "counter"})
+_HEX = frozenset("0123456789abcdef")
 
 
 def state_hash(state: Mapping[str, Any]) -> bytes:
@@ -181,10 +224,13 @@ class StateBuilder:
             touched.add(record.package)
         return touched
 
-    def updates(self, packages: Iterable[str]) -> list[tuple[bytes, bytes]]:
-        """(map key, value hash) of each named package, for SparseMap.update."""
-        return [(package_key(p), built_state_hash(self.states[p]))
-                for p in sorted(set(packages))]
+    def updates(self, packages: Iterable[str], hasher: StateHasher | None = None
+                ) -> list[tuple[bytes, bytes]]:
+        """(map key, value hash) of each named package, for SparseMap.update; `hasher`
+        keeps encodings from one call to the next (a monitor's), else each is made anew
+        from the releases' kept texts."""
+        hasher = hasher if hasher is not None else StateHasher()
+        return [(package_key(p), hasher.hash(self.states[p])) for p in sorted(set(packages))]
 
     def _apply_one(self, record: Record) -> None:
         if record.index <= self.last_index:
@@ -230,7 +276,8 @@ class StateBuilder:
 def _add_release(state: PackageState, record: Record) -> None:
     release = _Release(version=record.version, index=record.index,
                        leaf_hash=record.leaf_hash.hex(), counter=record.counter)
-    release.jcs = _release_text(record, release["leaf_hash"])
+    release.jcs = _release_text(record.version, record.index, release["leaf_hash"],
+                                record.counter)
     state["releases"].append(release)
     if record.counter is not None and (
         state["counter"] is None or record.counter > state["counter"]

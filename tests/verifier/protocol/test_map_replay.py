@@ -90,8 +90,7 @@ def test_incremental_state_hashes_equal_state_hash_as_states_grow() -> None:
     import json
     import random
 
-    from verifier.protocol.map_replay import StateHasher
-    from verifier.protocol.package_state import StateBuilder
+    from verifier.protocol.package_state import StateBuilder, StateHasher
 
     rng = random.Random(7)
     versions = ["1.0", "2.0-rc.1", "é-1", "tab\there", "quote\"back\\slash", "\x7f\x01",
