@@ -125,21 +125,28 @@ async def test_tile_files_go_when_the_same_database_no_longer_holds_their_tree(
     assert await read(third, "/tile/entries/000") == new
 
 
+async def _without_sessions(admin: asyncpg.Connection, name: str, sql: str) -> None:
+    """Run `sql` (a rename, a copy) on database `name` once its sessions are ended; new
+    connections are refused meanwhile."""
+    await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = $1", name)
+    for _ in range(100):  # the ended sessions take a moment to go
+        try:
+            await admin.execute(sql)
+            return
+        except asyncpg.ObjectInUseError:
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"sessions of {name} did not end")
+
+
 async def swap(cluster: Cluster, serving_name: str, other_name: str) -> None:
     """Put database `other_name` under `serving_name` while a server uses that name: its
     sessions are ended and it reconnects to the other database."""
     admin = await asyncpg.connect(cluster.url("postgres"))
     try:
-        await admin.execute(f'ALTER DATABASE "{serving_name}" ALLOW_CONNECTIONS false')
-        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                            "WHERE datname = $1", serving_name)
-        for _ in range(100):  # the ended sessions take a moment to go
-            try:
-                await admin.execute(
-                    f'ALTER DATABASE "{serving_name}" RENAME TO "{serving_name}_old"')
-                break
-            except asyncpg.ObjectInUseError:
-                await asyncio.sleep(0.05)
+        await _without_sessions(admin, serving_name,
+                                f'ALTER DATABASE "{serving_name}" RENAME TO "{serving_name}_old"')
         await admin.execute(f'ALTER DATABASE "{other_name}" RENAME TO "{serving_name}"')
     finally:
         await admin.close()
@@ -200,6 +207,17 @@ async def test_a_role_that_may_not_read_the_cluster_identifier_still_gets_an_ide
         await admin.close()
 
 
+async def _logged(client: Client, entry: dict[str, Any]) -> None:
+    """POST until appended anew (201); 503 while the server reconnects."""
+    for _ in range(100):
+        resp = await client.post("/v1/entries", json=entry)
+        if resp.status == 201:
+            return
+        assert resp.status == 503, await resp.text()
+        await asyncio.sleep(0.1)
+    raise AssertionError("never appended")
+
+
 async def test_a_batch_made_again_on_a_restored_database_stores_its_map_nodes(
         aiohttp_client: Any, pg_cluster: Cluster, log_signer: Signer, publisher: Signer) -> None:
     """The sequencer keeps map nodes between batches. A database restored to before a batch
@@ -212,33 +230,15 @@ async def test_a_batch_made_again_on_a_restored_database_stores_its_map_nodes(
     copy_name = f"{name_a}_copy"
     admin = await asyncpg.connect(pg_cluster.url("postgres"))
     try:  # the restore point: the log before the second release
-        await admin.execute(f'ALTER DATABASE "{name_a}" ALLOW_CONNECTIONS false')
-        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                            "WHERE datname = $1", name_a)
-        for _ in range(100):
-            try:
-                await admin.execute(f'CREATE DATABASE "{copy_name}" TEMPLATE "{name_a}"')
-                break
-            except asyncpg.ObjectInUseError:
-                await asyncio.sleep(0.05)
+        await _without_sessions(admin, name_a,
+                                f'CREATE DATABASE "{copy_name}" TEMPLATE "{name_a}"')
         await admin.execute(f'ALTER DATABASE "{name_a}" ALLOW_CONNECTIONS true')
     finally:
         await admin.close()
     second = make_release(publisher, "pkg", "2.0")
-    for _ in range(100):  # the server reconnects after its sessions were ended
-        resp = await a.post("/v1/entries", json=second)
-        if resp.status == 201:
-            break
-        assert resp.status == 503, await resp.text()
-        await asyncio.sleep(0.1)
+    await _logged(a, second)  # the server reconnects after its sessions were ended
     await swap(pg_cluster, name_a, copy_name)
-    for _ in range(100):  # the same entry again, on the database that never had it
-        resp = await a.post("/v1/entries", json=second)
-        if resp.status == 201:
-            break
-        assert resp.status == 503, await resp.text()
-        await asyncio.sleep(0.1)
-    assert resp.status == 201, await resp.text()
+    await _logged(a, second)  # the same entry again, on the database that never had it
     answer = json.loads(await read(a, "/v1/package-state?package=pkg"))
     assert [r["version"] for r in answer["state"]["releases"]] == ["1.0", "2.0"]
     # the proof verifies against the map root: the nodes are in this database

@@ -19,7 +19,9 @@ from verifier.protocol.package_state import (
     Record,
     build_states,
     check_map_root_leaf,
+    package_key,
     parse_map_root_entry,
+    state_hash,
     verify_no_state,
     verify_state,
 )
@@ -79,12 +81,9 @@ async def test_a_state_that_omits_a_halt_does_not_verify(client: Any, publisher:
         verify_state(root, "com.acme.app", older, proof)
 
 
-async def test_the_map_root_is_what_a_monitor_recomputes_from_the_entries(
-        client: Any, publisher: Signer) -> None:
-    for i in range(5):
-        await post(client, make_release(publisher, f"pkg{i % 3}", f"1.{i}"), 201)
-    await post(client, statement(publisher, YANK_KIND, "pkg0", "1.0"), 201)
-    size = await tree_size(client)
+async def recomputed_root(client: Any, size: int) -> bytes:
+    """The map root over entries [0, size - 1), recomputed from the entries alone, as a
+    monitor does."""
     records = []
     for index in range(size - 1):
         data = await leaf(client, index)
@@ -93,19 +92,23 @@ async def test_the_map_root_is_what_a_monitor_recomputes_from_the_entries(
             continue
         except ValueError:
             pass
-        e = parse_log_leaf(data)
-        records.append(Record(index, leaf_hash(data), e.kind, e.package, e.version,  # type: ignore[union-attr]
+        e: Any = parse_log_leaf(data)
+        records.append(Record(index, leaf_hash(data), e.kind, e.package, e.version,
                               getattr(e, "counter", None)))
-    states = build_states(records)
     mirror = SparseMap()
-    mirror.apply(mirror.update((k, v) for k, v in _hashes(states)))
+    mirror.apply(mirror.update(
+        (package_key(p), state_hash(s)) for p, s in build_states(records).items()))
+    return mirror.root()
+
+
+async def test_the_map_root_is_what_a_monitor_recomputes_from_the_entries(
+        client: Any, publisher: Signer) -> None:
+    for i in range(5):
+        await post(client, make_release(publisher, f"pkg{i % 3}", f"1.{i}"), 201)
+    await post(client, statement(publisher, YANK_KIND, "pkg0", "1.0"), 201)
+    size = await tree_size(client)
     _, root = parse_map_root_entry(await leaf(client, size - 1))
-    assert mirror.root() == root
-
-
-def _hashes(states: dict[str, Any]) -> list[tuple[bytes, bytes]]:
-    from verifier.protocol.package_state import package_key, state_hash
-    return [(package_key(p), state_hash(s)) for p, s in states.items()]
+    assert await recomputed_root(client, size) == root
 
 
 async def test_a_package_never_released_is_proven_absent(client: Any, publisher: Signer) -> None:

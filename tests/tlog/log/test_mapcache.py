@@ -14,20 +14,15 @@ from aiohttp.test_utils import TestClient
 
 from tests.support import make_release
 from tests.tlog.http.test_lifecycle import statement
-from tests.tlog.http.test_package_state import leaf, tree_size
+from tests.tlog.http.test_package_state import leaf, recomputed_root, tree_size
 from tlog.config import Config
 from tlog.http.app import create_app
 from tlog.log.mapcache import MapBatch, MapCache
-from verifier.protocol.entries.kinds import parse_log_leaf
 from verifier.protocol.entries.lifecycle import HALT_KIND, ROLLOUT_KIND
-from verifier.protocol.merkle import leaf_hash
 from verifier.protocol.note import Signer
 from verifier.protocol.package_state import (
-    Record,
-    build_states,
     package_key,
     parse_map_root_entry,
-    state_hash,
 )
 from verifier.protocol.statemap import SparseMap, stored_hash
 
@@ -73,25 +68,6 @@ async def _post_until_logged(client: Client, entry: dict[str, Any]) -> int:
     raise AssertionError("never logged")
 
 
-async def _recomputed_root(client: Client, size: int) -> bytes:
-    """The map root over entries [0, size - 1), from the entries alone."""
-    records = []
-    for index in range(size - 1):
-        data = await leaf(client, index)
-        try:
-            parse_map_root_entry(data)
-            continue
-        except ValueError:
-            pass
-        e: Any = parse_log_leaf(data)
-        records.append(Record(index, leaf_hash(data), e.kind, e.package, e.version,
-                              getattr(e, "counter", None)))
-    mirror = SparseMap()
-    mirror.apply(mirror.update(
-        (package_key(p), state_hash(s)) for p, s in build_states(records).items()))
-    return mirror.root()
-
-
 async def test_map_roots_stay_right_with_rollbacks_and_two_writers_in_turn(
         two_logs: tuple[Client, Client], publisher: Signer) -> None:
     refused = 0
@@ -107,7 +83,7 @@ async def test_map_roots_stay_right_with_rollbacks_and_two_writers_in_turn(
         size = await tree_size(client)
         covered, root = parse_map_root_entry(await leaf(client, size - 1))
         assert covered == size - 1
-        assert root == await _recomputed_root(client, size), f"after submission {i}"
+        assert root == await recomputed_root(client, size), f"after submission {i}"
     assert refused > 0  # rollbacks did happen, after the map work of their batch
 
 
