@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from verifier.protocol.package_state import PackageState
-from verifier.protocol.statemap import EMPTY, bit, node_id
+from verifier.protocol.statemap import EMPTY, path_by_hash
 
 MAX_NODES = 20_000  # about 5 MB: the upper levels, which every batch walks, stay in
 MAX_RELEASES = 10_000  # releases in the states kept (about 6 MB): bounds memory whatever
@@ -75,23 +75,9 @@ class MapCache:
         found: dict[int, bytes] = {}
         missing: list[bytes] = []
         for key in keys:
-            if not self._walk_one(root, key, found):
+            if not path_by_hash(self.nodes, root, key, found):
                 missing.append(key)
         return found, missing
-
-    def _walk_one(self, root: bytes, key: bytes, found: dict[int, bytes]) -> bool:
-        at, depth = root, 0
-        while True:
-            node = self.nodes.get(at)
-            if node is None:
-                return False
-            found[node_id(key, depth)] = node
-            if node[:1] != b"N":  # a leaf: the key's own or another's
-                return True
-            at = node[33:65] if bit(key, depth) else node[1:33]
-            depth += 1
-            if at == EMPTY:
-                return True
 
     def commit(self, batch: MapBatch) -> None:
         """The batch is durable: keep its nodes and states."""

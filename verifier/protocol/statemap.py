@@ -51,7 +51,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import hmac
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -95,6 +95,25 @@ def stored_hash(stored: bytes) -> bytes:
     if stored[:1] == b"N":
         return map_node_hash(stored[1:33], stored[33:65])
     return map_leaf_hash(stored[1:33], stored[33:65])
+
+
+def path_by_hash(nodes: Mapping[bytes, bytes], root: bytes, key: bytes,
+                 found: dict[int, bytes]) -> bool:
+    """Add to `found` (by node id) the stored nodes on the key's path from `root`, taking
+    each from `nodes` by its hash: what SparseMap needs to update or prove the key when
+    nodes are kept by hash (a log's table, a cache of it). False when a node on the way
+    is not in `nodes`."""
+    at, depth = root, 0
+    while at != EMPTY:
+        node = nodes.get(at)
+        if node is None:
+            return False
+        found[node_id(key, depth)] = node
+        if node[:1] != b"N":  # a leaf: the key's own or another's
+            return True
+        at = node[33:65] if bit(key, depth) else node[1:33]
+        depth += 1
+    return True
 
 
 class NodeStore(Protocol):

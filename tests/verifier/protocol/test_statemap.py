@@ -203,3 +203,24 @@ def test_store_missing_node_fails_loudly() -> None:
     with pytest.raises(LookupError):
         for n in range(10):
             smap.prove(h(n))
+
+
+def test_a_path_by_hash_is_the_path_by_id() -> None:
+    """path_by_hash (nodes kept by hash) finds exactly the nodes SparseMap keeps by id on a
+    key's path, and says when one is missing."""
+    import hashlib
+
+    from verifier.protocol.statemap import SparseMap, node_id, path_by_hash, stored_hash
+    m = SparseMap()
+    keys = [hashlib.sha256(bytes([i])).digest() for i in range(40)]
+    m.apply(m.update((k, hashlib.sha256(k).digest()) for k in keys))
+    by_id = dict(m.store)  # type: ignore[call-overload]
+    by_hash = {stored_hash(n): n for n in by_id.values()}
+    for key in [*keys[:5], hashlib.sha256(b"absent").digest()]:
+        found: dict[int, bytes] = {}
+        assert path_by_hash(by_hash, m.root(), key, found)
+        assert found and all(by_id[i] == n for i, n in found.items())
+        assert node_id(key, 0) in found
+        assert SparseMap(found).prove(key) == m.prove(key)  # all the proof needs
+    missing: dict[int, bytes] = {}
+    assert not path_by_hash({}, m.root(), keys[0], missing)
