@@ -138,10 +138,9 @@ class StateHasher:
             done, last, data = self._kept.get(package, (0, -1, bytearray()))
             if done > len(releases) or (done and releases[done - 1].get("index") != last):
                 done, data = 0, bytearray()
-            for release in releases[done:]:
-                if data:
-                    data += b","
-                data += _release_jcs(release)
+            new = b",".join([_release_jcs(r) for r in releases[done:]])
+            if new:
+                data += b"," + new if data else new
         except (EntryError, AttributeError, TypeError):
             return None  # not what StateBuilder makes: state_hash decides (and raises)
         if releases:
