@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from tlog.config import Config, pool_options, quorum_rule
 from tlog.http.access import Buckets, ClientInFlight, InFlight, client_identity
@@ -214,17 +214,21 @@ async def _tie_to_database(app: web.Application) -> None:
         reader.on_swap(files.drop)
 
 
-async def _watch_database(check: Callable[[], Awaitable[None]],
-                          every: float = WATCH_EVERY) -> None:
+async def _watch_database(check: Callable[[], Awaitable[None]], up: Gauge) -> None:
     """Every few seconds, whether the database is still the one the caches came from: a
     swap under a running server (renamed databases, a pooler sending us elsewhere) breaks
-    no connection of ours, and cache hits make no query that would notice."""
+    no connection of ours, and cache hits make no query that would notice. `up` says
+    whether it answered (tlog_database_up); startup has just reached it."""
+    up.set(1)
     while True:
-        await asyncio.sleep(every)
+        await asyncio.sleep(WATCH_EVERY)
         try:
             await check()
+            up.set(1)
         except Exception as exc:  # an outage: the requests meeting it answer 503
-            if not database_unavailable(exc):
+            if database_unavailable(exc):
+                up.set(0)
+            else:
                 log.exception("checking which database answers failed")
 
 
@@ -268,7 +272,9 @@ def create_app(config: Config) -> web.Application:
                 if running.witnesses is not None:
                     app[WITNESS_STATUS] = running.witnesses.status
                 await _tie_to_database(app)
-                watch = asyncio.create_task(_watch_database(running.storage.check_database),
+                metrics.append.waiting.set_function(lambda: running.sequencer.waiting)
+                watch = asyncio.create_task(_watch_database(running.storage.check_database,
+                                                            metrics.database_up),
                                             name="tlog-watch-database")
                 try:
                     if config.read_database_url is None:

@@ -33,6 +33,11 @@ class Metrics:
         self.standby_fallbacks = Counter(
             "tlog_standby_fallbacks", "Reads sent to the primary instead of the standby",
             ["reason"], registry=self.registry)
+        # The periodic check that the database is the same one (tlog.http.app, every few
+        # seconds): 1 when it answered, 0 when it was unavailable.
+        self.database_up = Gauge(
+            "tlog_database_up", "Whether the database answered the last periodic check",
+            registry=self.registry)
         self.standby_lag = Gauge(
             "tlog_standby_lag_entries", "Tree sizes the standby's replay is behind the "
             "largest published size this process knows", registry=self.registry)

@@ -1,4 +1,5 @@
-"""The append path's metrics: batch sizes and times, failed batches, the tree size.
+"""The append path's metrics: batch sizes and times, failed batches, the tree size, the
+submissions waiting and when a checkpoint was last signed.
 
 They live here, below tlog.http, because the sequencer records them and the log layer never
 imports the HTTP layer. The HTTP app creates them on its own registry (tlog.http.metrics)
@@ -35,6 +36,20 @@ class AppendMetrics:
         self.tree_size = Gauge(
             "tlog_tree_size", "Size of the latest checkpoint this process published or saw",
             registry=registry)
+        # With `waiting`, what tells a stalled log from an idle one: submissions waiting and
+        # no checkpoint signed for a while (deploy/prometheus/alerts.yml). Set by the app
+        # from the sequencer's count when it serves (Gauge.set_function).
+        self.waiting = Gauge(
+            "tlog_append_waiting", "Submissions queued and not yet in an append batch",
+            registry=registry)
+        self.checkpoint_time = Gauge(
+            "tlog_checkpoint_timestamp_seconds", "UNIX time of the latest checkpoint this "
+            "process signed and committed (0: none since it started)", registry=registry)
+
+    def checkpoint(self, size: int) -> None:
+        """A checkpoint of `size` leaves this process signed has committed."""
+        self.tree_size.set(size)
+        self.checkpoint_time.set_to_current_time()
 
 
 class WitnessMetrics:

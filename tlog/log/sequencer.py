@@ -343,7 +343,7 @@ class Sequencer:
         if latest is None:  # only possible for an empty batch, which _next_batch never makes
             raise UnavailableError("the log has no checkpoint yet")
         self._tip = (latest.size, latest.root, builder.edge())
-        self.metrics.tree_size.set(latest.size)
+        self.metrics.checkpoint(latest.size)
         # Published now: reads of this process (a standby's router among them) know it.
         self.storage.published = max(self.storage.published, latest.size)
         return plan.outcome, latest
