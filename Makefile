@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck unit bench bench-verifier bench-mirror clean postgres softhsm pgbouncer nginx
+.PHONY: run test lint typecheck unit bench bench-verifier bench-mirror clean postgres softhsm pgbouncer nginx deploy-tools
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tlog needs Python >= 3.11")'
@@ -24,6 +24,13 @@ pgbouncer:
 nginx:
 	@deploy/ensure-nginx.sh
 
+# What the deploy/ tests check with: promtool, docker-compose (no engine), hadolint, systemd-analyze.
+deploy-tools: $(STAMP)
+	@deploy/ensure-prometheus.sh
+	@deploy/ensure-compose.sh
+	@deploy/ensure-hadolint.sh $(VENV)
+	@deploy/ensure-systemd.sh
+
 run: $(STAMP) postgres
 	$(BIN)/tlog dev
 
@@ -33,7 +40,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) postgres softhsm pgbouncer nginx
+unit: $(STAMP) postgres softhsm pgbouncer nginx deploy-tools
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
