@@ -41,8 +41,8 @@ def test_compose_itself_accepts_the_file() -> None:
     found = shutil.which("docker-compose")
     if found is not None:
         argv = [found, "-f", str(COMPOSE), "config", "--quiet"]
-    elif subprocess.run(["docker", "compose", "version"], capture_output=True,
-                        check=False).returncode == 0:
+    elif shutil.which("docker") and subprocess.run(
+            ["docker", "compose", "version"], capture_output=True, check=False).returncode == 0:
         argv = ["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"]
     else:
         tool("docker-compose", "ensure-compose.sh")  # skips, saying how to get it
