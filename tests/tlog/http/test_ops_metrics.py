@@ -64,7 +64,9 @@ async def test_a_stalled_append_shows_submissions_waiting_and_no_new_checkpoint(
     await blocker.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
     posts = [asyncio.ensure_future(client.post(
         "/v1/entries", json=make_release(publisher, "app", "2.0")))]
-    await asyncio.sleep(0.2)  # its batch taken, waiting for the lock
+    while not await blocker.fetchval(  # its batch taken, waiting for the lock
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"):
+        await asyncio.sleep(0.02)
     posts += [asyncio.ensure_future(client.post(
         "/v1/entries", json=make_release(publisher, "app", f"2.{i}"))) for i in range(1, 4)]
     try:
