@@ -229,7 +229,7 @@ def fetch_note(log: HttpFetcher, path: str) -> tuple[str | None, str | None]:
     raise TransportError(f"{log.where(path.lstrip('/'))} answered {code}{_error_text(raw)}")
 
 
-def open_note(note: str, key: Verifier, path: str) -> tuple[int, str]:
+def opened_checkpoint(note: str, key: Verifier, path: str) -> tuple[int, str]:
     """(size, body) of `note` signed by `key`; VerificationFailed with the reason if not."""
     try:
         checkpoint = open_checkpoint(note, key)
@@ -282,7 +282,7 @@ def check_checkpoint(log: HttpFetcher, key: Verifier | None, policy: Policy | No
         except NoteError as exc:
             raise VerificationFailed(f"GET /checkpoint is not a signed note: {exc}") from exc
         return out, {}
-    size, body = open_note(note, key, "/checkpoint")
+    size, body = opened_checkpoint(note, key, "/checkpoint")
     out.update(size=size, verified=True)
     if policy is None:
         out["cosignatures"] = unverified_cosignatures(note, key)
@@ -321,7 +321,7 @@ def witness_report(log: HttpFetcher, key: Verifier | None, policy: Policy | None
             path = f"/v1/checkpoints/{tree}"
             note, _ = fetch_note(log, path)
             if note is not None:
-                _, body = open_note(note, key, path)
+                _, body = opened_checkpoint(note, key, path)
                 for name in cosigned_by(policy, note, body, path):
                     verified[name] = tree
     names = list(policy.witnesses) if policy is not None else sorted(reported)
@@ -413,17 +413,20 @@ def _render_tree(report: dict[str, Any], paint: Callable[[str, str], str]) -> li
     stamp = ("" if when is None else " (stored " + datetime.fromtimestamp(when, UTC).strftime(
         "%Y-%m-%d %H:%M:%S UTC") + ")")
     lines.append(f"checkpoint   signed {_ago(report['checkpoint_age_seconds'])}{stamp}")
-    checkpoint, key = report.get("checkpoint") or {}, report.get("key")
-    if not checkpoint.get("served", True):
+    checkpoint, key = report.get("checkpoint"), report.get("key")
+    if checkpoint is None:  # its check failed: the status line says why
+        return lines
+    if not checkpoint["served"]:
         lines.append(f"             {paint('not served', 'warn')}: {checkpoint['problem']}")
     elif key is None:
         lines.append(f"             {paint('not verified', 'warn')}: {report['key_problem']}")
     else:
         note = "" if key["pinned"] else "  " + paint("(key not pinned: give --key or --policy)",
                                                      "warn")
+        source = key["source"] if key["pinned"] else "GET /v1/log"
+        name, kid = key["vkey"].split("+")[:2]
         lines.append(f"             size {checkpoint['size']} {paint('verified', 'good')} "
-                     f"with {key['vkey'].split('+')[0]}+{key['vkey'].split('+')[1]} from "
-                     f"{key['source'].split(' (')[0]}{note}")
+                     f"with {name}+{kid} from {source}{note}")
     return lines
 
 
