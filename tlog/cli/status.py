@@ -119,7 +119,8 @@ def _finish(args: argparse.Namespace, report: dict[str, Any], verdict: str, code
     else:
         paint = colours() if sys.stdout.isatty() else _plain
         print(render(report, paint), end="")
-        if code in (EXIT_TRANSPORT, EXIT_FAILED):  # the reason where scripts look for it
+        if code in (EXIT_TRANSPORT, EXIT_FAILED) and not sys.stdout.isatty():
+            # the reason where scripts look for it too (a terminal shows it above)
             print(f"tlog status: {report['problems'][0]}", file=sys.stderr)
     return code
 
@@ -183,7 +184,8 @@ def _status_shape(doc: Any) -> bool:
             and isinstance(doc["database"].get("reachable"), bool)
             and (doc.get("witnesses") is None or isinstance(doc.get("witnesses"), dict))
             and isinstance(doc.get("refusals"), dict)
-            and isinstance(doc["refusals"].get("by_code"), dict))
+            and isinstance(doc["refusals"].get("by_code"), dict)
+            and all(size(n) for n in doc["refusals"]["by_code"].values()))
 
 
 def _error_text(raw: bytes) -> str:
@@ -308,7 +310,8 @@ def witness_report(log: HttpFetcher, key: Verifier | None, policy: Policy | None
     """Each witness: the size it cosigned (verified where a signature shows it, else as the
     log reports it) against the tree size, and whether it is behind."""
     told = status["witnesses"] or {}
-    reported: dict[str, Any] = told.get("witnesses") or {}
+    listed = told.get("witnesses")
+    reported: dict[str, Any] = listed if isinstance(listed, dict) else {}
     if policy is None and not told:
         return None
     tree = _tree_size(report)
@@ -342,6 +345,7 @@ def _witness_row(name: str, verified: int | None, told: Any, tree: int | None
     said = told.get("cosigned_size")
     size = verified if verified is not None else (said if isinstance(said, int) else None)
     return {"name": name, "size": size, "verified": verified is not None,
+            "reported": bool(told),  # the log lists it: its witness task asks it
             "behind": tree is not None and (size is None or size < tree),
             "last_error": told.get("last_error"),
             "seconds_since_success": told.get("seconds_since_success"),
@@ -439,8 +443,9 @@ def _render_witnesses(report: dict[str, Any], paint: Callable[[str, str], str]) 
             f"{'' if c['verified'] else ', not verified'})" for c in cosigs))
     if "quorum_met" in checkpoint:
         met = paint("met", "good") if checkpoint["quorum_met"] else paint("MISSED", "warn")
-        lines.append(f"quorum       {met}: {checkpoint['quorum']}; witnessed "
-                     f"{_ago(checkpoint['witnessed_age_seconds'])}")
+        age = checkpoint["witnessed_age_seconds"]
+        lines.append(f"quorum       {met}: {checkpoint['quorum']}"
+                     + ("" if age is None else f"; witnessed {_ago(age)}"))
     witnesses = report.get("witnesses")
     if witnesses is None:
         return lines
@@ -455,7 +460,8 @@ def _render_witnesses(report: dict[str, Any], paint: Callable[[str, str], str]) 
 def _witness_line(row: dict[str, Any], tree: int | None, paint: Callable[[str, str], str]
                   ) -> str:
     size = "never cosigned" if row["size"] is None else f"cosigned {row['size']} of {tree}"
-    how = "verified" if row["verified"] else "as the log reports"
+    how = ("verified" if row["verified"] else "as the log reports" if row["reported"]
+           else "no cosignature seen")
     text = (paint("behind", "warn") + ": " if row["behind"] else paint("current", "good")
             + ": ") + f"{size} ({how})"
     if row["fork_alarm"]:

@@ -253,6 +253,7 @@ def test_database_down_is_reported_unhealthy_without_a_crash(
     server = start_server(url, log_files[0], tmp_path)
     try:
         assert post(server.url, make_release(publisher, "com.acme.app", "1.0")) == 201
+        # (this also has the server serve /checkpoint once: it keeps that note for outages)
         assert status("--log", server.url, "--key", str(log_files[1])).returncode == 0
         own_cluster.stop()
         time.sleep(SHARED_FOR)  # the server's last probe, from before, is shared this long
