@@ -169,8 +169,9 @@ def fetch_status(log: HttpFetcher) -> dict[str, Any]:
 
 def _status_shape(doc: Any) -> bool:
     """The members this command reads, with their types (the rest is shown as given)."""
-    def number(v: Any) -> bool:
-        return isinstance(v, int | float) and not isinstance(v, bool)
+    def number(v: Any) -> bool:  # a time: finite, and within what a date can show
+        return (isinstance(v, int | float) and not isinstance(v, bool)
+                and 0 <= v < 253402300800)  # (NaN compares false: refused too)
 
     def size(v: Any) -> bool:
         return v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)

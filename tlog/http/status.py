@@ -138,10 +138,10 @@ class StatusProbe:
 
 
 def _reason(exc: BaseException) -> str:
+    """The error's kind only, as /readyz says it: its text may name hosts, sockets, users."""
     if isinstance(exc, TimeoutError):
         return f"no answer within {PROBE_TIMEOUT:g} s"
-    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return type(exc).__name__
 
 
 REFUSALS: web.AppKey[RecentRefusals] = web.AppKey("recent_refusals", RecentRefusals)

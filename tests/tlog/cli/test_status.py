@@ -25,6 +25,7 @@ from tests.test_witness_quorum import process
 from tests.tlog.sizes import leaves
 from tests.tlog.test_outage import new_database, own_cluster
 from tlog.cli.pgcluster import Cluster
+from tlog.cli.status import _status_shape
 from tlog.http.status import SHARED_FOR
 from verifier.protocol.cosignature import generate_witness_key
 from verifier.protocol.note import Signer
@@ -280,3 +281,16 @@ def test_database_down_is_reported_unhealthy_without_a_crash(
                if "tlog.access: " in line]
     assert {a["status"] for a in answers if a["route"] == "/v1/status"} == {200}
     assert " ERROR tlog" not in server.output()
+
+
+def test_a_status_answer_of_the_wrong_shape_is_refused_not_trusted() -> None:
+    """What the command reads is checked before use: a hostile or broken server's numbers
+    (a time of Infinity, a negative size, a non-number count) are a transport failure."""
+    good = {"origin": "log", "time": 1.0, "tree_size": 0, "checkpoint_time": None,
+            "submissions_waiting": 0, "appends": "running", "database": {"reachable": True},
+            "witnesses": None, "refusals": {"by_code": {"not_found": 1}}}
+    assert _status_shape(good)
+    for bad in ({"time": float("inf")}, {"time": float("nan")}, {"checkpoint_time": 1e300},
+                {"tree_size": -1}, {"tree_size": True}, {"appends": "maybe"},
+                {"database": {}}, {"refusals": {"by_code": {"x": "many"}}}, {"origin": 1}):
+        assert not _status_shape({**good, **bad}), bad
