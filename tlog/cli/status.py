@@ -87,9 +87,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         policy = read_policy(args.policy) if args.policy else None
         pinned = read_vkey(args.key, "log key") if args.key else None
         log = HttpFetcher(args.log, timeout=TIMEOUT, deadline=DEADLINE, tls=tls_files(args))
-    except UsageError as exc:
-        return _usage(str(exc))
-    except RemoteError as exc:
+    except (UsageError, RemoteError) as exc:
         return _usage(str(exc))
     report: dict[str, Any] = {"log": args.log}
     try:
@@ -208,8 +206,10 @@ def choose_key(log: HttpFetcher, policy: Policy | None, pinned: Verifier | None,
         return pinned, f"--key {args.key}"
     if policy is not None and policy.logs:
         named = [line.key for line in policy.logs if line.key.name == origin]
-        if len(policy.logs) == 1 or named:
-            return (named or [policy.logs[0].key])[0], f"the policy's log line ({args.policy})"
+        if len(policy.logs) > 1 and not named:
+            raise VerificationFailed(f"none of the logs of {args.policy} is {origin!r}, the "
+                                     "origin the log says it has")
+        return (named or [policy.logs[0].key])[0], f"the policy's log line ({args.policy})"
     code, raw = log.request("GET", "/v1/log", limit=MAX_JSON)
     if code != 200:
         return None, f"no log key: GET /v1/log answered {code}{_error_text(raw)}"
@@ -386,7 +386,7 @@ def colours() -> Callable[[str, str], str]:
     """ANSI colours for a terminal, unless NO_COLOR (no-color.org) or TERM=dumb says not."""
     if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
         return _plain
-    codes = {"good": "32", "warn": "33", "bad": "31;1", "dim": "2"}
+    codes = {"good": "32", "warn": "33", "bad": "31;1"}
     return lambda text, tone: f"\x1b[{codes[tone]}m{text}\x1b[0m"
 
 

@@ -28,7 +28,7 @@ from tlog.cli.pgcluster import Cluster
 from tlog.cli.status import _status_shape
 from tlog.http.status import SHARED_FOR
 from verifier.protocol.cosignature import generate_witness_key
-from verifier.protocol.note import Signer
+from verifier.protocol.note import Signer, generate_key
 
 __all__ = ["own_cluster"]  # the fixture: a PostgreSQL cluster this module may stop
 COMMAND = [sys.executable, "-m", "tlog.cli", "status"]
@@ -120,6 +120,12 @@ def test_a_healthy_log_shows_its_size_checkpoint_database_and_recent_refusals(
     assert doc["database"]["reachable"] is True and doc["witnesses"] is None
     assert doc["refusals"] == {"window_seconds": 300,
                                "by_code": {"bad_package": 3, "not_found": 1}}
+
+    other = Path(vkey).with_name("other.vkey")
+    other.write_text(generate_key("log.example.org/other").verifier().text() + "\n")
+    wrong = status("--log", server.url, "--key", str(other))
+    assert wrong.returncode == 1, wrong.stdout + wrong.stderr
+    assert "but the log key given is 'log.example.org/other': not the same log" in wrong.stderr
 
     unpinned = status("--log", server.url)
     assert unpinned.returncode == 0, unpinned.stdout + unpinned.stderr
