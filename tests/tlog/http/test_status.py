@@ -11,8 +11,10 @@ from aiohttp.test_utils import TestClient
 from tests.support import make_release
 from tests.tlog.http.test_openapi import Spec, load_spec
 from tests.tlog.sizes import leaves
+from tlog.config import Config, Quotas
+from tlog.http.app import create_app
 from tlog.http.handlers import SEQUENCER
-from tlog.http.status import MAX_CODES, OTHER, PROBE, RecentRefusals
+from tlog.http.status import MAX_CODES, OTHER, PROBE, REFUSALS, RecentRefusals
 from verifier.protocol.note import Signer
 
 Client = TestClient[web.Request, web.Application]
@@ -64,6 +66,21 @@ async def test_status_takes_no_parameters_and_its_refusal_is_counted(client: Cli
     # the probe is shared for a second; the refusal counts are read live
     assert (await status_of(client))["refusals"]["by_code"] == {
         "method_not_allowed": 1, "unknown_parameter": 1}
+
+
+async def test_status_spends_the_read_quota_and_reports_its_own_refusal(
+        aiohttp_client: Any, database_url: str, log_signer: Signer) -> None:
+    """A client polling /v1/status in a loop is held to its read quota like any reader."""
+    app = create_app(Config(database_url=database_url, signer=log_signer, policy="open",
+                            host="127.0.0.1", port=0,
+                            quotas=Quotas(read_rate=0.001, read_burst=3)))
+    client: Client = await aiohttp_client(app)
+    for _ in range(3):
+        assert (await client.get("/v1/status")).status == 200
+    resp = await client.get("/v1/status")
+    await Spec(load_spec()).check(resp, "/v1/status")
+    assert resp.status == 429 and (await resp.json())["error"]["code"] == "rate_limited"
+    assert app[REFUSALS].totals() == {"rate_limited": 1}
 
 
 class Clock:
