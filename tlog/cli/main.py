@@ -27,6 +27,7 @@ from tlog.cli.remote import (
     add_token_options,
     refuse_secret_option,
 )
+from tlog.cli.status import add_status_command
 from tlog.config import (
     DEFAULT_LISTEN,
     PKCS11_OPTIONS,
@@ -367,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_mirror_command(sub)
     add_bench_command(sub)
     add_releases_from_command(sub)
+    add_status_command(sub)
 
     d = sub.add_parser("dev", help="run a local log with its own PostgreSQL (the embedded default)")
     d.add_argument("--home", default=".tlog", help="state directory (default ./.tlog)")

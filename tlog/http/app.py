@@ -55,6 +55,7 @@ from tlog.http.outage import (
 )
 from tlog.http.packages import add_package_routes
 from tlog.http.recent import RECENT, RecentCheckpoint
+from tlog.http.status import REFUSALS, add_status_routes
 from tlog.http.tokens import TokenAuthority
 from tlog.log.sequencer import RefusedError, UnavailableError
 from tlog.log.startup import running_log
@@ -188,6 +189,7 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     request.app[REQUEST_METRICS].record(route, resp.status, elapsed)
     if resp.status >= 400:
         request.app[METRICS].refusals.labels(resp.get(ERROR_CODE, "unknown")).inc()
+        request.app[REFUSALS].count(resp.get(ERROR_CODE, "unknown"))  # GET /v1/status
     if access_log.isEnabledFor(logging.INFO):  # else skip building the line
         access_log.info(json.dumps({
             "id": request_id, "method": request.method, "route": route, "status": resp.status,
@@ -257,6 +259,7 @@ def create_app(config: Config) -> web.Application:
     add_checkpoint_routes(app)
     add_package_routes(app)
     add_admin_routes(app)
+    add_status_routes(app)
     app.router.add_get("/metrics", get_metrics)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

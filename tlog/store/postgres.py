@@ -56,6 +56,8 @@ SQL_BY_PACKAGE_VERSION = _page_sql("package = $1 AND version = $2 AND idx > $3",
 SQL_LATEST_CHECKPOINT = (
     "SELECT tree_size, root, note FROM checkpoints ORDER BY tree_size DESC LIMIT 1")
 SQL_CHECKPOINT_AT = "SELECT tree_size, root, note FROM checkpoints WHERE tree_size = $1"
+SQL_CHECKPOINT_TIME = (
+    "SELECT extract(epoch FROM created_at)::float8 FROM checkpoints WHERE tree_size = $1")
 SQL_ENTRY = "SELECT leaf FROM entries WHERE idx = $1"
 # Each entry with its C2SP bundle prefix, a big-endian uint16 length (the low two bytes of
 # int4send), so a bundle is a plain join. One value per row, not one string_agg: PostgreSQL
@@ -266,6 +268,10 @@ class Storage(CosignedStore):
 
     async def checkpoint_at(self, size: int) -> StoredCheckpoint | None:
         return _checkpoint(await self.pool.fetchrow(SQL_CHECKPOINT_AT, size))
+
+    async def checkpoint_time(self, size: int) -> float | None:
+        found = await self.pool.fetchval(SQL_CHECKPOINT_TIME, size)
+        return None if found is None else float(found)
 
     async def package_state(self, package: str, size: int
                             ) -> tuple[dict[str, Any] | None, bytes, bytes] | None:

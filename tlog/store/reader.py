@@ -49,6 +49,11 @@ class LogReader(Protocol):
         """The checkpoint the log published for a tree of exactly `size` leaves, if any."""
         ...
 
+    async def checkpoint_time(self, size: int) -> float | None:
+        """When the log stored its checkpoint of `size` (UNIX seconds, the database's
+        clock); None if there is none (for GET /v1/status)."""
+        ...
+
     async def tile(self, level: int, n: int) -> bytes | None:
         """Hash tile (level, n) as stored, full or the widest partial; None if there is none."""
         ...

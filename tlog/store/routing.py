@@ -258,6 +258,9 @@ class RoutingReader:
     async def cosignature_lines(self, size: int) -> list[str]:
         return await self.primary.cosignature_lines(size)
 
+    async def checkpoint_time(self, size: int) -> float | None:
+        return await self.primary.checkpoint_time(size)
+
     async def ping(self) -> None:
         """Readiness is the primary's: it is where writes commit."""
         await self.primary.ping()
