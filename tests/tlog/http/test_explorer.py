@@ -200,7 +200,8 @@ async def test_entry_page_shows_the_entry_its_proof_and_the_check(client: Any,
                      text)
     assert keys and keys.group(1).startswith("log.example.org/test+")
     assert keys.group(2) == f"log {keys.group(1)}\nquorum none\n"
-    assert '<button id="pin-keys" type="button">' in text and 'id="unpin-keys"' in text
+    # Shown by the script (pinning needs it): pin while unpinned, forget once pinned.
+    assert '<button id="pin-keys" type="button" hidden>' in text and 'id="unpin-keys"' in text
 
 
 @pytest.mark.parametrize("path,status", [("/entry/99", 404), ("/entry/-1", 400),

@@ -98,8 +98,10 @@ def _checkpoint_html(request: web.Request, stored: StoredCheckpoint | None) -> S
             stamp = int.from_bytes(sig.signature[:8], "big")
             times.append(stamp)
             when = f", {_age(max(now - stamp, 0))} ago"
-        items.append(render("cosigner.html", name=shown(sig.name), key_id=sig.key_id.hex(),
-                            when=when))
+        named = next((w.name for w in (policy.witnesses.values() if policy else ())
+                      if w.key.matches(sig)), None)
+        name = shown(sig.name) if named is None else f"{shown(named)} ({shown(sig.name)})"
+        items.append(render("cosigner.html", name=name, key_id=sig.key_id.hex(), when=when))
     age = (f"cosigned {_age(max(now - max(times), 0))} ago" if times
            else "not cosigned (the log runs without a witness policy)" if policy is None
            else "no cosignature")
@@ -124,7 +126,7 @@ async def home(request: web.Request) -> web.Response:
         recent = render("recent.html", rows=body)
     else:
         recent = Safe('<p id="no-releases">No releases yet.</p>')
-    return page(request, PageKind.HOME, "tlog explorer",
+    return page(request, PageKind.HOME, "Home",
                 render("home.html", checkpoint=_checkpoint_html(request, stored),
                        recent=recent))
 
@@ -219,7 +221,7 @@ async def entry(request: web.Request) -> web.Response:
     proof = await _proof_html(request, index, leaf, stored)
     config = request.app[CONFIG]
     policy = config.witness_policy
-    witness_keys = join((tag("li", w.key.text(), {"class": "witness-key"})
+    witness_keys = join((tag("li", f"{w.name}: {w.key.text()}", {"class": "witness-key"})
                          for w in (policy.witnesses.values() if policy else ())), "\n")
     body = render("entry.html", index=index, kind=shown(kind),
                   leaf_hash=leaf_hash(leaf).hex(), package=package_line, entry_json=pretty,

@@ -250,8 +250,14 @@ function showKeys(keys) {
     ? `Pinned in this browser${keys.pinnedAt ? " on " + keys.pinnedAt : ""}: a log offering other keys fails the check.`
     : "The keys this log's server gives (first visit): pin them to notice if they change.";
   document.getElementById("key-log").textContent = keys.vkey;
-  document.getElementById("pin-keys").hidden = keys.pinned;
-  document.getElementById("unpin-keys").hidden = !keys.pinned;
+}
+
+// Pin while this log's keys are not pinned; forget whatever is pinned (also when the check
+// failed because of a pin, so a user who trusts the change can take it back).
+function showPinButtons() {
+  const origin = (document.getElementById("keys-used").dataset.logVkey || "").split("+")[0];
+  document.getElementById("pin-keys").hidden = readPin(origin) !== null;
+  document.getElementById("unpin-keys").hidden = pinsHeld().length === 0;
 }
 
 let running = false;
@@ -272,6 +278,7 @@ async function runCheck() {
     const reason = e instanceof CheckError || e instanceof TypeError ? e.message : String(e);
     setStatus(status, "failed", `Failed: ${reason}`);
   } finally {
+    showPinButtons();
     button.disabled = false;
     running = false;
   }
@@ -297,6 +304,7 @@ function start() {
   document.getElementById("verify").addEventListener("click", runCheck);
   document.getElementById("pin-keys").addEventListener("click", pin);
   document.getElementById("unpin-keys").addEventListener("click", unpin);
+  showPinButtons();
   runCheck();
 }
 
