@@ -110,7 +110,9 @@ class LogReader(Protocol):
 
     async def recent_releases(self, limit: int, max_bytes: int) -> list[tuple[int, bytes]]:
         """(index, leaf) of the latest release/v1 entries, newest first: at most `limit`, and
-        none after the first whose leaf, with those before it, reaches `max_bytes`."""
+        none after the first whose leaf, with those before it, reaches `max_bytes`. Only
+        the latest entries are looked at (tlog.store.explore.RECENT_WINDOW): a log ending
+        in many other entries may answer fewer."""
         ...
 
     async def packages_with_prefix(self, prefix: str, limit: int) -> list[str]:

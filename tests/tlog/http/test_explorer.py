@@ -74,7 +74,7 @@ async def test_home_shows_the_checkpoint_and_recent_releases(client: Any,
 
 async def test_home_of_an_empty_log(client: Any) -> None:
     text = await html(client, "/")
-    assert "No releases yet." in text
+    assert "No releases among the latest entries." in text
 
 
 async def test_recent_releases_are_the_last_twenty(client: Any, publisher: Signer) -> None:

@@ -125,7 +125,7 @@ async def home(request: web.Request) -> web.Response:
             tag("td", shown(s.publisher))])) for s in found), "\n")
         recent = render("recent.html", rows=body)
     else:
-        recent = Safe('<p id="no-releases">No releases yet.</p>')
+        recent = Safe('<p id="no-releases">No releases among the latest entries.</p>')
     return page(request, PageKind.HOME, "Home",
                 render("home.html", checkpoint=_checkpoint_html(request, stored),
                        recent=recent))
