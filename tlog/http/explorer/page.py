@@ -12,8 +12,8 @@ from enum import Enum
 
 from aiohttp import web
 
+from tlog.http.explorer.assets import STATIC
 from tlog.http.explorer.markup import Safe, render
-from tlog.http.explorer.static import STATIC
 from tlog.http.handlers import VKEY
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
