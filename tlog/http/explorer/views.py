@@ -110,7 +110,7 @@ def _checkpoint_html(request: web.Request, stored: StoredCheckpoint | None) -> S
            else "no cosignature")
     quorum = policy.describe_quorum() if policy is not None else "none configured"
     cosigners = join(items, "\n") if items else Safe('<li class="none">none</li>')
-    return render("checkpoint.html", origin=cp.origin, size=cp.size, root=cp.root.hex(),
+    return render("checkpoint.html", origin=shown(cp.origin), size=cp.size, root=cp.root.hex(),
                   age=age, quorum=quorum, cosigners=cosigners)
 
 
