@@ -261,9 +261,11 @@ async def entry(request: web.Request) -> web.Response:
     return page(request, PageKind.ENTRY, f"Entry {index}", body, script=True)
 
 
-def _pretty(obj: dict[str, Any]) -> str:
-    """The entry as indented JSON, non-ASCII as \\u escapes (no look-alike text on show)."""
-    return json.dumps(obj, indent=2, ensure_ascii=True)
+def _pretty(obj: dict[str, Any]) -> Safe:
+    """The entry as indented JSON, non-ASCII as \\u escapes (no look-alike text on show),
+    escaped for HTML here, in the page thread: indented, a 64 KiB entry of deeply nested
+    lists grows to a megabyte or two."""
+    return esc(json.dumps(obj, indent=2, ensure_ascii=True))
 
 
 async def _proof_html(request: web.Request, index: int, leaf: bytes,
