@@ -160,6 +160,8 @@ def _banner(config: Config, home: Path, cluster: Cluster, witness_url: str | Non
     return "\n".join([
         f"tlog dev: serving {url} (policy {config.policy}; state in {home})",
         f"  log key (vkey): {config.signer.verifier().text()}",
+        f"  explorer:       {url}/ (in a browser; README, Explorer)",
+        f"  status:         tlog status --log {url}",
         f"  checkpoint:     curl -s {url}/checkpoint",
         f"  log info:       curl -s {url}/v1/log",
         f"  publish:        {recipe[0]}",
