@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck unit bench bench-verifier bench-mirror clean postgres softhsm pgbouncer nginx
+.PHONY: run test lint typecheck unit bench bench-verifier bench-mirror clean postgres softhsm pgbouncer nginx chromium
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tlog needs Python >= 3.11")'
@@ -24,6 +24,9 @@ pgbouncer:
 nginx:
 	@deploy/ensure-nginx.sh
 
+chromium:
+	@deploy/ensure-chromium.sh
+
 run: $(STAMP) postgres
 	$(BIN)/tlog dev
 
@@ -33,7 +36,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) postgres softhsm pgbouncer nginx
+unit: $(STAMP) postgres softhsm pgbouncer nginx chromium
 	$(BIN)/pytest -q
 
 test: lint typecheck unit

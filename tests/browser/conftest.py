@@ -1,0 +1,62 @@
+"""One headless Chromium and one witnessed, filled log (with its misbehaving proxies) per
+module: starting them is most of the browser tests' time."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.browser.chromium import chromium, csp_violations, missing
+from tests.browser.demolog import DemoLog, running_demo_log
+from tests.browser.proxy import MODES, MisbehavingLog
+from tests.conftest import _create_database
+from tlog.cli.pgcluster import Cluster
+
+WHY_NOT = missing()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if WHY_NOT is not None:
+        pytest.skip(WHY_NOT)
+    with chromium() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def demo(pg_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory,
+         request: pytest.FixtureRequest) -> Iterator[DemoLog]:
+    if WHY_NOT is not None:
+        pytest.skip(WHY_NOT)
+    name = f"browser{os.getpid()}_{request.module.__name__.rsplit('.', 1)[-1]}"
+    url = asyncio.run(_create_database(pg_cluster, name))
+    with running_demo_log(url, tmp_path_factory.mktemp("explorer")) as log:
+        yield log
+
+
+@pytest.fixture(scope="module")
+def misbehaving(demo: DemoLog) -> Iterator[MisbehavingLog]:
+    """One proxy per mode, plus "pinning", whose mode the pinning test changes."""
+    proxies = MisbehavingLog(demo.url, demo.signer, (*MODES, "pinning")).start()
+    proxies.rewriters["pinning"].mode = "honest"
+    try:
+        yield proxies
+    finally:
+        proxies.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_csp_violations(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every page a test loads obeys the explorer's Content-Security-Policy: Chromium logs
+    each script, style, image or connection it refused, and none may appear."""
+    if "browser" not in request.fixturenames:
+        yield
+        return
+    driver = request.getfixturevalue("browser")
+    csp_violations(driver)  # drop what an earlier test left
+    yield
+    assert csp_violations(driver) == []
