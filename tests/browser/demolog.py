@@ -74,10 +74,10 @@ def _statement(signer: Signer, kind: str, package: str, version: str,
                        **fields}, signer)
 
 
-def fill(log: DemoLog) -> None:
-    """Releases of three packages over time, lifecycle statements, and the hostile one."""
+def fill(log: DemoLog, hostile: bool = True) -> None:
+    """Releases of three packages over time, lifecycle statements, and (`hostile`) a
+    release whose strings are HTML and script."""
     acme, tools = generate_key("acme-release-bot"), generate_key("example.org/tools-ci")
-    hostile = generate_key(HOSTILE_PUBLISHER)
 
     def release(signer: Signer, package: str, version: str, counter: int,
                 **extra: Any) -> None:
@@ -93,16 +93,18 @@ def fill(log: DemoLog) -> None:
                 metadata={"source": "https://git.example.org/acme/lib", "commit": f"{n:040x}"})
         if version == "1.1":
             statement(acme, "rollout", "acme-lib", "1.1", stage="canary", percent=10)
-            statement(acme, "rollout", "acme-lib", "1.1", stage="wide", percent=50)
+            statement(acme, "rollout", "acme-lib", "1.1", stage="wider", percent=50)
             statement(acme, "halt", "acme-lib", "1.1", reason="crash reports from the canary")
             statement(acme, "yank", "acme-lib", "1.1", reason="data loss on upgrade",
                       rollback_version="1.0")
     for n, version in enumerate(("0.9.0", "1.0.0", "1.0.1", "1.1.0"), 1):
         release(tools, "example.org/tools", version, n)
     statement(tools, "rollout", "example.org/tools", "1.1.0", stage="canary", percent=5)
-    release(hostile, HOSTILE_PACKAGE, HOSTILE_VERSION, 1, metadata=HOSTILE_METADATA,
-            artifacts=[{"name": HOSTILE_ARTIFACT, "sha256": "ab" * 32, "size": 666}])
-    log.indices["hostile"] = log.indices[f"{HOSTILE_PACKAGE} {HOSTILE_VERSION}"]
+    if hostile:
+        release(generate_key(HOSTILE_PUBLISHER), HOSTILE_PACKAGE, HOSTILE_VERSION, 1,
+                metadata=HOSTILE_METADATA,
+                artifacts=[{"name": HOSTILE_ARTIFACT, "sha256": "ab" * 32, "size": 666}])
+        log.indices["hostile"] = log.indices[f"{HOSTILE_PACKAGE} {HOSTILE_VERSION}"]
     release(acme, "acme-lib", "2.0", 40)
 
 
@@ -125,8 +127,10 @@ def wait_cosigned(url: str, min_size: int, timeout: float = 30) -> str:
 
 
 @contextmanager
-def running_demo_log(database_url: str, workdir: Path) -> Iterator[DemoLog]:
-    """Two witnesses, `tlog serve` with a policy needing both, filled and cosigned."""
+def running_demo_log(database_url: str, workdir: Path,
+                     hostile: bool = True) -> Iterator[DemoLog]:
+    """Two witnesses, `tlog serve` with a policy needing both, filled (fill) and
+    cosigned."""
     signer = generate_key(ORIGIN)
     key = write_key(workdir / "log.key", signer)
     (workdir / "log.vkey").write_text(signer.verifier().text() + "\n")
@@ -150,6 +154,6 @@ def running_demo_log(database_url: str, workdir: Path) -> Iterator[DemoLog]:
             "--witness-interval", "0.2"))
         stack.callback(server.stop)
         log = DemoLog(server.url, signer, policy + "\n")
-        fill(log)
+        fill(log, hostile)
         wait_cosigned(log.url, max(log.indices.values()) + 1)
         yield log
