@@ -24,6 +24,7 @@ from tlog.http.admin import add_admin_routes
 from tlog.http.batch import add_batch_routes
 from tlog.http.checkpoints import add_checkpoint_routes
 from tlog.http.errors import ERROR_CODE, HTTP_ERROR, HTTP_EXCEPTION_CODES, STATUS, ApiError
+from tlog.http.explorer import add_explorer_routes
 from tlog.http.handlers import (
     CLIENT_BUCKETS,
     CLIENT_IN_FLIGHT,
@@ -253,6 +254,7 @@ def create_app(config: Config) -> web.Application:
     add_checkpoint_routes(app)
     add_package_routes(app)
     add_admin_routes(app)
+    add_explorer_routes(app)
     app.router.add_get("/metrics", get_metrics)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

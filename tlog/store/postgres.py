@@ -19,6 +19,7 @@ import asyncpg
 from tlog.store.caches import FULL_TILE_BYTES as FULL_TILE_BYTES  # tests read it here
 from tlog.store.caches import LruCache, TileCache
 from tlog.store.cosigned import CosignedStore
+from tlog.store.explore import ExploreStore
 from tlog.store.identity import CacheGuard
 from tlog.store.outage import DatabaseHealth, database_health
 from tlog.store.reader import (
@@ -187,9 +188,10 @@ async def _fetch_tiles(conn: Any, keys: Sequence[TileKey], cache: TileCache,
     return out
 
 
-class Storage(CosignedStore):
+class Storage(CosignedStore, ExploreStore):
     """Reads for the API (a LogReader), the token ledger, witness cosignatures
-    (tlog.store.cosigned), and `append()` transactions for the sequencer."""
+    (tlog.store.cosigned), the explorer's reads (tlog.store.explore), and `append()`
+    transactions for the sequencer."""
 
     def __init__(self, pool: asyncpg.Pool, guard: CacheGuard | None = None) -> None:
         self.pool = pool

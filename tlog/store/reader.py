@@ -108,6 +108,24 @@ class LogReader(Protocol):
         with a map-root/v1 entry (tlog.store.statemap)."""
         ...
 
+    async def recent_releases(self, limit: int, max_bytes: int) -> list[tuple[int, bytes]]:
+        """(index, leaf) of the latest release/v1 entries, newest first: at most `limit`, and
+        none after the first whose leaf, with those before it, reaches `max_bytes`. Only
+        the latest entries are looked at (tlog.store.explore.RECENT_WINDOW): a log ending
+        in many other entries may answer fewer."""
+        ...
+
+    async def packages_with_prefix(self, prefix: str, limit: int) -> list[str]:
+        """At most `limit` package names (of releases and lifecycle statements) starting
+        with `prefix`, in order."""
+        ...
+
+    async def package_latest(self, package: str, limit: int,
+                             max_bytes: int) -> list[tuple[int, bytes]]:
+        """(index, leaf) of the latest entries of `package` (releases and lifecycle
+        statements), newest first, bounded by `limit` and `max_bytes` as recent_releases."""
+        ...
+
     async def ping(self) -> None:
         """Return if storage answers now; raise otherwise (for /readyz)."""
         ...

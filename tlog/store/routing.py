@@ -12,8 +12,9 @@ standby. Then each read goes to the standby only if it is about a size it has re
 - a read about a given size or index (a checkpoint, an entry, a full tile or an entry
   bundle, a package state, "is size N published?") goes to the standby when that size is
   within its replayed size, to the primary otherwise;
-- an open-ended read (the latest checkpoint, searches by package and registry pages, a
-  partial tile, a proof's tiles, a leaf hash the standby does not know) goes to the standby
+- an open-ended read (the latest checkpoint, searches by package and registry pages, the
+  explorer's recent releases and package names, a partial tile, a proof's tiles, a leaf
+  hash the standby does not know) goes to the standby
   only when it has replayed every size this process knows the log published (the largest
   it answered about, or saw on the primary), so an answer never goes back in time
   after one from the primary, and a publisher finds its receipt's entry;
@@ -234,6 +235,19 @@ class RoutingReader:
                             max_bytes: int) -> list[tuple[int, bytes]]:
         return await self._read(await self._caught_up(),
                                 lambda s: s.registry_page(after, limit, max_bytes))
+
+    async def recent_releases(self, limit: int, max_bytes: int) -> list[tuple[int, bytes]]:
+        return await self._read(await self._caught_up(),
+                                lambda s: s.recent_releases(limit, max_bytes))
+
+    async def packages_with_prefix(self, prefix: str, limit: int) -> list[str]:
+        return await self._read(await self._caught_up(),
+                                lambda s: s.packages_with_prefix(prefix, limit))
+
+    async def package_latest(self, package: str, limit: int,
+                             max_bytes: int) -> list[tuple[int, bytes]]:
+        return await self._read(await self._caught_up(),
+                                lambda s: s.package_latest(package, limit, max_bytes))
 
     async def index_of(self, leaf_hash: bytes) -> int | None:
         """An index the standby knows is final; a miss is asked of the primary unless the
