@@ -62,12 +62,13 @@ def chromium(width: int = 1280, height: int = 800) -> Iterator[Any]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def csp_violations(driver: Any) -> list[str]:
+def console_problems(driver: Any) -> list[str]:
     """The console messages since the last call that report a Content-Security-Policy
-    violation (Chromium logs each refused script, style, image or connection)."""
+    violation (Chromium logs each refused script, style, image or connection) or an error
+    thrown by a script."""
     return [entry["message"] for entry in driver.get_log("browser")
             if "Content Security Policy" in entry["message"]
-            or "Content-Security-Policy" in entry["message"]]
+            or (entry.get("source") == "javascript" and entry.get("level") == "SEVERE")]
 
 
 def wait_for_result(driver: Any, timeout: float = 20) -> str:

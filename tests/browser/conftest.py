@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.chromium import chromium, csp_violations, missing
+from tests.browser.chromium import chromium, console_problems, missing
 from tests.browser.demolog import DemoLog, running_demo_log
 from tests.browser.proxy import MODES, MisbehavingLog
 from tests.conftest import _create_database
@@ -50,13 +50,13 @@ def misbehaving(demo: DemoLog) -> Iterator[MisbehavingLog]:
 
 
 @pytest.fixture(autouse=True)
-def no_csp_violations(request: pytest.FixtureRequest) -> Iterator[None]:
+def no_console_problems(request: pytest.FixtureRequest) -> Iterator[None]:
     """Every page a test loads obeys the explorer's Content-Security-Policy: Chromium logs
     each script, style, image or connection it refused, and none may appear."""
     if "browser" not in request.fixturenames:
         yield
         return
     driver = request.getfixturevalue("browser")
-    csp_violations(driver)  # drop what an earlier test left
+    console_problems(driver)  # drop what an earlier test left
     yield
-    assert csp_violations(driver) == []
+    assert console_problems(driver) == []
