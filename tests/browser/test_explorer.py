@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import html
 import re
+import struct
 import time
 import urllib.request
+import zlib
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.browser import screenshots
 from tests.browser.chromium import wait_for_result
 from tests.browser.demolog import (
     HOSTILE_ARTIFACT,
@@ -275,3 +278,28 @@ def test_pinned_keys_catch_a_log_that_changed_its_key(
     finally:
         rewriter.mode = "honest"
         browser.execute_script("localStorage.clear()")
+
+
+def _pixels(png: bytes) -> list[bytes]:
+    """Each pixel's RGB of an 8-bit RGB, RGBA or palette PNG (screenshots.py's kinds)."""
+    chunks = screenshots._chunks(png)
+    width, height, _, colour, *_ = struct.unpack(">IIBBBBB", chunks[0][1])
+    bpp = {2: 3, 6: 4, 3: 1}[colour]
+    rows = screenshots._unfilter(zlib.decompress(b"".join(b for k, b in chunks if k == b"IDAT")),
+                                 width, height, bpp)
+    if colour == 3:
+        plte = next(b for k, b in chunks if k == b"PLTE")
+        return [plte[3 * i:3 * i + 3] for row in rows for i in row]
+    return [bytes(row[i:i + 3]) for row in rows for i in range(0, len(row), bpp)]
+
+
+def test_the_readme_screenshots_shrink_without_changing_the_picture(
+        browser: Any, demo: DemoLog) -> None:
+    """The screenshot script's palette PNG: the same pixels where a picture has at most 256
+    colours (a heading here), and a valid, smaller file."""
+    browser.get(f"{demo.url}/package/acme-lib")
+    png = browser.find_element(By.CSS_SELECTOR, "h1").screenshot_as_png
+    small = screenshots.shrink_png(png)
+    assert len(small) < len(png)
+    assert len(set(_pixels(png))) <= 256
+    assert _pixels(small) == _pixels(png)
