@@ -3,8 +3,12 @@
 // one JSON object: case name -> {ok, error?, value?}.
 //
 // usage: node check_vectors.mjs PROTOCOL.mjs VECTORS.json
+import { webcrypto } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
+
+// Node 18 has WebCrypto (Ed25519 included) but not as the global browsers have.
+if (!globalThis.crypto) globalThis.crypto = webcrypto;
 
 const [, , protocolPath, vectorsPath] = process.argv;
 const p = await import(pathToFileURL(protocolPath).href);

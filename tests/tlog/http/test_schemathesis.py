@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -80,6 +81,16 @@ registered_schema = schemathesis.openapi.from_path(
     SPEC, config=_config({"include-path": "/v1/entries"})).exclude(method="GET")
 
 
+def error_code(response: Any) -> str:
+    """The error code of an answer: the JSON error's, or an explorer page's (data-code)."""
+    if any(v.startswith("text/html") for v in response.headers.get("content-type", [])):
+        found = re.search(r'<p id="error" data-status="\d+" data-code="([^"]*)"', response.text)
+        assert found, response.text[:500]
+        return found.group(1)
+    code: str = response.json()["error"]["code"]
+    return code
+
+
 @dataclass
 class Log:
     """A running log, who signs and authenticates for the tests, and what it answered."""
@@ -99,7 +110,7 @@ class Log:
                                           **kw)
         answers[str(response.status_code)] += 1
         if 400 <= response.status_code < 500:
-            answers[response.json()["error"]["code"]] += 1
+            answers[error_code(response)] += 1
 
     def summary(self) -> str:
         return "; ".join(f"{label}: {dict(sorted(counts.items()))}"

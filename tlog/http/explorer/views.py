@@ -18,7 +18,7 @@ from aiohttp import web
 from tlog.http.access import client_identity
 from tlog.http.checkpoints import RULE
 from tlog.http.errors import ApiError
-from tlog.http.explorer import facts
+from tlog.http.explorer.facts import ReleaseRow, Statement, package_rows, parse, summaries
 from tlog.http.explorer.markup import Safe, esc, join, link, render, shown, tag
 from tlog.http.explorer.page import PageKind, page
 from tlog.http.explorer.plot import svg
@@ -116,7 +116,7 @@ async def home(request: web.Request) -> web.Response:
     stored = await latest_checkpoint(request)
     rows = await request.app[READER].recent_releases(RECENT_RELEASES, RECENT_BYTES)
     _charge(request, sum(len(leaf) for _, leaf in rows))
-    found = await _in_thread(request, facts.summaries, rows)
+    found = await _in_thread(request, summaries, rows)
     if found:
         body = join((tag("tr", join([
             Safe(f"<td>{link(package_href(s.package or ''), shown(s.package or '?'))}</td>"),
@@ -169,14 +169,14 @@ async def package(request: web.Request) -> web.Response:
     _charge(request, sum(len(leaf) for _, leaf in rows))
     cut = len(rows) > PACKAGE_ENTRIES or sum(len(leaf) for _, leaf in rows) >= PACKAGE_BYTES
     rows = rows[:PACKAGE_ENTRIES]
-    releases, statements = await _in_thread(request, facts.package_rows, rows)
+    releases, statements = await _in_thread(request, package_rows, rows)
     body = await _in_thread(request, _package_body, name, releases, statements, cut,
                             len(rows))
     return page(request, PageKind.PACKAGE, name, body)
 
 
-def _package_body(name: str, releases: list[facts.ReleaseRow],
-                  statements: list[facts.Statement], cut: bool, shown_count: int) -> Safe:
+def _package_body(name: str, releases: list[ReleaseRow],
+                  statements: list[Statement], cut: bool, shown_count: int) -> Safe:
     summary = (f"{len(releases)} release{'s' if len(releases) != 1 else ''} and "
                f"{len(statements)} lifecycle statement{'s' if len(statements) != 1 else ''}")
     if cut:
@@ -210,7 +210,7 @@ async def entry(request: web.Request) -> web.Response:
     leaf = await request.app[READER].entry(index)
     if leaf is None:
         raise ApiError("not_found", f"the log holds no entry at index {index}")
-    obj = await _in_thread(request, facts.parse, leaf)
+    obj = await _in_thread(request, parse, leaf)
     pretty = await _in_thread(request, _pretty, obj)
     kind = str(obj.get("kind", "?"))
     name = obj.get("package")
