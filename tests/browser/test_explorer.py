@@ -14,6 +14,9 @@ import zlib
 from typing import Any
 
 import pytest
+
+pytest.importorskip("selenium", reason="the selenium package is missing: pip install -e '.[test]'")
+
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.expected_conditions import staleness_of
