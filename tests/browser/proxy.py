@@ -87,13 +87,12 @@ class Rewriter:
         self.other = generate_key(self.log_signer.name)
 
     def rewrite(self, path: str, body: bytes, ctype: str) -> bytes:
-        text: Callable[[], str] = lambda: body.decode()  # noqa: E731
         origin = self.log_signer.name
         if path == "/checkpoint" and self.mode == "signature":
-            return _flip_signature(text(), origin).encode()
+            return _flip_signature(body.decode(), origin).encode()
         if path == "/checkpoint" and self.mode in ("root", "other-key"):
             signer = self.other if self.mode == "other-key" else self.log_signer
-            return _resign(text(), signer, new_root=self.mode == "root").encode()
+            return _resign(body.decode(), signer, new_root=self.mode == "root").encode()
         if path == "/v1/proof/inclusion" and self.mode == "proof":
             doc = json.loads(body)
             if doc.get("hashes"):
@@ -107,16 +106,18 @@ class Rewriter:
             return json.dumps(doc).encode()
         if self.mode == "other-key" and (ctype.startswith("text/html") or path == "/v1/log"):
             honest, other = self.log_signer.verifier().text(), self.other.verifier().text()
-            return text().replace(honest, other).encode()
+            return body.decode().replace(honest, other).encode()
         return body
 
 
 class MisbehavingLog:
-    """Proxies on their own ports in one background thread, each with a Rewriter."""
+    """Proxies on their own ports in one background thread, each with a Rewriter: one per
+    name, in the mode of that name (honest for a name that is not a mode)."""
 
-    def __init__(self, upstream: str, log_signer: Signer, modes: tuple[str, ...]) -> None:
+    def __init__(self, upstream: str, log_signer: Signer, names: tuple[str, ...]) -> None:
         self.upstream = upstream
-        self.rewriters = {m: Rewriter(log_signer, m) for m in modes}
+        self.rewriters = {n: Rewriter(log_signer, n if n in MODES else "honest")
+                          for n in names}
         self.urls: dict[str, str] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -135,15 +136,13 @@ class MisbehavingLog:
 
     async def _start(self) -> None:
         self._session = aiohttp.ClientSession(auto_decompress=True)
-        for mode, rewriter in self.rewriters.items():
+        for name, rewriter in self.rewriters.items():
             app = web.Application()
             app.router.add_route("*", "/{tail:.*}", self._handler(rewriter))
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            self.urls[mode] = f"http://127.0.0.1:{port}"
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            self.urls[name] = f"http://127.0.0.1:{runner.addresses[0][1]}"
             self._runners.append(runner)
 
     async def _stop(self) -> None:

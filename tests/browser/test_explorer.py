@@ -206,14 +206,16 @@ def test_the_proxy_alone_breaks_nothing(browser: Any, demo: DemoLog,
 
 def test_hostile_entry_content_shows_as_text_and_runs_nothing(
         browser: Any, demo: DemoLog) -> None:
-    """Every string of a release is the publisher's: script, markup, attribute breakouts
-    and a closing </pre> must show as text and make no element."""
+    """Every string of a release is the publisher's: script, markup, attribute breakouts,
+    a closing </pre> and a bidirectional override must show as text and make no element."""
     index = demo.indices["hostile"]
     browser.get(f"{demo.url}/entry/{index}")
     shown = _text(browser, "#entry-json")
     for s in (HOSTILE_VERSION, HOSTILE_PUBLISHER, HOSTILE_ARTIFACT,
               *(v for k, v in HOSTILE_METADATA.items() if k != "bidi")):
         assert s.replace('"', '\\"') in shown or s in shown, s
+    # A right-to-left override would show "gnp.exe" as "exe.png": it is written as an escape.
+    assert "\\u202e" in shown.lower() and "\u202e" not in browser.page_source
     _verified(browser)  # hostile text, still an honest entry
     _no_alert(browser)
     _only_the_explorers_scripts(browser)
