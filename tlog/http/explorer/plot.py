@@ -96,22 +96,27 @@ def svg(package: str, releases: Sequence[ReleaseRow], statements: Sequence[State
 
 
 def _axes(x_lo: int, x_hi: int, y_lo: int, y_hi: int, y_name: str) -> str:
+    """The axes with their end values; one value in the middle when an axis has one."""
     base, right = HEIGHT - BOTTOM, WIDTH - RIGHT
-    return "\n".join([
-        f'<line x1="{LEFT}" y1="{base}" x2="{right}" y2="{base}" stroke="#333333" />',
-        f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{base}" stroke="#333333" />',
-        f'<text x="{LEFT}" y="{base + 16}" fill="#222222" font-size="12">{x_lo}</text>',
-        f'<text x="{right}" y="{base + 16}" fill="#222222" font-size="12" '
-        f'text-anchor="end">{x_hi}</text>',
-        f'<text x="{(LEFT + right) / 2:.0f}" y="{base + 16}" fill="#222222" font-size="12" '
-        'text-anchor="middle">log index</text>',
-        f'<text x="{LEFT - 6}" y="{base - 4}" fill="#222222" font-size="12" '
-        f'text-anchor="end">{y_lo}</text>',
-        f'<text x="{LEFT - 6}" y="{TOP + 10}" fill="#222222" font-size="12" '
-        f'text-anchor="end">{y_hi}</text>',
-        f'<text x="14" y="{(TOP + base) / 2:.0f}" fill="#222222" font-size="12" '
-        f'text-anchor="middle" transform="rotate(-90 14 {(TOP + base) / 2:.0f})">'
-        f'{esc(y_name)}</text>'])
+    text = '<text x="{:.0f}" y="{:.0f}" fill="#222222" font-size="12" text-anchor="{}">{}</text>'
+    middle_x, middle_y = (LEFT + right) / 2, (TOP + base) / 2
+    parts = [f'<line x1="{LEFT}" y1="{base}" x2="{right}" y2="{base}" stroke="#333333" />',
+             f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{base}" stroke="#333333" />']
+    if x_lo == x_hi:
+        parts.append(text.format(middle_x, base + 16, "middle", f"log index {x_lo}"))
+    else:
+        parts += [text.format(LEFT, base + 16, "start", x_lo),
+                  text.format(right, base + 16, "end", x_hi),
+                  text.format(middle_x, base + 16, "middle", "log index")]
+    if y_lo == y_hi:
+        parts.append(text.format(LEFT - 6, middle_y + 4, "end", y_lo))
+    else:
+        parts += [text.format(LEFT - 6, base - 4, "end", y_lo),
+                  text.format(LEFT - 6, TOP + 10, "end", y_hi)]
+    parts.append(f'<text x="14" y="{middle_y:.0f}" fill="#222222" font-size="12" '
+                 f'text-anchor="middle" transform="rotate(-90 14 {middle_y:.0f})">'
+                 f'{esc(y_name)}</text>')
+    return "\n".join(parts)
 
 
 def _legend(keys: list[str], colour: dict[str, str]) -> str:
