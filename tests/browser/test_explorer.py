@@ -60,13 +60,15 @@ def _no_alert(driver: Any) -> None:
 
 def _only_the_explorers_scripts(driver: Any) -> None:
     """No script element but the explorer's own file, and no element an entry's strings
-    could have made (img, iframe, style, svg outside the plot, event handler attributes)."""
+    could have made in the body (img, iframe, style, link, svg outside the plot, a form
+    but the search, ...) nor any event handler attribute."""
     scripts = driver.execute_script(
         "return Array.from(document.scripts, s => [s.src && new URL(s.src).pathname, s.text])")
     assert all(src == "/static/explorer.js" and not text for src, text in scripts), scripts
     injected = driver.execute_script("""
-        const bad = document.querySelectorAll(
-            'img, iframe, object, embed, style, link:not([rel=stylesheet]), svg:not(#plot svg)');
+        const bad = document.querySelectorAll(['img', 'iframe', 'object', 'embed', 'style',
+            'link', 'meta', 'base', 'form:not([role=search])', 'svg:not(#plot svg)'].map(
+            tag => 'body ' + tag).join(', '));
         const handlers = Array.from(document.querySelectorAll('*')).filter(
             e => Array.from(e.attributes).some(a => a.name.startsWith('on')));
         return [...bad, ...handlers].map(e => e.outerHTML.slice(0, 200));""")
