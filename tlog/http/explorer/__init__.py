@@ -21,9 +21,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from tlog.http.explorer import views
+from tlog.http.explorer.assets import STATIC, StaticFiles
 from tlog.http.explorer.markup import render
 from tlog.http.explorer.page import SECURITY_HEADERS, PageKind, page
-from tlog.http.explorer.static import STATIC, StaticFiles
 
 __all__ = ["add_explorer_routes"]
 

@@ -21,7 +21,7 @@ LEFT, RIGHT, TOP, BOTTOM = 64, 16, 16, 104  # the plot area's margins (legend be
 PALETTE = ("#0b5394", "#b45f06", "#38761d", "#741b47", "#134f5c", "#7f6000", "#990000",
            "#351c75")
 MARK_COLOUR = {ROLLOUT_KIND: "#1155cc", HALT_KIND: "#b45f06", YANK_KIND: "#cc0000",
-               RESUME_KIND: "#38761d"}
+               RESUME_KIND: "#222222"}
 MARK_NAME = {ROLLOUT_KIND: "rollout", HALT_KIND: "halt", YANK_KIND: "yank",
              RESUME_KIND: "resume"}
 MAX_LEGEND_KEYS = 8  # more publishers than colours: the rest share the last colour

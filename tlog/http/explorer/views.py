@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -24,8 +25,10 @@ from tlog.http.explorer.page import PageKind, page
 from tlog.http.explorer.plot import svg
 from tlog.http.explorer.policy_text import policy_text
 from tlog.http.handlers import (
+    CLIENT_PAGES,
     CONFIG,
     PAGE_COST_BYTES,
+    PAGE_SLOTS,
     PAGE_THREADS,
     READ_BUCKETS,
     READER,
@@ -107,7 +110,7 @@ def _checkpoint_html(request: web.Request, stored: StoredCheckpoint | None) -> S
            else "no cosignature")
     quorum = policy.describe_quorum() if policy is not None else "none configured"
     cosigners = join(items, "\n") if items else Safe('<li class="none">none</li>')
-    return render("checkpoint.html", origin=cp.origin, size=cp.size, root=cp.root.hex(),
+    return render("checkpoint.html", origin=shown(cp.origin), size=cp.size, root=cp.root.hex(),
                   age=age, quorum=quorum, cosigners=cosigners)
 
 
@@ -163,16 +166,40 @@ async def package(request: web.Request) -> web.Response:
     if not PACKAGE_NAME.fullmatch(name):
         raise ApiError("bad_package", "a package name is 1-200 characters from A-Z a-z 0-9 "
                        ". _ - + / @")
-    rows = await request.app[READER].package_latest(name, PACKAGE_ENTRIES + 1, PACKAGE_BYTES)
-    if not rows:
-        raise ApiError("not_found", f"the log holds no release of {name}")
-    _charge(request, sum(len(leaf) for _, leaf in rows))
-    cut = len(rows) > PACKAGE_ENTRIES or sum(len(leaf) for _, leaf in rows) >= PACKAGE_BYTES
-    rows = rows[:PACKAGE_ENTRIES]
-    releases, statements = await _in_thread(request, package_rows, rows)
-    body = await _in_thread(request, _package_body, name, releases, statements, cut,
-                            len(rows))
+    async with _heavy_read(request, PACKAGE_BYTES) as cost:
+        rows = await request.app[READER].package_latest(name, PACKAGE_ENTRIES + 1,
+                                                        PACKAGE_BYTES)
+        if not rows:
+            raise ApiError("not_found", f"the log holds no release of {name}")
+        cost.append(sum(len(leaf) for _, leaf in rows))
+        cut = len(rows) > PACKAGE_ENTRIES or cost[0] >= PACKAGE_BYTES
+        rows = rows[:PACKAGE_ENTRIES]
+        releases, statements = await _in_thread(request, package_rows, rows)
+        body = await _in_thread(request, _package_body, name, releases, statements, cut,
+                                len(rows))
     return page(request, PageKind.PACKAGE, name, body)
+
+
+@asynccontextmanager
+async def _heavy_read(request: web.Request, max_bytes: int) -> AsyncIterator[list[int]]:
+    """A page that may read megabytes pays as a page of entries does (handlers.paged): the
+    largest cost before it waits for one of the page slots it shares with the API's pages
+    (so parallel requests cannot outrun the read quota), refunded down to the bytes read,
+    which the page appends to the list yielded; and a client has at most PAGES_PER_CLIENT
+    such pages in progress, so it cannot fill the queue for the slots."""
+    client, worst = client_identity(request), max_bytes // PAGE_COST_BYTES
+    buckets, in_progress = request.app[READ_BUCKETS], request.app[CLIENT_PAGES]
+    read: list[int] = []
+    in_progress.enter(client)
+    try:
+        buckets.charge(client, worst)
+        try:
+            async with request.app[PAGE_SLOTS]:
+                yield read
+        finally:
+            buckets.charge(client, sum(read) // PAGE_COST_BYTES - worst)
+    finally:
+        in_progress.leave(client)
 
 
 def _package_body(name: str, releases: list[ReleaseRow],
@@ -234,9 +261,11 @@ async def entry(request: web.Request) -> web.Response:
     return page(request, PageKind.ENTRY, f"Entry {index}", body, script=True)
 
 
-def _pretty(obj: dict[str, Any]) -> str:
-    """The entry as indented JSON, non-ASCII as \\u escapes (no look-alike text on show)."""
-    return json.dumps(obj, indent=2, ensure_ascii=True)
+def _pretty(obj: dict[str, Any]) -> Safe:
+    """The entry as indented JSON, non-ASCII as \\u escapes (no look-alike text on show),
+    escaped for HTML here, in the page thread: indented, a 64 KiB entry of deeply nested
+    lists grows to a megabyte or two."""
+    return esc(json.dumps(obj, indent=2, ensure_ascii=True))
 
 
 async def _proof_html(request: web.Request, index: int, leaf: bytes,

@@ -65,10 +65,21 @@ async function getJson(path) {
   }
 }
 
+// The browser's storage of pins; null where the browser refuses it (storage disabled):
+// then nothing is pinned and every check is a first visit.
+function pinStore() {
+  try {
+    return window.localStorage;
+  } catch (e) {
+    return null;
+  }
+}
+
 function pinsHeld() {
+  const store = pinStore();
   const held = [];
-  for (let i = 0; i < localStorage.length; i++) {
-    const name = localStorage.key(i);
+  for (let i = 0; store && i < store.length; i++) {
+    const name = store.key(i);
     if (name && name.startsWith(PIN_PREFIX)) held.push(name.slice(PIN_PREFIX.length));
   }
   return held;
@@ -76,7 +87,7 @@ function pinsHeld() {
 
 function readPin(origin) {
   try {
-    const pin = JSON.parse(localStorage.getItem(PIN_PREFIX + origin) || "null");
+    const pin = JSON.parse(pinStore()?.getItem(PIN_PREFIX + origin) || "null");
     return pin && typeof pin.vkey === "string" && typeof pin.policy === "string" ? pin : null;
   } catch (e) {
     return null;
@@ -133,6 +144,12 @@ class Steps {
   }
 }
 
+// A witness's time: the date when it has one (a witness's clock may say anything).
+function when(seconds) {
+  const date = new Date(seconds * 1000);
+  return Number.isNaN(date.getTime()) ? `UNIX time ${seconds}` : date.toISOString();
+}
+
 function setStatus(status, result, text) {
   status.dataset.result = result;
   status.textContent = text;
@@ -163,7 +180,14 @@ async function provenLeaf(steps, what, index, size, root) {
 
 async function openLatest(steps, keys, index, status) {
   const logKey = await steps.attempt("the log key", () => parseVkey(keys.vkey, ED25519));
-  const policy = await steps.attempt("the witness policy", () => parsePolicy(keys.policy));
+  const policy = await steps.attempt("the witness policy", async () => {
+    const parsed = await parsePolicy(keys.policy);
+    // As PolicyTrust.for_log: a policy that names logs must name this one.
+    if (parsed.logs.length && !parsed.logs.some((l) => l.text === keys.vkey)) {
+      fail(`the log key ${logKey.name} is not one of the policy's logs`);
+    }
+    return parsed;
+  });
   showWitnesses(policy);
   for (let waited = 0; ; waited++) {
     const text = await getText("/checkpoint");
@@ -182,13 +206,12 @@ async function check(section, steps, status) {
   const { opened, logKey, policy } = await openLatest(steps, keys, index, status);
   const { checkpoint, times } = opened;
   steps.add(`checkpoint of size ${checkpoint.size} signed by the log key ${logKey.name}`, true);
-  for (const [name, time] of times) {
-    steps.add(`cosigned by witness ${name} at ${new Date(time * 1000).toISOString()}`, true);
-  }
+  for (const [name, time] of times) steps.add(`cosigned by witness ${name} at ${when(time)}`, true);
   const missing = [...policy.witnesses.keys()].filter((w) => !times.has(w));
   await steps.run("witness quorum", async () => {
     if (!opened.quorum) fail(`short of ${describeQuorum(policy)}`);
-    return describeQuorum(policy) + (missing.length ? ` (no cosignature from ${missing.join(", ")})` : "");
+    const absent = missing.length ? ` (no cosignature from ${missing.join(", ")})` : "";
+    return describeQuorum(policy) + absent;
   });
   if (index >= checkpoint.size) fail(`entry ${index} is not in the latest checkpoint yet`);
   const { entry, hash } = await provenLeaf(steps, "the entry", index, checkpoint.size,
@@ -214,11 +237,14 @@ async function check(section, steps, status) {
 async function checkState(steps, entry, index, hashHex, checkpoint) {
   const size = checkpoint.size;
   const last = await provenLeaf(steps, "the map root", size - 1, size, checkpoint.root);
-  const root = checkMapRootLeaf(size, last.leaf);
   const pkg = entry.package;
-  const answer = await getJson(`/v1/package-state?package=${encodeURIComponent(pkg)}&size=${size}`);
+  let answer;
   await steps.run(`package state proof of ${pkg}`, async () => {
-    if (answer.package !== pkg || answer.size !== size) fail("the answer is for another package or size");
+    const root = checkMapRootLeaf(size, last.leaf);
+    answer = await getJson(`/v1/package-state?package=${encodeURIComponent(pkg)}&size=${size}`);
+    if (answer.package !== pkg || answer.size !== size) {
+      fail("the answer is for another package or size");
+    }
     await verifyState(root, pkg, answer.state, b64decode(answer.proof || ""));
     return `the map proof leads to the map root ${hex(root).slice(0, 16)}… in entry ${size - 1}`;
   });
@@ -247,7 +273,8 @@ function showWitnesses(policy) {
 
 function showKeys(keys) {
   document.getElementById("keys-source").textContent = keys.pinned
-    ? `Pinned in this browser${keys.pinnedAt ? " on " + keys.pinnedAt : ""}: a log offering other keys fails the check.`
+    ? `Pinned in this browser${keys.pinnedAt ? " on " + keys.pinnedAt : ""}: a log ` +
+      "offering other keys fails the check."
     : "The keys this log's server gives (first visit): pin them to notice if they change.";
   document.getElementById("key-log").textContent = keys.vkey;
 }
@@ -261,10 +288,15 @@ function showPinButtons() {
 }
 
 let running = false;
+let again = false; // asked to run while running (a pin changed): run once more after
 
 async function runCheck() {
-  if (running) return;
+  if (running) {
+    again = true;
+    return;
+  }
   running = true;
+  again = false;
   const section = document.getElementById("verification");
   const status = document.getElementById("verify-status");
   const steps = new Steps(document.getElementById("verify-steps"));
@@ -282,20 +314,26 @@ async function runCheck() {
     button.disabled = false;
     running = false;
   }
+  if (again) runCheck();
 }
 
 function pin() {
   const section = document.getElementById("keys-used");
   const vkey = section.dataset.logVkey || "";
-  const origin = vkey.split("+")[0];
-  for (const other of pinsHeld()) localStorage.removeItem(PIN_PREFIX + other);
-  localStorage.setItem(PIN_PREFIX + origin, JSON.stringify({
+  const store = pinStore();
+  if (!store) {
+    document.getElementById("keys-source").textContent =
+      "This browser keeps no data for this page: the keys cannot be pinned.";
+    return;
+  }
+  for (const other of pinsHeld()) store.removeItem(PIN_PREFIX + other);
+  store.setItem(PIN_PREFIX + vkey.split("+")[0], JSON.stringify({
     vkey, policy: section.dataset.policy || "", pinnedAt: new Date().toISOString() }));
   runCheck();
 }
 
 function unpin() {
-  for (const other of pinsHeld()) localStorage.removeItem(PIN_PREFIX + other);
+  for (const other of pinsHeld()) pinStore()?.removeItem(PIN_PREFIX + other);
   runCheck();
 }
 

@@ -152,6 +152,10 @@ export async function ed25519Verify(publicKey, message, signature) {
       ["verify"]);
     return await crypto.subtle.verify({ name: "Ed25519" }, key, signature, message);
   } catch (e) {
+    // A browser without Ed25519 must not report a forged signature: say what is missing.
+    if (e && e.name === "NotSupportedError") {
+      fail("this browser's WebCrypto has no Ed25519 (Chromium 137+, Firefox 129+, Safari 17+)");
+    }
     return false;
   }
 }
