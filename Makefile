@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck unit bench bench-verifier bench-mirror clean postgres softhsm pgbouncer nginx deploy-tools
+.PHONY: run test lint typecheck unit bench bench-verifier bench-mirror clean postgres softhsm pgbouncer nginx deploy-tools chromium
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tlog needs Python >= 3.11")'
@@ -31,6 +31,9 @@ deploy-tools: $(STAMP)
 	@deploy/ensure-hadolint.sh $(VENV)
 	@deploy/ensure-systemd.sh
 
+chromium:
+	@deploy/ensure-chromium.sh
+
 run: $(STAMP) postgres
 	$(BIN)/tlog dev
 
@@ -40,7 +43,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) postgres softhsm pgbouncer nginx deploy-tools
+unit: $(STAMP) postgres softhsm pgbouncer nginx deploy-tools chromium
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
