@@ -155,6 +155,8 @@ async def test_package_page_shows_releases_lifecycle_and_plot(client: Any,
     assert '<title id="plot-title">' in svg and '<desc id="plot-desc">' in svg
     assert svg.count("<circle") >= 2 + 1  # two releases, one legend key
     assert "release counter" in svg
+    labels = re.findall(r'<text [^>]*font-size="11">([^<]*)</text>', svg)
+    assert labels == ["1.0", "1.1"]  # each release's version beside its dot
 
 
 async def test_package_page_caps_the_entries_shown(client: Any, publisher: Signer,
@@ -192,7 +194,7 @@ async def test_entry_page_shows_the_entry_its_proof_and_the_check(client: Any,
     assert re.search(r'<pre id="entry-json">\{\n  &quot;artifacts&quot;', text)
     assert '<ol id="proof-hashes">' in text
     assert '<section id="verification" data-index="2"' in text
-    assert '<button id="verify" type="button">Verify in this browser</button>' in text
+    assert '<button id="verify" type="button" hidden>Verify in this browser</button>' in text
     assert ('<p id="verify-status" role="status" aria-live="polite" data-result="pending">'
             in text)
     assert '<ul id="verify-steps"></ul>' in text

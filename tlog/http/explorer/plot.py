@@ -25,6 +25,7 @@ MARK_COLOUR = {ROLLOUT_KIND: "#1155cc", HALT_KIND: "#b45f06", YANK_KIND: "#cc000
 MARK_NAME = {ROLLOUT_KIND: "rollout", HALT_KIND: "halt", YANK_KIND: "yank",
              RESUME_KIND: "resume"}
 MAX_LEGEND_KEYS = 8  # more publishers than colours: the rest share the last colour
+MAX_LABELS = 30  # versions written beside their dots; past that, in the dots' titles only
 
 
 def _scale(lo: int, hi: int, a: float, b: float) -> tuple[float, float]:
@@ -83,8 +84,12 @@ def svg(package: str, releases: Sequence[ReleaseRow], statements: Sequence[State
     for r in releases:
         label = (f"{shown(r.version)}: entry {r.index}, counter "
                  f"{'none' if r.counter is None else r.counter}, key {shown(r.publisher)}")
-        parts.append(f'<circle cx="{r.index * fx + ox:.1f}" cy="{ys[r.version] * fy + oy:.1f}" '
-                     f'r="5" fill="{colour[r.key]}">{tag("title", label)}</circle>')
+        x, y = r.index * fx + ox, ys[r.version] * fy + oy
+        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{colour[r.key]}">'
+                     f'{tag("title", label)}</circle>')
+        if len(releases) <= MAX_LABELS:
+            parts.append(f'<text x="{x + 7:.1f}" y="{y - 7:.1f}" fill="#222222" '
+                         f'font-size="11">{esc(shown(r.version, 16))}</text>')
     for s in statements:
         y = ys.get(s.version)
         if y is not None:

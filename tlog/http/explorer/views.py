@@ -42,7 +42,7 @@ from tlog.store.reader import StoredCheckpoint
 from verifier.protocol.checkpoint import CheckpointError, parse_checkpoint
 from verifier.protocol.entries.release import PACKAGE_NAME
 from verifier.protocol.merkle import leaf_hash
-from verifier.protocol.note import NoteError, b64encode, parse_note
+from verifier.protocol.note import NoteError, parse_note
 
 RECENT_RELEASES = 20
 RECENT_BYTES = 256 * 1024  # the recent releases' leaves read at most
@@ -103,7 +103,8 @@ def _checkpoint_html(request: web.Request, stored: StoredCheckpoint | None) -> S
             when = f", {_age(max(now - stamp, 0))} ago"
         named = next((w.name for w in (policy.witnesses.values() if policy else ())
                       if w.key.matches(sig)), None)
-        name = shown(sig.name) if named is None else f"{shown(named)} ({shown(sig.name)})"
+        name = (shown(sig.name) if named in (None, sig.name)
+                else f"{shown(named)} ({shown(sig.name)})")
         items.append(render("cosigner.html", name=name, key_id=sig.key_id.hex(), when=when))
     age = (f"cosigned {_age(max(now - max(times), 0))} ago" if times
            else "not cosigned (the log runs without a witness policy)" if policy is None
@@ -275,5 +276,5 @@ async def _proof_html(request: web.Request, index: int, leaf: bytes,
                     "one.</p>")
     hashes = await inclusion_proof(index, stored.size, request.app[READER].tiles)
     items = join((tag("li", h.hex(), {"class": "hash"}) for h in hashes), "\n")
-    return render("proof.html", size=stored.size, root=b64encode(stored.root),
+    return render("proof.html", size=stored.size, root=stored.root.hex(),
                   count=len(hashes), hashes=items)

@@ -339,7 +339,9 @@ function unpin() {
 
 function start() {
   if (!document.getElementById("verification")) return;
-  document.getElementById("verify").addEventListener("click", runCheck);
+  const button = document.getElementById("verify");
+  button.hidden = false;  // hidden in the HTML: without JavaScript it could do nothing
+  button.addEventListener("click", runCheck);
   document.getElementById("pin-keys").addEventListener("click", pin);
   document.getElementById("unpin-keys").addEventListener("click", unpin);
   showPinButtons();
