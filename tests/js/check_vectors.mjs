@@ -43,6 +43,15 @@ async function run(c) {
     return value === null ? null : p.hex(value);
   }
   if (c.type === "state_hash") return p.hex(await p.stateHash(JSON.parse(c.json)));
+  if (c.type === "policy") {
+    const policy = await p.parsePolicy(c.policy);
+    return { witnesses: [...policy.witnesses.keys()], quorum: policy.quorum };
+  }
+  if (c.type === "open") {
+    const opened = await p.openCheckpoint(c.checkpoint, await p.parseVkey(c.vkey),
+      await p.parsePolicy(c.policy), c.now);
+    return { quorum: opened.quorum, times: Object.fromEntries(opened.times) };
+  }
   throw new Error(`unknown case type ${c.type}`);
 }
 

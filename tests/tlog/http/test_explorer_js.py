@@ -238,3 +238,30 @@ def test_map_proofs_of_present_and_absent_keys_agree_with_python(tmp_path: Path)
     assert results["absent (other leaf)"] == {"ok": True, "value": None}
     assert not results["present, proof flipped"]["ok"]
     assert not results["proof of another key"]["ok"]
+
+
+@needs_node
+def test_a_policy_naming_one_witness_key_twice_is_refused_so_one_cosignature_counts_once(
+        tmp_path: Path) -> None:
+    """One key under two witness names would let one cosignature meet "2 of 2": Python's
+    parse_policy refuses such a policy (and the other shapes here), so must the browser."""
+    log = generate_key("example.com/log").verifier().text()
+    w1, w2 = W1.verifier().text(), W2.verifier().text()
+    policies = {
+        "same witness key twice": f"witness a {w1}\nwitness b {w1}\ngroup g all a b\nquorum g\n",
+        "same log key twice": f"log {log}\nlog {log}\nwitness a {w1}\nquorum a\n",
+        "control character": f"witness a {w1}\r\nquorum a\n",
+        "delete character": f"witness a {w1}\nquorum a\x7f\n",
+    }
+    cases = [{"type": "policy", "name": name, "policy": text} for name, text in policies.items()]
+    cases.append({"type": "policy", "name": "good", "policy":
+                  f"log {log}\nwitness a {w1}\nwitness b {w2}\ngroup g all a b\nquorum g\n"})
+    for case in cases[:-1]:
+        with pytest.raises(ValueError):
+            parse_policy(case["policy"])
+    parse_policy(cases[-1]["policy"])
+    results = run_node(tmp_path, cases)
+    assert results["good"] == {"ok": True, "value": {"witnesses": ["a", "b"], "quorum": "g"}}
+    accepted = [name for name in policies if results[name]["ok"]]
+    assert accepted == []
+

@@ -206,6 +206,16 @@ export async function verifyCosignature(key, body, sig) {
 export async function parsePolicy(text) {
   const policy = { logs: [], witnesses: new Map(), groups: new Map(), quorum: null };
   const used = new Set();
+  const keys = new Set();
+  // As policy.py _unique_key: each public key once, and each (name, key ID) once, else one
+  // cosignature could count for two witness names (one key meeting "2 of 2").
+  const unique = (key) => {
+    const ident = `${key.name}+${hex(key.keyId)}`;
+    if (keys.has(hex(key.publicKey)) || keys.has(ident)) fail(`key ${ident} listed twice`);
+    keys.add(hex(key.publicKey));
+    keys.add(ident);
+    return key;
+  };
   const newName = (name) => {
     if (name === "none") fail("'none' is predefined and cannot be redefined");
     if (policy.witnesses.has(name) || policy.groups.has(name)) fail(`name ${name} defined twice`);
@@ -219,10 +229,11 @@ export async function parsePolicy(text) {
     const where = `policy line ${n + 1}`;
     if (keyword === "log") {
       if (args.length < 1 || args.length > 2) fail(`${where}: want log <vkey> [<url>]`);
-      policy.logs.push(await parseVkey(args[0], ED25519));
+      policy.logs.push(unique(await parseVkey(args[0], ED25519)));
     } else if (keyword === "witness") {
       if (args.length < 2 || args.length > 3) fail(`${where}: want witness <name> <vkey>`);
-      policy.witnesses.set(newName(args[0]), await parseVkey(args[1], COSIGNATURE_V1));
+      const name = newName(args[0]);
+      policy.witnesses.set(name, unique(await parseVkey(args[1], COSIGNATURE_V1)));
     } else if (keyword === "group") {
       if (args.length < 3) fail(`${where}: want group <name> all|any|<k> <member>...`);
       const [name, k, ...members] = args;
