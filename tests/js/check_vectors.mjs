@@ -18,7 +18,7 @@ const vectors = JSON.parse(readFileSync(vectorsPath, "utf8"));
 async function fullCheck(c) {
   const logKey = await p.parseVkey(c.vkey);
   const policy = await p.parsePolicy(c.policy);
-  const opened = await p.openCheckpoint(c.checkpoint, logKey, policy);
+  const opened = await p.openCheckpoint(c.checkpoint, logKey, policy, 1_760_000_100);
   if (!opened.quorum) throw new Error(`short of ${p.describeQuorum(policy)}`);
   const { size, root } = opened.checkpoint;
   const leaf = p.utf8(p.jcs(c.entry));

@@ -265,3 +265,29 @@ def test_a_policy_naming_one_witness_key_twice_is_refused_so_one_cosignature_cou
     accepted = [name for name in policies if results[name]["ok"]]
     assert accepted == []
 
+
+
+@needs_node
+def test_a_cosignature_dated_beyond_the_clock_skew_does_not_count_toward_the_quorum(
+        tmp_path: Path) -> None:
+    """As PolicyTrust with `now`: a witness whose clock runs ahead (or that backdates the
+    future) must not make a frozen checkpoint look freshly cosigned."""
+    signer = generate_key("example.com/log")
+    from verifier.protocol.checkpoint import Checkpoint, sign_checkpoint
+    from verifier.protocol.policy import MAX_CLOCK_SKEW, QuorumError
+    note = sign_checkpoint(Checkpoint("example.com/log", 1, b"\x01" * 32), signer)
+    body = note[:note.index("\n\n") + 1]
+    now = 1_760_000_000
+    cosigned = note + W1.cosign(body, now + MAX_CLOCK_SKEW + 1).line() + \
+        W2.cosign(body, now).line()
+    policy = (f"witness one {W1.verifier().text()}\nwitness two {W2.verifier().text()}\n"
+              "group both all one two\nquorum both\n")
+    trust = PolicyTrust.for_log(parse_policy(policy), signer.verifier(), now=now)
+    with pytest.raises(QuorumError):
+        trust.witnessed(cosigned)
+    base = {"type": "open", "vkey": signer.verifier().text(), "policy": policy,
+            "checkpoint": cosigned}
+    results = run_node(tmp_path, [dict(base, name="future", now=now),
+                                  dict(base, name="in time", now=now + 2)])
+    assert results["future"] == {"ok": True, "value": {"quorum": False, "times": {"two": now}}}
+    assert results["in time"]["ok"] and results["in time"]["value"]["quorum"] is True

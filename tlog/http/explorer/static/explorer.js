@@ -192,7 +192,7 @@ async function openLatest(steps, keys, index, status) {
   for (let waited = 0; ; waited++) {
     const text = await getText("/checkpoint");
     const opened = await steps.attempt("the checkpoint's signatures",
-      () => openCheckpoint(text, logKey, policy));
+      () => openCheckpoint(text, logKey, policy, Math.floor(Date.now() / 1000)));
     if (opened.checkpoint.size > index || waited >= WAIT_SECONDS) return { opened, logKey, policy };
     setStatus(status, "pending", `Waiting for a checkpoint that holds entry ${index}…`);
     await new Promise((done) => setTimeout(done, 1000));
@@ -209,7 +209,9 @@ async function check(section, steps, status) {
   for (const [name, time] of times) steps.add(`cosigned by witness ${name} at ${when(time)}`, true);
   const missing = [...policy.witnesses.keys()].filter((w) => !times.has(w));
   await steps.run("witness quorum", async () => {
-    if (!opened.quorum) fail(`short of ${describeQuorum(policy)}`);
+    const ahead = opened.future.length ? ` (${opened.future.join(", ")} ignored: dated more ` +
+      "than 10 minutes ahead of this browser's clock)" : "";
+    if (!opened.quorum) fail(`short of ${describeQuorum(policy)}${ahead}`);
     const absent = missing.length ? ` (no cosignature from ${missing.join(", ")})` : "";
     return describeQuorum(policy) + absent;
   });

@@ -278,10 +278,16 @@ export function describeQuorum(policy, name = policy.quorum) {
   return `${group.threshold} of ${group.members.length} in group ${name} (${members})`;
 }
 
-// Open a cosigned checkpoint under a policy, as PolicyTrust.witnessed does: the log's
-// signature, the origin, each policy witness's cosignature (one that claims a witness's key
-// but does not verify refuses the note), and the quorum. Returns the checkpoint and times.
-export async function openCheckpoint(text, logKey, policy) {
+// Seconds a cosignature may be dated ahead of the browser's clock (policy.MAX_CLOCK_SKEW).
+export const MAX_CLOCK_SKEW = 600;
+
+// Open a cosigned checkpoint under a policy, as PolicyTrust.witnessed does with `now` (UNIX
+// seconds): the log's signature, the origin, each policy witness's cosignature (one that
+// claims a witness's key but does not verify refuses the note), and the quorum, counting no
+// cosignature dated beyond now + MAX_CLOCK_SKEW (a witness clock running ahead would make a
+// frozen checkpoint look fresh). Returns the checkpoint, the counted times and the future.
+export async function openCheckpoint(text, logKey, policy, now) {
+  if (!Number.isFinite(now)) fail("checking a checkpoint needs the current time");
   const note = parseNote(text);
   await verifyLogSignature(note, logKey);
   const checkpoint = parseCheckpoint(note.body);
@@ -296,8 +302,10 @@ export async function openCheckpoint(text, logKey, policy) {
       }
     }
   }
+  const future = [...times].filter(([, t]) => t > now + MAX_CLOCK_SKEW).map(([w]) => w).sort();
+  for (const name of future) times.delete(name);
   const quorum = satisfied(policy, new Set(times.keys()));
-  return { checkpoint, times, quorum, body: note.body };
+  return { checkpoint, times, quorum, future, body: note.body };
 }
 
 // --- RFC 6962 inclusion proofs -------------------------------------------------------------
