@@ -1,0 +1,76 @@
+"""The explorer's page script (static/explorer.js) under Node, on an entry page of a real log
+(PostgreSQL, the aiohttp app): how the check ends when the page or the API lies or stalls.
+tests/js/run_explorer.mjs stands in for the DOM and fetches from the running test server;
+tests/browser drives a real Chromium through the same pages."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import make_release
+from tests.tlog.http.test_lifecycle import post
+from verifier.protocol.note import Signer
+
+REPO = Path(__file__).resolve().parents[3]
+STATIC = REPO / "tlog" / "http" / "explorer" / "static"
+HARNESS = REPO / "tests" / "js" / "run_explorer.mjs"
+NODE = shutil.which("node")
+pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed (Debian nodejs)")
+
+
+async def entry_page(client: Any, index: int) -> dict[str, Any]:
+    """What explorer.js reads from the server's entry page."""
+    text = await (await client.get(f"/entry/{index}")).text()
+
+    def field(pattern: str) -> str:
+        found = re.search(pattern, text, re.S)
+        assert found, pattern
+        return html.unescape(found.group(1))
+
+    return {"index": int(field(r'id="verification" data-index="(\d+)"')),
+            "vkey": field(r'data-log-vkey="([^"]*)"'), "policy": field(r'data-policy="([^"]*)"'),
+            "entry_json": field(r'<pre id="entry-json">(.*?)</pre>'),
+            "leaf_hash": field(r'<code id="leaf-hash">([0-9a-f]+)</code>'),
+            "kind": field(r'<dd id="entry-kind">([^<]*)</dd>')}
+
+
+async def run_page(client: Any, tmp_path: Path, page: dict[str, Any], **scenario: Any
+                   ) -> dict[str, Any]:
+    for name in ("explorer.js", "protocol.js"):
+        shutil.copy(STATIC / name, tmp_path / name)
+    (tmp_path / "package.json").write_text('{"type": "module"}')
+    path = tmp_path / "scenario.json"
+    base = str(client.make_url("")).rstrip("/")
+    path.write_text(json.dumps({"base": base, "page": page, **scenario}))
+    assert NODE is not None
+    # A subprocess of the event loop: the test server keeps answering while Node asks.
+    proc = await asyncio.create_subprocess_exec(NODE, str(HARNESS), str(tmp_path), str(path),
+                                                stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+async def logged(client: Any, publisher: Signer) -> None:
+    await post(client, make_release(publisher, "com.acme.app", "1.0", counter=1), 201)
+    await post(client, make_release(publisher, "com.acme.app", "1.1", counter=2), 201)
+
+
+async def test_an_honest_entry_page_is_verified(client: Any, publisher: Signer,
+                                                tmp_path: Path) -> None:
+    await logged(client, publisher)
+    page = await entry_page(client, 0)
+    got = await run_page(client, tmp_path, page)
+    assert got["result"] == "verified", got
+    assert "in the package state of com.acme.app" in got["status"]
+
