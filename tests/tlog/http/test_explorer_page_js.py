@@ -74,3 +74,14 @@ async def test_an_honest_entry_page_is_verified(client: Any, publisher: Signer,
     assert got["result"] == "verified", got
     assert "in the package state of com.acme.app" in got["status"]
 
+
+async def test_an_api_that_never_answers_ends_the_check_failed_not_pending_forever(
+        client: Any, publisher: Signer, tmp_path: Path) -> None:
+    """A log that holds the connection open must not leave "Checking…" on the page for
+    ever: each request has a deadline, and its passing fails the check."""
+    await logged(client, publisher)
+    page = await entry_page(client, 0)
+    got = await run_page(client, tmp_path, page, hang=["/v1/proof/inclusion"], seconds=5)
+    assert got["result"] == "failed", got
+    assert "did not answer" in got["status"]
+

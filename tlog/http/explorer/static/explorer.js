@@ -37,9 +37,22 @@ import {
 const PIN_PREFIX = "tlog-pins:";
 const WAIT_SECONDS = 30; // for a checkpoint that holds a freshly logged entry
 
+// Each request's deadline, the body included: a log that holds a connection open must end
+// the check failed, not leave it "Checking…" for ever.
+const FETCH_SECONDS = 20;
+
 async function getText(path) {
-  const resp = await fetch(path, { cache: "no-store", credentials: "omit" });
-  const bytes = new Uint8Array(await resp.arrayBuffer());
+  let bytes, resp;
+  try {
+    resp = await fetch(path, { cache: "no-store", credentials: "omit",
+      signal: AbortSignal.timeout(FETCH_SECONDS * 1000) });
+    bytes = new Uint8Array(await resp.arrayBuffer());
+  } catch (e) {
+    if (e && (e.name === "TimeoutError" || e.name === "AbortError")) {
+      fail(`GET ${path} did not answer within ${FETCH_SECONDS} s`);
+    }
+    throw e;
+  }
   let text;
   try {
     text = strictUtf8.decode(bytes);
