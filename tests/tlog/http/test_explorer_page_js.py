@@ -85,3 +85,27 @@ async def test_an_api_that_never_answers_ends_the_check_failed_not_pending_forev
     assert got["result"] == "failed", got
     assert "did not answer" in got["status"]
 
+
+async def test_a_page_showing_a_member_twice_shows_only_what_the_log_proved(
+        client: Any, publisher: Signer, tmp_path: Path) -> None:
+    """JSON.parse keeps the last of two members of one name: a page whose entry shows a
+    forged "version" first and the logged one last parses to the proven entry. Once the
+    check passes, the page must show the proven entry, not the server's text."""
+    await logged(client, publisher)
+    page = await entry_page(client, 0)
+    assert page["entry_json"].startswith("{\n")
+    page["entry_json"] = '{\n  "version": "6.6.6",' + page["entry_json"][1:]
+    got = await run_page(client, tmp_path, page)
+    assert got["result"] == "verified", got
+    assert "6.6.6" not in got["entry_json"]
+    assert json.loads(got["entry_json"])["version"] == "1.0"
+
+
+async def test_a_page_naming_another_kind_than_the_proven_entry_fails(
+        client: Any, publisher: Signer, tmp_path: Path) -> None:
+    await logged(client, publisher)
+    page = await entry_page(client, 0)
+    assert page["kind"] == "release/v1"
+    got = await run_page(client, tmp_path, dict(page, kind="yank/v1"))
+    assert got["result"] == "failed", got
+    assert "not the one the log proves" in got["status"]

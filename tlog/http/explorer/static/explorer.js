@@ -232,11 +232,16 @@ async function check(section, steps, status) {
   const { entry, hash } = await provenLeaf(steps, "the entry", index, checkpoint.size,
     checkpoint.root);
   await steps.run("the page shows the entry proven", async () => {
-    const shown = JSON.parse(document.getElementById("entry-json").textContent);
+    const json = document.getElementById("entry-json");
+    const shown = JSON.parse(json.textContent);
     const shownHash = document.getElementById("leaf-hash").textContent.trim();
-    if (jcs(shown) !== jcs(entry) || shownHash !== hex(hash)) {
+    const shownKind = document.getElementById("entry-kind")?.textContent;
+    if (jcs(shown) !== jcs(entry) || shownHash !== hex(hash) || shownKind !== entry.kind) {
       fail("the entry on this page is not the one the log proves");
     }
+    // Text that parses to the proven entry can still read otherwise (a member twice: the
+    // parse keeps the last; 1.0 for 1): from here on the page shows the proven entry.
+    json.textContent = pretty(entry);
     return "";
   });
   let proven = `entry ${index} is in the checkpoint of size ${checkpoint.size}`;
@@ -268,6 +273,13 @@ async function checkState(steps, entry, index, hashHex, checkpoint) {
     if (!where) fail(`the proven state of ${pkg} does not list entry ${index}`);
     return where;
   });
+}
+
+// The entry as the server shows it (Python's json.dumps indent=2, ensure_ascii): indented,
+// non-ASCII as \u escapes so no look-alike text reads as another.
+function pretty(entry) {
+  return JSON.stringify(entry, null, 2).replace(/[\u0080-\uffff]/g,
+    (c) => "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0"));
 }
 
 function showWitnesses(policy) {
