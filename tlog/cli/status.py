@@ -16,7 +16,7 @@ Exit status (EXIT_HELP says the same in --help):
   3  transport: the log could not be reached or answered outside the API
   4  unhealthy but honest: what verifies does, yet the log is in trouble (database
      unreachable or not writable, appends stopped, no checkpoint served, the witness quorum
-     missed, a fork alarm reported by the log's witness task)
+     missed, a fork alarm reported by the log's witness task, a checkpoint no key verified)
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ EXIT_HELP = """exit status:
   3  transport: the log could not be reached, or answered outside its API
   4  unhealthy but honest: what verifies does, but the log is in trouble (database
      unreachable or not writable, appends stopped, no checkpoint served, --policy quorum
-     missed, a witness fork alarm)"""
+     missed, a witness fork alarm, a checkpoint no log key verified)"""
 
 
 def add_status_command(sub: Any) -> None:
@@ -367,6 +367,10 @@ def troubles(report: dict[str, Any]) -> list[str]:
     checkpoint = report["checkpoint"]
     if not checkpoint["served"]:
         out.append(f"no checkpoint served: {checkpoint['problem']}")
+    elif not checkpoint["verified"]:
+        # No key to check it with (the log withheld its own): a forged note would read as
+        # healthy, so an unverified checkpoint is never a clean bill of health.
+        out.append(f"checkpoint not verified: {report.get('key_problem')}")
     elif checkpoint.get("quorum_met") is False:
         out.append(f"witness quorum missed: the policy requires {checkpoint['quorum']}")
     for row in (report["witnesses"] or {}).get("list", []):

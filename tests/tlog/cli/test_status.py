@@ -13,7 +13,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -216,15 +217,18 @@ def tampered(note: bytes, origin: str) -> bytes:
     return "\n".join(lines).encode()
 
 
-async def test_a_tampered_checkpoint_signature_fails_with_the_reason(
-        server: Server, log_files: tuple[Path, Path], log_signer: Signer) -> None:
-    """A man in the middle (or a log) serving a checkpoint its key did not sign: exit 1."""
+Rewrite = Callable[[str, int, bytes], tuple[int, bytes]]
+
+
+@asynccontextmanager
+async def misbehaving(upstream: str, rewrite: Rewrite) -> AsyncIterator[str]:
+    """A proxy before the log at `upstream` whose answers pass `rewrite(path, code, body)`:
+    a man in the middle, or a log lying about itself. Yields its URL."""
     async def forward(request: web.Request) -> web.Response:
-        async with ClientSession() as session, session.get(server.url + request.path_qs) as r:
+        async with ClientSession() as session, session.get(upstream + request.path_qs) as r:
             body, code = await r.read(), r.status
             kind = r.headers.get("Content-Type", "application/octet-stream")
-        if request.path == "/checkpoint":
-            body = tampered(body, log_signer.name)
+        code, body = rewrite(request.path, code, body)
         return web.Response(body=body, status=code, headers={"Content-Type": kind})
 
     app = web.Application()
@@ -234,16 +238,31 @@ async def test_a_tampered_checkpoint_signature_fails_with_the_reason(
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        outs = []
-        for extra in ((), ("--json",)):
-            proc = await asyncio.create_subprocess_exec(
-                *COMMAND, "--log", f"http://127.0.0.1:{port}", "--key", str(log_files[1]),
-                *extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            out, err = await proc.communicate()
-            assert proc.returncode == 1, out + err
-            outs.append((out.decode(), err.decode()))
+        yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+async def run_status(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(*COMMAND, *args, stdout=subprocess.PIPE,
+                                                stderr=subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_a_tampered_checkpoint_signature_fails_with_the_reason(
+        server: Server, log_files: tuple[Path, Path], log_signer: Signer) -> None:
+    """A man in the middle (or a log) serving a checkpoint its key did not sign: exit 1."""
+    def rewrite(path: str, code: int, body: bytes) -> tuple[int, bytes]:
+        return code, tampered(body, log_signer.name) if path == "/checkpoint" else body
+
+    outs = []
+    async with misbehaving(server.url, rewrite) as url:
+        for extra in ((), ("--json",)):
+            code, out, err = await run_status("--log", url, "--key", str(log_files[1]), *extra)
+            assert code == 1, out + err
+            outs.append((out, err))
     (text, err), (js, _) = outs
     reason = "the checkpoint of GET /checkpoint does not verify with the log key"
     assert f"status       FAILED: {reason} {log_signer.name}+" in text, err
@@ -251,6 +270,22 @@ async def test_a_tampered_checkpoint_signature_fails_with_the_reason(
     assert reason in err
     doc = json.loads(js)
     assert doc["verdict"] == "failed" and reason in doc["problems"][0]
+
+
+async def test_a_checkpoint_no_key_verified_is_never_reported_healthy(
+        server: Server, log_signer: Signer) -> None:
+    """Without --key or --policy the log's own key (GET /v1/log) is used; a log or proxy
+    that withholds it leaves the checkpoint unverified, and a forged one must not pass as
+    "healthy" (exit 0) for want of a key to check it with."""
+    def rewrite(path: str, code: int, body: bytes) -> tuple[int, bytes]:
+        if path == "/v1/log":
+            return 404, b'{"error": {"code": "not_found", "message": "no"}}'
+        return code, tampered(body, log_signer.name) if path == "/checkpoint" else body
+
+    async with misbehaving(server.url, rewrite) as url:
+        code, out, err = await run_status("--log", url)
+    assert code == 4, out + err
+    assert "UNHEALTHY: checkpoint not verified: no log key: GET /v1/log answered 404" in out
 
 
 def test_database_down_is_reported_unhealthy_without_a_crash(
