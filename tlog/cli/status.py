@@ -42,7 +42,7 @@ from verifier.errors import (
     UsageError,
     VerificationFailed,
 )
-from verifier.protocol.checkpoint import CheckpointError, open_checkpoint
+from verifier.protocol.checkpoint import CheckpointError, open_checkpoint, parse_decimal
 from verifier.protocol.cosignature import COSIGNATURE_SIZE, TIMESTAMP_SIZE, verify_cosignature
 from verifier.protocol.note import MAX_NOTE_SIZE, NoteError, Verifier, parse_note, parse_vkey
 from verifier.protocol.policy import Policy
@@ -302,7 +302,10 @@ def check_checkpoint(log: HttpFetcher, key: Verifier | None, policy: Policy | No
 
 def _stated_size(note: str) -> int | None:
     lines = note.split("\n")
-    return int(lines[1]) if len(lines) > 1 and lines[1].isdigit() else None
+    try:  # strictly: "²" is a digit to isdigit, and int() refuses 5000 digits
+        return parse_decimal(lines[1], "tree size") if len(lines) > 1 else None
+    except CheckpointError:
+        return None
 
 
 def witness_report(log: HttpFetcher, key: Verifier | None, policy: Policy | None,

@@ -335,3 +335,22 @@ def test_a_status_answer_of_the_wrong_shape_is_refused_not_trusted() -> None:
                 {"tree_size": -1}, {"tree_size": True}, {"appends": "maybe"},
                 {"database": {}}, {"refusals": {"by_code": {"x": "many"}}}, {"origin": 1}):
         assert not _status_shape({**good, **bad}), bad
+
+
+@pytest.mark.parametrize("size", ["\u00b2", "9" * 5000])
+async def test_an_unverified_checkpoint_with_a_size_int_refuses_is_no_crash(
+        server: Server, size: str) -> None:
+    """"²" is a digit to str.isdigit but not to int(), nor are 5000 digits: the stated size
+    of a checkpoint no key checks is shown only when it is a canonical decimal."""
+    def rewrite(path: str, code: int, body: bytes) -> tuple[int, bytes]:
+        if path == "/v1/log":
+            return 404, b'{"error": {"code": "not_found", "message": "no"}}'
+        if path == "/checkpoint":
+            lines = body.decode().split("\n")
+            return code, "\n".join([lines[0], size, *lines[2:]]).encode()
+        return code, body
+
+    async with misbehaving(server.url, rewrite) as url:
+        code, out, err = await run_status("--log", url, "--json")
+    assert code == 4, out + err
+    assert json.loads(out)["checkpoint"]["size"] is None
