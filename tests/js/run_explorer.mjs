@@ -3,7 +3,7 @@
 // looks (tests/browser drives a real Chromium for that). tests/tlog/http/test_explorer_page_js.py.
 //
 // usage: node run_explorer.mjs DIR SCENARIO.json
-// DIR holds explorer.js and protocol.js (and a package.json making them ES modules).
+// DIR holds explorer.js, protocol.js and statemap.js (and a package.json making them ES modules).
 // SCENARIO: {base, page: {index, vkey, policy, entry_json, leaf_hash, kind}, lies: {path: text},
 //            hang: [path prefix], seconds}.
 // Prints {result, status, steps, entry_json}.

@@ -1,4 +1,5 @@
-"""The explorer's in-browser check (static/protocol.js) against the Python protocol code.
+"""The explorer's in-browser check (static/protocol.js, statemap.js) against the Python
+protocol code.
 
 A real log (PostgreSQL, the aiohttp app) answers a checkpoint, an entry, inclusion proofs
 and a package state; two witness keys cosign the checkpoint here, with the Python
@@ -31,7 +32,7 @@ from verifier.protocol.policy import PolicyTrust, parse_policy
 from verifier.protocol.statemap import SparseMap
 
 REPO = Path(__file__).resolve().parents[3]
-PROTOCOL_JS = REPO / "tlog" / "http" / "explorer" / "static" / "protocol.js"
+STATIC = REPO / "tlog" / "http" / "explorer" / "static"
 HARNESS = REPO / "tests" / "js" / "check_vectors.mjs"
 NODE = shutil.which("node")
 needs_node = pytest.mark.skipif(NODE is None, reason="node is not installed (Debian nodejs)")
@@ -40,11 +41,13 @@ W1, W2 = generate_witness_key("witness.example/one"), generate_witness_key("witn
 
 def run_node(tmp_path: Path, cases: list[dict[str, Any]]) -> dict[str, Any]:
     assert NODE is not None
-    module = tmp_path / "protocol.mjs"  # .mjs: Node loads it as an ES module, as browsers do
-    module.write_text(PROTOCOL_JS.read_text())
+    for name in ("protocol.js", "statemap.js"):
+        shutil.copy(STATIC / name, tmp_path / name)
+    # Node loads them as ES modules, as browsers do
+    (tmp_path / "package.json").write_text('{"type": "module"}')
     vectors = tmp_path / "vectors.json"
     vectors.write_text(json.dumps(cases))
-    done = subprocess.run([NODE, str(HARNESS), str(module), str(vectors)], capture_output=True,
+    done = subprocess.run([NODE, str(HARNESS), str(tmp_path), str(vectors)], capture_output=True,
                           text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     out: dict[str, Any] = json.loads(done.stdout)

@@ -44,7 +44,7 @@ async def entry_page(client: Any, index: int) -> dict[str, Any]:
 
 async def run_page(client: Any, tmp_path: Path, page: dict[str, Any], **scenario: Any
                    ) -> dict[str, Any]:
-    for name in ("explorer.js", "protocol.js"):
+    for name in ("explorer.js", "protocol.js", "statemap.js"):
         shutil.copy(STATIC / name, tmp_path / name)
     (tmp_path / "package.json").write_text('{"type": "module"}')
     path = tmp_path / "scenario.json"

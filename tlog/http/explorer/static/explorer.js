@@ -1,8 +1,8 @@
 // The in-browser check of tlog's explorer: does the log prove the entry on this page?
 //
-// Dependency-free ES modules (no inline script: the page's CSP forbids it): protocol.js has
-// the pure functions (tested under Node against the Python protocol code, tests/js), this
-// file drives the page.
+// Dependency-free ES modules (no inline script: the page's CSP forbids it): protocol.js and
+// statemap.js have the pure functions (tested under Node against the Python protocol code,
+// tests/js), this file drives the page.
 //
 // What it checks, fetching everything itself from this origin's API at check time (never
 // from data in the page, except the keys to use on a first visit):
@@ -29,10 +29,10 @@
 // ones, and a page offering others fails the check.
 
 import {
-  CheckError, ED25519, b64decode, checkMapRootLeaf, describeQuorum, entryInState, fail,
-  fromHex, hex, jcs, leafHash, openCheckpoint, parsePolicy, parseVkey, strictUtf8, utf8,
-  verifyInclusion, verifyState,
+  CheckError, ED25519, b64decode, describeQuorum, fail, fromHex, hex, jcs, leafHash,
+  openCheckpoint, parsePolicy, parseVkey, strictUtf8, utf8, verifyInclusion,
 } from "./protocol.js";
+import { checkMapRootLeaf, entryInState, verifyState } from "./statemap.js";
 
 const PIN_PREFIX = "tlog-pins:";
 const WAIT_SECONDS = 30; // for a checkpoint that holds a freshly logged entry
