@@ -45,7 +45,7 @@ from verifier.errors import (
 from verifier.protocol.checkpoint import CheckpointError, open_checkpoint, parse_decimal
 from verifier.protocol.cosignature import COSIGNATURE_SIZE, TIMESTAMP_SIZE, verify_cosignature
 from verifier.protocol.note import MAX_NOTE_SIZE, NoteError, Verifier, parse_note, parse_vkey
-from verifier.protocol.policy import Policy
+from verifier.protocol.policy import MAX_CLOCK_SKEW, Policy
 
 EXIT_UNHEALTHY = 4
 TIMEOUT = 10  # connecting, and silence from the log
@@ -244,7 +244,8 @@ def opened_checkpoint(note: str, key: Verifier, path: str) -> tuple[int, str]:
 
 def cosigned_by(policy: Policy, note: str, body: str, path: str) -> dict[str, int]:
     """Policy witness name -> time of its cosignature on `note`, every one verified: a line
-    claiming a policy witness's key that does not verify fails the whole check."""
+    claiming a policy witness's key that does not verify fails the whole check. As clients
+    do (PolicyTrust with now), one dated over MAX_CLOCK_SKEW ahead does not count."""
     times: dict[str, int] = {}
     for sig in parse_note(note).signatures:
         for witness in policy.witnesses.values():
@@ -254,7 +255,7 @@ def cosigned_by(policy: Policy, note: str, body: str, path: str) -> dict[str, in
                 except NoteError as exc:
                     raise VerificationFailed(f"GET {path}: the cosignature of witness "
                                              f"{witness.name} does not verify: {exc}") from exc
-    return times
+    return {w: t for w, t in times.items() if t <= time.time() + MAX_CLOCK_SKEW}
 
 
 def unverified_cosignatures(note: str, key: Verifier | None) -> list[dict[str, Any]]:

@@ -354,3 +354,28 @@ async def test_an_unverified_checkpoint_with_a_size_int_refuses_is_no_crash(
         code, out, err = await run_status("--log", url, "--json")
     assert code == 4, out + err
     assert json.loads(out)["checkpoint"]["size"] is None
+
+
+async def test_a_cosignature_dated_far_ahead_does_not_meet_the_quorum(
+        server: Server, log_files: tuple[Path, Path], publisher: Signer,
+        tmp_path: Path) -> None:
+    """A witness whose clock runs an hour ahead: clients (PolicyTrust with now) do not count
+    its cosignature, so the status must not call the quorum met on it."""
+    witness = generate_witness_key("witness.example/ahead")
+    policy = tmp_path / "ahead.policy"
+    policy.write_text(f"log {log_files[1].read_text().strip()}\n"
+                      f"witness ahead {witness.verifier().text()}\nquorum ahead\n")
+    assert post(server.url, make_release(publisher, "com.acme.app", "1.0")) == 201
+
+    def rewrite(path: str, code: int, body: bytes) -> tuple[int, bytes]:
+        if path != "/checkpoint":
+            return code, body
+        note = body.decode()
+        line = witness.cosign(note[:note.index("\n\n") + 1], int(time.time()) + 3600).line()
+        return code, (note + line).encode()
+
+    async with misbehaving(server.url, rewrite) as url:
+        code, out, err = await run_status("--log", url, "--policy", str(policy), "--json")
+    assert code == 4, out + err
+    doc = json.loads(out)
+    assert doc["checkpoint"]["quorum_met"] is False and doc["checkpoint"]["cosignatures"] == []
