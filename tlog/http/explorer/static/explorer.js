@@ -29,8 +29,8 @@
 // ones, and a page offering others fails the check.
 
 import {
-  CheckError, ED25519, b64decode, describeQuorum, fail, fromHex, hex, jcs, leafHash,
-  openCheckpoint, parsePolicy, parseVkey, strictUtf8, utf8, verifyInclusion,
+  CheckError, ED25519, MAX_CLOCK_SKEW, b64decode, describeQuorum, fail, fromHex, hex, jcs,
+  leafHash, openCheckpoint, parsePolicy, parseVkey, strictUtf8, utf8, verifyInclusion,
 } from "./protocol.js";
 import { checkMapRootLeaf, entryInState, verifyState } from "./statemap.js";
 
@@ -223,7 +223,7 @@ async function check(section, steps, status) {
   const missing = [...policy.witnesses.keys()].filter((w) => !times.has(w));
   await steps.run("witness quorum", async () => {
     const ahead = opened.future.length ? ` (${opened.future.join(", ")} ignored: dated more ` +
-      "than 10 minutes ahead of this browser's clock)" : "";
+      `than ${MAX_CLOCK_SKEW} s ahead of this browser's clock)` : "";
     if (!opened.quorum) fail(`short of ${describeQuorum(policy)}${ahead}`);
     const absent = missing.length ? ` (no cosignature from ${missing.join(", ")})` : "";
     return describeQuorum(policy) + absent;
