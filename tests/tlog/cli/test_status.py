@@ -379,3 +379,24 @@ async def test_a_cosignature_dated_far_ahead_does_not_meet_the_quorum(
     assert code == 4, out + err
     doc = json.loads(out)
     assert doc["checkpoint"]["quorum_met"] is False and doc["checkpoint"]["cosignatures"] == []
+
+
+async def test_control_characters_from_the_log_never_reach_the_terminal(
+        server: Server, log_files: tuple[Path, Path]) -> None:
+    """Every string the report shows comes from the log: a hostile one must not move the
+    cursor, rewrite the verdict line or set the terminal's title (escape sequences)."""
+    forged = "\r\x1b[2Kstatus       healthy\x1b]0;owned\x07\u202e"
+
+    def rewrite(path: str, code: int, body: bytes) -> tuple[int, bytes]:
+        if path != "/v1/status":
+            return code, body
+        doc = json.loads(body)
+        doc.update(appends="stopped", appends_stopped=forged)
+        doc["refusals"]["by_code"][forged] = 1
+        return code, json.dumps(doc).encode()
+
+    async with misbehaving(server.url, rewrite) as url:
+        code, out, err = await run_status("--log", url, "--key", str(log_files[1]))
+    assert code == 4, out + err
+    assert not [c for c in out + err if c in "\r\x1b\x07\u202e"], repr(out + err)
+    assert "appends STOPPED: \\r\\x1b[2Kstatus" in out
