@@ -109,3 +109,25 @@ async def test_a_page_naming_another_kind_than_the_proven_entry_fails(
     got = await run_page(client, tmp_path, dict(page, kind="yank/v1"))
     assert got["result"] == "failed", got
     assert "not the one the log proves" in got["status"]
+
+
+async def test_an_entry_of_floats_non_ascii_and_numeric_names_verifies(
+        client: Any, publisher: Signer, tmp_path: Path) -> None:
+    """The leaf is the entry's JCS (RFC 8785) made in Python; the browser remakes it from
+    the API's JSON: floats, the largest safe integer, non-ASCII and integer-like member
+    names (which JavaScript orders first in an object) must encode the same."""
+    from tests.support import release_fields
+    from verifier.protocol.entries.signing import sign_entry
+    metadata = {"\u03c0": 3.14159, "big": 9007199254740991, "tiny": 1e-7, "huge": 1.5e300,
+                "neg0": -0.0, "text": "\u00e9\u2028\U0001f600\u202e", "10": 1, "2": 2.0,
+                "</pre><script>": "<script>alert(1)</script>"}
+    entry = sign_entry({**release_fields("com.acme.app", "1.0"), "metadata": metadata},
+                       publisher)
+    await post(client, entry, 201)
+    page = await entry_page(client, 0)
+    got = await run_page(client, tmp_path, page)
+    assert got["result"] == "verified", got
+    shown = json.loads(got["entry_json"])
+    assert shown["metadata"]["\u03c0"] == 3.14159 and shown["metadata"]["2"] == 2
+    assert shown["metadata"]["text"] == "\u00e9\u2028\U0001f600\u202e"
+    assert got["entry_json"].isascii()  # non-ASCII shown as escapes, as the server does
