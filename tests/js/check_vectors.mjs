@@ -1,8 +1,10 @@
-// Runs the explorer's pure check functions (tlog/http/explorer/static/protocol.js) on
+// Runs the explorer's pure check functions (tlog/http/explorer/static/protocol.js,
+// statemap.js) on
 // vectors the Python protocol code made (tests/tlog/http/test_explorer_js.py), and prints
 // one JSON object: case name -> {ok, error?, value?}.
 //
-// usage: node check_vectors.mjs PROTOCOL.mjs VECTORS.json
+// usage: node check_vectors.mjs DIR VECTORS.json
+// DIR holds protocol.js and statemap.js (and a package.json making them ES modules).
 import { webcrypto } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
@@ -10,15 +12,16 @@ import { pathToFileURL } from "node:url";
 // Node 18 has WebCrypto (Ed25519 included) but not as the global browsers have.
 if (!globalThis.crypto) globalThis.crypto = webcrypto;
 
-const [, , protocolPath, vectorsPath] = process.argv;
-const p = await import(pathToFileURL(protocolPath).href);
+const [, , dir, vectorsPath] = process.argv;
+const p = { ...await import(pathToFileURL(`${dir}/protocol.js`).href),
+  ...await import(pathToFileURL(`${dir}/statemap.js`).href) };
 const vectors = JSON.parse(readFileSync(vectorsPath, "utf8"));
 
 // The check explorer.js runs on an entry page, on the answers the API gave.
 async function fullCheck(c) {
   const logKey = await p.parseVkey(c.vkey);
   const policy = await p.parsePolicy(c.policy);
-  const opened = await p.openCheckpoint(c.checkpoint, logKey, policy);
+  const opened = await p.openCheckpoint(c.checkpoint, logKey, policy, 1_760_000_100);
   if (!opened.quorum) throw new Error(`short of ${p.describeQuorum(policy)}`);
   const { size, root } = opened.checkpoint;
   const leaf = p.utf8(p.jcs(c.entry));
@@ -43,6 +46,15 @@ async function run(c) {
     return value === null ? null : p.hex(value);
   }
   if (c.type === "state_hash") return p.hex(await p.stateHash(JSON.parse(c.json)));
+  if (c.type === "policy") {
+    const policy = await p.parsePolicy(c.policy);
+    return { witnesses: [...policy.witnesses.keys()], quorum: policy.quorum };
+  }
+  if (c.type === "open") {
+    const opened = await p.openCheckpoint(c.checkpoint, await p.parseVkey(c.vkey),
+      await p.parsePolicy(c.policy), c.now);
+    return { quorum: opened.quorum, times: Object.fromEntries(opened.times) };
+  }
   throw new Error(`unknown case type ${c.type}`);
 }
 

@@ -16,21 +16,19 @@ Exit status (EXIT_HELP says the same in --help):
   3  transport: the log could not be reached or answered outside the API
   4  unhealthy but honest: what verifies does, yet the log is in trouble (database
      unreachable or not writable, appends stopped, no checkpoint served, the witness quorum
-     missed, a fork alarm reported by the log's witness task)
+     missed, a fork alarm reported by the log's witness task, a checkpoint no key verified)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from tlog.cli.remote import RemoteError, add_connection_options, tls_files
+from tlog.cli.status_text import colours, plain, printable, render, tree_size
 from verifier.client.http import HttpFetcher
 from verifier.client.keys import read_policy, read_vkey
 from verifier.errors import (
@@ -42,10 +40,10 @@ from verifier.errors import (
     UsageError,
     VerificationFailed,
 )
-from verifier.protocol.checkpoint import CheckpointError, open_checkpoint
+from verifier.protocol.checkpoint import CheckpointError, open_checkpoint, parse_decimal
 from verifier.protocol.cosignature import COSIGNATURE_SIZE, TIMESTAMP_SIZE, verify_cosignature
 from verifier.protocol.note import MAX_NOTE_SIZE, NoteError, Verifier, parse_note, parse_vkey
-from verifier.protocol.policy import Policy
+from verifier.protocol.policy import MAX_CLOCK_SKEW, Policy
 
 EXIT_UNHEALTHY = 4
 TIMEOUT = 10  # connecting, and silence from the log
@@ -59,7 +57,7 @@ EXIT_HELP = """exit status:
   3  transport: the log could not be reached, or answered outside its API
   4  unhealthy but honest: what verifies does, but the log is in trouble (database
      unreachable or not writable, appends stopped, no checkpoint served, --policy quorum
-     missed, a witness fork alarm)"""
+     missed, a witness fork alarm, a checkpoint no log key verified)"""
 
 
 def add_status_command(sub: Any) -> None:
@@ -115,7 +113,8 @@ def _finish(args: argparse.Namespace, report: dict[str, Any], verdict: str, code
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
-        paint = colours() if sys.stdout.isatty() else _plain
+        paint = colours() if sys.stdout.isatty() else plain
+        report = printable(report)  # every string in it comes from the log
         print(render(report, paint), end="")
         if code in (EXIT_TRANSPORT, EXIT_FAILED) and not sys.stdout.isatty():
             # the reason where scripts look for it too (a terminal shows it above)
@@ -244,7 +243,8 @@ def opened_checkpoint(note: str, key: Verifier, path: str) -> tuple[int, str]:
 
 def cosigned_by(policy: Policy, note: str, body: str, path: str) -> dict[str, int]:
     """Policy witness name -> time of its cosignature on `note`, every one verified: a line
-    claiming a policy witness's key that does not verify fails the whole check."""
+    claiming a policy witness's key that does not verify fails the whole check. As clients
+    do (PolicyTrust with now), one dated over MAX_CLOCK_SKEW ahead does not count."""
     times: dict[str, int] = {}
     for sig in parse_note(note).signatures:
         for witness in policy.witnesses.values():
@@ -254,7 +254,7 @@ def cosigned_by(policy: Policy, note: str, body: str, path: str) -> dict[str, in
                 except NoteError as exc:
                     raise VerificationFailed(f"GET {path}: the cosignature of witness "
                                              f"{witness.name} does not verify: {exc}") from exc
-    return times
+    return {w: t for w, t in times.items() if t <= time.time() + MAX_CLOCK_SKEW}
 
 
 def unverified_cosignatures(note: str, key: Verifier | None) -> list[dict[str, Any]]:
@@ -302,7 +302,10 @@ def check_checkpoint(log: HttpFetcher, key: Verifier | None, policy: Policy | No
 
 def _stated_size(note: str) -> int | None:
     lines = note.split("\n")
-    return int(lines[1]) if len(lines) > 1 and lines[1].isdigit() else None
+    try:  # strictly: "²" is a digit to isdigit, and int() refuses 5000 digits
+        return parse_decimal(lines[1], "tree size") if len(lines) > 1 else None
+    except CheckpointError:
+        return None
 
 
 def witness_report(log: HttpFetcher, key: Verifier | None, policy: Policy | None,
@@ -315,7 +318,7 @@ def witness_report(log: HttpFetcher, key: Verifier | None, policy: Policy | None
     reported: dict[str, Any] = listed if isinstance(listed, dict) else {}
     if policy is None and not told:
         return None
-    tree = _tree_size(report)
+    tree = tree_size(report)
     verified: dict[str, int] = {}
     if policy is not None and key is not None:
         checkpoint = report["checkpoint"]
@@ -332,12 +335,6 @@ def witness_report(log: HttpFetcher, key: Verifier | None, policy: Policy | None
     rows = [_witness_row(name, verified.get(name), reported.get(name), tree) for name in names]
     return {"quorum": (policy.describe_quorum() if policy is not None else told.get("quorum")),
             "published_size": told.get("published_size"), "list": rows}
-
-
-def _tree_size(report: dict[str, Any]) -> int | None:
-    sizes = [s for s in (report.get("tree_size"), report["checkpoint"].get("size"))
-             if s is not None]
-    return max(sizes) if sizes else None
 
 
 def _witness_row(name: str, verified: int | None, told: Any, tree: int | None
@@ -367,124 +364,13 @@ def troubles(report: dict[str, Any]) -> list[str]:
     checkpoint = report["checkpoint"]
     if not checkpoint["served"]:
         out.append(f"no checkpoint served: {checkpoint['problem']}")
+    elif not checkpoint["verified"]:
+        # No key to check it with (the log withheld its own): a forged note would read as
+        # healthy, so an unverified checkpoint is never a clean bill of health.
+        out.append(f"checkpoint not verified: {report.get('key_problem')}")
     elif checkpoint.get("quorum_met") is False:
         out.append(f"witness quorum missed: the policy requires {checkpoint['quorum']}")
     for row in (report["witnesses"] or {}).get("list", []):
         if row["fork_alarm"]:
             out.append(f"fork alarm from witness {row['name']}: {row['fork_alarm']}")
     return out
-
-
-# -- the text report ------------------------------------------------------------------------
-
-
-def _plain(text: str, _: str) -> str:
-    return text
-
-
-def colours() -> Callable[[str, str], str]:
-    """ANSI colours for a terminal, unless NO_COLOR (no-color.org) or TERM=dumb says not."""
-    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
-        return _plain
-    codes = {"good": "32", "warn": "33", "bad": "31;1"}
-    return lambda text, tone: f"\x1b[{codes[tone]}m{text}\x1b[0m"
-
-
-def render(report: dict[str, Any], paint: Callable[[str, str], str]) -> str:
-    lines = [f"log          {report['log']}" + (f"  ({report['origin']})"
-                                                 if "origin" in report else "")]
-    if "database" in report:  # the log answered /v1/status
-        lines += _render_tree(report, paint) + _render_witnesses(report, paint)
-        lines += _render_health(report, paint)
-    tone = {"healthy": "good", "unhealthy": "warn"}.get(report["verdict"], "bad")
-    problems = report.get("problems") or []
-    verdict = report["verdict"].upper() if problems else report["verdict"]
-    lines.append(f"status       {paint(verdict, tone)}" + (f": {problems[0]}" if problems
-                                                           else ""))
-    lines += [f"             {paint(p, tone)}" for p in problems[1:]]
-    return "\n".join(lines) + "\n"
-
-
-def _ago(seconds: float | None) -> str:
-    if seconds is None:
-        return "unknown"
-    s = max(0, int(seconds))
-    return (f"{s} s" if s < 120 else f"{s // 60} min" if s < 7200 else f"{s // 3600} h") + " ago"
-
-
-def _render_tree(report: dict[str, Any], paint: Callable[[str, str], str]) -> list[str]:
-    lines = [f"tree size    {report['tree_size'] if report['tree_size'] is not None else '?'}"]
-    when = report["checkpoint_time"]
-    stamp = ("" if when is None else " (stored " + datetime.fromtimestamp(when, UTC).strftime(
-        "%Y-%m-%d %H:%M:%S UTC") + ")")
-    lines.append(f"checkpoint   signed {_ago(report['checkpoint_age_seconds'])}{stamp}")
-    checkpoint, key = report.get("checkpoint"), report.get("key")
-    if checkpoint is None:  # its check failed: the status line says why
-        return lines
-    if not checkpoint["served"]:
-        lines.append(f"             {paint('not served', 'warn')}: {checkpoint['problem']}")
-    elif key is None:
-        lines.append(f"             {paint('not verified', 'warn')}: {report['key_problem']}")
-    else:
-        note = "" if key["pinned"] else "  " + paint("(key not pinned: give --key or --policy)",
-                                                     "warn")
-        source = key["source"] if key["pinned"] else "GET /v1/log"
-        name, kid = key["vkey"].split("+")[:2]
-        lines.append(f"             size {checkpoint['size']} {paint('verified', 'good')} "
-                     f"with {name}+{kid} from {source}{note}")
-    return lines
-
-
-def _render_witnesses(report: dict[str, Any], paint: Callable[[str, str], str]) -> list[str]:
-    checkpoint, lines = report.get("checkpoint") or {}, []
-    cosigs = checkpoint.get("cosignatures") or []
-    if cosigs:
-        lines.append("cosigned by  " + ", ".join(
-            f"{c['name']} ({_ago(None if c['time'] is None else time.time() - c['time'])}"
-            f"{'' if c['verified'] else ', not verified'})" for c in cosigs))
-    if "quorum_met" in checkpoint:
-        met = paint("met", "good") if checkpoint["quorum_met"] else paint("MISSED", "warn")
-        age = checkpoint["witnessed_age_seconds"]
-        lines.append(f"quorum       {met}: {checkpoint['quorum']}"
-                     + ("" if age is None else f"; witnessed {_ago(age)}"))
-    witnesses = report.get("witnesses")
-    if witnesses is None:
-        return lines
-    tree = _tree_size(report)
-    lines.append(f"witnesses    {len(witnesses['list'])}; published size "
-                 f"{witnesses['published_size']}")
-    for row in witnesses["list"]:
-        lines.append(f"  {row['name']:<11}{_witness_line(row, tree, paint)}")
-    return lines
-
-
-def _witness_line(row: dict[str, Any], tree: int | None, paint: Callable[[str, str], str]
-                  ) -> str:
-    size = "never cosigned" if row["size"] is None else f"cosigned {row['size']} of {tree}"
-    how = ("verified" if row["verified"] else "as the log reports" if row["reported"]
-           else "no cosignature seen")
-    text = (paint("behind", "warn") + ": " if row["behind"] else paint("current", "good")
-            + ": ") + f"{size} ({how})"
-    if row["fork_alarm"]:
-        text += "; " + paint(f"FORK ALARM: {row['fork_alarm']}", "bad")
-    elif row["last_error"]:
-        text += f"; last error: {str(row['last_error'])[:120]}"
-    return text
-
-
-def _render_health(report: dict[str, Any], paint: Callable[[str, str], str]) -> list[str]:
-    db = report["database"]
-    if not db["reachable"]:
-        health = paint("unreachable", "bad") + f" ({report['database_error']})"
-    elif db.get("read_only") or db.get("in_recovery"):
-        health = paint("reachable, not writable", "warn")
-    else:
-        health = paint("reachable, writable", "good")
-    appends = (paint("appends running", "good") if report["appends"] == "running"
-               else paint(f"appends STOPPED: {report['appends_stopped']}", "bad"))
-    refusals = report["refusals"]
-    counts = ", ".join(f"{code} {n}" for code, n in
-                       sorted(refusals["by_code"].items(), key=lambda kv: (-kv[1], kv[0])))
-    return [f"submissions  {report['submissions_waiting']} waiting; {appends}",
-            f"database     {health}",
-            f"refusals     {counts or 'none'} (last {refusals.get('window_seconds', '?')} s)"]

@@ -13,7 +13,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -216,15 +217,18 @@ def tampered(note: bytes, origin: str) -> bytes:
     return "\n".join(lines).encode()
 
 
-async def test_a_tampered_checkpoint_signature_fails_with_the_reason(
-        server: Server, log_files: tuple[Path, Path], log_signer: Signer) -> None:
-    """A man in the middle (or a log) serving a checkpoint its key did not sign: exit 1."""
+Rewrite = Callable[[str, int, bytes], tuple[int, bytes]]
+
+
+@asynccontextmanager
+async def misbehaving(upstream: str, rewrite: Rewrite) -> AsyncIterator[str]:
+    """A proxy before the log at `upstream` whose answers pass `rewrite(path, code, body)`:
+    a man in the middle, or a log lying about itself. Yields its URL."""
     async def forward(request: web.Request) -> web.Response:
-        async with ClientSession() as session, session.get(server.url + request.path_qs) as r:
+        async with ClientSession() as session, session.get(upstream + request.path_qs) as r:
             body, code = await r.read(), r.status
             kind = r.headers.get("Content-Type", "application/octet-stream")
-        if request.path == "/checkpoint":
-            body = tampered(body, log_signer.name)
+        code, body = rewrite(request.path, code, body)
         return web.Response(body=body, status=code, headers={"Content-Type": kind})
 
     app = web.Application()
@@ -234,16 +238,31 @@ async def test_a_tampered_checkpoint_signature_fails_with_the_reason(
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        outs = []
-        for extra in ((), ("--json",)):
-            proc = await asyncio.create_subprocess_exec(
-                *COMMAND, "--log", f"http://127.0.0.1:{port}", "--key", str(log_files[1]),
-                *extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            out, err = await proc.communicate()
-            assert proc.returncode == 1, out + err
-            outs.append((out.decode(), err.decode()))
+        yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+async def run_status(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(*COMMAND, *args, stdout=subprocess.PIPE,
+                                                stderr=subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_a_tampered_checkpoint_signature_fails_with_the_reason(
+        server: Server, log_files: tuple[Path, Path], log_signer: Signer) -> None:
+    """A man in the middle (or a log) serving a checkpoint its key did not sign: exit 1."""
+    def rewrite(path: str, code: int, body: bytes) -> tuple[int, bytes]:
+        return code, tampered(body, log_signer.name) if path == "/checkpoint" else body
+
+    outs = []
+    async with misbehaving(server.url, rewrite) as url:
+        for extra in ((), ("--json",)):
+            code, out, err = await run_status("--log", url, "--key", str(log_files[1]), *extra)
+            assert code == 1, out + err
+            outs.append((out, err))
     (text, err), (js, _) = outs
     reason = "the checkpoint of GET /checkpoint does not verify with the log key"
     assert f"status       FAILED: {reason} {log_signer.name}+" in text, err
@@ -251,6 +270,22 @@ async def test_a_tampered_checkpoint_signature_fails_with_the_reason(
     assert reason in err
     doc = json.loads(js)
     assert doc["verdict"] == "failed" and reason in doc["problems"][0]
+
+
+async def test_a_checkpoint_no_key_verified_is_never_reported_healthy(
+        server: Server, log_signer: Signer) -> None:
+    """Without --key or --policy the log's own key (GET /v1/log) is used; a log or proxy
+    that withholds it leaves the checkpoint unverified, and a forged one must not pass as
+    "healthy" (exit 0) for want of a key to check it with."""
+    def rewrite(path: str, code: int, body: bytes) -> tuple[int, bytes]:
+        if path == "/v1/log":
+            return 404, b'{"error": {"code": "not_found", "message": "no"}}'
+        return code, tampered(body, log_signer.name) if path == "/checkpoint" else body
+
+    async with misbehaving(server.url, rewrite) as url:
+        code, out, err = await run_status("--log", url)
+    assert code == 4, out + err
+    assert "UNHEALTHY: checkpoint not verified: no log key: GET /v1/log answered 404" in out
 
 
 def test_database_down_is_reported_unhealthy_without_a_crash(
@@ -300,3 +335,68 @@ def test_a_status_answer_of_the_wrong_shape_is_refused_not_trusted() -> None:
                 {"tree_size": -1}, {"tree_size": True}, {"appends": "maybe"},
                 {"database": {}}, {"refusals": {"by_code": {"x": "many"}}}, {"origin": 1}):
         assert not _status_shape({**good, **bad}), bad
+
+
+@pytest.mark.parametrize("size", ["\u00b2", "9" * 5000])
+async def test_an_unverified_checkpoint_with_a_size_int_refuses_is_no_crash(
+        server: Server, size: str) -> None:
+    """"²" is a digit to str.isdigit but not to int(), nor are 5000 digits: the stated size
+    of a checkpoint no key checks is shown only when it is a canonical decimal."""
+    def rewrite(path: str, code: int, body: bytes) -> tuple[int, bytes]:
+        if path == "/v1/log":
+            return 404, b'{"error": {"code": "not_found", "message": "no"}}'
+        if path == "/checkpoint":
+            lines = body.decode().split("\n")
+            return code, "\n".join([lines[0], size, *lines[2:]]).encode()
+        return code, body
+
+    async with misbehaving(server.url, rewrite) as url:
+        code, out, err = await run_status("--log", url, "--json")
+    assert code == 4, out + err
+    assert json.loads(out)["checkpoint"]["size"] is None
+
+
+async def test_a_cosignature_dated_far_ahead_does_not_meet_the_quorum(
+        server: Server, log_files: tuple[Path, Path], publisher: Signer,
+        tmp_path: Path) -> None:
+    """A witness whose clock runs an hour ahead: clients (PolicyTrust with now) do not count
+    its cosignature, so the status must not call the quorum met on it."""
+    witness = generate_witness_key("witness.example/ahead")
+    policy = tmp_path / "ahead.policy"
+    policy.write_text(f"log {log_files[1].read_text().strip()}\n"
+                      f"witness ahead {witness.verifier().text()}\nquorum ahead\n")
+    assert post(server.url, make_release(publisher, "com.acme.app", "1.0")) == 201
+
+    def rewrite(path: str, code: int, body: bytes) -> tuple[int, bytes]:
+        if path != "/checkpoint":
+            return code, body
+        note = body.decode()
+        line = witness.cosign(note[:note.index("\n\n") + 1], int(time.time()) + 3600).line()
+        return code, (note + line).encode()
+
+    async with misbehaving(server.url, rewrite) as url:
+        code, out, err = await run_status("--log", url, "--policy", str(policy), "--json")
+    assert code == 4, out + err
+    doc = json.loads(out)
+    assert doc["checkpoint"]["quorum_met"] is False and doc["checkpoint"]["cosignatures"] == []
+
+
+async def test_control_characters_from_the_log_never_reach_the_terminal(
+        server: Server, log_files: tuple[Path, Path]) -> None:
+    """Every string the report shows comes from the log: a hostile one must not move the
+    cursor, rewrite the verdict line or set the terminal's title (escape sequences)."""
+    forged = "\r\x1b[2Kstatus       healthy\x1b]0;owned\x07\u202e"
+
+    def rewrite(path: str, code: int, body: bytes) -> tuple[int, bytes]:
+        if path != "/v1/status":
+            return code, body
+        doc = json.loads(body)
+        doc.update(appends="stopped", appends_stopped=forged)
+        doc["refusals"]["by_code"][forged] = 1
+        return code, json.dumps(doc).encode()
+
+    async with misbehaving(server.url, rewrite) as url:
+        code, out, err = await run_status("--log", url, "--key", str(log_files[1]))
+    assert code == 4, out + err
+    assert not [c for c in out + err if c in "\r\x1b\x07\u202e"], repr(out + err)
+    assert "appends STOPPED: \\r\\x1b[2Kstatus" in out

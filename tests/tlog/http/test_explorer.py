@@ -279,7 +279,10 @@ async def test_static_files_carry_the_policy_and_cache_by_version(client: Any) -
     assert resp.status == 200 and resp.content_type == "text/javascript"
     assert resp.headers["Cache-Control"] == "public, max-age=300"
     assert re.search(r'from "\./protocol\.js\?v=[0-9a-f]{16}"', body)
+    assert re.search(r'from "\./statemap\.js\?v=[0-9a-f]{16}"', body)
     assert (await client.get("/static/protocol.js")).status == 200
+    statemap = await client.get("/static/statemap.js")  # imports protocol.js, versioned
+    assert re.search(r'from "\./protocol\.js\?v=[0-9a-f]{16}"', await statemap.text())
     await html(client, "/static/nope.js", 404)
 
 

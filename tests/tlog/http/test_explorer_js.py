@@ -1,4 +1,5 @@
-"""The explorer's in-browser check (static/protocol.js) against the Python protocol code.
+"""The explorer's in-browser check (static/protocol.js, statemap.js) against the Python
+protocol code.
 
 A real log (PostgreSQL, the aiohttp app) answers a checkpoint, an entry, inclusion proofs
 and a package state; two witness keys cosign the checkpoint here, with the Python
@@ -31,7 +32,7 @@ from verifier.protocol.policy import PolicyTrust, parse_policy
 from verifier.protocol.statemap import SparseMap
 
 REPO = Path(__file__).resolve().parents[3]
-PROTOCOL_JS = REPO / "tlog" / "http" / "explorer" / "static" / "protocol.js"
+STATIC = REPO / "tlog" / "http" / "explorer" / "static"
 HARNESS = REPO / "tests" / "js" / "check_vectors.mjs"
 NODE = shutil.which("node")
 needs_node = pytest.mark.skipif(NODE is None, reason="node is not installed (Debian nodejs)")
@@ -40,11 +41,13 @@ W1, W2 = generate_witness_key("witness.example/one"), generate_witness_key("witn
 
 def run_node(tmp_path: Path, cases: list[dict[str, Any]]) -> dict[str, Any]:
     assert NODE is not None
-    module = tmp_path / "protocol.mjs"  # .mjs: Node loads it as an ES module, as browsers do
-    module.write_text(PROTOCOL_JS.read_text())
+    for name in ("protocol.js", "statemap.js"):
+        shutil.copy(STATIC / name, tmp_path / name)
+    # Node loads them as ES modules, as browsers do
+    (tmp_path / "package.json").write_text('{"type": "module"}')
     vectors = tmp_path / "vectors.json"
     vectors.write_text(json.dumps(cases))
-    done = subprocess.run([NODE, str(HARNESS), str(module), str(vectors)], capture_output=True,
+    done = subprocess.run([NODE, str(HARNESS), str(tmp_path), str(vectors)], capture_output=True,
                           text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     out: dict[str, Any] = json.loads(done.stdout)
@@ -238,3 +241,56 @@ def test_map_proofs_of_present_and_absent_keys_agree_with_python(tmp_path: Path)
     assert results["absent (other leaf)"] == {"ok": True, "value": None}
     assert not results["present, proof flipped"]["ok"]
     assert not results["proof of another key"]["ok"]
+
+
+@needs_node
+def test_a_policy_naming_one_witness_key_twice_is_refused_so_one_cosignature_counts_once(
+        tmp_path: Path) -> None:
+    """One key under two witness names would let one cosignature meet "2 of 2": Python's
+    parse_policy refuses such a policy (and the other shapes here), so must the browser."""
+    log = generate_key("example.com/log").verifier().text()
+    w1, w2 = W1.verifier().text(), W2.verifier().text()
+    policies = {
+        "same witness key twice": f"witness a {w1}\nwitness b {w1}\ngroup g all a b\nquorum g\n",
+        "same log key twice": f"log {log}\nlog {log}\nwitness a {w1}\nquorum a\n",
+        "control character": f"witness a {w1}\r\nquorum a\n",
+        "delete character": f"witness a {w1}\nquorum a\x7f\n",
+    }
+    cases = [{"type": "policy", "name": name, "policy": text} for name, text in policies.items()]
+    cases.append({"type": "policy", "name": "good", "policy":
+                  f"log {log}\nwitness a {w1}\nwitness b {w2}\ngroup g all a b\nquorum g\n"})
+    for case in cases[:-1]:
+        with pytest.raises(ValueError):
+            parse_policy(case["policy"])
+    parse_policy(cases[-1]["policy"])
+    results = run_node(tmp_path, cases)
+    assert results["good"] == {"ok": True, "value": {"witnesses": ["a", "b"], "quorum": "g"}}
+    accepted = [name for name in policies if results[name]["ok"]]
+    assert accepted == []
+
+
+
+@needs_node
+def test_a_cosignature_dated_beyond_the_clock_skew_does_not_count_toward_the_quorum(
+        tmp_path: Path) -> None:
+    """As PolicyTrust with `now`: a witness whose clock runs ahead (or that backdates the
+    future) must not make a frozen checkpoint look freshly cosigned."""
+    signer = generate_key("example.com/log")
+    from verifier.protocol.checkpoint import Checkpoint, sign_checkpoint
+    from verifier.protocol.policy import MAX_CLOCK_SKEW, QuorumError
+    note = sign_checkpoint(Checkpoint("example.com/log", 1, b"\x01" * 32), signer)
+    body = note[:note.index("\n\n") + 1]
+    now = 1_760_000_000
+    cosigned = note + W1.cosign(body, now + MAX_CLOCK_SKEW + 1).line() + \
+        W2.cosign(body, now).line()
+    policy = (f"witness one {W1.verifier().text()}\nwitness two {W2.verifier().text()}\n"
+              "group both all one two\nquorum both\n")
+    trust = PolicyTrust.for_log(parse_policy(policy), signer.verifier(), now=now)
+    with pytest.raises(QuorumError):
+        trust.witnessed(cosigned)
+    base = {"type": "open", "vkey": signer.verifier().text(), "policy": policy,
+            "checkpoint": cosigned}
+    results = run_node(tmp_path, [dict(base, name="future", now=now),
+                                  dict(base, name="in time", now=now + 2)])
+    assert results["future"] == {"ok": True, "value": {"quorum": False, "times": {"two": now}}}
+    assert results["in time"]["ok"] and results["in time"]["value"]["quorum"] is True

@@ -15,11 +15,10 @@ from aiohttp import web
 from tlog.http.errors import ApiError
 from verifier.protocol.merkle import leaf_hash
 
-TYPES = {"protocol.js": "text/javascript", "explorer.js": "text/javascript",
-         "explorer.css": "text/css"}
-# explorer.js imports protocol.js: the import names its version too (files are read in
-# TYPES' order, so protocol.js's version is known when explorer.js is read).
-IMPORT = b'from "./protocol.js"'
+TYPES = {"protocol.js": "text/javascript", "statemap.js": "text/javascript",
+         "explorer.js": "text/javascript", "explorer.css": "text/css"}
+# A module's imports of the others name their version too (files are read in TYPES' order,
+# each importing only earlier ones, so the version is known when the importer is read).
 LONG_CACHE = "public, max-age=31536000, immutable"
 SHORT_CACHE = "public, max-age=300"
 
@@ -37,9 +36,9 @@ class StaticFiles:
         self.files: dict[str, StaticFile] = {}
         for name, content_type in TYPES.items():
             body = (root / name).read_bytes()
-            if IMPORT in body:
-                versioned = f'from "./protocol.js?v={self.version("protocol.js")}"'
-                body = body.replace(IMPORT, versioned.encode())
+            for module in self.files:
+                versioned = f'from "./{module}?v={self.version(module)}"'
+                body = body.replace(f'from "./{module}"'.encode(), versioned.encode())
             # A content hash (the Merkle leaf hash: tlog takes its hashing from verifier).
             self.files[name] = StaticFile(body, content_type, leaf_hash(body).hex()[:16])
 

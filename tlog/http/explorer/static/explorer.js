@@ -1,8 +1,8 @@
 // The in-browser check of tlog's explorer: does the log prove the entry on this page?
 //
-// Dependency-free ES modules (no inline script: the page's CSP forbids it): protocol.js has
-// the pure functions (tested under Node against the Python protocol code, tests/js), this
-// file drives the page.
+// Dependency-free ES modules (no inline script: the page's CSP forbids it): protocol.js and
+// statemap.js have the pure functions (tested under Node against the Python protocol code,
+// tests/js), this file drives the page.
 //
 // What it checks, fetching everything itself from this origin's API at check time (never
 // from data in the page, except the keys to use on a first visit):
@@ -29,17 +29,30 @@
 // ones, and a page offering others fails the check.
 
 import {
-  CheckError, ED25519, b64decode, checkMapRootLeaf, describeQuorum, entryInState, fail,
-  fromHex, hex, jcs, leafHash, openCheckpoint, parsePolicy, parseVkey, strictUtf8, utf8,
-  verifyInclusion, verifyState,
+  CheckError, ED25519, MAX_CLOCK_SKEW, b64decode, describeQuorum, fail, fromHex, hex, jcs,
+  leafHash, openCheckpoint, parsePolicy, parseVkey, strictUtf8, utf8, verifyInclusion,
 } from "./protocol.js";
+import { checkMapRootLeaf, entryInState, verifyState } from "./statemap.js";
 
 const PIN_PREFIX = "tlog-pins:";
 const WAIT_SECONDS = 30; // for a checkpoint that holds a freshly logged entry
 
+// Each request's deadline, the body included: a log that holds a connection open must end
+// the check failed, not leave it "Checking…" for ever.
+const FETCH_SECONDS = 20;
+
 async function getText(path) {
-  const resp = await fetch(path, { cache: "no-store", credentials: "omit" });
-  const bytes = new Uint8Array(await resp.arrayBuffer());
+  let bytes, resp;
+  try {
+    resp = await fetch(path, { cache: "no-store", credentials: "omit",
+      signal: AbortSignal.timeout(FETCH_SECONDS * 1000) });
+    bytes = new Uint8Array(await resp.arrayBuffer());
+  } catch (e) {
+    if (e && (e.name === "TimeoutError" || e.name === "AbortError")) {
+      fail(`GET ${path} did not answer within ${FETCH_SECONDS} s`);
+    }
+    throw e;
+  }
   let text;
   try {
     text = strictUtf8.decode(bytes);
@@ -192,7 +205,7 @@ async function openLatest(steps, keys, index, status) {
   for (let waited = 0; ; waited++) {
     const text = await getText("/checkpoint");
     const opened = await steps.attempt("the checkpoint's signatures",
-      () => openCheckpoint(text, logKey, policy));
+      () => openCheckpoint(text, logKey, policy, Math.floor(Date.now() / 1000)));
     if (opened.checkpoint.size > index || waited >= WAIT_SECONDS) return { opened, logKey, policy };
     setStatus(status, "pending", `Waiting for a checkpoint that holds entry ${index}…`);
     await new Promise((done) => setTimeout(done, 1000));
@@ -209,7 +222,9 @@ async function check(section, steps, status) {
   for (const [name, time] of times) steps.add(`cosigned by witness ${name} at ${when(time)}`, true);
   const missing = [...policy.witnesses.keys()].filter((w) => !times.has(w));
   await steps.run("witness quorum", async () => {
-    if (!opened.quorum) fail(`short of ${describeQuorum(policy)}`);
+    const ahead = opened.future.length ? ` (${opened.future.join(", ")} ignored: dated more ` +
+      `than ${MAX_CLOCK_SKEW} s ahead of this browser's clock)` : "";
+    if (!opened.quorum) fail(`short of ${describeQuorum(policy)}${ahead}`);
     const absent = missing.length ? ` (no cosignature from ${missing.join(", ")})` : "";
     return describeQuorum(policy) + absent;
   });
@@ -217,11 +232,16 @@ async function check(section, steps, status) {
   const { entry, hash } = await provenLeaf(steps, "the entry", index, checkpoint.size,
     checkpoint.root);
   await steps.run("the page shows the entry proven", async () => {
-    const shown = JSON.parse(document.getElementById("entry-json").textContent);
+    const json = document.getElementById("entry-json");
+    const shown = JSON.parse(json.textContent);
     const shownHash = document.getElementById("leaf-hash").textContent.trim();
-    if (jcs(shown) !== jcs(entry) || shownHash !== hex(hash)) {
+    const shownKind = document.getElementById("entry-kind")?.textContent;
+    if (jcs(shown) !== jcs(entry) || shownHash !== hex(hash) || shownKind !== entry.kind) {
       fail("the entry on this page is not the one the log proves");
     }
+    // Text that parses to the proven entry can still read otherwise (a member twice: the
+    // parse keeps the last; 1.0 for 1): from here on the page shows the proven entry.
+    json.textContent = pretty(entry);
     return "";
   });
   let proven = `entry ${index} is in the checkpoint of size ${checkpoint.size}`;
@@ -253,6 +273,13 @@ async function checkState(steps, entry, index, hashHex, checkpoint) {
     if (!where) fail(`the proven state of ${pkg} does not list entry ${index}`);
     return where;
   });
+}
+
+// The entry as the server shows it (Python's json.dumps indent=2, ensure_ascii): indented,
+// non-ASCII as \u escapes so no look-alike text reads as another.
+function pretty(entry) {
+  return JSON.stringify(entry, null, 2).replace(/[\u0080-\uffff]/g,
+    (c) => "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0"));
 }
 
 function showWitnesses(policy) {
