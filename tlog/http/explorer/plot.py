@@ -84,11 +84,11 @@ def svg(package: str, releases: Sequence[ReleaseRow], statements: Sequence[State
     for r in releases:
         label = (f"{shown(r.version)}: entry {r.index}, counter "
                  f"{'none' if r.counter is None else r.counter}, key {shown(r.publisher)}")
-        x, y = r.index * fx + ox, ys[r.version] * fy + oy
-        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{colour[r.key]}">'
+        cx, cy = r.index * fx + ox, ys[r.version] * fy + oy
+        parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{colour[r.key]}">'
                      f'{tag("title", label)}</circle>')
         if len(releases) <= MAX_LABELS:
-            parts.append(f'<text x="{x + 7:.1f}" y="{y - 7:.1f}" fill="#222222" '
+            parts.append(f'<text x="{cx + 7:.1f}" y="{cy - 7:.1f}" fill="#222222" '
                          f'font-size="11">{esc(shown(r.version, 16))}</text>')
     for s in statements:
         y = ys.get(s.version)
