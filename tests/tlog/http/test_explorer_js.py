@@ -294,3 +294,29 @@ def test_a_cosignature_dated_beyond_the_clock_skew_does_not_count_toward_the_quo
                                   dict(base, name="in time", now=now + 2)])
     assert results["future"] == {"ok": True, "value": {"quorum": False, "times": {"two": now}}}
     assert results["in time"]["ok"] and results["in time"]["value"]["quorum"] is True
+
+
+@needs_node
+@pytest.mark.parametrize("control", ["\x7f", "\x85", "\x9f"])
+def test_a_signed_checkpoint_with_a_control_character_in_an_extension_is_refused(
+        tmp_path: Path, control: str) -> None:
+    """As verifier.protocol.checkpoint: an extension line with DEL or a C1 control (which
+    the signed-note text rules let through) is malformed even under a good signature, so
+    the browser never shows as verified what tlog-verify refuses."""
+    from verifier.protocol.checkpoint import CheckpointError
+    from verifier.protocol.note import sign_note
+    signer = generate_key("example.com/log")
+    root = base64.b64encode(b"\x01" * 32).decode()
+    body = f"example.com/log\n1\n{root}\next{control}line\n"
+    note = sign_note(body, [signer])
+    now = 1_760_000_000
+    cosigned = note + W1.cosign(body, now).line() + W2.cosign(body, now).line()
+    policy = (f"witness one {W1.verifier().text()}\nwitness two {W2.verifier().text()}\n"
+              "group both all one two\nquorum both\n")
+    with pytest.raises(CheckpointError):
+        PolicyTrust.for_log(parse_policy(policy), signer.verifier(), now=now).witnessed(cosigned)
+    results = run_node(tmp_path, [{"type": "open", "name": "bad", "vkey":
+                                   signer.verifier().text(), "policy": policy,
+                                   "checkpoint": cosigned, "now": now}])
+    assert results["bad"]["ok"] is False
+    assert "control characters" in results["bad"]["error"]

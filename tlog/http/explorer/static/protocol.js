@@ -186,6 +186,10 @@ export function parseCheckpoint(body) {
   const root = b64decode(rootText);
   if (root.length !== 32) fail("checkpoint root hash is not 32 bytes");
   if (lines.slice(3).some((l) => !l)) fail("checkpoint extension lines must be non-empty");
+  // As verifier.protocol.checkpoint: no control characters (DEL and C1 included).
+  if (lines.slice(3).some((l) => /[\p{Cc}\p{Cs}]/u.test(l))) {
+    fail("checkpoint extension line has control characters");
+  }
   return { origin, size, root, extensions: lines.slice(3) };
 }
 
