@@ -41,9 +41,9 @@ from verifier.errors import (
     VerificationFailed,
 )
 from verifier.protocol.checkpoint import CheckpointError, open_checkpoint, parse_decimal
-from verifier.protocol.cosignature import COSIGNATURE_SIZE, TIMESTAMP_SIZE, verify_cosignature
+from verifier.protocol.cosignature import COSIGNATURE_SIZE, TIMESTAMP_SIZE
 from verifier.protocol.note import MAX_NOTE_SIZE, NoteError, Verifier, parse_note, parse_vkey
-from verifier.protocol.policy import MAX_CLOCK_SKEW, Policy
+from verifier.protocol.policy import MAX_CLOCK_SKEW, Policy, cosignature_times
 
 EXIT_UNHEALTHY = 4
 TIMEOUT = 10  # connecting, and silence from the log
@@ -245,15 +245,11 @@ def cosigned_by(policy: Policy, note: str, body: str, path: str) -> dict[str, in
     """Policy witness name -> time of its cosignature on `note`, every one verified: a line
     claiming a policy witness's key that does not verify fails the whole check. As clients
     do (PolicyTrust with now), one dated over MAX_CLOCK_SKEW ahead does not count."""
-    times: dict[str, int] = {}
-    for sig in parse_note(note).signatures:
-        for witness in policy.witnesses.values():
-            if witness.key.matches(sig) and witness.name not in times:
-                try:
-                    times[witness.name] = verify_cosignature(witness.key, body, sig)
-                except NoteError as exc:
-                    raise VerificationFailed(f"GET {path}: the cosignature of witness "
-                                             f"{witness.name} does not verify: {exc}") from exc
+    try:
+        times = cosignature_times(policy, note, body)
+    except NoteError as exc:
+        raise VerificationFailed(f"GET {path}: a policy witness's cosignature does not "
+                                 f"verify: {exc}") from exc
     return {w: t for w, t in times.items() if t <= time.time() + MAX_CLOCK_SKEW}
 
 

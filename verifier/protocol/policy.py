@@ -287,7 +287,7 @@ class Witnessed:
     fresh_time: int | None
 
 
-def _cosignatures(policy: Policy, note: bytes | str, body: str) -> dict[str, int]:
+def cosignature_times(policy: Policy, note: bytes | str, body: str) -> dict[str, int]:
     """Times of the valid cosignatures by policy witnesses; signatures of keys the policy
     does not name are ignored, and one that claims a policy witness's key but does not
     verify refuses the note, as an invalid signature by a known key does (signed-note)."""
@@ -345,7 +345,7 @@ class PolicyTrust:
         if cp.origin != self.log.name:
             raise CheckpointError(f"checkpoint origin {cp.origin!r} is not the log "
                                   f"{self.log.name!r}")
-        times = _cosignatures(self.policy, note, body)
+        times = cosignature_times(self.policy, note, body)
         future = self._from_the_future(times)
         if not self.policy.satisfied(times):
             got = ", ".join(sorted(times)) or "no policy witness"
