@@ -255,6 +255,11 @@ def test_a_policy_naming_one_witness_key_twice_is_refused_so_one_cosignature_cou
         "same log key twice": f"log {log}\nlog {log}\nwitness a {w1}\nquorum a\n",
         "control character": f"witness a {w1}\r\nquorum a\n",
         "delete character": f"witness a {w1}\nquorum a\x7f\n",
+        # The bounds of policy.py: a page could hand the browser any policy to parse.
+        "over 1 MiB": f"witness a {w1}\nquorum a\n" + "#" * (1 << 20) + "\n",
+        "257 witnesses": "".join(
+            f"witness w{n} {generate_witness_key(f'w{n}.example').verifier().text()}\n"
+            for n in range(257)) + "quorum w0\n",
     }
     cases = [{"type": "policy", "name": name, "policy": text} for name, text in policies.items()]
     cases.append({"type": "policy", "name": "good", "policy":

@@ -207,7 +207,15 @@ export async function verifyCosignature(key, body, sig) {
 }
 
 // A witness policy (c2sp.org/tlog-policy), as verifier/protocol/policy.py parses it.
+// The bounds of verifier/protocol/policy.py (MAX_POLICY_SIZE, MAX_LOGS, MAX_WITNESSES,
+// MAX_GROUPS): the policy may come from the page, and the browser parses no more than they do.
+const MAX_POLICY_SIZE = 1 << 20;
+const MAX_POLICY_ITEMS = 256;
+
 export async function parsePolicy(text) {
+  if (new TextEncoder().encode(text).length > MAX_POLICY_SIZE) {
+    fail(`policy larger than ${MAX_POLICY_SIZE} bytes`);
+  }
   const policy = { logs: [], witnesses: new Map(), groups: new Map(), quorum: null };
   const used = new Set();
   const keys = new Set();
@@ -264,6 +272,10 @@ export async function parsePolicy(text) {
     }
   }
   if (policy.quorum === null) fail("the policy has no quorum line");
+  const counts = [policy.logs.length, policy.witnesses.size, policy.groups.size];
+  if (counts.some((n) => n > MAX_POLICY_ITEMS)) {
+    fail(`a policy holds at most ${MAX_POLICY_ITEMS} logs, witnesses and groups each`);
+  }
   return policy;
 }
 
