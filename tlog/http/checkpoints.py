@@ -72,15 +72,19 @@ async def get_checkpoint(request: web.Request) -> web.Response:
     return _note_response(latest.note, CHECKPOINT_CACHE)
 
 
-async def _latest(request: web.Request) -> StoredCheckpoint:
-    reader = request.app[READER]
+async def served_checkpoint(request: web.Request) -> StoredCheckpoint | None:
+    """What GET /checkpoint serves (None: nothing yet): with a witness policy the latest
+    checkpoint its quorum cosigned, else the latest one. The explorer shows the same."""
     if _witnessed(request):
-        latest = await reader.latest_published(_rule(request))
-        if latest is None:
-            raise ApiError("not_ready", "no checkpoint has been cosigned by the witness "
-                           "quorum yet", retry_after=request.app[CONFIG].witness_interval)
-        return latest
-    latest = await request.app[RECENT].get()
+        return await request.app[READER].latest_published(_rule(request))
+    return await request.app[RECENT].get()
+
+
+async def _latest(request: web.Request) -> StoredCheckpoint:
+    latest = await served_checkpoint(request)
+    if latest is None and _witnessed(request):
+        raise ApiError("not_ready", "no checkpoint has been cosigned by the witness "
+                       "quorum yet", retry_after=request.app[CONFIG].witness_interval)
     if latest is None:
         raise ApiError("not_ready", "the log has not published a checkpoint yet")
     return latest

@@ -125,6 +125,20 @@ class Policy:
                 return t
         return None
 
+    def text(self, urls: bool = True) -> str:
+        """The policy as tlog-policy text, which parse_policy reads back as this policy
+        (groups in their order: a member is defined on an earlier line). `urls=False`
+        leaves out where the logs and witnesses are reached."""
+        def at(url: str | None) -> str:
+            return f" {url}" if urls and url else ""
+        lines = [f"log {log.key.text()}{at(log.url)}" for log in self.logs]
+        lines += [f"witness {w.name} {w.key.text()}{at(w.url)}"
+                  for w in self.witnesses.values()]
+        lines += [f"group {g.name} {g.threshold} {' '.join(g.members)}"
+                  for g in self.groups.values()]
+        lines.append(f"quorum {self.quorum}")
+        return "\n".join(lines) + "\n"
+
     def describe_quorum(self) -> str:
         """The quorum rule in words: "none", "witness w1", "2 of group g (a, b, c)"."""
         if self.quorum == NONE:

@@ -394,3 +394,19 @@ def test_ages_are_measured_by_the_clock_at_each_check() -> None:
     clock[0] = 1700.0
     with pytest.raises(AgeError, match="stale"):
         trust.latest(note)
+
+
+def test_a_policy_written_as_text_reads_back_as_the_same_policy() -> None:
+    text = (f"log {LOG.verifier().text()} https://log.example\n"
+            f"witness a {vk('X1')} https://a.example/\n"
+            f"witness b {vk('X2')}\n"
+            f"witness c {vk('X3')}\n"
+            "group ab 1 a b\ngroup all 2 ab c\nquorum all\n")
+    policy = parse_policy(text)
+    assert policy.text() == text
+    again = parse_policy(policy.text(urls=False))
+    assert "https://" not in policy.text(urls=False)
+    assert again.logs[0].url is None and again.witnesses["a"].url is None
+    assert again.text() == policy.text(urls=False)
+    assert again.groups == policy.groups and again.quorum == "all"
+    assert again.satisfied({"a", "c"}) and not again.satisfied({"a", "b"})

@@ -18,8 +18,7 @@ from verifier.protocol.entries.lifecycle import (
     ROLLOUT_KIND,
     YANK_KIND,
 )
-
-RELEASE_KIND = "release/v1"
+from verifier.protocol.entries.release import KIND as RELEASE_KIND
 
 
 @dataclass(frozen=True)
@@ -70,13 +69,11 @@ class ReleaseRow:
 
 @dataclass(frozen=True)
 class Summary:
-    """One entry of any kind, for lists."""
+    """One release, for the home page's list."""
 
     index: int
-    kind: str
     package: str | None
     version: str | None
-    counter: int | None
     publisher: str
 
 
@@ -106,8 +103,7 @@ def key_name(key: str) -> str:
 
 def summary(index: int, leaf: bytes) -> Summary:
     obj = parse(leaf)
-    return Summary(index, _text(obj, "kind") or "?", _text(obj, "package"),
-                   _text(obj, "version"), _int(obj, "counter"),
+    return Summary(index, _text(obj, "package"), _text(obj, "version"),
                    key_name(_text(obj, "key") or ""))
 
 

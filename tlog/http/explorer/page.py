@@ -13,6 +13,7 @@ from enum import Enum
 from aiohttp import web
 
 from tlog.http.explorer.assets import STATIC
+from tlog.http.explorer.facts import key_name
 from tlog.http.explorer.markup import Safe, render, shown
 from tlog.http.handlers import VKEY
 
@@ -42,7 +43,7 @@ def page(request: web.Request, kind: PageKind, title: str, main: Safe, *,
     src = f"/static/explorer.js?v={static.version('explorer.js')}"
     tag = Safe(f'<script type="module" src="{src}"></script>') if script else Safe("")
     body = render("base.html", title=title, css_version=static.version("explorer.css"),
-                  script=tag, origin=shown(request.app[VKEY].split("+", 1)[0]), query=query_text,
+                  script=tag, origin=shown(key_name(request.app[VKEY])), query=query_text,
                   main=main)
     resp = web.Response(text=body, content_type="text/html", charset="utf-8", status=status,
                         headers={"Cache-Control": PAGE_CACHE})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tlog.http.explorer.facts import ReleaseRow, Statement
+from tlog.http.explorer.facts import ReleaseRow, Statement, key_name
 from tlog.http.explorer.markup import Safe, esc, shown, tag
 from verifier.protocol.entries.lifecycle import HALT_KIND, RESUME_KIND, ROLLOUT_KIND, YANK_KIND
 
@@ -135,7 +135,7 @@ def _legend(keys: list[str], colour: dict[str, str]) -> str:
     for n, key in enumerate(keys[:MAX_LEGEND_KEYS]):
         x, row = LEFT + 170 * (n % 4), y + 22 * (1 + n // 4)
         parts.append(f'<circle cx="{x + 6}" cy="{row}" r="5" fill="{colour[key]}" />')
-        name = shown(key.split("+", 1)[0], 20)
+        name = shown(key_name(key), 20)
         parts.append(f'<text x="{x + 16}" y="{row + 4}" fill="#222222" font-size="12">'
                      f'{esc(name)}</text>')
     if len(keys) > MAX_LEGEND_KEYS:

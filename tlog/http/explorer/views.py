@@ -17,13 +17,12 @@ from urllib.parse import quote
 from aiohttp import web
 
 from tlog.http.access import client_identity
-from tlog.http.checkpoints import RULE
+from tlog.http.checkpoints import served_checkpoint
 from tlog.http.errors import ApiError
 from tlog.http.explorer.facts import ReleaseRow, Statement, package_rows, parse, summaries
 from tlog.http.explorer.markup import Safe, esc, join, link, render, shown, tag
 from tlog.http.explorer.page import PageKind, page
 from tlog.http.explorer.plot import svg
-from tlog.http.explorer.policy_text import policy_text
 from tlog.http.handlers import (
     CLIENT_PAGES,
     CONFIG,
@@ -36,13 +35,13 @@ from tlog.http.handlers import (
     parse_uint,
     query,
 )
-from tlog.http.recent import RECENT
 from tlog.log.proofs import inclusion_proof
 from tlog.store.reader import StoredCheckpoint
 from verifier.protocol.checkpoint import CheckpointError, parse_checkpoint
 from verifier.protocol.entries.release import PACKAGE_NAME
 from verifier.protocol.merkle import leaf_hash
 from verifier.protocol.note import NoteError, parse_note
+from verifier.protocol.policy import Policy
 
 RECENT_RELEASES = 20
 RECENT_BYTES = 256 * 1024  # the recent releases' leaves read at most
@@ -65,13 +64,6 @@ async def _in_thread(request: web.Request, work: Callable[..., T], *args: Any) -
 def _charge(request: web.Request, read_bytes: int) -> None:
     """A page that read many bytes costs reads by its size, as a page of entries does."""
     request.app[READ_BUCKETS].charge(client_identity(request), read_bytes // PAGE_COST_BYTES)
-
-
-async def latest_checkpoint(request: web.Request) -> StoredCheckpoint | None:
-    """What GET /checkpoint serves: with a witness policy the latest its quorum cosigned."""
-    if request.app[CONFIG].witness_policy is not None:
-        return await request.app[READER].latest_published(request.app[RULE])
-    return await request.app[RECENT].get()
 
 
 def _age(seconds: int) -> str:
@@ -117,7 +109,7 @@ def _checkpoint_html(request: web.Request, stored: StoredCheckpoint | None) -> S
 
 async def home(request: web.Request) -> web.Response:
     query(request, set())
-    stored = await latest_checkpoint(request)
+    stored = await served_checkpoint(request)
     rows = await request.app[READER].recent_releases(RECENT_RELEASES, RECENT_BYTES)
     _charge(request, sum(len(leaf) for _, leaf in rows))
     found = await _in_thread(request, summaries, rows)
@@ -238,14 +230,13 @@ async def entry(request: web.Request) -> web.Response:
     leaf = await request.app[READER].entry(index)
     if leaf is None:
         raise ApiError("not_found", f"the log holds no entry at index {index}")
-    obj = await _in_thread(request, parse, leaf)
-    pretty = await _in_thread(request, _pretty, obj)
+    obj, pretty = await _in_thread(request, _parsed_and_shown, leaf)
     kind = str(obj.get("kind", "?"))
     name = obj.get("package")
     package_line = Safe("")
     if isinstance(name, str):
         package_line = Safe(f"<dt>Package</dt><dd>{link(package_href(name), shown(name))}</dd>")
-    stored = await latest_checkpoint(request)
+    stored = await served_checkpoint(request)
     proof = await _proof_html(request, index, leaf, stored)
     config = request.app[CONFIG]
     policy = config.witness_policy
@@ -254,12 +245,26 @@ async def entry(request: web.Request) -> web.Response:
     body = render("entry.html", index=index, kind=shown(kind),
                   leaf_hash=leaf_hash(leaf).hex(), package=package_line, entry_json=pretty,
                   proof=proof, vkey=request.app[VKEY],
-                  policy=policy_text(policy, request.app[VKEY]),
+                  policy=_first_visit_policy(policy, request.app[VKEY]),
                   keys_source="The keys this log's server gives (first visit).",
                   witness_keys=witness_keys or Safe("<li>none: the log has no witness policy"
                                                     "</li>"),
                   quorum=policy.describe_quorum() if policy else "none")
     return page(request, PageKind.ENTRY, f"Entry {index}", body, script=True)
+
+
+def _parsed_and_shown(leaf: bytes) -> tuple[dict[str, Any], Safe]:
+    """The entry's object and its text for the page, in one trip to a page thread."""
+    obj = parse(leaf)
+    return obj, _pretty(obj)
+
+
+def _first_visit_policy(policy: Policy | None, log_vkey: str) -> str:
+    """The witness policy the entry page's check uses until keys are pinned (without the
+    witnesses' addresses); without one, the log alone with "quorum none"."""
+    if policy is None:
+        return f"log {log_vkey}\nquorum none\n"
+    return policy.text(urls=False)
 
 
 def _pretty(obj: dict[str, Any]) -> Safe:
