@@ -40,7 +40,7 @@ from verifier.errors import (
     UsageError,
     VerificationFailed,
 )
-from verifier.protocol.checkpoint import CheckpointError, open_checkpoint, parse_decimal
+from verifier.protocol.checkpoint import CheckpointError, open_checkpoint, parse_checkpoint
 from verifier.protocol.cosignature import COSIGNATURE_SIZE, TIMESTAMP_SIZE
 from verifier.protocol.note import MAX_NOTE_SIZE, NoteError, Verifier, parse_note, parse_vkey
 from verifier.protocol.policy import MAX_CLOCK_SKEW, Policy, cosignature_times
@@ -297,9 +297,10 @@ def check_checkpoint(log: HttpFetcher, key: Verifier | None, policy: Policy | No
 
 
 def _stated_size(note: str) -> int | None:
-    lines = note.split("\n")
-    try:  # strictly: "²" is a digit to isdigit, and int() refuses 5000 digits
-        return parse_decimal(lines[1], "tree size") if len(lines) > 1 else None
+    """The size an unverified checkpoint states (None if it is no checkpoint); NoteError
+    if it is no signed note."""
+    try:
+        return parse_checkpoint(parse_note(note).text).size
     except CheckpointError:
         return None
 
