@@ -79,8 +79,9 @@ def _click_to_next_page(driver: Any, element: Any) -> None:
     """Click, and wait until the next page replaced this one (a click does not wait)."""
     html = driver.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(driver, 10).until(staleness_of(html))
-    WebDriverWait(driver, 10).until(
+    # generous: the suite's other processes share the machine's cores with the browser
+    WebDriverWait(driver, 30).until(staleness_of(html))
+    WebDriverWait(driver, 30).until(
         lambda d: d.execute_script("return document.readyState") == "complete")
 
 

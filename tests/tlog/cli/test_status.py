@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession, web
 
-from tests.support import Server, free_port, make_release, start_server, write_key
+from tests.support import Server, free_port, make_release, serve_app, start_server, write_key
 from tests.test_witness_quorum import process
 from tests.tlog.sizes import leaves
 from tests.tlog.test_outage import new_database, own_cluster
@@ -233,14 +233,8 @@ async def misbehaving(upstream: str, rewrite: Rewrite) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", forward)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as url:
+        yield url
 
 
 async def run_status(*args: str) -> tuple[int, str, str]:

@@ -25,7 +25,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from tests.alt_witness import AltWitness, LogKey, Running, WitnessKey
-from tests.support import free_port, make_release, write_key
+from tests.support import free_port, make_release, serve_app, write_key
 from tests.tlog.sizes import alone, leaves, size_after
 from tlog.cli.main import main as tlog_main
 from tlog.config import Config
@@ -120,14 +120,8 @@ async def serving(path: str, handler: Callable[[web.Request], Awaitable[web.Stre
     """`handler` answering POST `path` on a real port; yields the base URL."""
     app = web.Application()
     app.router.add_post(path, handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as url:
+        yield url
 
 
 async def readyz(client: Client) -> dict[str, Any]:
